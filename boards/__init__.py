@@ -1,0 +1,1 @@
+"""Build targets: the virtual board (`sim`) and real dev boards."""

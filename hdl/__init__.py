@@ -1,0 +1,1 @@
+"""Reusable Amaranth cores of the portjournal port logic."""

