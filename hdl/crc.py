@@ -63,6 +63,7 @@ class CRC32C(wiring.Component):
 
     def __init__(self, data_width: int = 8):
         if data_width <= 0 or data_width % 8:
+            self._MustUse__silence = True  # a rejected core is not an unused one
             raise ValueError(f"data_width must be a positive multiple of 8, not {data_width}")
         self.data_width = data_width
         payload = data.StructLayout({"data": unsigned(data_width), "first": 1})

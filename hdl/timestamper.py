@@ -29,6 +29,7 @@ class Timestamper(wiring.Component):
 
     def __init__(self, port: int):
         if not 0 <= port < 2**PORT_BITS:
+            self._MustUse__silence = True  # a rejected core is not an unused one
             raise ValueError(f"port index {port} does not fit in {PORT_BITS} bits")
         self.port = port
         super().__init__()
