@@ -1,8 +1,9 @@
 """Simulation images: an Amaranth design turned into Verilog and then into a Verilator model.
 
 Each image is built once and cached under `build/sim/<name>-<hash>/`, keyed on the generated
-Verilog and the build options, so a test session (or the next one) reuses it while the design
-is unchanged. A file lock makes concurrent pytest-xdist workers share one build.
+Verilog, the build options and the cocotb and Verilator versions, so a test session (or the
+next one) reuses it while the design is unchanged. A file lock makes concurrent pytest-xdist
+workers share one build.
 """
 
 import fcntl
@@ -11,6 +12,7 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 from amaranth.back import verilog
@@ -35,7 +37,10 @@ class Image:
     def run(self, test_module: str, *, test_dir: Path, testcase: str | None = None,
             seed: int | None = None, extra_env: Mapping[str, str] | None = None,
             plusargs: Sequence[str] = (), waves: bool = False) -> Path:
-        """Run cocotb tests from `test_module` in this image; raise if any failed."""
+        """Run cocotb tests from `test_module` in this image; fail if any failed or none ran.
+
+        Under pytest, cocotb's runner itself exits with an error on failed tests (the cocotb
+        log above says which); the check here also catches a run in which no test ran."""
         from cocotb_tools.runner import get_results, get_runner
 
         use_verilator()
@@ -61,7 +66,7 @@ def build_image(name: str, design: Callable[[], object], *, build_args: Sequence
     toplevel = name
     text = verilog.convert(design(), name=toplevel, emit_src=False)
     args = (*DEFAULT_BUILD_ARGS, *build_args)
-    key = hashlib.sha256("\0".join([text, *args, _cocotb_version()]).encode()).hexdigest()[:16]
+    key = hashlib.sha256("\0".join([text, *args, *_tool_versions()]).encode()).hexdigest()[:16]
     build_dir = build_root / "sim" / f"{name}-{key}"
     build_dir.mkdir(parents=True, exist_ok=True)
     source = build_dir / f"{toplevel}.v"
@@ -80,7 +85,6 @@ def build_image(name: str, design: Callable[[], object], *, build_args: Sequence
         return Image(name, toplevel, build_dir, source, built_now=True)
 
 
-def _cocotb_version() -> str:
-    import cocotb
-
-    return cocotb.__version__
+def _tool_versions() -> tuple[str, ...]:
+    """What else a built model depends on: a new cocotb or Verilator means a rebuild."""
+    return tuple(f"{name}=={version(name)}" for name in ("cocotb", "verilator"))

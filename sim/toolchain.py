@@ -6,7 +6,6 @@ place that knows that, so nobody has to export anything by hand.
 """
 
 import os
-import subprocess
 from functools import cache
 from pathlib import Path
 
@@ -37,12 +36,3 @@ def use_verilator() -> Path:
     if bindir not in path:
         os.environ["PATH"] = os.pathsep.join([bindir, *path])
     return root
-
-
-@cache
-def verilator_version() -> str:
-    """Version string Verilator reports, e.g. 'Verilator 5.048 2025-05-23 rev UNKNOWN.REV'."""
-    root = use_verilator()
-    out = subprocess.run([root / "bin" / "verilator", "--version"], capture_output=True, text=True,
-                         check=True)
-    return out.stdout.strip()
