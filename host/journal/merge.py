@@ -1,0 +1,114 @@
+"""Merge (seed figure 9): one merged entry per block per window, with a port bit vector.
+
+Windows are aligned on multiples of the window length in device time. For every window before
+the consistency horizon and every block written in it, the merged entry keeps the net value:
+the last write for redo, the first pre-image for copy-on-write (order: timestamp, port,
+sequence). Only entries whose status is OK, that are block writes, and whose port was valid at
+their timestamp count. The port bit vector of a window has bit p set when port p was valid for
+the whole window.
+"""
+
+import numpy as np
+
+from firmware.abi.entry import Kind, Mode, Status
+
+# `seg`/`offset` locate the chosen entry in the received portion (stable across compaction).
+MERGED_DTYPE = np.dtype([("window_end", "<u8"), ("lba", "<u8"), ("port_mask", "<u8"), ("seg", "<u4"),
+                         ("offset", "<u8")])
+
+
+def port_masks(windows: np.ndarray, window_ns: int, valid_from: np.ndarray,
+               invalid_since: np.ndarray) -> np.ndarray:
+    """Bit vector of the ports valid throughout each window index in `windows`."""
+    start = windows.astype(np.uint64)[:, None] * np.uint64(window_ns)
+    end = start + np.uint64(window_ns)
+    valid = (valid_from[None, :] <= start) & (invalid_since[None, :] >= end)
+    weights = np.left_shift(np.uint64(1), np.arange(len(valid_from), dtype=np.uint64))
+    return (valid.astype(np.uint64) * weights[None, :]).sum(axis=1, dtype=np.uint64)
+
+
+def merge(index: np.ndarray, *, mode: Mode, window_ns: int, start_ns: int, end_ns: int,
+          valid_from: np.ndarray, invalid_since: np.ndarray) -> np.ndarray:
+    """Merged entries for windows in [start_ns, end_ns) (both multiples of window_ns), by (window, lba).
+
+    `index` rows are in storage order (host.journal.entries.INDEX_DTYPE)."""
+    if start_ns % window_ns or end_ns % window_ns:
+        raise ValueError("merge bounds must fall on window boundaries")
+    ts, port = index["timestamp"], index["port"]
+    keep = ((ts >= start_ns) & (ts < end_ns) & (index["status"] == Status.OK)
+            & (index["kind"] == Kind.WRITE) & (ts >= valid_from[port]) & (ts < invalid_since[port]))
+    ids = np.flatnonzero(keep)
+    if not len(ids):
+        return np.zeros(0, MERGED_DTYPE)
+    sub = {name: index[name][ids] for name in ("timestamp", "lba", "port")}
+    window = sub["timestamp"] // np.uint64(window_ns)
+    order = _block_time_order(sub, window, window_ns)
+    window, lba = window[order], sub["lba"][order]
+    change = (window[1:] != window[:-1]) | (lba[1:] != lba[:-1])
+    if Mode(mode) == Mode.REDO:
+        pick = np.flatnonzero(np.append(change, True))
+    else:
+        pick = np.flatnonzero(np.insert(change, 0, True))
+    out = np.empty(len(pick), MERGED_DTYPE)
+    out["window_end"] = (window[pick] + np.uint64(1)) * np.uint64(window_ns)
+    out["lba"] = lba[pick]
+    chosen = ids[order[pick]]
+    out["seg"], out["offset"] = index["seg"][chosen], index["offset"][chosen]
+    picked = window[pick]  # sorted
+    uniq = picked[np.insert(picked[1:] != picked[:-1], 0, True)]
+    out["port_mask"] = port_masks(uniq, window_ns, valid_from, invalid_since)[np.searchsorted(uniq, picked)]
+    return out
+
+
+def _bits(n: int) -> int:
+    return max(int(n).bit_length(), 1)
+
+
+def _block_time_order(sub: dict[str, np.ndarray], window: np.ndarray, window_ns: int) -> np.ndarray:
+    """Permutation sorting entries by (window, lba, timestamp, port, sequence).
+
+    `sub` holds columns in storage order, which per port is sequence order. Fast path: pack the first four
+    keys into one uint64 and sort that; equal packed keys (one port, one block, one
+    nanosecond) then need a stable sort to keep sequence order. Otherwise a lexsort."""
+    w0 = int(window.min())
+    spans = (_bits(int(window.max()) - w0), _bits(int(sub["lba"].max())), _bits(window_ns - 1),
+             _bits(int(sub["port"].max())))
+    if sum(spans) > 64:
+        return np.lexsort((sub["port"], sub["timestamp"], sub["lba"], window))
+    _, lba_bits, off_bits, port_bits = spans
+    offset = sub["timestamp"] - window * np.uint64(window_ns)
+    key = (((window - np.uint64(w0)) << np.uint64(lba_bits) | sub["lba"]) << np.uint64(off_bits + port_bits)
+           | offset << np.uint64(port_bits) | sub["port"].astype(np.uint64))
+    order = np.argsort(key)
+    ordered = key[order]
+    if np.any(ordered[1:] == ordered[:-1]):
+        order = np.argsort(key, kind="stable")
+    return order
+
+
+def merge_reference(headers: list[dict], *, mode: Mode, window_ns: int, start_ns: int, end_ns: int,
+                    valid_from: list[int], invalid_since: list[int]) -> list[tuple[int, int, int, int]]:
+    """The same result by a plain per-entry loop: the baseline and the tests' reference.
+
+    `headers` are entry fields in storage order. Returns rows of (window_end, lba, port_mask,
+    position of the chosen entry in `headers`) sorted by (window_end, lba).
+    """
+    best: dict[tuple[int, int], tuple[tuple[int, int, int], int]] = {}
+    redo = Mode(mode) == Mode.REDO
+    for eid, h in enumerate(headers):
+        ts, p = h["timestamp"], h["port"]
+        if not (start_ns <= ts < end_ns) or h["status"] != Status.OK or h["kind"] != Kind.WRITE:
+            continue
+        if not (valid_from[p] <= ts < invalid_since[p]):
+            continue
+        key = (ts // window_ns, h["lba"])
+        rank = (ts, p, h["seq"])
+        held = best.get(key)
+        if held is None or (rank > held[0] if redo else rank < held[0]):
+            best[key] = (rank, eid)
+    rows = []
+    for (w, lba), (_, eid) in sorted(best.items()):
+        mask = sum(1 << p for p in range(len(valid_from))
+                   if valid_from[p] <= w * window_ns and invalid_since[p] >= (w + 1) * window_ns)
+        rows.append(((w + 1) * window_ns, lba, mask, eid))
+    return rows

@@ -1,0 +1,83 @@
+"""The primary journal's small mutable state, kept beside the append-only files.
+
+Geometry of the protected volume, the base copy, port validity and bookmarks live in one JSON
+document that is replaced atomically (write a temporary file, fsync, rename, fsync the
+folder), so a crash leaves either the old or the new state, never a mix.
+"""
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from firmware.abi.entry import Mode
+
+STATE_FILE = "journal.json"
+FORMAT = 1
+
+
+@dataclass
+class BaseCopy:
+    """A full copy of the volume as it was at device time `time_ns` (see host.storage)."""
+
+    path: str
+    time_ns: int
+    blocks: int
+
+
+@dataclass
+class PortState:
+    valid_from_ns: int = 0                # device time from which this port's entries count (resync)
+    invalid_since_ns: int | None = None   # device time from which this port's entries are ignored
+    reason: str = ""                      # why it was marked invalid
+
+
+@dataclass
+class JournalState:
+    block_bytes: int
+    ports: int
+    mode: int
+    window_ns: int
+    base: BaseCopy | None = None
+    port_state: list[PortState] = field(default_factory=list)
+    bookmarks: dict[str, int] = field(default_factory=dict)
+    format: int = FORMAT
+
+    def __post_init__(self):
+        Mode(self.mode)
+        if self.block_bytes <= 0 or self.block_bytes % 8:
+            raise ValueError(f"block size must be a positive multiple of 8 bytes, not {self.block_bytes}")
+        if not 1 <= self.ports <= 64:
+            raise ValueError(f"a journal covers 1 to 64 ports, not {self.ports}")
+        if self.window_ns <= 0:
+            raise ValueError(f"merge window must be positive, not {self.window_ns} ns")
+        if not self.port_state:
+            self.port_state = [PortState() for _ in range(self.ports)]
+
+    @classmethod
+    def load(cls, folder: Path) -> "JournalState":
+        raw = json.loads((folder / STATE_FILE).read_text())
+        if raw.get("format") != FORMAT:
+            raise ValueError(f"{folder / STATE_FILE}: unknown format {raw.get('format')!r}")
+        base = BaseCopy(**raw.pop("base")) if raw.get("base") else None
+        ports = [PortState(**p) for p in raw.pop("port_state")]
+        raw.pop("base", None)
+        return cls(**raw, base=base, port_state=ports)
+
+    def save(self, folder: Path) -> None:
+        atomic_write(folder / STATE_FILE, json.dumps(asdict(self), indent=2).encode())
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so that a crash leaves the old or the new content."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,343 @@
+"""The primary journal on local disk: append-only segments of entry records, fsynced before ack.
+
+Folder layout:
+
+    journal.json        geometry, base copy, port validity, bookmarks (host.journal.state)
+    received/NNNNNN.seg received entries, one ENTRIES record per flushed batch (host.journal.records)
+    merged.seg          the merged portion, one MERGED record per merge run
+
+On open every record is checked. A defect in the last segment with nothing valid after it is a
+torn tail from a crash: it is cut and reported in `recovered`. Any other defect is corruption
+in the middle: opening fails with `JournalCorrupt`, naming the file and offset, and nothing
+after it is served.
+"""
+
+import mmap
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from firmware.abi.entry import HEADER_BYTES, EntryError, Mode
+
+from . import records
+from .entries import INDEX_DTYPE, parse
+from .merge import MERGED_DTYPE, merge
+from .records import RecordKind
+from .state import JournalState
+
+SEGMENT_BYTES = 1 << 30
+NEVER = np.iinfo(np.uint64).max
+
+
+class JournalError(Exception):
+    """The journal cannot do what was asked; the message says why."""
+
+
+class JournalCorrupt(JournalError):
+    """A journal file is damaged somewhere other than a torn tail."""
+
+
+class SequenceGap(JournalError):
+    """A port's batch does not continue its sequence: entries were lost on the way."""
+
+
+@dataclass(frozen=True)
+class Cut:
+    """What recovery cut from a torn tail."""
+
+    file: str
+    offset: int
+    bytes_cut: int
+    reason: str
+
+    def __str__(self):
+        return f"cut {self.bytes_cut} bytes at {self.file}:{self.offset} ({self.reason})"
+
+
+class LocalJournal:
+    """Primary journal in a folder: received and merged portions, with their small state."""
+
+    def __init__(self, folder: Path, state: JournalState, *, segment_bytes: int = SEGMENT_BYTES):
+        self.folder = Path(folder)
+        self.state = state
+        self.segment_bytes = segment_bytes
+        self.recovered: list[Cut] = []
+        self._chunks: list[np.ndarray] = []
+        self._index: np.ndarray | None = None
+        self._maps: dict[int, mmap.mmap] = {}
+        self.last_seq = np.full(state.ports, -1, dtype=np.int64)
+        self.flushed_through = np.zeros(state.ports, dtype=np.uint64)
+        self.merged = np.zeros(0, MERGED_DTYPE)
+        self.merged_through = 0
+        self._segment = 0
+        self._fd: int | None = None
+
+    # --- creating and opening -------------------------------------------------------------
+
+    @classmethod
+    def create(cls, folder: Path, *, block_bytes: int, ports: int, mode: Mode, window_ns: int,
+               **kwargs) -> "LocalJournal":
+        folder = Path(folder)
+        if (folder / "journal.json").exists():
+            raise JournalError(f"{folder} already holds a journal")
+        state = JournalState(block_bytes=block_bytes, ports=ports, mode=int(mode), window_ns=window_ns)
+        (folder / "received").mkdir(parents=True, exist_ok=True)
+        state.save(folder)
+        return cls.open(folder, **kwargs)
+
+    @classmethod
+    def open(cls, folder: Path, *, readonly: bool = False, **kwargs) -> "LocalJournal":
+        folder = Path(folder)
+        if not (folder / "journal.json").exists():
+            raise JournalError(f"{folder} is not a journal (no journal.json): create one first")
+        journal = cls(folder, JournalState.load(folder), **kwargs)
+        journal._load(readonly)
+        return journal
+
+    def _load(self, readonly: bool) -> None:
+        segments = self.segment_paths()
+        for n, path in enumerate(segments):
+            last = n == len(segments) - 1
+            for rec in self._scan(path, last, readonly):
+                self._index_record(int(path.stem), rec)
+        self._segment = int(segments[-1].stem) if segments else 0
+        merged_path = self.folder / "merged.seg"
+        if merged_path.exists():
+            for rec in self._scan(merged_path, True, readonly):
+                self.merged = np.concatenate([self.merged, np.frombuffer(rec.payload, MERGED_DTYPE)])
+                self.merged_through = max(self.merged_through, rec.aux)
+
+    def _scan(self, path: Path, last: bool, readonly: bool) -> list[records.Record]:
+        data = path.read_bytes()
+        found, defect = records.scan(data)
+        if defect is None:
+            return found
+        later = records.next_valid(data, defect.offset)
+        if later is not None or not last:
+            where = f"valid record follows at {later}" if later is not None else "not the last segment"
+            raise JournalCorrupt(f"{path}:{defect.offset}: {defect.reason}; {where}. Data after this "
+                                 f"point is not served; run 'portjournal journal verify' for a full report")
+        cut = Cut(str(path), defect.offset, len(data) - defect.offset, defect.reason)
+        if not readonly:
+            with open(path, "r+b") as f:
+                f.truncate(defect.offset)
+                os.fsync(f.fileno())
+        self.recovered.append(cut)
+        return found
+
+    def segment_paths(self) -> list[Path]:
+        return sorted((self.folder / "received").glob("*.seg"))
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        for m in self._maps.values():
+            m.close()
+        self._maps.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # --- the received portion -------------------------------------------------------------
+
+    def append(self, port: int, raw: bytes, flushed_through: int) -> int:
+        """Store a batch of `port`'s entries durably; return the highest sequence now durable.
+
+        Entries already stored (a resend) are dropped if byte-identical; a gap in the sequence
+        raises SequenceGap and stores nothing. Returns only after fsync, so the caller may
+        acknowledge up to the returned sequence.
+        """
+        if not 0 <= port < self.state.ports:
+            raise JournalError(f"port {port} is outside this journal's {self.state.ports} ports")
+        try:
+            rows, starts = parse(raw, self.state.block_bytes)
+        except EntryError as exc:
+            raise JournalError(f"port {port}: bad entry in batch: {exc}") from exc
+        strangers = rows["port"][rows["port"] != port]
+        if len(strangers):
+            raise JournalError(f"port {port}: batch holds entries of port {int(strangers[0])}")
+        if len(rows) and np.any(np.diff(rows["seq"].astype(np.int64)) != 1):
+            raise JournalError(f"port {port}: batch sequence numbers are not consecutive")
+        fresh = rows["seq"].astype(np.int64) > self.last_seq[port]
+        self._check_resent(port, rows[~fresh])
+        rows, starts = rows[fresh], starts[fresh]
+        if len(rows) and self.last_seq[port] >= 0 and rows["seq"][0] != self.last_seq[port] + 1:
+            raise SequenceGap(f"port {port}: expected sequence {self.last_seq[port] + 1}, "
+                              f"got {rows['seq'][0]}: entries were lost, ask for a resend")
+        payload = memoryview(raw)[int(starts[0]):] if len(rows) else b""
+        flushed = max(int(flushed_through), int(self.flushed_through[port]))
+        record = records.encode(RecordKind.ENTRIES, payload, port=port, aux=flushed)
+        seg, offset = self._write(record)
+        if len(rows):
+            rows["seg"] = seg
+            rows["offset"] = offset + records.HEADER_BYTES + (starts - starts[0])
+            self._chunks.append(rows)
+            self._index = None
+            self.last_seq[port] = rows["seq"][-1]
+        self.flushed_through[port] = flushed
+        return int(self.last_seq[port])
+
+    def _check_resent(self, port: int, again: np.ndarray) -> None:
+        if not len(again):
+            return
+        index = self.index
+        mine = index[index["port"] == port]
+        stored = mine[np.searchsorted(mine["seq"], again["seq"])]
+        if np.any(stored["crc"] != again["crc"]):
+            bad = int(again["seq"][stored["crc"] != again["crc"]][0])
+            raise JournalError(f"port {port}: resent entry {bad} differs from the stored one")
+
+    def _write(self, record: bytes) -> tuple[int, int]:
+        if self._fd is None:
+            self._open_segment(self._segment)
+        offset = os.lseek(self._fd, 0, os.SEEK_END)
+        if offset and offset + len(record) > self.segment_bytes:
+            os.close(self._fd)
+            self._segment += 1
+            self._open_segment(self._segment)
+            offset = 0
+        view = memoryview(record)
+        while view:
+            view = view[os.write(self._fd, view):]
+        os.fsync(self._fd)
+        return self._segment, offset
+
+    def _open_segment(self, n: int) -> None:
+        path = self.folder / "received" / f"{n:06d}.seg"
+        created = not path.exists()
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        if created:
+            dirfd = os.open(path.parent, os.O_RDONLY)
+            os.fsync(dirfd)
+            os.close(dirfd)
+
+    def _index_record(self, seg: int, rec: records.Record) -> None:
+        if rec.kind != RecordKind.ENTRIES:
+            raise JournalCorrupt(f"segment {seg}: record at {rec.offset} has kind {rec.kind}, "
+                                 "expected entries")
+        rows, starts = parse(rec.payload, self.state.block_bytes)
+        port = rec.port
+        if len(rows):
+            rows["seg"] = seg
+            rows["offset"] = rec.offset + records.HEADER_BYTES + starts
+            self._chunks.append(rows)
+            self.last_seq[port] = rows["seq"][-1]
+        self._index = None
+        self.flushed_through[port] = max(int(self.flushed_through[port]), rec.aux)
+
+    @property
+    def index(self) -> np.ndarray:
+        """Every stored entry, in the order stored (per port: sequence order)."""
+        if self._index is None:
+            self._index = np.concatenate(self._chunks) if self._chunks else np.zeros(0, INDEX_DTYPE)
+            self._chunks = [self._index]
+        return self._index
+
+    def received(self, until_ns: int | None = None) -> np.ndarray:
+        """Entry ids of the received portion in (timestamp, port, sequence) order."""
+        index = self.index
+        order = np.lexsort((index["seq"], index["port"], index["timestamp"]))
+        if until_ns is not None:
+            order = order[index["timestamp"][order] < until_ns]
+        return order
+
+    def read_data(self, ids) -> np.ndarray:
+        """The data blocks of entries `ids`, as an (n, block_bytes) uint8 array."""
+        ids = np.asarray(ids, dtype=np.int64)
+        out = np.empty((len(ids), self.state.block_bytes), np.uint8)
+        rows = self.index[ids]
+        if np.any(rows["kind"] != 0):
+            raise JournalError("asked for the data of a marker entry")
+        for seg in np.unique(rows["seg"]):
+            view = np.frombuffer(self._map(int(seg)), np.uint8)
+            sel = np.flatnonzero(rows["seg"] == seg)
+            for i, start in zip(sel.tolist(), (rows["offset"][sel] + HEADER_BYTES).tolist(), strict=True):
+                out[i] = view[start:start + self.state.block_bytes]
+        return out
+
+    def _map(self, seg: int) -> mmap.mmap:
+        m = self._maps.get(seg)
+        path = self.folder / "received" / f"{seg:06d}.seg"
+        if m is None or len(m) < path.stat().st_size:
+            with open(path, "rb") as f:
+                m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            self._maps[seg] = m
+        return m
+
+    # --- validity and the consistency horizon ----------------------------------------------
+
+    def invalid_since(self) -> np.ndarray:
+        """Per port, the device time from which its entries are ignored (NEVER if valid).
+
+        A port is invalid from the earlier of the host's verdict (missed flush deadline) and
+        the port's own PORT_INVALID marker (its ring filled), counting only markers after
+        the port was last made valid."""
+        since = np.full(self.state.ports, NEVER, dtype=np.uint64)
+        index = self.index
+        markers = index[index["kind"] == 1]
+        for port, st in enumerate(self.state.port_state):
+            if st.invalid_since_ns is not None:
+                since[port] = st.invalid_since_ns
+            counted = (markers["port"] == port) & (markers["timestamp"] >= st.valid_from_ns)
+            mine = markers["timestamp"][counted]
+            if len(mine):
+                since[port] = min(int(since[port]), int(mine.min()))
+        return since
+
+    def valid_from(self) -> np.ndarray:
+        return np.array([p.valid_from_ns for p in self.state.port_state], dtype=np.uint64)
+
+    def horizon(self) -> int:
+        """Latest device time up to which every valid port has flushed: history before it is final."""
+        since = self.invalid_since()
+        valid = since == NEVER
+        if not valid.any():
+            return int(self.flushed_through.max(initial=0))
+        return int(self.flushed_through[valid].min())
+
+    def invalidate(self, port: int, since_ns: int, reason: str) -> None:
+        st = self.state.port_state[port]
+        if st.invalid_since_ns is None or since_ns < st.invalid_since_ns:
+            st.invalid_since_ns, st.reason = since_ns, reason
+            self.state.save(self.folder)
+
+    def revalidate(self, port: int, from_ns: int) -> None:
+        """Count `port` again from device time `from_ns` (after a fresh base copy)."""
+        st = self.state.port_state[port]
+        st.valid_from_ns, st.invalid_since_ns, st.reason = from_ns, None, ""
+        self.state.save(self.folder)
+
+    # --- the merged portion -----------------------------------------------------------------
+
+    def merge(self) -> np.ndarray:
+        """Merge every whole window between the last merge and the horizon; return the new rows."""
+        window = self.state.window_ns
+        end = self.horizon() // window * window
+        if end <= self.merged_through:
+            return np.zeros(0, MERGED_DTYPE)
+        table = merge(self.index, mode=Mode(self.state.mode), window_ns=window,
+                      start_ns=self.merged_through, end_ns=end, valid_from=self.valid_from(),
+                      invalid_since=self.invalid_since())
+        self.append_merged(table, end)
+        return table
+
+    def append_merged(self, table: np.ndarray, through_ns: int) -> None:
+        """Store merged entries for windows up to `through_ns`, durably."""
+        record = records.encode(RecordKind.MERGED, table.astype(MERGED_DTYPE).tobytes(), aux=through_ns)
+        fd = os.open(self.folder / "merged.seg", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            view = memoryview(record)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.merged = np.concatenate([self.merged, table.astype(MERGED_DTYPE)])
+        self.merged_through = through_ns
+

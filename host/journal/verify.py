@@ -1,0 +1,113 @@
+"""`journal verify`: check every record, every entry, the ordering and the merged index.
+
+Unlike opening, verifying never changes a file; it goes on past a defect to report every
+problem it can find, each with the file and byte offset.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from firmware.abi.entry import EntryError, Kind
+
+from . import records
+from .entries import parse
+from .merge import MERGED_DTYPE
+from .records import RecordKind
+from .state import JournalState
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    offset: int
+    what: str
+
+    def __str__(self):
+        return f"{self.file}:{self.offset}: {self.what}"
+
+
+@dataclass
+class Report:
+    problems: list[Problem]
+    records: int = 0
+    entries: int = 0
+    merged: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify(folder: Path) -> Report:
+    folder = Path(folder)
+    report = Report([])
+    try:
+        state = JournalState.load(folder)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        report.problems.append(Problem(str(folder / "journal.json"), 0, f"unreadable state: {exc}"))
+        return report
+    last_seq = [-1] * state.ports
+    last_ts = [0] * state.ports
+    located: dict[tuple[int, int], int] = {}   # (segment, offset) of each entry -> its lba
+    segments = sorted((folder / "received").glob("*.seg"))
+    for path in segments:
+        for rec in _records(path, report):
+            if rec.kind != RecordKind.ENTRIES:
+                report.problems.append(Problem(str(path), rec.offset, f"unexpected record kind {rec.kind}"))
+                continue
+            try:
+                rows, starts = parse(rec.payload, state.block_bytes)
+            except EntryError as exc:
+                report.problems.append(Problem(str(path), rec.offset + records.HEADER_BYTES,
+                                               f"bad entry: {exc}"))
+                continue
+            for row, start in zip(rows, starts.tolist(), strict=True):
+                where = rec.offset + records.HEADER_BYTES + start
+                port, seq, ts = int(row["port"]), int(row["seq"]), int(row["timestamp"])
+                if port != rec.port or port >= state.ports:
+                    report.problems.append(Problem(str(path), where, f"entry of port {port} in a "
+                                                   f"record of port {rec.port}"))
+                    continue
+                if last_seq[port] >= 0 and seq != last_seq[port] + 1:
+                    report.problems.append(Problem(str(path), where, f"port {port}: sequence {seq} "
+                                                   f"follows {last_seq[port]}"))
+                if ts < last_ts[port] and row["kind"] == Kind.WRITE:
+                    report.problems.append(Problem(str(path), where, f"port {port}: time {ts} goes back "
+                                                   f"from {last_ts[port]}"))
+                last_seq[port], last_ts[port] = seq, max(ts, last_ts[port])
+                located[(int(path.stem), where)] = int(row["lba"])
+                report.entries += 1
+    merged_path = folder / "merged.seg"
+    if merged_path.exists():
+        for rec in _records(merged_path, report):
+            table = np.frombuffer(rec.payload, MERGED_DTYPE)
+            for row in table:
+                lba = located.get((int(row["seg"]), int(row["offset"])))
+                if lba != int(row["lba"]):
+                    what = "no received entry" if lba is None else f"an entry of block {lba}"
+                    report.problems.append(Problem(str(merged_path), rec.offset, f"merged entry for block "
+                                                   f"{int(row['lba'])} points at {what}"))
+                    break
+            report.merged += len(table)
+    return report
+
+
+def _records(path: Path, report: Report) -> list[records.Record]:
+    """Every well-formed record of `path`, reporting each defect and resuming after it."""
+    data = path.read_bytes()
+    found, offset = [], 0
+    while offset < len(data):
+        got, defect = records.scan(data, offset)
+        found += got
+        report.records += len(got)
+        if defect is None:
+            break
+        later = records.next_valid(data, defect.offset)
+        tail = "torn tail, cut on next open" if later is None else f"{later - defect.offset} bytes skipped"
+        report.problems.append(Problem(str(path), defect.offset, f"{defect.reason} ({tail})"))
+        if later is None:
+            break
+        offset = later
+    return found

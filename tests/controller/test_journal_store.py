@@ -1,0 +1,151 @@
+"""Primary journal store: durability, resends, gaps, torn tails and corruption."""
+
+import os
+
+import numpy as np
+import pytest
+
+from firmware.abi.entry import Kind, Mode, Status, pack
+from host.journal.records import HEADER_BYTES
+from host.journal.store import JournalCorrupt, JournalError, LocalJournal, SequenceGap
+from host.journal.verify import verify
+from sim.workload import make_streams
+
+BLOCK = 64
+
+
+@pytest.fixture
+def streams():
+    return make_streams(ports=2, entries=200, block_bytes=BLOCK, blocks=16, span_ns=10**7, seed=3)
+
+
+def new_journal(tmp_path, **kw):
+    return LocalJournal.create(tmp_path / "j", block_bytes=BLOCK, ports=2, mode=Mode.REDO,
+                               window_ns=10**6, **kw)
+
+
+def fill(journal, streams, size=10):
+    for s in streams:
+        for raw, newest in s.batches(size):
+            journal.append(s.port, raw, newest)
+
+
+def test_reopen_returns_everything_durable(tmp_path, streams):
+    with new_journal(tmp_path) as j:
+        fill(j, streams)
+        before = j.index.copy()
+        data = j.read_data(np.arange(len(before)))
+    with LocalJournal.open(tmp_path / "j") as j:
+        assert not j.recovered
+        assert np.array_equal(j.index, before)
+        assert np.array_equal(j.read_data(np.arange(len(before))), data)
+        assert list(j.last_seq) == [len(s.entries) - 1 for s in streams]
+    stored = {(int(r["port"]), int(r["seq"])) for r in before}
+    assert stored == {(s.port, i) for s in streams for i in range(len(s.entries))}
+
+
+def test_segments_roll_over(tmp_path, streams):
+    with new_journal(tmp_path, segment_bytes=4096) as j:
+        fill(j, streams)
+        assert len(j.segment_paths()) > 3
+        n = len(j.index)
+    with LocalJournal.open(tmp_path / "j") as j:
+        assert len(j.index) == n
+    assert verify(tmp_path / "j").ok
+
+
+def test_resend_is_deduplicated_and_checked(tmp_path, streams):
+    s = streams[0]
+    with new_journal(tmp_path) as j:
+        batches = list(s.batches(10))
+        j.append(0, *batches[0])
+        j.append(0, *batches[1])
+        assert j.append(0, *batches[1]) == 19          # identical resend: nothing new
+        assert len(j.index) == 20
+        tampered = bytearray(batches[1][0])
+        other = pack(seq=10, port=0, mode=Mode.REDO, status=Status.OK, kind=Kind.WRITE, timestamp=1,
+                     lba=0, data=bytes(BLOCK))
+        tampered[:len(other)] = other
+        with pytest.raises(JournalError, match="differs"):
+            j.append(0, bytes(tampered), 0)
+
+
+def test_gap_is_refused(tmp_path, streams):
+    batches = list(streams[0].batches(10))
+    with new_journal(tmp_path) as j:
+        j.append(0, *batches[0])
+        with pytest.raises(SequenceGap, match="expected sequence 10, got 20"):
+            j.append(0, *batches[2])
+        assert len(j.index) == 10
+
+
+def test_bad_entry_is_refused_and_nothing_stored(tmp_path, streams):
+    raw, newest = next(streams[0].batches(10))
+    broken = bytearray(raw)
+    broken[HEADER_BYTES + 100] ^= 1
+    with new_journal(tmp_path) as j:
+        with pytest.raises(JournalError, match="CRC"):
+            j.append(0, bytes(broken), newest)
+        with pytest.raises(JournalError, match="port 1"):
+            j.append(0, next(streams[1].batches(10))[0], newest)
+        assert len(j.index) == 0
+
+
+def test_torn_tail_is_cut_and_reported(tmp_path, streams):
+    with new_journal(tmp_path) as j:
+        fill(j, streams)
+        n = len(j.index)
+    seg = (tmp_path / "j" / "received").glob("*.seg").__next__()
+    size = seg.stat().st_size
+    with open(seg, "r+b") as f:
+        f.truncate(size - 100)
+    assert not verify(tmp_path / "j").ok
+    with LocalJournal.open(tmp_path / "j") as j:
+        assert len(j.recovered) == 1 and j.recovered[0].bytes_cut > 0
+        assert "cut" in str(j.recovered[0])
+        last_batch = len(streams[1].entries) % 10 or 10
+        assert len(j.index) == n - last_batch             # the last batch was torn
+        j.append(1, *list(streams[1].batches(10))[-1])    # ingest resumes where it stood
+        assert len(j.index) == n
+    assert verify(tmp_path / "j").ok
+
+
+@pytest.mark.parametrize("damage", ["flip", "zeros"])
+def test_mid_file_corruption_stops_open_and_is_located(tmp_path, streams, damage):
+    with new_journal(tmp_path) as j:
+        fill(j, streams)
+    seg = next((tmp_path / "j" / "received").glob("*.seg"))
+    where = seg.stat().st_size // 3
+    with open(seg, "r+b") as f:
+        f.seek(where)
+        if damage == "flip":
+            byte = f.read(1)
+            f.seek(where)
+            f.write(bytes([byte[0] ^ 0xFF]))
+        else:
+            f.write(bytes(1500))
+    with pytest.raises(JournalCorrupt, match=rf"{seg.name}:\d+: .*valid record follows"):
+        LocalJournal.open(tmp_path / "j")
+    report = verify(tmp_path / "j")
+    assert not report.ok
+    first = report.problems[0]
+    assert first.file == str(seg) and first.offset <= where < first.offset + 1500 + 2000
+    assert "skipped" in first.what
+
+
+def test_open_refuses_a_folder_that_is_no_journal(tmp_path):
+    with pytest.raises(JournalError, match="not a journal"):
+        LocalJournal.open(tmp_path)
+    new_journal(tmp_path).close()
+    with pytest.raises(JournalError, match="already holds"):
+        new_journal(tmp_path)
+
+
+def test_append_is_fsynced_before_return(tmp_path, streams, monkeypatch):
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd)))
+    with new_journal(tmp_path) as j:
+        synced.clear()
+        j.append(0, *next(streams[0].batches(5)))
+        assert synced, "append returned without fsync"
