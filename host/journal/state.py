@@ -30,6 +30,8 @@ class PortState:
     valid_from_ns: int = 0                # device time from which this port's entries count (resync)
     invalid_since_ns: int | None = None   # device time from which this port's entries are ignored
     reason: str = ""                      # why it was marked invalid
+    compacted_seq: int = -1               # last sequence of this port in segments removed by compaction
+    compacted_flushed_ns: int = 0         # and the flush time they recorded
 
 
 @dataclass

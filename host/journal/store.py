@@ -67,8 +67,8 @@ class LocalJournal:
         self._chunks: list[np.ndarray] = []
         self._index: np.ndarray | None = None
         self._maps: dict[int, mmap.mmap] = {}
-        self.last_seq = np.full(state.ports, -1, dtype=np.int64)
-        self.flushed_through = np.zeros(state.ports, dtype=np.uint64)
+        self.last_seq = np.array([p.compacted_seq for p in state.port_state], dtype=np.int64)
+        self.flushed_through = np.array([p.compacted_flushed_ns for p in state.port_state], dtype=np.uint64)
         self.merged = np.zeros(0, MERGED_DTYPE)
         self.merged_through = 0
         self._segment = 0
@@ -239,6 +239,15 @@ class LocalJournal:
             self._chunks = [self._index]
         return self._index
 
+    def forget_segments(self, segs: list[int]) -> None:
+        """Drop the index rows of received segments that compaction removed."""
+        index = self.index
+        self._chunks, self._index = [index[~np.isin(index["seg"], segs)]], None
+        for seg in segs:
+            mapped = self._maps.pop(seg, None)
+            if mapped is not None:
+                mapped.close()
+
     def received(self, until_ns: int | None = None) -> np.ndarray:
         """Entry ids of the received portion in (timestamp, port, sequence) order."""
         index = self.index
@@ -248,17 +257,21 @@ class LocalJournal:
         return order
 
     def read_data(self, ids) -> np.ndarray:
-        """The data blocks of entries `ids`, as an (n, block_bytes) uint8 array."""
-        ids = np.asarray(ids, dtype=np.int64)
-        out = np.empty((len(ids), self.state.block_bytes), np.uint8)
-        rows = self.index[ids]
+        """The data blocks of entries `ids` (positions in `index`), as an (n, block_bytes) array."""
+        rows = self.index[np.asarray(ids, dtype=np.int64)]
         if np.any(rows["kind"] != 0):
             raise JournalError("asked for the data of a marker entry")
-        for seg in np.unique(rows["seg"]):
+        return self.read_at(rows["seg"], rows["offset"])
+
+    def read_at(self, segs: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """The data blocks of the entries stored at (segment, offset), e.g. merged rows."""
+        block = self.state.block_bytes
+        out = np.empty((len(segs), block), np.uint8)
+        for seg in np.unique(segs):
             view = np.frombuffer(self._map(int(seg)), np.uint8)
-            sel = np.flatnonzero(rows["seg"] == seg)
-            for i, start in zip(sel.tolist(), (rows["offset"][sel] + HEADER_BYTES).tolist(), strict=True):
-                out[i] = view[start:start + self.state.block_bytes]
+            sel = np.flatnonzero(segs == seg)
+            for i, start in zip(sel.tolist(), (offsets[sel] + HEADER_BYTES).tolist(), strict=True):
+                out[i] = view[start:start + block]
         return out
 
     def _map(self, seg: int) -> mmap.mmap:

@@ -1,0 +1,139 @@
+"""Base copy, resync and compaction (the seed's periodic compression of the journal).
+
+The base copy is the volume as it was at device time `time_ns`: every write stamped before it
+is in it. Redo restore starts from it. Compaction folds merged windows older than the
+retention period into the base copy (redo) or drops them (copy-on-write, where the primary
+storage itself is the newest state), then removes received segments nobody needs any more.
+"""
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from firmware.abi.entry import Mode
+
+from . import records
+from .records import RecordKind
+from .state import BaseCopy
+from .store import JournalError, LocalJournal
+
+BASE_FILE = "base.img"
+CHUNK_BLOCKS = 4096
+
+Progress = Callable[[int, int], None]   # (blocks done, blocks in all)
+
+
+def take_base_copy(journal: LocalJournal, storage, time_ns: int,
+                   progress: Progress | None = None) -> BaseCopy:
+    """Copy the whole volume from `storage` into the journal folder as the base at `time_ns`."""
+    if storage.block_bytes != journal.state.block_bytes:
+        raise JournalError(f"storage blocks are {storage.block_bytes} bytes, the journal's "
+                           f"{journal.state.block_bytes}")
+    target = journal.folder / BASE_FILE
+    tmp = target.with_suffix(".tmp")
+    with open(tmp, "wb") as out:
+        for lba in range(0, storage.blocks, CHUNK_BLOCKS):
+            count = min(CHUNK_BLOCKS, storage.blocks - lba)
+            out.write(storage.read(lba, count))
+            if progress:
+                progress(lba + count, storage.blocks)
+        out.flush()
+        os.fsync(out.fileno())
+    _replace(tmp, target)
+    journal.state.base = BaseCopy(path=BASE_FILE, time_ns=time_ns, blocks=storage.blocks)
+    journal.state.save(journal.folder)
+    return journal.state.base
+
+
+def resync(journal: LocalJournal, port: int, storage, time_ns: int, progress: Progress | None = None) -> None:
+    """Take a fresh base copy at `time_ns` and count `port` again from then on."""
+    take_base_copy(journal, storage, time_ns, progress)
+    journal.revalidate(port, time_ns)
+
+
+def compact(journal: LocalJournal, retention_ns: int) -> dict:
+    """Fold or drop merged history older than `retention_ns` before the horizon; return a summary."""
+    window = journal.state.window_ns
+    cutoff = min(journal.merged_through, max(journal.horizon() - retention_ns, 0)) // window * window
+    old = journal.merged["window_end"] <= cutoff
+    summary = {"cutoff_ns": cutoff, "merged_dropped": int(old.sum()), "segments_removed": 0,
+               "blocks_folded": 0}
+    if not old.any():
+        return summary
+    if journal.state.mode == Mode.REDO:
+        base = journal.state.base
+        if base is None:
+            raise JournalError("redo compaction needs a base copy: take one first (resync)")
+        newer = old & (journal.merged["window_end"] > base.time_ns)
+        summary["blocks_folded"] = _fold(journal, journal.merged[newer])
+        base.time_ns = max(base.time_ns, cutoff)
+        journal.state.save(journal.folder)
+    # Order matters for a crash in between: base, then merged portion, then segments.
+    keep = journal.merged[~old]
+    tmp = journal.folder / "merged.tmp"
+    with open(tmp, "wb") as f:
+        f.write(records.encode(RecordKind.MERGED, keep.tobytes(), aux=journal.merged_through))
+        f.flush()
+        os.fsync(f.fileno())
+    _replace(tmp, journal.folder / "merged.seg")
+    journal.merged = keep
+    summary["segments_removed"] = _drop_segments(journal, cutoff)
+    return summary
+
+
+def _fold(journal: LocalJournal, rows: np.ndarray) -> int:
+    """Write each block's newest merged value among `rows` into a new base copy."""
+    if not len(rows):
+        return 0
+    order = np.lexsort((rows["window_end"], rows["lba"]))
+    rows = rows[order]
+    last = np.append(rows["lba"][1:] != rows["lba"][:-1], True)
+    rows = rows[last]
+    data = journal.read_at(rows["seg"], rows["offset"])
+    target = journal.folder / BASE_FILE
+    tmp = target.with_suffix(".tmp")
+    shutil.copyfile(target, tmp)
+    block = journal.state.block_bytes
+    with open(tmp, "r+b") as f:
+        for lba, blockdata in zip(rows["lba"].tolist(), data, strict=True):
+            f.seek(lba * block)
+            f.write(blockdata.tobytes())
+        f.flush()
+        os.fsync(f.fileno())
+    _replace(tmp, target)
+    return len(rows)
+
+
+def _drop_segments(journal: LocalJournal, cutoff: int) -> int:
+    """Remove received segments (never the newest) whose entries all lie before `cutoff`."""
+    index = journal.index
+    paths = journal.segment_paths()[:-1]
+    removed = 0
+    for path in paths:
+        seg = int(path.stem)
+        mine = index[index["seg"] == seg]
+        if len(mine) and int(mine["timestamp"].max()) >= cutoff:
+            break
+        for port in np.unique(mine["port"]).tolist():
+            st = journal.state.port_state[port]
+            st.compacted_seq = max(st.compacted_seq, int(mine["seq"][mine["port"] == port].max()))
+            st.compacted_flushed_ns = max(st.compacted_flushed_ns, int(journal.flushed_through[port]))
+        removed += 1
+    journal.state.save(journal.folder)
+    gone = [int(p.stem) for p in paths[:removed]]
+    for path in paths[:removed]:
+        path.unlink()
+    journal.forget_segments(gone)
+    return removed
+
+
+def _replace(tmp: Path, target: Path) -> None:
+    os.replace(tmp, target)
+    fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

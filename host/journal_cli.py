@@ -1,0 +1,185 @@
+"""`portjournal journal …` and `portjournal ports …`: look after the primary journal."""
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from firmware.abi.entry import Mode
+
+from .journal.base import compact, resync, take_base_copy
+from .journal.store import NEVER, JournalError, LocalJournal
+from .journal.verify import verify
+from .storage import FileStorage, StorageError
+from .timefmt import format_ns, parse_duration
+
+console = Console(soft_wrap=True)  # paths and offsets stay on one line, ready to copy
+
+journal_option = click.option(
+    "-j", "--journal", "folder", type=click.Path(file_okay=False, path_type=Path), default="journal",
+    show_default=True, envvar="PORTJOURNAL_JOURNAL", help="Journal folder (or set PORTJOURNAL_JOURNAL).")
+
+
+class Duration(click.ParamType):
+    name = "duration"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def open_journal(folder: Path, **kwargs) -> LocalJournal:
+    try:
+        journal = LocalJournal.open(folder, **kwargs)
+    except JournalError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for cut in journal.recovered:
+        verb = "would cut" if kwargs.get("readonly") else "cut"
+        console.print(f"[yellow]recovery {verb} a torn tail:[/] {cut}")
+    return journal
+
+
+def open_storage(path: Path, block_bytes: int) -> FileStorage:
+    try:
+        return FileStorage(path, block_bytes)
+    except StorageError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.group("journal")
+def journal_cli():
+    """The primary journal: create, inspect, verify, merge, compact."""
+
+
+@journal_cli.command()
+@journal_option
+@click.option("--ports", type=click.IntRange(1, 64), required=True, help="Number of switch ports.")
+@click.option("--block-bytes", type=int, default=512, show_default=True, help="Block size of the volume.")
+@click.option("--mode", type=click.Choice(["redo", "cow"]), default="redo", show_default=True,
+              help="What entries hold: new data (redo) or the pre-image (copy-on-write).")
+@click.option("--window", type=Duration(), default="100ms", show_default=True, help="Merge window length.")
+def create(folder, ports, block_bytes, mode, window):
+    """Create an empty journal in FOLDER."""
+    try:
+        LocalJournal.create(folder, block_bytes=block_bytes, ports=ports, window_ns=window,
+                            mode=Mode.REDO if mode == "redo" else Mode.COPY_ON_WRITE).close()
+    except (JournalError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    console.print(f"created journal {folder}: {ports} ports, {block_bytes}-byte blocks, {mode}, "
+                  f"window {format_ns(window)}")
+
+
+@journal_cli.command()
+@journal_option
+def info(folder):
+    """Geometry, entries per port, horizon, merged portion and base copy."""
+    with open_journal(folder, readonly=True) as j:
+        st = j.state
+        console.print(f"journal {folder}: {st.ports} ports, {st.block_bytes}-byte blocks, "
+                      f"{Mode(st.mode).name.lower()}, window {format_ns(st.window_ns)}")
+        console.print(f"received: {len(j.index)} entries in {len(j.segment_paths())} segments; "
+                      f"horizon {format_ns(j.horizon())}")
+        console.print(f"merged: {len(j.merged)} entries through {format_ns(j.merged_through)}")
+        base = st.base
+        console.print("base copy: " + (f"{base.blocks} blocks at {format_ns(base.time_ns)} ({base.path})"
+                                       if base else "none"))
+        console.print(ports_table(j))
+
+
+def ports_table(j: LocalJournal) -> Table:
+    table = Table("port", "validity", "entries", "last seq", "flushed through", "invalid since", "reason")
+    since = j.invalid_since()
+    counts = [int((j.index["port"] == p).sum()) for p in range(j.state.ports)]
+    for port, st in enumerate(j.state.port_state):
+        valid = since[port] == NEVER
+        table.add_row(str(port), "[green]valid[/]" if valid else "[red]invalid[/]", str(counts[port]),
+                      str(int(j.last_seq[port])), format_ns(int(j.flushed_through[port])),
+                      "-" if valid else format_ns(int(since[port])), st.reason or "")
+    return table
+
+
+@journal_cli.command("verify")
+@journal_option
+def verify_cmd(folder):
+    """Check every CRC, the ordering and the merged index; exit 1 on any problem."""
+    report = verify(folder)
+    for problem in report.problems:
+        console.print(f"[red]problem[/] {problem}")
+    console.print(f"{report.records} records, {report.entries} entries, {report.merged} merged entries: "
+                  + ("[green]ok[/]" if report.ok else f"[red]{len(report.problems)} problem(s)[/]"))
+    if not report.ok:
+        raise SystemExit(1)
+
+
+@journal_cli.command("merge")
+@journal_option
+def merge_cmd(folder):
+    """Merge every whole window before the consistency horizon."""
+    with open_journal(folder) as j:
+        rows = j.merge()
+        console.print(f"merged {len(rows)} entries; merged portion now through {format_ns(j.merged_through)} "
+                      f"(horizon {format_ns(j.horizon())})")
+
+
+@journal_cli.command("compact")
+@journal_option
+@click.option("--retention", type=Duration(), required=True,
+              help="Keep merged history this long before the horizon (e.g. 1h); fold older into the base.")
+def compact_cmd(folder, retention):
+    """Fold merged history older than the retention period into the base copy."""
+    with open_journal(folder) as j:
+        try:
+            summary = compact(j, retention)
+        except JournalError as exc:
+            raise click.ClickException(str(exc)) from exc
+    console.print(f"compacted up to {format_ns(summary['cutoff_ns'])}: {summary['merged_dropped']} merged "
+                  f"entries dropped, {summary['blocks_folded']} blocks folded into the base, "
+                  f"{summary['segments_removed']} segments removed")
+
+
+@journal_cli.command("base")
+@journal_option
+@click.option("--storage", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="The primary storage (volume image file or block device).")
+@click.option("--at", "at_ns", type=int, required=True, help="Device time (ns) the copy stands for.")
+def base_cmd(folder, storage, at_ns):
+    """Take a base copy of the volume."""
+    with open_journal(folder) as j, open_storage(storage, j.state.block_bytes) as vol:
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task("base copy", total=vol.blocks)
+            take_base_copy(j, vol, at_ns, lambda done, _: bar.update(task, completed=done))
+        console.print(f"base copy of {vol.blocks} blocks at {format_ns(at_ns)}")
+
+
+@click.group("ports", invoke_without_command=True)
+@journal_option
+@click.pass_context
+def ports_cli(ctx, folder):
+    """Port validity: which ports count, since when, and why not."""
+    ctx.obj = folder
+    if ctx.invoked_subcommand is None:
+        with open_journal(folder, readonly=True) as j:
+            console.print(ports_table(j))
+
+
+@ports_cli.command("resync")
+@click.argument("port", type=int)
+@click.option("--storage", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="The primary storage to take the fresh base copy from.")
+@click.option("--at", "at_ns", type=int, required=True, help="Device time (ns) the fresh copy stands for.")
+@click.pass_obj
+def resync_cmd(folder, port, storage, at_ns):
+    """Take a fresh base copy and count PORT again from --at on."""
+    with open_journal(folder) as j, open_storage(storage, j.state.block_bytes) as vol:
+        if not 0 <= port < j.state.ports:
+            raise click.BadParameter(f"the journal has ports 0..{j.state.ports - 1}", param_hint="PORT")
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task("base copy", total=vol.blocks)
+            resync(j, port, vol, at_ns, lambda done, _: bar.update(task, completed=done))
+        console.print(f"port {port} valid again from {format_ns(at_ns)}")
