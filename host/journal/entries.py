@@ -15,6 +15,14 @@ INDEX_DTYPE = np.dtype([
 _LENGTH = struct.Struct("<I")
 
 
+class BadEntry(EntryError):
+    """Entry number `index`, starting at byte `offset` of its batch, is not well-formed."""
+
+    def __init__(self, index: int, offset: int, what: str):
+        super().__init__(f"entry {index} at byte {offset}: {what}")
+        self.index, self.offset = index, offset
+
+
 def parse(raw, block_bytes: int) -> tuple[np.ndarray, np.ndarray]:
     """Index rows (seg/offset unset) and the start offset of each entry in `raw`.
 
@@ -42,7 +50,7 @@ def parse(raw, block_bytes: int) -> tuple[np.ndarray, np.ndarray]:
     if len(bad):
         i = int(bad[0])
         what = "padding is not zero" if pads[i] else f"CRC {int(crcs[i]):#010x} does not match its contents"
-        raise EntryError(f"entry {i} at byte {int(starts[i])}: {what}")
+        raise BadEntry(i, int(starts[i]), what)
     rows = np.zeros(len(starts), INDEX_DTYPE)
     for name in ("timestamp", "lba", "seq", "port", "mode", "status", "kind"):
         rows[name] = headers[name]
@@ -55,13 +63,12 @@ def _walk(raw: memoryview, block_bytes: int) -> tuple[np.ndarray, np.ndarray]:
     starts, offset = [], 0
     while offset < len(raw):
         if offset + HEADER_BYTES + TRAILER_BYTES > len(raw):
-            raise EntryError(f"entry {len(starts)} at byte {offset}: truncated header")
+            raise BadEntry(len(starts), offset, "truncated header")
         (length,) = _LENGTH.unpack_from(raw, offset + 24)
         if length not in (0, block_bytes):
-            raise EntryError(f"entry {len(starts)} at byte {offset}: length {length}, expected "
-                             f"{block_bytes} or 0")
+            raise BadEntry(len(starts), offset, f"length {length}, expected {block_bytes} or 0")
         if offset + entry_bytes(length) > len(raw):
-            raise EntryError(f"entry {len(starts)} at byte {offset}: truncated data")
+            raise BadEntry(len(starts), offset, "truncated data")
         starts.append(offset)
         offset += entry_bytes(length)
     starts = np.array(starts, dtype=np.uint64)

@@ -12,7 +12,7 @@ import numpy as np
 from firmware.abi.entry import EntryError, Kind
 
 from . import records
-from .entries import parse
+from .entries import BadEntry, parse
 from .merge import MERGED_DTYPE
 from .records import RecordKind
 from .state import JournalState
@@ -53,7 +53,7 @@ def verify(folder: Path) -> Report:
     located: dict[tuple[int, int], int] = {}   # (segment, offset) of each entry -> its lba
     segments = sorted((folder / "received").glob("*.seg"))
     for path in segments:
-        for rec in _records(path, report):
+        for rec in _records(path, report, state.block_bytes):
             if rec.kind != RecordKind.ENTRIES:
                 report.problems.append(Problem(str(path), rec.offset, f"unexpected record kind {rec.kind}"))
                 continue
@@ -81,7 +81,7 @@ def verify(folder: Path) -> Report:
                 report.entries += 1
     merged_path = folder / "merged.seg"
     if merged_path.exists():
-        for rec in _records(merged_path, report):
+        for rec in _records(merged_path, report, state.block_bytes):
             table = np.frombuffer(rec.payload, MERGED_DTYPE)
             for row in table:
                 lba = located.get((int(row["seg"]), int(row["offset"])))
@@ -94,7 +94,7 @@ def verify(folder: Path) -> Report:
     return report
 
 
-def _records(path: Path, report: Report) -> list[records.Record]:
+def _records(path: Path, report: Report, block_bytes: int) -> list[records.Record]:
     """Every well-formed record of `path`, reporting each defect and resuming after it."""
     data = path.read_bytes()
     found, offset = [], 0
@@ -107,7 +107,23 @@ def _records(path: Path, report: Report) -> list[records.Record]:
         later = records.next_valid(data, defect.offset)
         tail = "torn tail, cut on next open" if later is None else f"{later - defect.offset} bytes skipped"
         report.problems.append(Problem(str(path), defect.offset, f"{defect.reason} ({tail})"))
+        damaged = _damaged_entry(data, defect.offset, block_bytes)
+        if damaged is not None:
+            report.problems.append(Problem(str(path), *damaged))
         if later is None:
             break
         offset = later
     return found
+
+
+def _damaged_entry(data: bytes, offset: int, block_bytes: int) -> tuple[int, str] | None:
+    """Inside a record whose CRC failed but whose header holds, the first entry that is damaged."""
+    magic, kind, _, length, _, _ = records.HEADER.unpack_from(data, offset)
+    start = offset + records.HEADER_BYTES
+    if magic != records.MAGIC or kind != RecordKind.ENTRIES or start + length > len(data):
+        return None
+    try:
+        parse(data[start:start + length], block_bytes)
+    except BadEntry as exc:
+        return start + exc.offset, f"damaged entry: {exc}"
+    return None

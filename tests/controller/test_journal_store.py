@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from firmware.abi.entry import Kind, Mode, Status, pack
+from firmware.abi.entry import Kind, Mode, Status, entry_bytes, pack
 from host.journal.records import HEADER_BYTES
 from host.journal.store import JournalCorrupt, JournalError, LocalJournal, SequenceGap
 from host.journal.verify import verify
@@ -129,8 +129,12 @@ def test_mid_file_corruption_stops_open_and_is_located(tmp_path, streams, damage
     report = verify(tmp_path / "j")
     assert not report.ok
     first = report.problems[0]
-    assert first.file == str(seg) and first.offset <= where < first.offset + 1500 + 2000
+    assert first.file == str(seg) and first.offset <= where
     assert "skipped" in first.what
+    if damage == "flip":     # the record's header holds, so the damaged entry itself is named
+        entry = report.problems[1]
+        size = entry_bytes(BLOCK)
+        assert "damaged entry" in entry.what and entry.offset <= where < entry.offset + size
 
 
 def test_open_refuses_a_folder_that_is_no_journal(tmp_path):
