@@ -13,7 +13,7 @@ Interfaces (W = `datapath_bits`, B = `block_bytes`; every stream is `amaranth.li
 | `mode` | in | 1 | `Mode` for the next writes: 0 redo, 1 copy-on-write (sampled per request) |
 | `policy` | in | 1 | ring full: 0 back-pressure ingress, 1 invalidate the port with a marker |
 | `reenable` | in | 1 | pulse: an invalid port journals again |
-| `ingress` | in | {data: W, first, last} | a request: a header beat (`first`, data = lba), then B*8/W data beats (`last` on the final one) |
+| `ingress` | in | {data: W, first, last} | header beat (`first`, data = lba), B*8/W data beats, `last` |
 | `pri_write` | out | {data: W, first, last} | primary write: same shape as `ingress` |
 | `pri_wresp` | in | {ok} | primary write completion, in issue order |
 | `pri_rcmd` | out | {lba: 64} | copy-on-write pre-image read |
@@ -23,7 +23,7 @@ Interfaces (W = `datapath_bits`, B = `block_bytes`; every stream is `amaranth.li
 | `flush_cmd` | in | 1 | pulse: drain now |
 | `ack` | in | {seq: 32} | host stored every entry up to and including `seq` |
 | `resend` | in | 1 | pulse: go back to the oldest unacknowledged entry |
-| `flush` | out | {data: W, first, last} | entries, byte-exact `firmware.abi.entry`, `first`/`last` per entry |
+| `flush` | out | {data: W, first, last} | entries as `firmware.abi.entry` bytes, `first`/`last` |
 
 Counters and status (outputs, ready for the register map): see `COUNTERS` below.
 """
@@ -39,7 +39,7 @@ from hdl.write_path import ReadCommand, WritePath, WriteResponse, beat_layout, r
 
 # (name, width, access, description): the port's counters and status, for the register map.
 COUNTERS = [
-    ("entries_written", 32, "RO", "entries allocated in the ring (writes journaled and markers); equals the next seq"),
+    ("entries_written", 32, "RO", "entries allocated (journaled writes and markers) = next seq"),
     ("flushed", 32, "RO", "entries sent to the flush stream for the first time"),
     ("acknowledged", 32, "RO", "entries acknowledged by the host (the ring's tail seq)"),
     ("resent", 32, "RO", "entries sent again after a resend request"),

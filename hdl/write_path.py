@@ -28,7 +28,7 @@ from amaranth.lib.wiring import In, Out
 
 from firmware.abi.entry import Kind, Mode, Status
 from hdl.journal_ring import MetaLayout, StatusWrite, check_geometry
-from hdl.timestamper import SEQ_BITS, StampLayout
+from hdl.timestamper import StampLayout
 
 
 class FullPolicy(enum.IntEnum):

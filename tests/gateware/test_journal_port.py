@@ -104,7 +104,7 @@ def test_writes_are_journaled_and_flushed(mode):
 
     _run(dut, bench)
     assert len(out) == 3
-    for seq, (raw, (lba, data)) in enumerate(zip(out, writes)):
+    for seq, (raw, (lba, data)) in enumerate(zip(out, writes, strict=True)):
         assert len(raw) == entry_bytes(BLOCK)
         fields, got = unpack(raw)
         assert fields["seq"] == seq and fields["port"] == 5 and fields["lba"] == lba
