@@ -51,7 +51,7 @@ class FlushEngine(wiring.Component):
 
     def __init__(self, *, port: int = 0, block_bytes: int = 512, datapath_bits: int = 64,
                  depth: int = 16):
-        check_geometry(block_bytes, datapath_bits, depth)
+        check_geometry(self, block_bytes, datapath_bits, depth)
         self.port = port
         self.block_bytes = block_bytes
         self.width = datapath_bits

@@ -72,7 +72,7 @@ class JournalPort(wiring.Component):
 
     def __init__(self, *, port: int = 0, block_bytes: int = 512, datapath_bits: int = 64,
                  depth: int = 16, max_inflight: int = 4):
-        check_geometry(block_bytes, datapath_bits, depth)
+        check_geometry(self, block_bytes, datapath_bits, depth)
         self.port = port
         self.block_bytes = block_bytes
         self.datapath_bits = datapath_bits

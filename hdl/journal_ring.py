@@ -60,8 +60,16 @@ StatusWrite = wiring.Signature({
 })
 
 
-def check_geometry(block_bytes: int, datapath_bits: int, depth: int):
+def check_geometry(core, block_bytes: int, datapath_bits: int, depth: int):
     """Raise ValueError unless the sizes make a ring of whole words (shared by every core)."""
+    try:
+        _check_geometry(block_bytes, datapath_bits, depth)
+    except ValueError:
+        core._MustUse__silence = True  # a rejected core is not an unused one
+        raise
+
+
+def _check_geometry(block_bytes: int, datapath_bits: int, depth: int):
     if datapath_bits not in (8, 16, 32, 64):
         raise ValueError(f"datapath_bits must be 8, 16, 32 or 64 (entries are 64-bit aligned), "
                          f"not {datapath_bits}")
@@ -82,7 +90,7 @@ class JournalRing(wiring.Component):
     """
 
     def __init__(self, *, block_bytes: int = 512, datapath_bits: int = 64, depth: int = 16):
-        check_geometry(block_bytes, datapath_bits, depth)
+        check_geometry(self, block_bytes, datapath_bits, depth)
         self.depth = depth
         self.block_words = block_bytes * 8 // datapath_bits
         self.slot_bits = (depth - 1).bit_length()

@@ -55,7 +55,7 @@ class WritePath(wiring.Component):
 
     def __init__(self, *, block_bytes: int = 512, datapath_bits: int = 64, depth: int = 16,
                  max_inflight: int = 4):
-        check_geometry(block_bytes, datapath_bits, depth)
+        check_geometry(self, block_bytes, datapath_bits, depth)
         self.block_words = block_bytes * 8 // datapath_bits
         self.depth = depth
         self.slot_bits = (depth - 1).bit_length()
