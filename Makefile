@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.setup-stamp
 JOBS    ?= auto
 
-.PHONY: setup test test-host test-hdl lint demo clean distclean bench-merge
+.PHONY: setup test test-host test-hdl lint demo clean distclean bench-merge bench-port
 
 setup: $(STAMP)
 
@@ -28,6 +28,9 @@ test-hdl: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+bench-port: $(STAMP)
+	$(BIN)/python bench/port.py
 
 demo: $(STAMP)
 	$(BIN)/portjournal --help

@@ -1,0 +1,151 @@
+"""JournalPort: one switch port's write path, partial-journal ring and flush engine.
+
+Composes `Timestamper` (phase 1 stamp), `WritePath` (three-phase write, redo or copy-on-write),
+`JournalRing` (on-chip RAM ring) and `FlushEngine` (DMA-style drain with acknowledge and
+go-back-N resend). `time` is the port's local time in ns: a free-running counter today, the
+DPLL's integer output when the device image plugs it in.
+
+Interfaces (W = `datapath_bits`, B = `block_bytes`; every stream is `amaranth.lib.stream`):
+
+| port | dir | payload | meaning |
+|---|---|---|---|
+| `time` | in | 64 | local time, ns |
+| `mode` | in | 1 | `Mode` for the next writes: 0 redo, 1 copy-on-write (sampled per request) |
+| `policy` | in | 1 | ring full: 0 back-pressure ingress, 1 invalidate the port with a marker |
+| `reenable` | in | 1 | pulse: an invalid port journals again |
+| `ingress` | in | {data: W, first, last} | header beat (`first`, data = lba), B*8/W data beats, `last` |
+| `pri_write` | out | {data: W, first, last} | primary write: same shape as `ingress` |
+| `pri_wresp` | in | {ok} | primary write completion, in issue order |
+| `pri_rcmd` | out | {lba: 64} | copy-on-write pre-image read |
+| `pri_rdata` | in | {data: W, last, ok} | B*8/W beats of the old block; any `ok` = 0 fails the read |
+| `watermark` | in | range(depth+1) | drain when the ring holds this many entries (0 = off) |
+| `timer_period` | in | 32 | drain every this many cycles (0 = off) |
+| `flush_cmd` | in | 1 | pulse: drain now |
+| `ack` | in | {seq: 32} | host stored every entry up to and including `seq` |
+| `resend` | in | 1 | pulse: go back to the oldest unacknowledged entry |
+| `flush` | out | {data: W, first, last} | entries as `firmware.abi.entry` bytes, `first`/`last` |
+
+Counters and status (outputs, ready for the register map): see `COUNTERS` below.
+"""
+
+from amaranth.hdl import Module, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from hdl.flush import AckLayout, FlushEngine
+from hdl.journal_ring import JournalRing, check_geometry
+from hdl.timestamper import TIME_BITS, Timestamper
+from hdl.write_path import ReadCommand, WritePath, WriteResponse, beat_layout, read_beat_layout
+
+# (name, width, access, description): the port's counters and status, for the register map.
+COUNTERS = [
+    ("entries_written", 32, "RO", "entries allocated (journaled writes and markers) = next seq"),
+    ("flushed", 32, "RO", "entries sent to the flush stream for the first time"),
+    ("acknowledged", 32, "RO", "entries acknowledged by the host (the ring's tail seq)"),
+    ("resent", 32, "RO", "entries sent again after a resend request"),
+    ("resend_requests", 32, "RO", "resend (go-back-N) requests received"),
+    ("ring_fill", 32, "RO", "entries in the ring not yet acknowledged (or being sent)"),
+    ("stall_cycles", 32, "RO", "cycles a request waited at ingress because the ring was full"),
+    ("stall_events", 32, "RO", "times the ring-full back-pressure began"),
+    ("primary_failures", 32, "RO", "primary writes completed with a failure (PRIMARY_FAILED)"),
+    ("journal_failures", 32, "RO", "pre-image reads that failed (JOURNAL_FAILED, primary not written)"),
+    ("unjournaled", 32, "RO", "writes forwarded to primary storage while the port was invalid"),
+    ("markers", 32, "RO", "PORT_INVALID markers written"),
+    ("protocol_errors", 32, "RO", "ingress data beats outside a request, dropped"),
+    ("invalid", 1, "RO", "port is invalid (stopped journaling after a full ring); cleared by `reenable`"),
+    ("draining", 1, "RO", "flush engine is draining"),
+    ("flush_trigger", 3, "RO", "`FlushTrigger` that started the current or last drain"),
+]
+
+
+def counters_markdown() -> str:
+    rows = ["| name | width | access | description |", "|---|---:|---|---|"]
+    rows += [f"| `{n}` | {w} | {a} | {d} |" for n, w, a, d in COUNTERS]
+    return "\n".join(rows)
+
+
+__doc__ += "\n" + counters_markdown() + "\n"
+
+
+class JournalPort(wiring.Component):
+    """One journal port: ingress → ring + primary storage; ring → flush stream."""
+
+    def __init__(self, *, port: int = 0, block_bytes: int = 512, datapath_bits: int = 64,
+                 depth: int = 16, max_inflight: int = 4):
+        check_geometry(self, block_bytes, datapath_bits, depth)
+        self.port = port
+        self.block_bytes = block_bytes
+        self.datapath_bits = datapath_bits
+        self.depth = depth
+        self.max_inflight = max_inflight
+        beat = beat_layout(datapath_bits)
+        members = {
+            "time": In(TIME_BITS),
+            "mode": In(1),
+            "policy": In(1),
+            "reenable": In(1),
+            "ingress": In(stream.Signature(beat)),
+            "pri_write": Out(stream.Signature(beat)),
+            "pri_wresp": In(stream.Signature(WriteResponse)),
+            "pri_rcmd": Out(stream.Signature(ReadCommand)),
+            "pri_rdata": In(stream.Signature(read_beat_layout(datapath_bits))),
+            "watermark": In(range(depth + 1)),
+            "timer_period": In(32),
+            "flush_cmd": In(1),
+            "ack": In(stream.Signature(AckLayout)),
+            "resend": In(1),
+            "flush": Out(stream.Signature(beat)),
+        }
+        members.update({name: Out(width) for name, width, _, _ in COUNTERS})
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        m = Module()
+        geometry = dict(block_bytes=self.block_bytes, datapath_bits=self.datapath_bits,
+                        depth=self.depth)
+        stamper = m.submodules.stamper = Timestamper(self.port)
+        writes = m.submodules.writes = WritePath(**geometry, max_inflight=self.max_inflight)
+        ring = m.submodules.ring = JournalRing(**geometry)
+        flush = m.submodules.flush = FlushEngine(port=self.port, **geometry)
+
+        m.d.comb += [
+            stamper.time.eq(self.time), stamper.take.eq(writes.take), writes.stamp.eq(stamper.stamp),
+            writes.mode.eq(self.mode), writes.policy.eq(self.policy),
+            writes.reenable.eq(self.reenable), writes.fill.eq(ring.fill),
+            ring.alloc.eq(writes.alloc), ring.tail.eq(flush.hold),
+            flush.done.eq(ring.done), flush.fill.eq(ring.fill), flush.status.eq(ring.status),
+            ring.status_addr.eq(flush.status_addr),
+            flush.watermark.eq(self.watermark), flush.timer_period.eq(self.timer_period),
+            flush.flush_cmd.eq(self.flush_cmd), flush.resend.eq(self.resend),
+        ]
+        wiring.connect(m, wiring.flipped(self.ingress), writes.ingress)
+        wiring.connect(m, writes.pri_write, wiring.flipped(self.pri_write))
+        wiring.connect(m, wiring.flipped(self.pri_wresp), writes.pri_wresp)
+        wiring.connect(m, writes.pri_rcmd, wiring.flipped(self.pri_rcmd))
+        wiring.connect(m, wiring.flipped(self.pri_rdata), writes.pri_rdata)
+        wiring.connect(m, wiring.flipped(self.ack), flush.ack)
+        wiring.connect(m, flush.out, wiring.flipped(self.flush))
+        wiring.connect(m, writes.meta_w, ring.meta_w)
+        wiring.connect(m, writes.data_w, ring.data_w)
+        wiring.connect(m, writes.status_now, ring.status_w0)
+        wiring.connect(m, writes.status_done, ring.status_w1)
+        wiring.connect(m, flush.meta_r, ring.meta_r)
+        wiring.connect(m, flush.data_r, ring.data_r)
+
+        was_stalling = Signal()
+        m.d.sync += was_stalling.eq(writes.stalling)
+        with m.If(writes.stalling):
+            m.d.sync += self.stall_cycles.eq(self.stall_cycles + 1)
+            with m.If(~was_stalling):
+                m.d.sync += self.stall_events.eq(self.stall_events + 1)
+        m.d.comb += [
+            self.entries_written.eq(ring.head), self.flushed.eq(flush.flushed),
+            self.acknowledged.eq(flush.acked), self.resent.eq(flush.resent),
+            self.resend_requests.eq(flush.resend_requests), self.ring_fill.eq(ring.fill),
+            self.primary_failures.eq(writes.primary_failures),
+            self.journal_failures.eq(writes.journal_failures),
+            self.unjournaled.eq(writes.unjournaled), self.markers.eq(writes.markers),
+            self.protocol_errors.eq(writes.protocol_errors), self.invalid.eq(writes.invalid),
+            self.draining.eq(flush.draining), self.flush_trigger.eq(flush.trigger),
+        ]
+        return m

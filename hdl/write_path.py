@@ -1,0 +1,248 @@
+"""Write path of a journal port: the seed's three-phase write (figure 8), redo and copy-on-write.
+
+Phase 1, when the request's header beat is accepted: take the (timestamp, port, seq) stamp,
+allocate the ring slot `seq % depth` and write the header fields known now (`MetaLayout`).
+Phase 2: commit the block to the ring and issue the primary write. In redo mode both happen at
+once: each data beat is written into the ring and forwarded to primary storage in the same
+cycle. In copy-on-write mode (figure 11) the old block is read from primary storage first and
+journaled; only if that read succeeded is the primary write issued (else the entry's status is
+JOURNAL_FAILED and the new data is consumed without being written anywhere).
+Phase 3: the primary completion (in order, several writes in flight) records OK or
+PRIMARY_FAILED in the entry.
+
+Ring full: with `policy` = BACKPRESSURE (0) ingress waits for the host to acknowledge entries.
+With `policy` = INVALIDATE (1) the last free slot is kept for a marker: when a write finds no
+room, the port writes a `Kind.PORT_INVALID` marker (stamped like a write, its own seq, no data,
+`lba` = the first write not journaled, status OK) and becomes *invalid*: from then on writes
+still go to primary storage but are not journaled (counted in `unjournaled`) until the host
+pulses `reenable`. Nothing is dropped silently.
+"""
+
+import enum
+
+from amaranth.hdl import Module, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.memory import WritePort
+from amaranth.lib.wiring import In, Out
+
+from firmware.abi.entry import Kind, Mode, Status
+from hdl.journal_ring import MetaLayout, StatusWrite, check_geometry
+from hdl.timestamper import StampLayout
+
+
+class FullPolicy(enum.IntEnum):
+    BACKPRESSURE = 0
+    INVALIDATE = 1
+
+
+def beat_layout(datapath_bits: int) -> data.StructLayout:
+    """A beat of a block request: a header beat (`first`, data = lba) then the data beats."""
+    return data.StructLayout({"data": datapath_bits, "first": 1, "last": 1})
+
+
+def read_beat_layout(datapath_bits: int) -> data.StructLayout:
+    """A beat of a pre-image read: `ok` low on any beat fails the whole read."""
+    return data.StructLayout({"data": datapath_bits, "last": 1, "ok": 1})
+
+
+ReadCommand = data.StructLayout({"lba": 64})
+WriteResponse = data.StructLayout({"ok": 1})
+
+
+class WritePath(wiring.Component):
+    """Ingress → ring + primary storage, with phase-3 status from primary completions."""
+
+    def __init__(self, *, block_bytes: int = 512, datapath_bits: int = 64, depth: int = 16,
+                 max_inflight: int = 4):
+        check_geometry(self, block_bytes, datapath_bits, depth)
+        self.block_words = block_bytes * 8 // datapath_bits
+        self.depth = depth
+        self.slot_bits = (depth - 1).bit_length()
+        self.max_inflight = max_inflight
+        beat = beat_layout(datapath_bits)
+        super().__init__({
+            "mode": In(1),
+            "policy": In(1),
+            "reenable": In(1),
+            "ingress": In(stream.Signature(beat)),
+            "pri_write": Out(stream.Signature(beat)),
+            "pri_wresp": In(stream.Signature(WriteResponse)),
+            "pri_rcmd": Out(stream.Signature(ReadCommand)),
+            "pri_rdata": In(stream.Signature(read_beat_layout(datapath_bits))),
+            "take": Out(1),
+            "stamp": In(StampLayout),
+            "alloc": Out(1),
+            "fill": In(range(depth + 1)),
+            "meta_w": In(WritePort.Signature(addr_width=self.slot_bits, shape=MetaLayout)),
+            "data_w": In(WritePort.Signature(addr_width=(depth * self.block_words - 1).bit_length(),
+                                              shape=datapath_bits)),
+            "status_now": Out(StatusWrite),
+            "status_done": Out(StatusWrite),
+            "invalid": Out(1),
+            "stalling": Out(1),
+            "primary_failures": Out(32),
+            "journal_failures": Out(32),
+            "unjournaled": Out(32),
+            "markers": Out(32),
+            "protocol_errors": Out(32),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        bw = self.block_words
+        ing, pw = self.ingress, self.pri_write
+
+        inflight = m.submodules.inflight = SyncFIFO(width=self.slot_bits + 1, depth=self.max_inflight)
+        slot = self.stamp.seq[:self.slot_bits]
+        beat = Signal(range(bw))
+        lba = Signal(64)
+        journal = Signal()          # data beats in DATA state also go to the ring
+        read_failed = Signal()
+        meta_pending = Signal()
+        meta_kind = Signal(1)
+        meta_mode = Signal(1)
+
+        room_write = Signal()
+        with m.If(self.policy == FullPolicy.INVALIDATE):
+            m.d.comb += room_write.eq(self.fill < self.depth - 1)
+        with m.Else():
+            m.d.comb += room_write.eq(self.fill < self.depth)
+
+        # Phase 1, second cycle: the stamp is registered, write the header fields.
+        m.d.sync += meta_pending.eq(0)
+        m.d.comb += [
+            self.meta_w.en.eq(meta_pending),
+            self.meta_w.addr.eq(slot),
+            self.meta_w.data.seq.eq(self.stamp.seq),
+            self.meta_w.data.timestamp.eq(self.stamp.timestamp),
+            self.meta_w.data.lba.eq(lba),
+            self.meta_w.data.mode.eq(meta_mode),
+            self.meta_w.data.kind.eq(meta_kind),
+            self.data_w.addr.eq(slot * bw + beat),
+            self.alloc.eq(self.take),
+        ]
+
+        def start_entry(kind, mode):
+            m.d.comb += self.take.eq(1)
+            m.d.sync += [meta_pending.eq(1), meta_kind.eq(kind), meta_mode.eq(mode),
+                         lba.eq(ing.payload.data), beat.eq(0)]
+
+        def next_beat(last_state):
+            m.d.sync += beat.eq(beat + 1)
+            with m.If(beat == bw - 1):
+                m.next = last_state
+
+        # Phase 3: completions come back in order of the writes issued.
+        m.d.comb += [
+            self.pri_wresp.ready.eq(inflight.r_rdy),
+            inflight.r_en.eq(self.pri_wresp.valid),
+            self.status_done.addr.eq(inflight.r_data[:self.slot_bits]),
+            self.status_done.en.eq(self.pri_wresp.valid & inflight.r_rdy & inflight.r_data[-1]),
+            self.status_done.status.eq(Status.OK),
+        ]
+        with m.If(~self.pri_wresp.payload.ok):
+            m.d.comb += self.status_done.status.eq(Status.PRIMARY_FAILED)
+        with m.If(self.pri_wresp.valid & inflight.r_rdy & ~self.pri_wresp.payload.ok):
+            m.d.sync += self.primary_failures.eq(self.primary_failures + 1)
+
+        m.d.comb += self.status_now.addr.eq(slot)
+        with m.If(self.reenable):
+            m.d.sync += self.invalid.eq(0)
+
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(ing.valid & ~ing.payload.first):
+                    m.d.comb += ing.ready.eq(1)   # a data beat outside a request: count, drop
+                    m.d.sync += self.protocol_errors.eq(self.protocol_errors + 1)
+                with m.Elif(ing.valid & self.invalid):
+                    # Not journaled: forward to primary storage only.
+                    m.d.comb += [pw.valid.eq(inflight.w_rdy), pw.payload.eq(ing.payload),
+                                 ing.ready.eq(pw.ready & inflight.w_rdy)]
+                    with m.If(pw.valid & pw.ready):
+                        m.d.comb += inflight.w_en.eq(1)
+                        m.d.comb += inflight.w_data.eq(slot)       # journaled bit clear
+                        m.d.sync += [self.unjournaled.eq(self.unjournaled + 1), journal.eq(0),
+                                     beat.eq(0)]
+                        m.next = "DATA"
+                with m.Elif(ing.valid & room_write & (self.mode == Mode.REDO)):
+                    m.d.comb += [pw.valid.eq(inflight.w_rdy), pw.payload.eq(ing.payload),
+                                 ing.ready.eq(pw.ready & inflight.w_rdy)]
+                    with m.If(pw.valid & pw.ready):
+                        start_entry(Kind.WRITE, Mode.REDO)
+                        m.d.sync += journal.eq(1)
+                        m.next = "REDO_ISSUE"
+                with m.Elif(ing.valid & room_write):
+                    m.d.comb += [self.pri_rcmd.valid.eq(inflight.w_rdy),
+                                 self.pri_rcmd.payload.lba.eq(ing.payload.data),
+                                 ing.ready.eq(self.pri_rcmd.ready & inflight.w_rdy)]
+                    with m.If(self.pri_rcmd.valid & self.pri_rcmd.ready):
+                        start_entry(Kind.WRITE, Mode.COPY_ON_WRITE)
+                        m.d.sync += read_failed.eq(0)
+                        m.next = "COW_READ"
+                with m.Elif(ing.valid & (self.policy == FullPolicy.INVALIDATE)
+                            & (self.fill < self.depth)):
+                    start_entry(Kind.PORT_INVALID, self.mode)
+                    m.next = "MARK"
+                with m.Elif(ing.valid):
+                    m.d.comb += self.stalling.eq(1)
+
+            with m.State("REDO_ISSUE"):
+                # The header went to primary storage with the take; its slot is known now.
+                m.d.comb += [inflight.w_en.eq(1),
+                             inflight.w_data.eq(slot | (1 << self.slot_bits))]
+                m.next = "DATA"
+                self._forward(m, journal, beat, next_beat)
+
+            with m.State("DATA"):
+                self._forward(m, journal, beat, next_beat)
+
+            with m.State("COW_READ"):
+                rd = self.pri_rdata
+                m.d.comb += [rd.ready.eq(1), self.data_w.data.eq(rd.payload.data),
+                             self.data_w.en.eq(rd.valid)]
+                with m.If(rd.valid):
+                    m.d.sync += beat.eq(beat + 1)
+                    with m.If(~rd.payload.ok):
+                        m.d.sync += read_failed.eq(1)
+                    with m.If(beat == bw - 1):
+                        m.d.sync += beat.eq(0)
+                        with m.If(read_failed | ~rd.payload.ok):
+                            m.d.comb += [self.status_now.en.eq(1),
+                                         self.status_now.status.eq(Status.JOURNAL_FAILED)]
+                            m.d.sync += self.journal_failures.eq(self.journal_failures + 1)
+                            m.next = "DRAIN"
+                        with m.Else():
+                            m.next = "COW_ISSUE"
+
+            with m.State("COW_ISSUE"):
+                # Pre-image journaled: now the primary write (header beat from the saved lba).
+                m.d.comb += [pw.valid.eq(1), pw.payload.data.eq(lba), pw.payload.first.eq(1)]
+                with m.If(pw.ready):
+                    m.d.comb += [inflight.w_en.eq(1),
+                                 inflight.w_data.eq(slot | (1 << self.slot_bits))]
+                    m.d.sync += [journal.eq(0), beat.eq(0)]
+                    m.next = "DATA"
+
+            with m.State("DRAIN"):
+                # The pre-image read failed: the new data is consumed, primary is not written.
+                m.d.comb += ing.ready.eq(1)
+                with m.If(ing.valid):
+                    next_beat("IDLE")
+
+            with m.State("MARK"):
+                m.d.comb += [self.status_now.en.eq(1), self.status_now.status.eq(Status.OK)]
+                m.d.sync += [self.invalid.eq(1), self.markers.eq(self.markers + 1)]
+                m.next = "IDLE"
+        return m
+
+    def _forward(self, m, journal, beat, next_beat):
+        """One data beat: to primary storage and, when journaling, into the ring."""
+        ing, pw = self.ingress, self.pri_write
+        m.d.comb += [pw.valid.eq(ing.valid), pw.payload.data.eq(ing.payload.data),
+                     pw.payload.last.eq(beat == self.block_words - 1),
+                     ing.ready.eq(pw.ready),
+                     self.data_w.data.eq(ing.payload.data),
+                     self.data_w.en.eq(journal & ing.valid & pw.ready)]
+        with m.If(ing.valid & pw.ready):
+            next_beat("IDLE")

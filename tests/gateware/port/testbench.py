@@ -1,0 +1,511 @@
+"""pyuvm environment for JournalPort: agents for ingress, primary storage and the flush sink
+(a host that acknowledges late, drops acknowledges, loses entries and asks for resends), a
+scoreboard against a Python reference model of the port, and functional coverage whose bins
+must all be hit. Run by `test_port.py` under Verilator; geometry comes from PORT_* variables.
+"""
+
+import os
+import random
+
+import cocotb
+import pyuvm
+from cocotb.triggers import ClockCycles, RisingEdge
+from port_bfm import FlushedEntry, PortBfm, StorageOp, WriteTxn
+from pyuvm import (
+    ConfigDB,
+    uvm_analysis_port,
+    uvm_component,
+    uvm_driver,
+    uvm_env,
+    uvm_monitor,
+    uvm_scoreboard,
+    uvm_sequence,
+    uvm_sequence_item,
+    uvm_sequencer,
+    uvm_subscriber,
+    uvm_test,
+    uvm_tlm_analysis_fifo,
+)
+
+from firmware.abi.entry import Kind, Mode, Status, pack, unpack
+from hdl.flush import FlushTrigger
+
+BLOCK = int(os.environ.get("PORT_BLOCK", "64"))
+DEPTH = int(os.environ.get("PORT_DEPTH", "8"))
+WRITES = int(os.environ.get("PORT_WRITES", "240"))
+PORT = int(os.environ.get("PORT_INDEX", "3"))
+LBAS = 24
+
+
+def initial_disk(seed: int) -> dict[int, bytes]:
+    rng = random.Random(seed)
+    return {lba: rng.randbytes(BLOCK) for lba in range(LBAS)}
+
+
+def seq_of(raw: bytes) -> int:
+    return int.from_bytes(raw[:4], "little")
+
+
+# --- sequence items and sequences ------------------------------------------------------------
+
+class WriteItem(uvm_sequence_item):
+    def __init__(self, name="write", lba=0, data=b"", mode=Mode.REDO):
+        super().__init__(name)
+        self.lba, self.data, self.mode = lba, data, mode
+
+    def __str__(self):
+        return f"write lba={self.lba} mode={Mode(self.mode).name}"
+
+
+class ReenableItem(uvm_sequence_item):
+    """Host re-enables an invalid port once the ingress is quiet."""
+
+
+class WriteSeq(uvm_sequence):
+    """`count` writes of random blocks to random addresses; mode fixed or random per write."""
+
+    def __init__(self, name="writes", count=10, mode=None, seed=0):
+        super().__init__(name)
+        self.count, self.mode, self.rng = count, mode, random.Random(seed)
+
+    async def body(self):
+        for _ in range(self.count):
+            mode = self.mode if self.mode is not None else self.rng.choice(list(Mode))
+            item = WriteItem(lba=self.rng.randrange(LBAS), data=self.rng.randbytes(BLOCK), mode=mode)
+            await self.start_item(item)
+            await self.finish_item(item)
+
+
+class ReenableSeq(uvm_sequence):
+    async def body(self):
+        item = ReenableItem("reenable")
+        await self.start_item(item)
+        await self.finish_item(item)
+
+
+# --- ingress agent ---------------------------------------------------------------------------
+
+class IngressDriver(uvm_driver):
+    def connect_phase(self):
+        self.bfm = ConfigDB().get(self, "", "BFM")
+
+    async def run_phase(self):
+        bfm = self.bfm
+        while True:
+            item = await self.seq_item_port.get_next_item()
+            if isinstance(item, ReenableItem):
+                await bfm.ingress_drained()
+                await bfm.idle(20)
+                bfm.pulse("reenable")
+                await bfm.idle(2)
+                bfm.ingress_mon.put_nowait(WriteTxn(0, b"", 0, kind="reenable"))
+            else:
+                while len(bfm.s.ingress) > 4 * (bfm.words + 1):   # keep the queue short
+                    await RisingEdge(bfm.dut.clk)
+                bfm.send_write(item.lba, item.data, item.mode)
+            self.seq_item_port.item_done()
+
+
+class QueueMonitor(uvm_monitor):
+    """Publishes what one BFM queue reports (ingress requests, storage ops, flushed entries)."""
+
+    def __init__(self, name, parent, queue_name):
+        super().__init__(name, parent)
+        self.queue_name = queue_name
+
+    def build_phase(self):
+        self.ap = uvm_analysis_port("ap", self)
+
+    def connect_phase(self):
+        self.queue = getattr(ConfigDB().get(self, "", "BFM"), self.queue_name)
+
+    async def run_phase(self):
+        while True:
+            self.ap.write(await self.queue.get())
+
+
+class IngressAgent(uvm_component):
+    def build_phase(self):
+        self.seqr = uvm_sequencer("seqr", self)
+        self.driver = IngressDriver("driver", self)
+        self.monitor = QueueMonitor("monitor", self, "ingress_mon")
+
+    def connect_phase(self):
+        self.driver.seq_item_port.connect(self.seqr.seq_item_export)
+
+
+# --- primary storage agent -------------------------------------------------------------------
+
+class StorageResponder(uvm_component):
+    """The primary storage: a disk image, completion latency and injected failures.
+
+    A failed pre-image read returns zero blocks with `ok` low on its last beat; a failed write
+    leaves the disk unchanged. Both are decided when the command (or its last data beat) is seen.
+    """
+
+    def build_phase(self):
+        cfg = ConfigDB().get(self, "", "STORAGE")
+        self.rng = random.Random(cfg["seed"])
+        self.write_fail, self.read_fail = cfg["write_fail"], cfg["read_fail"]
+        self.latency = cfg["latency"]
+        self.disk = initial_disk(cfg["disk_seed"])
+
+    def connect_phase(self):
+        bfm = ConfigDB().get(self, "", "BFM")
+        bfm.on_write, bfm.on_read = self.write, self.read
+
+    def write(self, lba, data):
+        ok = self.rng.random() >= self.write_fail
+        if ok:
+            self.disk[lba] = data
+        return ok, self.rng.randint(*self.latency)
+
+    def read(self, lba):
+        ok = self.rng.random() >= self.read_fail
+        return (self.disk[lba] if ok else bytes(BLOCK)), ok, self.rng.randint(*self.latency)
+
+
+class StorageAgent(uvm_component):
+    def build_phase(self):
+        self.responder = StorageResponder("responder", self)
+        self.monitor = QueueMonitor("monitor", self, "storage_mon")
+
+
+# --- flush sink agent: the host side of the link ---------------------------------------------
+
+class HostDriver(uvm_component):
+    """Receives entries like the host: stores them in seq order, acknowledges late (and drops
+    some acknowledges), treats some entries as lost (a corrupted frame) and then asks for a
+    resend (go-back-N: later entries are discarded until the gap is refilled)."""
+
+    def build_phase(self):
+        cfg = ConfigDB().get(self, "", "HOST")
+        self.rng = random.Random(cfg["seed"])
+        self.loss, self.ack_drop, self.ack_every = cfg["loss"], cfg["ack_drop"], cfg["ack_every"]
+        self.fifo = uvm_tlm_analysis_fifo("fifo", self)
+        self.stored: dict[int, bytes] = {}
+        self.next_seq = 0
+        self.last_seen = -1
+        self.resend_issued = False
+        self.acks_paused = False
+        self.acked = -1
+
+    def connect_phase(self):
+        self.bfm = ConfigDB().get(self, "", "BFM")
+
+    async def run_phase(self):
+        cocotb.start_soon(self.acknowledge())
+        while True:
+            entry: FlushedEntry = await self.fifo.get()
+            seq = seq_of(entry.raw)
+            if seq <= self.last_seen:
+                self.resend_issued = False          # the rewind took effect
+            self.last_seen = seq
+            if seq == self.next_seq and self.rng.random() >= self.loss:
+                self.stored[seq] = entry.raw
+                self.next_seq += 1
+                self.resend_issued = False
+            elif seq >= self.next_seq and not self.resend_issued:
+                self.bfm.pulse("resend")            # lost, or a gap after a loss
+                self.resend_issued = True
+
+    async def acknowledge(self):
+        while True:
+            await ClockCycles(self.bfm.dut.clk, self.rng.randint(*self.ack_every))
+            upto = self.next_seq - 1
+            if self.acks_paused or upto <= self.acked:
+                continue
+            if self.rng.random() < self.ack_drop:
+                continue                             # an acknowledge lost on the link
+            self.bfm.ack(upto)
+            self.acked = upto
+
+    def configure(self, *, watermark=0, timer_period=0):
+        self.bfm.set(watermark=watermark, timer_period=timer_period)
+
+    def flush_now(self):
+        self.bfm.pulse("flush_cmd")
+
+
+class FlushSinkAgent(uvm_component):
+    def build_phase(self):
+        self.monitor = QueueMonitor("monitor", self, "flush_mon")
+        self.host = HostDriver("host", self)
+
+    def connect_phase(self):
+        self.monitor.ap.connect(self.host.fifo.analysis_export)
+
+
+# --- reference model, scoreboard, coverage ---------------------------------------------------
+
+class PortModel:
+    """What the port must have journaled, from the requests and the storage outcomes.
+
+    Walks the ingress requests in order and the storage operations in order: redo journals the
+    new block, copy-on-write the pre-image from its own copy of the disk (a failed read gives
+    JOURNAL_FAILED and no primary write); the write's outcome gives OK/PRIMARY_FAILED. A marker
+    may appear only under the invalidate policy, just before the first write it did not
+    journal; writes are then not journaled until a re-enable.
+    """
+
+    def __init__(self, *, port, policy, disk):
+        self.port, self.policy, self.disk = port, policy, dict(disk)
+        self.counts = {"primary_failures": 0, "journal_failures": 0, "unjournaled": 0, "markers": 0}
+
+    def expected(self, requests: list[WriteTxn], ops: list[StorageOp], got: dict[int, bytes]):
+        ops = list(ops)
+        out, invalid, prev_ts = [], False, 0
+
+        def take(op, lba):
+            assert ops, f"no storage {op} for lba {lba}"
+            o = ops.pop(0)
+            assert (o.op, o.lba) == (op, lba), f"expected a {op} of lba {lba}, storage saw {o}"
+            return o
+
+        for req in requests:
+            if req.kind == "reenable":
+                invalid = False
+                continue
+            seq = len(out)
+            raw = got.get(seq)
+            if not invalid and raw is not None and unpack(raw)[0]["kind"] == Kind.PORT_INVALID:
+                assert self.policy == 1, "a marker under the back-pressure policy"
+                fields = unpack(raw)[0]
+                assert fields["lba"] == req.lba, "marker does not name the first unjournaled write"
+                assert prev_ts <= fields["timestamp"] <= req.accept_time, "marker time out of order"
+                out.append(pack(seq=seq, port=self.port, mode=fields["mode"], status=Status.OK,
+                                kind=Kind.PORT_INVALID, timestamp=fields["timestamp"], lba=req.lba))
+                self.counts["markers"] += 1
+                invalid = True
+            if invalid:
+                o = take("write", req.lba)
+                assert o.data == req.data
+                self.counts["unjournaled"] += 1
+                self.counts["primary_failures"] += not o.ok
+                if o.ok:
+                    self.disk[req.lba] = req.data
+                continue
+            status = Status.OK
+            if req.mode == Mode.COPY_ON_WRITE:
+                r = take("read", req.lba)
+                data = self.disk[req.lba] if r.ok else bytes(BLOCK)
+                if not r.ok:
+                    status = Status.JOURNAL_FAILED
+                    self.counts["journal_failures"] += 1
+            else:
+                data = req.data
+            if status != Status.JOURNAL_FAILED:
+                o = take("write", req.lba)
+                assert o.data == req.data, f"primary write of lba {req.lba} carries other data"
+                if o.ok:
+                    self.disk[req.lba] = req.data
+                else:
+                    status = Status.PRIMARY_FAILED
+                    self.counts["primary_failures"] += 1
+            out.append(pack(seq=seq, port=self.port, mode=req.mode, status=status, kind=Kind.WRITE,
+                            timestamp=req.accept_time, lba=req.lba, data=data))
+            prev_ts = req.accept_time
+        assert not ops, f"{len(ops)} storage operations not explained by any request: {ops[:3]}"
+        return out
+
+
+class Scoreboard(uvm_scoreboard):
+    def build_phase(self):
+        self.ingress = uvm_tlm_analysis_fifo("ingress", self)
+        self.storage = uvm_tlm_analysis_fifo("storage", self)
+        self.wire = uvm_tlm_analysis_fifo("wire", self)
+        self.policy = ConfigDB().get(self, "", "POLICY")
+        self.disk_seed = ConfigDB().get(self, "", "STORAGE")["disk_seed"]
+
+    def check_phase(self):
+        requests = self._drain(self.ingress)
+        ops = self._drain(self.storage)
+        received: dict[int, bytes] = {}
+        highest = -1
+        for entry in self._drain(self.wire):
+            seq = seq_of(entry.raw)
+            unpack(entry.raw)                             # CRC, length, pad
+            if seq in received:
+                assert received[seq] == entry.raw, f"entry {seq} resent with other bytes"
+            else:
+                assert seq == highest + 1, f"entry {seq} arrived first after {highest}: lost or reordered"
+                received[seq] = entry.raw
+                highest = seq
+        model = PortModel(port=PORT, policy=self.policy, disk=initial_disk(self.disk_seed))
+        expected = model.expected(requests, ops, received)
+        assert len(received) == len(expected), f"host has {len(received)} entries, model {len(expected)}"
+        for seq, raw in enumerate(expected):
+            if received[seq] != raw:
+                got, want = unpack(received[seq]), unpack(raw)
+                raise AssertionError(f"entry {seq}: got {got[0]} != expected {want[0]} "
+                                     f"(data equal: {got[1] == want[1]})")
+        dut = ConfigDB().get(self, "", "BFM").dut
+        counters = {name: int(getattr(dut, name).value) for name in model.counts}
+        assert counters == model.counts, f"DUT counters {counters} != model {model.counts}"
+        assert int(dut.entries_written.value) == len(expected)
+        assert int(dut.acknowledged.value) == len(expected)
+        self.logger.info(f"{len(expected)} entries checked byte for byte; {len(requests)} requests; "
+                         f"counters {counters}")
+
+    @staticmethod
+    def _drain(fifo):
+        items = []
+        while True:
+            ok, item = fifo.try_get()
+            if not ok:
+                return items
+            items.append(item)
+
+
+class Coverage(uvm_subscriber):
+    """Bins over flushed entries; ring-full back-pressure from the BFM. Empty bins fail."""
+
+    def build_phase(self):
+        self.required = set(ConfigDB().get(self, "", "BINS"))
+        self.hit: dict[str, int] = {}
+        self.seen: set[int] = set()
+
+    def bump(self, name):
+        self.hit[name] = self.hit.get(name, 0) + 1
+
+    def write(self, entry: FlushedEntry):
+        fields, _ = unpack(entry.raw)
+        if fields["seq"] in self.seen:
+            self.bump("resend")
+        self.seen.add(fields["seq"])
+        if fields["kind"] == Kind.PORT_INVALID:
+            self.bump("marker")
+            return
+        self.bump(f"mode.{Mode(fields['mode']).name}")
+        self.bump(f"status.{Status(fields['status']).name}")
+        if fields["seq"] >= DEPTH:
+            self.bump("ring_wrap")
+        if entry.trigger:
+            self.bump(f"trigger.{FlushTrigger(entry.trigger).name}")
+
+    def report_phase(self):
+        bfm = ConfigDB().get(self, "", "BFM")
+        if bfm.full_stall_cycles:
+            self.hit["ring_full_backpressure"] = bfm.full_stall_cycles
+        self.logger.info("coverage: " + ", ".join(f"{k}={v}" for k, v in sorted(self.hit.items())))
+        missing = sorted(self.required - set(self.hit))
+        assert not missing, f"coverage bins not hit: {missing}"
+
+
+class PortEnv(uvm_env):
+    def build_phase(self):
+        self.ingress = IngressAgent("ingress", self)
+        self.storage = StorageAgent("storage", self)
+        self.sink = FlushSinkAgent("sink", self)
+        self.scoreboard = Scoreboard("scoreboard", self)
+        self.coverage = Coverage("coverage", self)
+
+    def connect_phase(self):
+        self.ingress.monitor.ap.connect(self.scoreboard.ingress.analysis_export)
+        self.storage.monitor.ap.connect(self.scoreboard.storage.analysis_export)
+        self.sink.monitor.ap.connect(self.scoreboard.wire.analysis_export)
+        self.sink.monitor.ap.connect(self.coverage.analysis_export)
+
+
+# --- tests -----------------------------------------------------------------------------------
+
+ALL_BINS = ["mode.REDO", "mode.COPY_ON_WRITE", "status.OK", "status.PRIMARY_FAILED",
+            "status.JOURNAL_FAILED", "ring_wrap", "ring_full_backpressure", "trigger.WATERMARK",
+            "trigger.TIMER", "trigger.COMMAND", "resend"]
+
+
+class BaseTest(uvm_test):
+    policy = 0
+    bins = ALL_BINS
+    storage = {"write_fail": 0.08, "read_fail": 0.08, "latency": (1, 40)}
+    host = {"loss": 0.03, "ack_drop": 0.2, "ack_every": (20, 200)}
+
+    def build_phase(self):
+        seed = cocotb.RANDOM_SEED
+        self.rng = random.Random(seed)
+        self.bfm = PortBfm(cocotb.top, block_bytes=BLOCK)
+        self.bfm.ring_depth = DEPTH
+        ConfigDB().set(None, "*", "BFM", self.bfm)
+        ConfigDB().set(None, "*", "POLICY", self.policy)
+        ConfigDB().set(None, "*", "BINS", self.bins)
+        ConfigDB().set(None, "*", "STORAGE", {**self.storage, "seed": seed + 1, "disk_seed": seed + 2})
+        ConfigDB().set(None, "*", "HOST", {**self.host, "seed": seed + 3})
+        self.env = PortEnv("env", self)
+
+    async def writes(self, count, mode=None):
+        await WriteSeq(count=count, mode=mode, seed=self.rng.getrandbits(32)).start(self.env.ingress.seqr)
+        await self.bfm.ingress_drained()
+
+    async def settle(self):
+        """Flush and acknowledge until the host holds every entry and the port is empty."""
+        dut, host = self.bfm.dut, self.env.sink.host
+        host.acks_paused = False
+        for _ in range(400):
+            await ClockCycles(dut.clk, 100)
+            written = int(dut.entries_written.value)
+            if host.next_seq == written and int(dut.acknowledged.value) == written:
+                return
+            if not int(dut.draining.value):
+                if self.rng.random() < 0.5:
+                    host.flush_now()
+                else:
+                    self.bfm.pulse("resend")     # e.g. the host timed out waiting
+        raise AssertionError("the port did not drain: host has "
+                             f"{host.next_seq}, port wrote {int(dut.entries_written.value)}")
+
+    async def run_phase(self):
+        self.raise_objection()
+        await self.bfm.start()
+        self.bfm.set(policy=self.policy)
+        await self.scenario()
+        await self.settle()
+        self.drop_objection()
+
+
+@pyuvm.test()
+class TrafficTest(BaseTest):
+    """Redo, copy-on-write and mixed traffic under each flush trigger, with failures, late and
+    dropped acknowledges, losses and resends, and a burst that fills the ring."""
+
+    async def scenario(self):
+        host, quarter = self.env.sink.host, max(WRITES // 4, DEPTH + 2)
+        host.configure(watermark=DEPTH // 2)
+        await self.writes(quarter, Mode.REDO)
+        host.configure(timer_period=300)
+        await self.writes(quarter, Mode.COPY_ON_WRITE)
+        host.configure()
+        for _ in range(quarter // 4):
+            await self.writes(4)
+            host.flush_now()
+        # No acknowledges for a while: the ring fills and ingress waits.
+        host.acks_paused = True
+        host.flush_now()
+        seq = WriteSeq(count=DEPTH + 4, mode=Mode.REDO, seed=self.rng.getrandbits(32))
+        cocotb.start_soon(seq.start(self.env.ingress.seqr))
+        await ClockCycles(self.bfm.dut.clk, 2000)
+        host.acks_paused = False
+        host.configure(watermark=DEPTH // 2, timer_period=500)
+        await self.bfm.ingress_drained()
+        await self.writes(quarter)
+
+
+@pyuvm.test()
+class InvalidateTest(BaseTest):
+    """Ring full under the invalidate policy: a marker, unjournaled writes, then a re-enable."""
+
+    policy = 1
+    bins = ["marker", "mode.REDO", "status.OK"]
+    storage = {"write_fail": 0.05, "read_fail": 0.0, "latency": (1, 10)}
+    host = {"loss": 0.0, "ack_drop": 0.0, "ack_every": (20, 50)}
+
+    async def scenario(self):
+        host = self.env.sink.host
+        host.acks_paused = True
+        host.configure(watermark=2)
+        await self.writes(DEPTH + 5, Mode.REDO)      # overfills: marker, then unjournaled writes
+        assert int(self.bfm.dut.invalid.value) == 1, "the port did not go invalid"
+        host.acks_paused = False
+        await ClockCycles(self.bfm.dut.clk, 1000)
+        await ReenableSeq().start(self.env.ingress.seqr)
+        assert int(self.bfm.dut.invalid.value) == 0
+        await self.writes(DEPTH)
