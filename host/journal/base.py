@@ -70,7 +70,8 @@ def compact(journal: LocalJournal, retention_ns: int) -> dict:
         newer = old & (journal.merged["window_end"] > base.time_ns)
         summary["blocks_folded"] = _fold(journal, journal.merged[newer])
         base.time_ns = max(base.time_ns, cutoff)
-        journal.state.save(journal.folder)
+    journal.state.history_from_ns = max(journal.state.history_from_ns, cutoff)
+    journal.state.save(journal.folder)
     # Order matters for a crash in between: base, then merged portion, then segments.
     keep = journal.merged[~old]
     tmp = journal.folder / "merged.tmp"

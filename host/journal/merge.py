@@ -34,10 +34,7 @@ def merge(index: np.ndarray, *, mode: Mode, window_ns: int, start_ns: int, end_n
     `index` rows are in storage order (host.journal.entries.INDEX_DTYPE)."""
     if start_ns % window_ns or end_ns % window_ns:
         raise ValueError("merge bounds must fall on window boundaries")
-    ts, port = index["timestamp"], index["port"]
-    keep = ((ts >= start_ns) & (ts < end_ns) & (index["status"] == Status.OK)
-            & (index["kind"] == Kind.WRITE) & (ts >= valid_from[port]) & (ts < invalid_since[port]))
-    ids = np.flatnonzero(keep)
+    ids = usable(index, start_ns, end_ns, valid_from, invalid_since)
     if not len(ids):
         return np.zeros(0, MERGED_DTYPE)
     everything = len(ids) == len(index)
@@ -63,22 +60,30 @@ def _bits(n: int) -> int:
     return max(int(n).bit_length(), 1)
 
 
-def _block_time_order(sub: dict[str, np.ndarray], window_ns: int):
+def _block_time_order(sub: dict[str, np.ndarray], window_ns: int | None):
     """Sort entries by (window, lba, timestamp, port, sequence): (permutation, windows, lbas).
 
-    `sub` holds columns in storage order, which per port is sequence order. Fast path: pack
-    the first four keys into one uint64, sort it and read window and lba back out of the
-    sorted keys; equal packed keys (one port writing one block twice in one nanosecond) need
-    a stable sort to keep sequence order. Keys too wide to pack take a lexsort."""
-    window = sub["timestamp"] // np.uint64(window_ns)
+    `sub` holds columns in storage order, which per port is sequence order. With `window_ns`
+    None everything is one window. Fast path: pack the first four keys into one uint64, sort
+    it and read window and lba back out of the sorted keys; equal packed keys (one port
+    writing one block twice in one nanosecond) need a stable sort to keep sequence order. Keys
+    too wide to pack take a lexsort."""
+    ts = sub["timestamp"]
+    if window_ns is None:
+        window = np.zeros(len(ts), np.uint64)
+        offset = ts - ts.min()
+        off_span = int(offset.max())
+    else:
+        window = ts // np.uint64(window_ns)
+        offset = ts - window * np.uint64(window_ns)
+        off_span = window_ns - 1
     w0 = window.min()
-    spans = (_bits(int(window.max() - w0)), _bits(int(sub["lba"].max())), _bits(window_ns - 1),
+    spans = (_bits(int(window.max() - w0)), _bits(int(sub["lba"].max())), _bits(off_span),
              _bits(int(sub["port"].max())))
     if sum(spans) > 64:
-        order = np.lexsort((sub["port"], sub["timestamp"], sub["lba"], window))
+        order = np.lexsort((sub["port"], ts, sub["lba"], window))
         return order, window[order], sub["lba"][order]
     _, lba_bits, off_bits, port_bits = (np.uint64(b) for b in spans)
-    offset = sub["timestamp"] - window * np.uint64(window_ns)
     key = (((window - w0) << lba_bits | sub["lba"]) << (off_bits + port_bits)
            | offset << port_bits | sub["port"].astype(np.uint64))
     order = np.argsort(key)
@@ -88,6 +93,26 @@ def _block_time_order(sub: dict[str, np.ndarray], window_ns: int):
         ordered = key[order]
     group = ordered >> (off_bits + port_bits)
     return order, (group >> lba_bits) + w0, group & ((np.uint64(1) << lba_bits) - np.uint64(1))
+
+
+def usable(index: np.ndarray, start_ns: int, end_ns: int, valid_from: np.ndarray,
+           invalid_since: np.ndarray) -> np.ndarray:
+    """Ids of OK block writes stamped in [start_ns, end_ns) by a port valid at that time."""
+    ts, port = index["timestamp"], index["port"]
+    keep = ((ts >= start_ns) & (ts < end_ns) & (index["status"] == Status.OK)
+            & (index["kind"] == Kind.WRITE) & (ts >= valid_from[port]) & (ts < invalid_since[port]))
+    return np.flatnonzero(keep)
+
+
+def pick_per_block(index: np.ndarray, ids: np.ndarray, *, last: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Among entries `ids`, each block's last (or first) write: (lbas sorted, chosen ids)."""
+    if not len(ids):
+        return np.zeros(0, np.uint64), ids
+    sub = {name: index[name][ids] for name in ("timestamp", "lba", "port")}
+    order, _, lba = _block_time_order(sub, None)
+    change = lba[1:] != lba[:-1]
+    pick = np.flatnonzero(np.append(change, True) if last else np.insert(change, 0, True))
+    return lba[pick], ids[order[pick]]
 
 
 def merge_reference(headers: list[dict], *, mode: Mode, window_ns: int, start_ns: int, end_ns: int,

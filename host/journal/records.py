@@ -32,6 +32,7 @@ ALIGN = 8
 class RecordKind(IntEnum):
     ENTRIES = 1   # payload: whole partial-journal entries of one port, in sequence order
     MERGED = 2    # payload: a table of merged entries (see host.journal.merge)
+    UNDO = 3      # payload: lbas (u64 each) then the blocks a restore overwrote; aux: block size
 
 
 @dataclass(frozen=True)

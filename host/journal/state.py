@@ -43,6 +43,7 @@ class JournalState:
     base: BaseCopy | None = None
     port_state: list[PortState] = field(default_factory=list)
     bookmarks: dict[str, int] = field(default_factory=dict)
+    history_from_ns: int = 0              # compaction removed history before this device time
     format: int = FORMAT
 
     def __post_init__(self):

@@ -1,0 +1,171 @@
+"""Restore (seed figures 10 and 16): write a point-in-time view out, or commit it back.
+
+`restore_to_file` writes the view as a new image: the backing image copied by the kernel, then
+every redirected block patched in through a memory map. `commit` writes the view onto primary
+storage, block by block where it differs, after saving what it overwrites in an undo file
+(durable before the first block changes); `undo` puts those blocks back.
+"""
+
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import crc32c
+import numpy as np
+
+from firmware.abi.entry import Mode
+
+from . import storage as storage_mod
+from .journal import records
+from .journal.records import RecordKind
+from .views import PointInTimeView
+
+CHUNK_BLOCKS = 8192
+Progress = Callable[[int, int], None]   # (bytes done, bytes in all)
+
+
+class RestoreError(OSError):
+    """A restore could not be written or undone; nothing is left half done without saying so."""
+
+
+@dataclass
+class RestoreSummary:
+    blocks_from_journal: int
+    blocks_from_backing: int
+    bytes_written: int
+    crc32c: int
+    seconds: float
+    backing: str
+
+    def __str__(self):
+        return (f"{self.blocks_from_journal} blocks from the journal, {self.blocks_from_backing} from the "
+                f"{self.backing}, {self.bytes_written} bytes written in {self.seconds:.2f} s, "
+                f"CRC-32C {self.crc32c:#010x}")
+
+
+def _backing_name(view: PointInTimeView) -> str:
+    return "base copy" if view.mode == Mode.REDO else "primary storage"
+
+
+def restore_to_file(view: PointInTimeView, out: Path, progress: Progress | None = None) -> RestoreSummary:
+    """Write the view as a new image file (or onto a block device) at `out`."""
+    started = time.perf_counter()
+    out = Path(out)
+    if out.resolve() == view.backing.path.resolve():
+        raise RestoreError(f"{out} is the view's own backing image: use commit to write over it")
+    tmp = out.with_name(out.name + ".partial") if not out.is_block_device() else out
+    _copy(view.backing.path, tmp, view.size_bytes, progress)
+    image = np.memmap(tmp, np.uint8, "r+", shape=(view.blocks, view.block_bytes))
+    for seg in np.unique(view.seg):
+        sel = np.flatnonzero(view.seg == seg)
+        image[view.lba[sel].astype(np.int64)] = view.journal.read_at(view.seg[sel], view.offset[sel])
+    image.flush()
+    crc = crc32c.crc32c(image)
+    del image
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    if tmp != out:
+        os.replace(tmp, out)
+    return RestoreSummary(len(view.lba), view.blocks - len(view.lba), view.size_bytes, crc,
+                          time.perf_counter() - started, _backing_name(view))
+
+
+def _copy(src: Path, dst: Path, size: int, progress: Progress | None) -> None:
+    """Copy `size` bytes in the kernel (copy_file_range) where it can, with progress."""
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        done = 0
+        try:
+            while done < size:
+                n = os.copy_file_range(fin.fileno(), fout.fileno(), min(size - done, 64 << 20))
+                if n == 0:
+                    raise RestoreError(f"{src} ended after {done} of {size} bytes")
+                done += n
+                if progress:
+                    progress(done, size)
+        except OSError:
+            if done or not size:   # copy_file_range refused outright (e.g. across file systems)
+                raise
+            shutil.copyfileobj(fin, fout, 16 << 20)
+            if progress:
+                progress(size, size)
+
+
+def commit(view: PointInTimeView, target: Path, undo_path: Path | None,
+           progress: Progress | None = None) -> RestoreSummary:
+    """Write the view onto primary storage `target`, only the blocks that differ.
+
+    With `undo_path`, the blocks about to be overwritten are saved there first (fsynced), so
+    `undo` can return the target to what it was."""
+    started = time.perf_counter()
+    block = view.block_bytes
+    changes: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    with storage_mod.FileStorage(target, block) as current:
+        if current.blocks != view.blocks:
+            raise RestoreError(f"{target} has {current.blocks} blocks, the view {view.blocks}")
+        for lba in range(0, view.blocks, CHUNK_BLOCKS):
+            count = min(CHUNK_BLOCKS, view.blocks - lba)
+            want = np.frombuffer(view.read_blocks(lba, count), np.uint8).reshape(count, block)
+            have = np.frombuffer(current.read(lba, count), np.uint8).reshape(count, block)
+            differ = np.flatnonzero(np.any(want != have, axis=1))
+            if len(differ):
+                changes.append((differ + lba, have[differ], want[differ]))
+            if progress:
+                progress((lba + count) * block, view.size_bytes)
+    lbas = np.concatenate([c[0] for c in changes]) if changes else np.zeros(0, np.int64)
+    if undo_path is not None:
+        old = np.concatenate([c[1] for c in changes]) if changes else np.zeros((0, block), np.uint8)
+        _write_undo(undo_path, lbas, old, block)
+    fd = os.open(target, os.O_WRONLY)
+    try:
+        for lba_chunk, _, new in changes:
+            for lba, data in zip(lba_chunk.tolist(), new, strict=True):
+                os.pwrite(fd, data.tobytes(), lba * block)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    with storage_mod.FileStorage(target, block) as result:
+        crc = _crc_of(result)
+    return RestoreSummary(len(view.lba), view.blocks - len(view.lba), len(lbas) * block, crc,
+                          time.perf_counter() - started, _backing_name(view))
+
+
+def _crc_of(storage) -> int:
+    crc = 0
+    for lba in range(0, storage.blocks, CHUNK_BLOCKS):
+        crc = crc32c.crc32c(storage.read(lba, min(CHUNK_BLOCKS, storage.blocks - lba)), crc)
+    return crc
+
+
+def _write_undo(path: Path, lbas: np.ndarray, old: np.ndarray, block: int) -> None:
+    payload = np.asarray(lbas, "<u8").tobytes() + old.tobytes()
+    tmp = path.with_name(path.name + ".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(tmp, "wb") as f:
+        f.write(records.encode(RecordKind.UNDO, payload, aux=block))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def undo(undo_path: Path, target: Path) -> int:
+    """Put back the blocks a commit overwrote; return how many."""
+    data = Path(undo_path).read_bytes()
+    rec = records.read_at(data, 0)
+    if isinstance(rec, records.Defect) or rec.kind != RecordKind.UNDO:
+        reason = rec.reason if isinstance(rec, records.Defect) else f"record kind {rec.kind}"
+        raise RestoreError(f"{undo_path} is not a usable undo file: {reason}")
+    block = rec.aux
+    n = len(rec.payload) // (8 + block)
+    lbas = np.frombuffer(rec.payload[:8 * n], "<u8")
+    old = np.frombuffer(rec.payload[8 * n:], np.uint8).reshape(n, block)
+    fd = os.open(target, os.O_WRONLY)
+    try:
+        for lba, blockdata in zip(lbas.tolist(), old, strict=True):
+            os.pwrite(fd, blockdata.tobytes(), lba * block)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return n

@@ -1,0 +1,134 @@
+"""`portjournal restore`, `portjournal undo` and `portjournal bookmark`."""
+
+import time
+from pathlib import Path
+
+import click
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+from .journal.store import JournalError
+from .journal_cli import console, journal_option, open_journal
+from .restore import RestoreError, commit, restore_to_file, undo
+from .storage import StorageError
+from .timefmt import format_ns
+from .timespec import check_bookmark_name, parse_at
+from .views import open_view
+
+AT_HELP = ("Point in time: a bookmark name, an ISO-8601 time, a time before the horizon like -5m, "
+           "or device nanoseconds.")
+
+
+def resolve_at(journal, text: str) -> int:
+    try:
+        return parse_at(text, journal)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--at") from exc
+
+
+def _bar() -> Progress:
+    return Progress("{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                    console=console, transient=True)
+
+
+@click.command("restore")
+@journal_option
+@click.option("--at", "at_text", required=True, help=AT_HELP)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the volume as it was at --at to this new file or device.")
+@click.option("--commit", "commit_to", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Write it back onto this primary storage (only the blocks that differ).")
+@click.option("--storage", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Primary storage to read (copy-on-write journals; defaults to --commit's target).")
+@click.option("--undo-file/--no-undo-file", default=True, show_default=True,
+              help="With --commit, save what is overwritten so 'portjournal undo' can put it back.")
+@click.option("--force", is_flag=True, help="Restore even where the journal cannot vouch for the result.")
+def restore_cmd(folder, at_text, output, commit_to, storage, undo_file, force):
+    """Bring the volume back as it was at --at: to a new image (-o) or onto primary storage (--commit)."""
+    if bool(output) == bool(commit_to):
+        raise click.UsageError("give exactly one of -o/--output and --commit")
+    with open_journal(folder) as journal:
+        at = resolve_at(journal, at_text)
+        try:
+            view = open_view(journal, at, storage=storage or commit_to, force=force)
+        except (JournalError, StorageError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        for warning in view.warnings:
+            console.print(f"[yellow]not guaranteed:[/] {warning}")
+        try:
+            with _bar() as bar:
+                task = bar.add_task("restore", total=view.size_bytes)
+                report = lambda done, total: bar.update(task, completed=done)  # noqa: E731
+                if output:
+                    summary = restore_to_file(view, output, report)
+                else:
+                    undo_path = None
+                    if undo_file:
+                        undo_path = folder / "undo" / f"{time.strftime('%Y%m%dT%H%M%S')}-{at}.undo"
+                    summary = commit(view, commit_to, undo_path, report)
+                    if undo_path:
+                        console.print(f"undo file: {undo_path} ('portjournal undo {undo_path} "
+                                      f"--storage {commit_to}')")
+        except (RestoreError, StorageError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        finally:
+            view.backing.close()
+    console.print(f"restored {format_ns(at)}: {summary}")
+
+
+@click.command("undo")
+@click.argument("undo_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--storage", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="The primary storage the restore was committed to.")
+def undo_cmd(undo_file, storage):
+    """Put back what a committed restore overwrote."""
+    try:
+        n = undo(undo_file, storage)
+    except RestoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+    console.print(f"put back {n} blocks on {storage}")
+
+
+@click.group("bookmark")
+def bookmark_cli():
+    """Named points in time (the seed's point-in-time copies)."""
+
+
+@bookmark_cli.command("add")
+@journal_option
+@click.argument("name")
+@click.option("--at", "at_text", help=AT_HELP + " Default: the newest time any port has flushed up to.")
+def bookmark_add(folder, name, at_text):
+    """Remember a point in time under NAME."""
+    try:
+        check_bookmark_name(name)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="NAME") from exc
+    with open_journal(folder) as journal:
+        if name in journal.state.bookmarks:
+            held = format_ns(journal.state.bookmarks[name])
+            raise click.ClickException(f"bookmark {name!r} exists (at {held}); remove it first")
+        at = resolve_at(journal, at_text) if at_text else int(journal.flushed_through.max(initial=0))
+        journal.state.bookmarks[name] = at
+        journal.state.save(journal.folder)
+    console.print(f"bookmark {name} at {format_ns(at)} ({at} ns)")
+
+
+@bookmark_cli.command("list")
+@journal_option
+def bookmark_list(folder):
+    """Bookmarks in time order."""
+    with open_journal(folder, readonly=True) as journal:
+        for name, at in sorted(journal.state.bookmarks.items(), key=lambda kv: kv[1]):
+            console.print(f"{at:>20}  {format_ns(at):>14}  {name}")
+
+
+@bookmark_cli.command("rm")
+@journal_option
+@click.argument("name")
+def bookmark_rm(folder, name):
+    """Forget bookmark NAME."""
+    with open_journal(folder) as journal:
+        if journal.state.bookmarks.pop(name, None) is None:
+            raise click.ClickException(f"no bookmark {name!r}")
+        journal.state.save(journal.folder)
+    console.print(f"removed bookmark {name}")
