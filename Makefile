@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.setup-stamp
 JOBS    ?= auto
 
-.PHONY: setup test test-host test-hdl lint demo clean distclean bench-merge bench-port
+.PHONY: setup test test-host test-hdl lint demo clean distclean bench-merge bench-port bench-restore
 
 setup: $(STAMP)
 
@@ -43,3 +43,6 @@ distclean: clean
 
 bench-merge: $(STAMP)
 	$(BIN)/python bench/merge.py $(BENCH_ARGS)
+
+bench-restore: $(STAMP)
+	$(BIN)/python bench/restore.py $(BENCH_ARGS)

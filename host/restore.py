@@ -1,13 +1,12 @@
 """Restore (seed figures 10 and 16): write a point-in-time view out, or commit it back.
 
-`restore_to_file` writes the view as a new image: the backing image copied by the kernel, then
-every redirected block patched in through a memory map. `commit` writes the view onto primary
+`restore_to_file` writes the view as a new image in one pass: backing blocks with the
+redirected ones patched in from the journal. `commit` writes the view onto primary
 storage, block by block where it differs, after saving what it overwrites in an undo file
 (durable before the first block changes); `undo` puts those blocks back.
 """
 
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,47 +49,40 @@ def _backing_name(view: PointInTimeView) -> str:
     return "base copy" if view.mode == Mode.REDO else "primary storage"
 
 
-def restore_to_file(view: PointInTimeView, out: Path, progress: Progress | None = None) -> RestoreSummary:
-    """Write the view as a new image file (or onto a block device) at `out`."""
+def restore_to_file(view: PointInTimeView, out: Path, progress: Progress | None = None, *,
+                    durable: bool = False) -> RestoreSummary:
+    """Write the view as a new image file (or onto a block device) at `out`.
+
+    One pass in chunks: the backing image's blocks, with the redirected ones patched in from
+    the journal, written out in order (and CRC'd on the way). A restored image can always be
+    made again from the journal, so it is fsynced only when `durable`."""
     started = time.perf_counter()
     out = Path(out)
-    if out.resolve() == view.backing.path.resolve():
-        raise RestoreError(f"{out} is the view's own backing image: use commit to write over it")
-    tmp = out.with_name(out.name + ".partial") if not out.is_block_device() else out
-    _copy(view.backing.path, tmp, view.size_bytes, progress)
-    image = np.memmap(tmp, np.uint8, "r+", shape=(view.blocks, view.block_bytes))
-    for seg in np.unique(view.seg):
-        sel = np.flatnonzero(view.seg == seg)
-        image[view.lba[sel].astype(np.int64)] = view.journal.read_at(view.seg[sel], view.offset[sel])
-    image.flush()
-    crc = crc32c.crc32c(image)
-    del image
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
+    if out.exists() and out.resolve() == view.backing.path.resolve():
+        raise RestoreError(f"{out} is the view's own backing image: use --commit to write over it")
+    tmp = out if out.is_block_device() else out.with_name(out.name + ".partial")
+    block, crc = view.block_bytes, 0
+    buf = np.empty((CHUNK_BLOCKS, block), np.uint8)
+    with open(tmp, "wb" if tmp != out else "r+b") as f:
+        for lba in range(0, view.blocks, CHUNK_BLOCKS):
+            count = min(CHUNK_BLOCKS, view.blocks - lba)
+            chunk = buf[:count]
+            chunk.reshape(-1)[:] = np.frombuffer(view.backing.read(lba, count), np.uint8)
+            lo, hi = np.searchsorted(view.lba, [lba, lba + count])
+            if hi > lo:
+                chunk[(view.lba[lo:hi] - np.uint64(lba)).astype(np.int64)] = view.journal.read_at(
+                    view.seg[lo:hi], view.offset[lo:hi])
+            f.write(chunk)
+            crc = crc32c.crc32c(chunk, crc)
+            if progress:
+                progress((lba + count) * block, view.size_bytes)
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     if tmp != out:
         os.replace(tmp, out)
     return RestoreSummary(len(view.lba), view.blocks - len(view.lba), view.size_bytes, crc,
                           time.perf_counter() - started, _backing_name(view))
-
-
-def _copy(src: Path, dst: Path, size: int, progress: Progress | None) -> None:
-    """Copy `size` bytes in the kernel (copy_file_range) where it can, with progress."""
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
-        done = 0
-        try:
-            while done < size:
-                n = os.copy_file_range(fin.fileno(), fout.fileno(), min(size - done, 64 << 20))
-                if n == 0:
-                    raise RestoreError(f"{src} ended after {done} of {size} bytes")
-                done += n
-                if progress:
-                    progress(done, size)
-        except OSError:
-            if done or not size:   # copy_file_range refused outright (e.g. across file systems)
-                raise
-            shutil.copyfileobj(fin, fout, 16 << 20)
-            if progress:
-                progress(size, size)
 
 
 def commit(view: PointInTimeView, target: Path, undo_path: Path | None,

@@ -42,7 +42,8 @@ def _bar() -> Progress:
 @click.option("--undo-file/--no-undo-file", default=True, show_default=True,
               help="With --commit, save what is overwritten so 'portjournal undo' can put it back.")
 @click.option("--force", is_flag=True, help="Restore even where the journal cannot vouch for the result.")
-def restore_cmd(folder, at_text, output, commit_to, storage, undo_file, force):
+@click.option("--sync", is_flag=True, help="With -o, fsync the image before reporting (commits always do).")
+def restore_cmd(folder, at_text, output, commit_to, storage, undo_file, force, sync):
     """Bring the volume back as it was at --at: to a new image (-o) or onto primary storage (--commit)."""
     if bool(output) == bool(commit_to):
         raise click.UsageError("give exactly one of -o/--output and --commit")
@@ -59,7 +60,7 @@ def restore_cmd(folder, at_text, output, commit_to, storage, undo_file, force):
                 task = bar.add_task("restore", total=view.size_bytes)
                 report = lambda done, total: bar.update(task, completed=done)  # noqa: E731
                 if output:
-                    summary = restore_to_file(view, output, report)
+                    summary = restore_to_file(view, output, report, durable=sync)
                 else:
                     undo_path = None
                     if undo_file:
