@@ -66,12 +66,7 @@ def restore_to_file(view: PointInTimeView, out: Path, progress: Progress | None 
     with open(tmp, "wb" if tmp != out else "r+b") as f:
         for lba in range(0, view.blocks, CHUNK_BLOCKS):
             count = min(CHUNK_BLOCKS, view.blocks - lba)
-            chunk = buf[:count]
-            chunk.reshape(-1)[:] = np.frombuffer(view.backing.read(lba, count), np.uint8)
-            lo, hi = np.searchsorted(view.lba, [lba, lba + count])
-            if hi > lo:
-                chunk[(view.lba[lo:hi] - np.uint64(lba)).astype(np.int64)] = view.journal.read_at(
-                    view.seg[lo:hi], view.offset[lo:hi])
+            chunk = view.fill(lba, buf[:count])
             f.write(chunk)
             crc = crc32c.crc32c(chunk, crc)
             if progress:

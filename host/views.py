@@ -60,12 +60,17 @@ class PointInTimeView:
 
     def read_blocks(self, lba: int, count: int) -> bytes:
         """Blocks [lba, lba + count) as they were at Tx."""
-        data = np.frombuffer(bytearray(self.backing.read(lba, count)), np.uint8).reshape(count, -1)
-        lo, hi = np.searchsorted(self.lba, [lba, lba + count])
+        return self.fill(lba, np.empty((count, self.block_bytes), np.uint8)).tobytes()
+
+    def fill(self, lba: int, out: np.ndarray) -> np.ndarray:
+        """Put blocks [lba, lba + len(out)) as they were at Tx into the (n, block_bytes) array `out`."""
+        count = len(out)
+        out.reshape(-1)[:] = np.frombuffer(self.backing.read(lba, count), np.uint8)
+        lo, hi = np.searchsorted(self.lba, np.array([lba, lba + count], np.uint64))
         if hi > lo:
-            data[(self.lba[lo:hi] - np.uint64(lba)).astype(np.int64)] = self.journal.read_at(
+            out[(self.lba[lo:hi] - np.uint64(lba)).astype(np.int64)] = self.journal.read_at(
                 self.seg[lo:hi], self.offset[lo:hi])
-        return data.tobytes()
+        return out
 
     def read(self, offset: int, length: int) -> bytes:
         """`length` bytes from byte `offset` (any alignment), as they were at Tx."""
