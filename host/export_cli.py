@@ -28,7 +28,10 @@ class Listen(click.ParamType):
 
 def parse_at_option(text: str, journal) -> int:
     """--at / --until: a time spec read by host.timespec.parse_at (bookmark names, times, ns)."""
-    from .timespec import parse_at  # the lead's module; imported late so this file stands alone
+    try:
+        from .timespec import parse_at  # imported late: this file stands without it
+    except ImportError as exc:
+        raise click.ClickException(f"time specs need host.timespec, not in this build ({exc})") from exc
 
     try:
         return parse_at(text, journal)
@@ -47,7 +50,10 @@ def parse_at_option(text: str, journal) -> int:
 @click.option("--name", default="", help="Export name (the default export \"\" is served too).")
 def serve(folder, at, listen, storage, force, name):
     """Serve the volume as it was at --at, read-only over NBD, until Ctrl-C."""
-    from .views import open_view  # the lead's module; imported late so this file stands alone
+    try:
+        from .views import open_view  # imported late: this file stands without it
+    except ImportError as exc:
+        raise click.ClickException(f"serve needs host.views, not in this build ({exc})") from exc
 
     with open_journal(folder, readonly=True) as journal:
         at_ns = parse_at_option(at, journal)
