@@ -5,11 +5,23 @@ PYTHON  ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.setup-stamp
+DEBIAN  := $(VENV)/.debian-stamp
+# Debian packages the tests drive as real clients: nbdinfo/nbdcopy (libnbd-bin), qemu-img (qemu-utils).
+DEBIAN_PACKAGES := libnbd-bin qemu-utils
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 JOBS    ?= auto
 
 .PHONY: setup test test-host test-hdl lint demo clean distclean bench-merge bench-port bench-restore
 
-setup: $(STAMP)
+setup: $(STAMP) $(DEBIAN)
+
+$(DEBIAN):
+	@mkdir -p $(VENV)
+	if ! command -v nbdinfo >/dev/null || ! command -v nbdcopy >/dev/null || ! command -v qemu-img >/dev/null; then \
+	  $(SUDO) apt-get update && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(DEBIAN_PACKAGES); \
+	fi
+	touch $@
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,10 +29,10 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
-test: $(STAMP)
+test: $(STAMP) $(DEBIAN)
 	$(BIN)/pytest -n $(JOBS) $(PYTEST_ARGS)
 
-test-host: $(STAMP)
+test-host: $(STAMP) $(DEBIAN)
 	$(BIN)/pytest -n $(JOBS) tests/controller $(PYTEST_ARGS)
 
 test-hdl: $(STAMP)

@@ -5,6 +5,7 @@ import importlib.metadata
 import click
 
 from . import __version__
+from .export_cli import export_cmd, import_cmd, serve
 from .journal_cli import journal_cli, ports_cli
 from .restore_cli import bookmark_cli, restore_cmd, undo_cmd
 
@@ -37,6 +38,9 @@ cli.add_command(ports_cli)
 cli.add_command(restore_cmd)
 cli.add_command(undo_cmd)
 cli.add_command(bookmark_cli)
+cli.add_command(serve)
+cli.add_command(export_cmd)
+cli.add_command(import_cmd)
 
 
 def main() -> None:

@@ -14,12 +14,25 @@ from .journal.store import NEVER, JournalError, LocalJournal
 from .journal.verify import verify
 from .storage import FileStorage, StorageError
 from .timefmt import format_ns, parse_duration
+from .timespec import parse_at
 
 console = Console(soft_wrap=True)  # paths and offsets stay on one line, ready to copy
 
 journal_option = click.option(
     "-j", "--journal", "folder", type=click.Path(file_okay=False, path_type=Path), default="journal",
     show_default=True, envvar="PORTJOURNAL_JOURNAL", help="Journal folder (or set PORTJOURNAL_JOURNAL).")
+
+
+AT_HELP = ("Point in time: a bookmark name, an ISO-8601 time, a time before the horizon like -5m, "
+           "or device nanoseconds.")
+
+
+def resolve_at(journal: LocalJournal, text: str) -> int:
+    """A --at value as device time, or a usage error that lists the accepted forms."""
+    try:
+        return parse_at(text, journal)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--at") from exc
 
 
 class Duration(click.ParamType):

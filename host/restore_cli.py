@@ -7,22 +7,12 @@ import click
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from .journal.store import JournalError
-from .journal_cli import console, journal_option, open_journal
+from .journal_cli import AT_HELP, console, journal_option, open_journal, resolve_at
 from .restore import RestoreError, commit, restore_to_file, undo
 from .storage import StorageError
 from .timefmt import format_ns
-from .timespec import check_bookmark_name, parse_at
+from .timespec import check_bookmark_name
 from .views import open_view
-
-AT_HELP = ("Point in time: a bookmark name, an ISO-8601 time, a time before the horizon like -5m, "
-           "or device nanoseconds.")
-
-
-def resolve_at(journal, text: str) -> int:
-    try:
-        return parse_at(text, journal)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--at") from exc
 
 
 def _bar() -> Progress:

@@ -7,19 +7,14 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from scenario import BLOCK, BLOCKS, WINDOW, build_journal
 
 from firmware.abi.entry import Mode, Status
 from host.cli import cli
-from host.journal.base import take_base_copy
 from host.journal.store import LocalJournal
 from host.restore import commit, restore_to_file, undo
-from host.storage import FileStorage
 from host.views import ViewRefused, open_view
 from sim.storage_model import Request, StorageModel, journal_requests
-
-BLOCK = 16
-BLOCKS = 12
-WINDOW = 100
 
 
 @st.composite
@@ -33,45 +28,6 @@ def scenarios(draw):
     merge_at = draw(st.one_of(st.none(), st.integers(0, 2200)))
     at = draw(st.integers(0, 2200))
     return ports, writes, mode, silent, merge_at, at
-
-
-def build(tmp_path, ports, writes, mode, silent, merge_at):
-    """Run the writes through the storage model and ports, flush them into a journal.
-
-    `silent` = (port, t): that port's entries stamped at or after t never reach the host, and
-    the collector marks it invalid from t. Returns the journal, model, volume path."""
-    rng = np.random.default_rng(len(writes))
-    initial = rng.bytes(BLOCK * BLOCKS)
-    model = StorageModel(BLOCKS, BLOCK, initial)
-    requests = [Request(t, p, lba, rng.bytes(BLOCK), status) for t, p, lba, status in writes]
-    per_port = journal_requests(requests, model, mode, ports)
-    volume = tmp_path / "volume.img"
-    volume.write_bytes(bytes(model.image))          # primary storage now
-    (tmp_path / "initial.img").write_bytes(initial)
-    journal = LocalJournal.create(tmp_path / "j", block_bytes=BLOCK, ports=ports, mode=mode, window_ns=WINDOW)
-    if mode == Mode.REDO:
-        with FileStorage(tmp_path / "initial.img", BLOCK) as first:
-            take_base_copy(journal, first, 0)
-    last_time = max(t for t, *_ in writes) + 1
-    from firmware.abi.entry import unpack
-    for port, entries in enumerate(per_port):
-        if silent and silent[0] == port:
-            entries = [e for e in entries if unpack(e)[0]["timestamp"] < silent[1]]
-            flushed = silent[1]
-        else:
-            flushed = last_time
-        if merge_at is not None:       # flush what came before merge_at, merge, then the rest
-            early = [e for e in entries if unpack(e)[0]["timestamp"] < merge_at]
-            journal.append(port, b"".join(early), min(merge_at, flushed))
-            entries = entries[len(early):]
-        journal.append(port, b"".join(entries), flushed)
-        if merge_at is not None and port == ports - 1:
-            journal.merge()
-    if merge_at is None:
-        journal.merge()
-    if silent:
-        journal.invalidate(silent[0], silent[1], "test: stopped answering")
-    return journal, model, volume
 
 
 def expected_refusal(journal, mode, silent, at):
@@ -88,7 +44,7 @@ def expected_refusal(journal, mode, silent, at):
 def test_view_and_restore_equal_the_shadow(tmp_path_factory, scenario):
     ports, writes, mode, silent, merge_at, at = scenario
     tmp_path = tmp_path_factory.mktemp("restore")
-    journal, model, volume = build(tmp_path, ports, writes, mode, silent, merge_at)
+    journal, model, volume = build_journal(tmp_path, ports, writes, mode, silent, merge_at)
     present = volume.read_bytes()
     refuse = expected_refusal(journal, mode, silent, at)
     try:
@@ -140,7 +96,7 @@ def test_cow_view_follows_new_entries(tmp_path):
 
 def test_cli_restore_bookmarks_and_refusals(tmp_path):
     writes = [(t, t % 2, t % BLOCKS, Status.OK) for t in range(0, 1000, 7)]
-    journal, model, volume = build(tmp_path, 2, writes, Mode.REDO, None, None)
+    journal, model, volume = build_journal(tmp_path, 2, writes, Mode.REDO, None, None)
     folder = str(journal.folder)
     journal.close()
     runner = CliRunner()

@@ -1,0 +1,123 @@
+"""`portjournal serve` (NBD export of a past instant) and `export` / `import` (dm-log-writes)."""
+
+from pathlib import Path
+
+import click
+from rich.progress import Progress
+
+from .journal.store import JournalError
+from .journal_cli import AT_HELP, console, journal_option, open_journal, resolve_at
+from .nbd import NBDError, NBDServer
+from .storage import StorageError
+from .views import open_view
+
+
+class Listen(click.ParamType):
+    """HOST:PORT (an IPv6 host in brackets: [::1]:10809)."""
+
+    name = "host:port"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        host, sep, port = value.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            self.fail(f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:10809; port 0 picks a free one)",
+                      param, ctx)
+        return host, int(port)
+
+
+@click.command()
+@journal_option
+@click.option("--at", "at", required=True, help=AT_HELP)
+@click.option("--listen", type=Listen(), default="127.0.0.1:10809", show_default=True,
+              help="Address to listen on (port 0 picks a free one).")
+@click.option("--storage", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Primary storage (volume image or block device), for copy-on-write journals.")
+@click.option("--force", is_flag=True, help="Serve even an instant the journal cannot vouch for.")
+@click.option("--name", default="", help="Export name (the default export \"\" is served too).")
+def serve(folder, at, listen, storage, force, name):
+    """Serve the volume as it was at --at, read-only over NBD, until Ctrl-C."""
+    with open_journal(folder, readonly=True) as journal:
+        at_ns = resolve_at(journal, at)
+        try:
+            view = open_view(journal, at_ns, storage=storage, force=force)
+        except (JournalError, StorageError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        for warning in view.warnings:
+            console.print(f"[yellow]not guaranteed:[/] {warning}")
+        try:
+            server = NBDServer(view, *listen, name=name, description=f"{folder} at {at}",
+                               block_bytes=getattr(view, "block_bytes", journal.state.block_bytes))
+        except NBDError as exc:
+            raise click.ClickException(str(exc)) from exc
+        console.print(f"serving {folder} at {at} ({at_ns} ns), {view.size_bytes} bytes read-only on "
+                      f"[bold]{server.uri}[/]  (Ctrl-C stops)")
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.shutdown()
+            view.backing.close()
+        console.print("stopped")
+
+
+FORMATS = click.Choice(["dm-log-writes"])
+
+
+def progress_to(bar: Progress, task):
+    return lambda done, total: bar.update(task, completed=done, total=total)
+
+
+@click.command("export")
+@journal_option
+@click.option("--format", "fmt", type=FORMATS, required=True, help="Log format to write.")
+@click.option("--until", help="Only writes before this instant (bookmark name, time or ns; default: all).")
+@click.option("--sector-bytes", type=int, default=512, show_default=True,
+              help="The log's sector size (a power of two dividing the block size).")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+def export_cmd(folder, fmt, until, sector_bytes, out):
+    """Write the journal's writes and bookmarks to OUT as a dm-log-writes log."""
+    from . import dmlog
+
+    with open_journal(folder, readonly=True) as journal:
+        until_ns = resolve_at(journal, until) if until is not None else None
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task("export", total=None)
+            try:
+                summary = dmlog.export(journal, out, until_ns=until_ns, sectorsize=sector_bytes,
+                                       progress=progress_to(bar, task))
+            except dmlog.DmLogError as exc:
+                raise click.ClickException(str(exc)) from exc
+    console.print(f"exported {summary.writes} writes and {summary.marks} marks to {out} "
+                  f"({summary.log_bytes} bytes, {summary.sectorsize}-byte sectors)")
+
+
+@click.command("import")
+@click.option("--format", "fmt", type=FORMATS, required=True, help="Log format to read.")
+@click.option("-j", "--journal", "folder", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="New journal folder to create.")
+@click.option("--block-bytes", type=int, required=True, help="Block size of the new journal.")
+@click.option("--volume-bytes", type=int, help="Volume size (default: up to the highest block written).")
+@click.option("--discard", type=click.Choice(["zero", "reject"]), default="zero", show_default=True,
+              help="What a logged DISCARD becomes: writes of zero blocks, or an error.")
+@click.argument("log", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def import_cmd(fmt, folder, block_bytes, volume_bytes, discard, log):
+    """Create a journal in --journal that replays the dm-log-writes log LOG (1 us per entry)."""
+    from . import dmlog
+
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("import", total=None)
+        try:
+            s = dmlog.import_log(log, folder, block_bytes=block_bytes, volume_bytes=volume_bytes,
+                                 discard=discard,
+                                 progress=progress_to(bar, task))
+        except (dmlog.DmLogError, JournalError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from exc
+    console.print(f"imported {s.log_entries} log entries into {folder}: {s.writes} writes "
+                  f"({s.blocks} blocks), "
+                  f"{s.discards} discards ({s.zero_blocks} zero blocks), {s.flushes} flushes skipped, "
+                  f"{len(s.marks)} marks as bookmarks; volume {s.volume_blocks} blocks, "
+                  f"device time 0..{s.last_ns} ns")
