@@ -141,9 +141,8 @@ def _redirects(journal: LocalJournal, at_ns: int) -> tuple[np.ndarray, np.ndarra
         return lba, index["seg"][chosen], index["offset"][chosen]
     base = st.base.time_ns
     whole = min(journal.merged_through, at_ns // st.window_ns * st.window_ns)
-    merged = journal.merged[(journal.merged["window_end"] > base) & (journal.merged["window_end"] <= whole)]
-    merged = merged[np.lexsort((merged["window_end"], merged["lba"]))]
-    merged = merged[np.append(merged["lba"][1:] != merged["lba"][:-1], True)] if len(merged) else merged
+    merged = _newest_per_block(journal.merged[(journal.merged["window_end"] > base)
+                                              & (journal.merged["window_end"] <= whole)])
     lba, chosen = pick_per_block(index, usable(index, max(whole, base), at_ns, valid_from, since), last=True)
     # A write after the merged windows replaces the block's merged value.
     older = ~np.isin(merged["lba"], lba)
@@ -152,3 +151,18 @@ def _redirects(journal: LocalJournal, at_ns: int) -> tuple[np.ndarray, np.ndarra
     all_off = np.concatenate([index["offset"][chosen], merged["offset"][older]])
     order = np.argsort(all_lba)
     return all_lba[order], all_seg[order], all_off[order]
+
+
+def _newest_per_block(merged: np.ndarray) -> np.ndarray:
+    """Each block's row from its latest window. Rows are stored in window order, so sorting
+    (lba, row number) packed in one uint64 puts each block's newest row last in its run."""
+    if not len(merged):
+        return merged
+    row_bits = np.uint64(max(int(len(merged) - 1).bit_length(), 1))
+    if int(merged["lba"].max()).bit_length() + int(row_bits) > 64:
+        order = np.lexsort((np.arange(len(merged)), merged["lba"]))
+    else:
+        order = np.sort(merged["lba"] << row_bits | np.arange(len(merged), dtype=np.uint64))
+        order = (order & ((np.uint64(1) << row_bits) - np.uint64(1))).astype(np.int64)
+    lba = merged["lba"][order]
+    return merged[order[np.append(lba[1:] != lba[:-1], True)]]
