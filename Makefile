@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.setup-stamp
 JOBS    ?= auto
 
-.PHONY: setup test test-host test-hdl lint demo clean distclean
+.PHONY: setup test test-host test-hdl lint demo bench-dpll clean distclean
 
 setup: $(STAMP)
 
@@ -28,6 +28,9 @@ test-hdl: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+bench-dpll: $(STAMP)
+	$(BIN)/python bench/dpll.py $(BENCH_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/portjournal --help
