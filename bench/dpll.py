@@ -47,7 +47,7 @@ def main() -> None:
     binary = build_harness("dpll_rig", lambda: DpllRig(interval_ns=args.interval_ns),
                            [ROOT / "bench" / "dpll" / "harness.cpp"])
     print(f"harness ready in {time.monotonic() - started:.1f} s: {binary}")
-    csv = out_dir / "dpll.csv"
+    csv = out_dir / f"dpll-seed{args.seed}.csv"
     cmd = [str(binary), str(args.interval_ns), str(args.broadcasts), str(args.holdover_ms), str(args.seed),
            str(args.window_ns), str(csv)]
     for hz, ppm in PORTS:

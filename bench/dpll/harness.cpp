@@ -174,7 +174,7 @@ int main(int argc, char** argv) {
                 top->tb_enable = 0;
                 // first missing marker is the next interval boundary
                 int64_t first_missing = (now / interval_fs + 1) * interval_fs;
-                end_fs = first_missing + holdover_ms * 1000 * FS_PER_NS;
+                end_fs = first_missing + holdover_ms * 1000000 * FS_PER_NS;
                 std::printf("broadcasts stop: first missing marker at %.3f us\n", first_missing / 1e9);
             }
         }
