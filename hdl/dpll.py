@@ -34,10 +34,11 @@ increment change that would remove e by the next marker. Then, per state:
   cycle) and the capture quantisation (one port cycle). An error of SLEW_NS or more is
   slewed whole over one interval (within the clamp) and not integrated (anti-windup); that
   is how a local time found ahead at acquisition is pulled back without a backward step. All
-  gains are powers of two (shifts). Per interval the loop is x' = x − KP·x − Σ KI·x, so KP
-  is the fraction of the phase error removed per interval and KI sets the integral corner;
-  with KP = 1/8, KI = 1/128 (ζ ≈ 0.7, settling ~ 10 intervals) the white phase noise is
-  attenuated to about √(KP/(2−KP)) ≈ 0.26 of its r.m.s.
+  gains are powers of two (shifts). Per interval the loop is x' = x − KP·x − Σ KI·x: KP is
+  the fraction of the phase error removed per interval, KI sets the integral corner
+  (natural frequency √KI rad per interval, damping KP / (2√KI) ≈ 0.7 for both gear sets).
+  The narrow set passes white phase noise at about √(KP/(2−KP)) ≈ 0.26 of its r.m.s.; its
+  slow corner (~70 intervals) is why the fast set pulls in first.
 
 **Anti-windup and clamp.** drift is saturated at ±MAX_DRIFT (nominal / 2**DRIFT_SHIFT ≈
 ±3900 ppm at the default 8); the increment is clamped to nominal ± nominal / 2**CLAMP_SHIFT
