@@ -23,7 +23,8 @@ nominal interval, `s = e / N` (N = cycles per interval; a constant multiply), i.
 increment change that would remove e by the next marker. Then, per state:
 
 - `UNLOCKED`: the first good frame's e is remembered (no correction) → `ACQUIRE`.
-- `ACQUIRE`: after ACQUIRE_FRAMES more intervals at the current frequency, the frequency error is
+- `ACQUIRE`: at the frame ACQUIRE_FRAMES intervals later (by T; if that frame is lost the
+  acquisition restarts from the next good one), the frequency error is
   (e − e_first) / ACQUIRE_FRAMES per interval: drift += s(e − e_first) / ACQUIRE_FRAMES. Then
   the phase: if local time is behind (e > 0) it steps forward by e, once; if it is ahead it is
   never stepped back: `TRACK` slews it → `TRACK`.
@@ -275,7 +276,9 @@ class DigitalPLL(wiring.Component):
         drift = Signal(signed(INC_BITS))
         prop = Signal(signed(INC_BITS))
         prop_left = Signal(range(self.interval_cycles + 1))
-        acquired = Signal(range(ACQUIRE_FRAMES + 1))
+        t_frame = Signal.like(payload)               # T of the frame in the pipeline
+        t_first = Signal.like(payload)               # T of the acquisition's first frame
+        span = ACQUIRE_FRAMES * (self.interval_ns // self.unit_ns)
         tracked = Signal(range(FAST_FRAMES + 1))
         in_range = Signal(range(LOCK_FRAMES + 1))
         since_good = Signal(range(self.holdover_cycles + 1))
@@ -294,6 +297,7 @@ class DigitalPLL(wiring.Component):
         with m.If(good):
             m.d.sync += [
                 err_full.eq(target + self.compensation - captured),
+                t_frame.eq(payload),
                 self.frames.eq(self.frames + 1),
             ]
         e_err = _saturate(err_full >> (FRAC_BITS - ERR_FRAC), ERR_BITS)
@@ -311,10 +315,13 @@ class DigitalPLL(wiring.Component):
             m.d.sync += since_good.eq(0)
             with m.Switch(state):
                 with m.Case(UNLOCKED):
-                    m.d.sync += [err_first.eq(err), acquired.eq(1), state.eq(ACQUIRE)]
+                    m.d.sync += [err_first.eq(err), t_first.eq(t_frame), state.eq(ACQUIRE)]
                 with m.Case(ACQUIRE):
-                    m.d.sync += acquired.eq(acquired + 1)
-                    with m.If(acquired == ACQUIRE_FRAMES):
+                    # The estimate needs exactly ACQUIRE_FRAMES intervals between its two
+                    # frames (by their T); a lost frame at the end restarts the acquisition.
+                    with m.If(t_frame - t_first > span):
+                        m.d.sync += [err_first.eq(err), t_first.eq(t_frame)]
+                    with m.Elif(t_frame - t_first == span):
                         m.d.comb += drift_sum.eq(drift + (spread >> (ACQUIRE_FRAMES.bit_length() - 1)))
                         m.d.sync += [drift.eq(_saturate_to(drift_sum, max_drift)),
                                      tracked.eq(0), in_range.eq(0), state.eq(TRACK)]

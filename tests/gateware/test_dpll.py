@@ -255,10 +255,24 @@ async def dpll_locks_and_tracks(dut):
 
 @cocotb.test()
 async def dpll_rejects_bad_crc(dut):
-    """A frame with a bad CRC is counted as rejected and changes nothing: no step, no update."""
+    """A frame with a bad CRC is counted as rejected and changes nothing: no step, no update.
+    Lost at the end of the acquisition, it restarts the acquisition rather than stretching
+    the frequency estimate over one more interval."""
+    from hdl.dpll import ACQUIRE, ACQUIRE_FRAMES
+
     await _start(dut, cocotb.RANDOM_SEED + 2)
     mono = Monotonic()
-    await _until_locked(dut, mono)
+    # Frame 1 (100 µs) is every port's first; frame 1 + ACQUIRE_FRAMES would end the acquisition.
+    last = 1 + ACQUIRE_FRAMES
+    await _until_ns((last - 0.5) * INTERVAL_NS)
+    dut.tb_corrupt.value = 1
+    await _until_ns(last * INTERVAL_NS + 2_000)
+    dut.tb_corrupt.value = 0
+    await _until_ns((last + 1) * INTERVAL_NS + 20_000)
+    for i in range(4):
+        assert int(getattr(dut, f"p{i}_rejected").value) == 1
+        assert int(getattr(dut, f"p{i}_state").value) == ACQUIRE, f"p{i} did not restart its acquisition"
+    await _until_locked(dut, mono, limit_broadcasts=LOCK_BROADCASTS + ACQUIRE_FRAMES + 2)
     # Go to the middle of an interval, arm the corruption for the next frame.
     k = int(_now_ns() // INTERVAL_NS) + 1
     await _until_ns(k * INTERVAL_NS + INTERVAL_NS // 2)
