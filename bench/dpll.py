@@ -12,7 +12,8 @@ Errors are each port's integer-ns time after one of its clock edges minus that e
 time, over every port edge from the moment all ports are locked until broadcasts stop;
 skew is the spread of the four ports' errors at the same instant (each at its latest edge,
 evaluated at every reference edge); lock_broadcasts counts markers sent up to the instant
-all ports are locked; holdover_100ms_err_ns is the worst port's |error| 100 ms after the
+all ports are locked (the first at 1 ms: the time base sends no frame at
+time 0); holdover_100ms_err_ns is the worst port's |error| 100 ms after the
 first missing marker; backward_steps counts any decrease of a port's time between two of
 its edges, over the whole run.
 """
@@ -74,7 +75,7 @@ def main() -> None:
     mean_abs = (sum(rows[f"sumabs{i}"][locked_run].sum() for i in range(n))
                 / sum(rows[f"n{i}"][locked_run].sum() for i in range(n)))
     max_skew = rows["skew"][locked_run].max()
-    lock_broadcasts = int(lock_ns // args.interval_ns) + 1   # markers at 0, τ, 2τ, ... up to lock
+    lock_broadcasts = int(lock_ns // args.interval_ns)   # frames sent up to lock: at τ, 2τ, ...
     holdover = max(abs(e) for e in final_err)
     backward = int(meta["backward"])
 

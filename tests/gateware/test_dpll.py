@@ -203,7 +203,7 @@ async def dpll_locks_and_tracks(dut):
     markers = await _start(dut, cocotb.RANDOM_SEED)
     mono = Monotonic()
     t_lock = await _until_locked(dut, mono)
-    broadcasts = int(t_lock // INTERVAL_NS) + 1
+    broadcasts = int(t_lock // INTERVAL_NS)   # frames sent so far: at τ, 2τ, ... (none at 0)
     dut._log.info("all ports locked at %.1f us (%d broadcasts)", t_lock / 1e3, broadcasts)
     assert broadcasts <= LOCK_BROADCASTS
 
