@@ -11,7 +11,7 @@ DEBIAN_PACKAGES := libnbd-bin qemu-utils
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 JOBS    ?= auto
 
-.PHONY: setup test test-host test-hdl lint demo clean distclean bench-merge bench-port bench-restore
+.PHONY: setup test test-host test-hdl lint demo clean distclean bench-dpll bench-merge bench-port bench-restore
 
 setup: $(STAMP) $(DEBIAN)
 
@@ -43,6 +43,9 @@ lint: $(STAMP)
 
 bench-port: $(STAMP)
 	$(BIN)/python bench/port.py
+
+bench-dpll: $(STAMP)
+	$(BIN)/python bench/dpll.py $(BENCH_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/portjournal --help

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from amaranth.back import verilog
 
-from .toolchain import use_verilator
+from .toolchain import MAKE_FIXES, make_fixes, use_verilator
 
 BUILD_ROOT = Path(os.environ.get("PORTJOURNAL_BUILD", Path(__file__).resolve().parents[1] / "build"))
 TIMESCALE = ("1ns", "1ps")
@@ -33,6 +33,7 @@ class Image:
     build_dir: Path
     verilog: Path
     built_now: bool
+    timescale: tuple[str, str] = TIMESCALE
 
     def run(self, test_module: str, *, test_dir: Path, testcase: str | None = None,
             seed: int | None = None, extra_env: Mapping[str, str] | None = None,
@@ -51,7 +52,7 @@ class Image:
                     build_dir=self.build_dir,
                     test_dir=test_dir, testcase=testcase, seed=seed, extra_env=dict(extra_env or {}),
                     plusargs=list(plusargs), results_xml=str(results), waves=waves,
-                    timescale=TIMESCALE)
+                    timescale=self.timescale)
         total, failed = get_results(results)
         if total == 0 or failed:
             raise AssertionError(f"{self.name}: {failed} of {total} cocotb tests failed (log above, "
@@ -60,13 +61,18 @@ class Image:
 
 
 def build_image(name: str, design: Callable[[], object], *, build_args: Sequence[str] = (),
-                build_root: Path = BUILD_ROOT) -> Image:
-    """Elaborate `design()` to Verilog and build it with Verilator, unless already built."""
+                build_root: Path = BUILD_ROOT, timescale: tuple[str, str] = TIMESCALE) -> Image:
+    """Elaborate `design()` to Verilog and build it with Verilator, unless already built.
+
+    `timescale` is (unit, precision); a finer precision (e.g. 1 fs) lets clocks be set to
+    within a fraction of a ppm.
+    """
     use_verilator()
     toplevel = name
     text = verilog.convert(design(), name=toplevel, emit_src=False)
     args = (*DEFAULT_BUILD_ARGS, *build_args)
-    key = hashlib.sha256("\0".join([text, *args, *_tool_versions()]).encode()).hexdigest()[:16]
+    scale = () if timescale == TIMESCALE else timescale  # keeps the keys of existing images
+    key = hashlib.sha256("\0".join([text, *args, *_tool_versions(), *scale]).encode()).hexdigest()[:16]
     build_dir = build_root / "sim" / f"{name}-{key}"
     build_dir.mkdir(parents=True, exist_ok=True)
     source = build_dir / f"{toplevel}.v"
@@ -74,15 +80,52 @@ def build_image(name: str, design: Callable[[], object], *, build_args: Sequence
     with open(build_dir / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if binary.exists():
-            return Image(name, toplevel, build_dir, source, built_now=False)
+            return Image(name, toplevel, build_dir, source, built_now=False, timescale=timescale)
         source.write_text(text)
         from cocotb_tools.runner import get_runner
 
         started = time.monotonic()
-        get_runner("verilator").build(sources=[source], hdl_toplevel=toplevel, build_dir=build_dir,
-                                      build_args=list(args), timescale=TIMESCALE)
+        with make_fixes():
+            get_runner("verilator").build(sources=[source], hdl_toplevel=toplevel, build_dir=build_dir,
+                                          build_args=list(args), timescale=timescale)
         (build_dir / "build-seconds").write_text(f"{time.monotonic() - started:.1f}\n")
-        return Image(name, toplevel, build_dir, source, built_now=True)
+        return Image(name, toplevel, build_dir, source, built_now=True, timescale=timescale)
+
+
+def build_harness(name: str, design: Callable[[], object], sources: Sequence[Path], *,
+                  build_args: Sequence[str] = (), build_root: Path = BUILD_ROOT) -> Path:
+    """Build `design()` with a C++ harness (`--exe`) into a free-running binary, unless built.
+
+    For benches that must run faster than cocotb can drive clocks: the harness owns `main`,
+    the clocks and the measurements. Cached like `build_image`, keyed on the Verilog, the
+    harness sources, the options and the Verilator version. Returns the binary's path.
+    """
+    import subprocess
+
+    use_verilator()
+    toplevel = name
+    text = verilog.convert(design(), name=toplevel, emit_src=False)
+    args = ("-O3", *(arg for fix in MAKE_FIXES for arg in ("-MAKEFLAGS", fix)), "-MAKEFLAGS", "OPT_FAST=-O2",
+            "-Wno-fatal", "-Wno-lint", "-Wno-style", *build_args)
+    sources = [Path(src).resolve() for src in sources]
+    parts = [text, *args, *_tool_versions(), *(src.read_text() for src in sources)]
+    key = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+    build_dir = build_root / "bench" / f"{name}-{key}"
+    build_dir.mkdir(parents=True, exist_ok=True)
+    binary = build_dir / toplevel
+    with open(build_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if binary.exists():
+            return binary
+        source = build_dir / f"{toplevel}.v"
+        source.write_text(text)
+        started = time.monotonic()
+        subprocess.run(["verilator", "--cc", "--exe", "--build", "-j", "2", "--top-module", toplevel,
+                        "-Mdir", str(build_dir / "obj"), "-o", str(binary), *args,
+                        str(source), *map(str, sources)],
+                       check=True, stdout=subprocess.DEVNULL)
+        (build_dir / "build-seconds").write_text(f"{time.monotonic() - started:.1f}\n")
+        return binary
 
 
 def _tool_versions() -> tuple[str, ...]:

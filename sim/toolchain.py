@@ -6,6 +6,7 @@ place that knows that, so nobody has to export anything by hand.
 """
 
 import os
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
@@ -36,3 +37,23 @@ def use_verilator() -> Path:
     if bindir not in path:
         os.environ["PATH"] = os.pathsep.join([bindir, *path])
     return root
+
+
+# The wheel's verilated.mk leaves the precompiled-header include flag empty, which breaks the
+# build of any model big enough to be split into several files; make variables that fix it.
+MAKE_FIXES = ("CFG_CXXFLAGS_PCH_I=-include",)
+
+
+@contextmanager
+def make_fixes():
+    """Within the block, every `make` this process starts sees `MAKE_FIXES` as command-line
+    variables (GNU make reads them from MAKEFLAGS)."""
+    saved = os.environ.get("MAKEFLAGS")
+    os.environ["MAKEFLAGS"] = " ".join([*filter(None, [saved]), *MAKE_FIXES])
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["MAKEFLAGS"]
+        else:
+            os.environ["MAKEFLAGS"] = saved

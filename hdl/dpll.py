@@ -1,0 +1,365 @@
+"""DigitalPLL: a port's local time, locked to the time base's broadcast and never moving back.
+
+One DigitalPLL runs in each port's own clock domain (`sync`; rename it with `DomainRenamer`).
+The broadcast wire (see `hdl.timebase` for the frame) is asynchronous to it.
+
+Local time is a fixed-point count of nanoseconds, 64 integer + 32 fractional bits, advanced by
+`increment` (ns per cycle, 32 fractional bits, so ±200 ppm is resolved to 0.03 ppb at 8 ns)
+on every cycle. `time` is its integer part, the input of the `Timestamper`.
+
+**Phase detector.** The wire passes a 2-flip-flop synchroniser; a falling edge after at least
+two byte times of idle is a marker, and local time is captured when the synchronised edge is
+seen. The capture lags the marker by the synchroniser (1 cycle after the first flop samples
+the edge) plus the wait for that first sampling edge (0 to 1 cycle, ½ on average): the
+detector adds `(SYNC_CYCLES + ½) × nominal period` back. It also adds ½ ns, so that the
+loop steers the fixed-point time to true time + ½ ns and the truncated integer `time` is
+true time rounded to the nearest ns. When the frame has been received and its CRC-32C
+checks, phase error e = T·unit_ns + compensation − captured time. A frame with a bad CRC,
+a bad start/stop bit or a gap inside it is rejected: `rejected` counts it and nothing else
+changes (no step, no phase or frequency update).
+
+**Loop filter** (in the spirit of linuxptp's `pi.c`). The phase error is spread over one
+nominal interval, `s = e / N` (N = cycles per interval; a constant multiply), i.e. the
+increment change that would remove e by the next marker. Then, per state:
+
+- `UNLOCKED`: the first good frame's e is remembered (no correction) → `ACQUIRE`.
+- `ACQUIRE`: at the frame ACQUIRE_FRAMES intervals later (by T; if that frame is lost the
+  acquisition restarts from the next good one), the frequency error is
+  (e − e_first) / ACQUIRE_FRAMES per interval: drift += s(e − e_first) / ACQUIRE_FRAMES. Then
+  the phase: if local time is behind (e > 0) it steps forward by e, once; if it is ahead it is
+  never stepped back: `TRACK` slews it → `TRACK`.
+- `TRACK`: PI. Proportional: increment += s·KP for exactly N cycles (so it removes KP·e and
+  then stops, which keeps holdover on the pure frequency estimate). Integral: drift += s·KI.
+  The first FAST_FRAMES frames use the wider gains KP_FAST, KI_FAST to pull in what the
+  acquisition estimate left; then the narrow KP, KI average the marker jitter (±1 reference
+  cycle) and the capture quantisation (one port cycle). An error of SLEW_NS or more is
+  slewed whole over one interval (within the clamp) and not integrated (anti-windup); that
+  is how a local time found ahead at acquisition is pulled back without a backward step. All
+  gains are powers of two (shifts). Per interval the loop is x' = x − KP·x − Σ KI·x: KP is
+  the fraction of the phase error removed per interval, KI sets the integral corner
+  (natural frequency √KI rad per interval, damping KP / (2√KI) ≈ 0.7 for both gear sets).
+  The narrow set passes white phase noise at about √(KP/(2−KP)) ≈ 0.26 of its r.m.s.; its
+  slow corner (~70 intervals) is why the fast set pulls in first.
+
+**Anti-windup and clamp.** drift is saturated at ±MAX_DRIFT (nominal / 2**DRIFT_SHIFT ≈
+±3900 ppm at the default 8); the increment is clamped to nominal ± nominal / 2**CLAMP_SHIFT
+(±7800 ppm at the default 7). So it is never below 0.99 × nominal > 0: local time strictly
+increases every cycle and only the one acquisition step moves it forward faster.
+
+**Holdover.** Without good frames the increment keeps the last drift (the proportional part
+expires after its interval). After `holdover_intervals` nominal intervals without a good
+frame `locked` drops and the loop goes back to `UNLOCKED` (keeping its drift), to re-acquire
+when frames come back.
+
+**Lock.** `locked` rises in `TRACK` when the fast gains have been used up and the last
+LOCK_FRAMES frames all had |e| < LOCK_NS. `lock_count` counts these transitions.
+
+Register view (`REGISTERS` below; the register map imports that tuple):
+
+| name | width | access | description |
+|---|---|---|---|
+| locked | 1 | R | 1 while the loop is locked to the broadcast |
+| state | 2 | R | loop state: 0 unlocked, 1 acquiring, 2 tracking |
+| phase_error | 32 | R | last accepted phase error T·unit − local time at the marker, signed ns, saturated |
+| increment | 40 | R | current per-cycle increment, ns with 32 fractional bits |
+| frames | 16 | R | frames accepted (check passed), wraps |
+| rejected | 16 | R | frames rejected (bad CRC-32C, bad start/stop bit, gap), wraps |
+| lock_count | 8 | R | times lock was gained, wraps |
+| time | 64 | R | local time, integer ns |
+"""
+
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from .crc import CRC32C
+from .timebase import (
+    BITS_PER_BYTE,
+    DEFAULT_BIT_RATE,
+    DEFAULT_INTERVAL_NS,
+    DEFAULT_UNIT_NS,
+    FRAME_BYTES,
+    IDLE_BITS,
+    PAYLOAD_BYTES,
+)
+
+TIME_BITS = 64          # integer ns of local time
+FRAC_BITS = 32          # fractional bits of local time and of the increment
+INC_BITS = 40           # increment: 8 integer bits (up to 255 ns per cycle) + 32 fractional
+PHASE_BITS = 32         # phase_error register: signed integer ns, saturated
+ERR_FRAC = 8            # the loop works on the phase error with 1/256 ns resolution
+ERR_BITS = 32           # ... in a signed 32-bit word: ±8.3 ms
+SPREAD_SHIFT = 16       # extra precision of the reciprocal 1/N
+
+SYNC_CYCLES = 1         # flops between the first synchroniser flop and the capture
+ACQUIRE_FRAMES = 8      # intervals over which the first frequency estimate is taken (power of 2)
+KP_FAST_SHIFT = 2       # KP_FAST = 1/4 of the phase error per interval while pulling in
+KI_FAST_SHIFT = 5       # KI_FAST = 1/32
+FAST_FRAMES = 6         # frames tracked with the fast gains after acquisition
+KP_SHIFT = 3            # KP = 1/8
+KI_SHIFT = 7            # KI = 1/128
+DRIFT_SHIFT = 8         # |drift| <= nominal / 256 (anti-windup)
+CLAMP_SHIFT = 7         # |increment - nominal| <= nominal / 128
+SLEW_NS = 40            # |e| at or above this is slewed whole in one interval, not integrated
+LOCK_NS = 24            # |e| below this counts towards lock
+LOCK_FRAMES = 4         # consecutive such frames to declare lock
+DEFAULT_HOLDOVER_INTERVALS = 16
+
+UNLOCKED, ACQUIRE, TRACK = 0, 1, 2
+
+# (name, width, access, description): the DPLL's register view, for the register map.
+REGISTERS = (
+    ("locked", 1, "R", "1 while the loop is locked to the broadcast"),
+    ("state", 2, "R", "loop state: 0 unlocked, 1 acquiring, 2 tracking"),
+    ("phase_error", PHASE_BITS, "R",
+     "last accepted phase error T·unit − local time at the marker, signed ns, saturated"),
+    ("increment", INC_BITS, "R", "current per-cycle increment, ns with 32 fractional bits"),
+    ("frames", 16, "R", "frames accepted (check passed), wraps"),
+    ("rejected", 16, "R", "frames rejected (bad CRC-32C, bad start/stop bit, gap), wraps"),
+    ("lock_count", 8, "R", "times lock was gained, wraps"),
+    ("time", TIME_BITS, "R", "local time, integer ns"),
+)
+
+
+def registers_markdown() -> str:
+    """`REGISTERS` as the Markdown table the module docstring carries."""
+    rows = ["| name | width | access | description |", "|---|---|---|---|"]
+    rows += [f"| {n} | {w} | {a} | {d} |" for n, w, a, d in REGISTERS]
+    return "\n".join(rows)
+
+
+def _saturate(value, bits: int):
+    """`value` (signed) limited to a signed `bits`-bit range."""
+    hi, lo = 2**(bits - 1) - 1, -2**(bits - 1)
+    return Mux(value > hi, hi, Mux(value < lo, lo, value))
+
+
+class DigitalPLL(wiring.Component):
+    """Local time of one port, locked to the broadcast on `wire` (see the module docstring)."""
+
+    wire: In(1)
+    time: Out(TIME_BITS)
+    locked: Out(1)
+    state: Out(2)
+    phase_error: Out(signed(PHASE_BITS))
+    increment: Out(INC_BITS)
+    frames: Out(16)
+    rejected: Out(16)
+    lock_count: Out(8)
+
+    def __init__(self, *, clk_hz: float, interval_ns: int = DEFAULT_INTERVAL_NS,
+                 unit_ns: int = DEFAULT_UNIT_NS, bit_rate: int = DEFAULT_BIT_RATE,
+                 holdover_intervals: int = DEFAULT_HOLDOVER_INTERVALS):
+        bit_cycles = round(clk_hz / bit_rate)
+        problems = []
+        if bit_cycles < 4:
+            problems.append(f"{clk_hz} Hz gives {bit_cycles} cycles per bit; need at least 4")
+        # The sampling point drifts by the rounding error over one byte; keep it within 1/4 bit.
+        elif abs(bit_cycles * bit_rate / clk_hz - 1) * BITS_PER_BYTE > 0.25:
+            problems.append(f"{clk_hz} Hz is too far from a whole number of cycles per bit")
+        if interval_ns % unit_ns:
+            problems.append(f"interval {interval_ns} ns is not a whole number of units of {unit_ns} ns")
+        if problems:
+            self._MustUse__silence = True  # a rejected core is not an unused one
+            raise ValueError("; ".join(problems))
+        self.clk_hz = clk_hz
+        self.interval_ns = interval_ns
+        self.unit_ns = unit_ns
+        self.bit_cycles = bit_cycles
+        self.period_ns = 1e9 / clk_hz
+        self.inc_nominal = round(self.period_ns * 2**FRAC_BITS)
+        self.interval_cycles = round(interval_ns / self.period_ns)
+        # (SYNC_CYCLES + 1/2) nominal periods of capture lag, + 1/2 ns so truncation rounds.
+        self.compensation = round(((SYNC_CYCLES + 0.5) * self.period_ns + 0.5) * 2**FRAC_BITS)
+        # s = e / N in increment units: e has ERR_FRAC fractional bits, the increment FRAC_BITS.
+        self.reciprocal = round(2**(FRAC_BITS - ERR_FRAC + SPREAD_SHIFT) / self.interval_cycles)
+        self.holdover_cycles = holdover_intervals * self.interval_cycles
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        bit_cycles = self.bit_cycles
+        inc_nom = self.inc_nominal
+        max_adj = inc_nom >> CLAMP_SHIFT
+        max_drift = inc_nom >> DRIFT_SHIFT
+
+        # --- local time -------------------------------------------------------------------
+        local = Signal(TIME_BITS + FRAC_BITS)
+        inc = Signal(INC_BITS, init=inc_nom)
+        step = Signal(TIME_BITS + FRAC_BITS)       # added once, at acquisition
+        m.d.sync += local.eq(local + inc + step)
+        m.d.sync += step.eq(0)
+        m.d.comb += [self.time.eq(local[FRAC_BITS:]), self.increment.eq(inc)]
+
+        # --- synchroniser and marker detection -------------------------------------------
+        sync1 = Signal(init=1, reset_less=True)
+        sync2 = Signal(init=1, reset_less=True)
+        last = Signal(init=1, reset_less=True)
+        m.d.sync += [sync1.eq(self.wire), sync2.eq(sync1), last.eq(sync2)]
+        fall = last & ~sync2
+        idle_bits = IDLE_BITS * bit_cycles
+        idle = Signal(range(idle_bits + 1))
+        with m.If(~sync2):
+            m.d.sync += idle.eq(0)
+        with m.Elif(idle != idle_bits):
+            m.d.sync += idle.eq(idle + 1)
+
+        # --- frame receiver ----------------------------------------------------------------
+        captured = Signal.like(local)
+        frame = Signal(8 * FRAME_BYTES)
+        byte_index = Signal(range(FRAME_BYTES + 1))
+        bit_index = Signal(range(BITS_PER_BYTE + 1))
+        timer = Signal(range(2 * BITS_PER_BYTE * bit_cycles + 1))
+        first_sample = max(bit_cycles // 2 - SYNC_CYCLES - 1, 0)
+        m.submodules.crc = crc = CRC32C(8 * PAYLOAD_BYTES)
+        payload = frame[:8 * PAYLOAD_BYTES]
+        m.d.comb += [crc.data.payload.data.eq(payload), crc.data.payload.first.eq(1)]
+        reject = Signal()
+        good = Signal()
+
+        with m.FSM(name="rx"):
+            with m.State("IDLE"):
+                with m.If(fall & (idle == idle_bits)):
+                    m.d.sync += [captured.eq(local), byte_index.eq(0), bit_index.eq(0),
+                                 timer.eq(first_sample)]
+                    m.next = "BITS"
+            with m.State("WAIT_START"):
+                # The next start bit follows the stop bit without a gap; allow two bit times.
+                m.d.sync += timer.eq(timer - 1)
+                with m.If(fall):
+                    m.d.sync += [bit_index.eq(0), timer.eq(first_sample)]
+                    m.next = "BITS"
+                with m.Elif(timer == 0):
+                    m.d.comb += reject.eq(1)
+                    m.next = "IDLE"
+            with m.State("BITS"):
+                m.d.sync += timer.eq(timer - 1)
+                with m.If(timer == 0):
+                    m.d.sync += [timer.eq(bit_cycles - 1), bit_index.eq(bit_index + 1)]
+                    with m.If(bit_index == 0):          # start bit, sampled mid-bit
+                        with m.If(sync2):
+                            m.d.comb += reject.eq(1)
+                            m.next = "IDLE"
+                    with m.Elif(bit_index == BITS_PER_BYTE - 1):   # stop bit
+                        with m.If(~sync2):
+                            m.d.comb += reject.eq(1)
+                            m.next = "IDLE"
+                        with m.Elif(byte_index == FRAME_BYTES - 1):
+                            m.next = "CHECK"
+                        with m.Else():
+                            m.d.sync += [byte_index.eq(byte_index + 1), timer.eq(2 * bit_cycles)]
+                            m.next = "WAIT_START"
+                    with m.Else():                       # data bit, LSB first
+                        m.d.sync += frame.eq(Cat(frame[1:], sync2))
+            with m.State("CHECK"):
+                m.d.comb += crc.data.valid.eq(1)
+                m.next = "VERIFY"
+            with m.State("VERIFY"):
+                with m.If(crc.crc == frame[8 * PAYLOAD_BYTES:]):
+                    m.d.comb += good.eq(1)
+                with m.Else():
+                    m.d.comb += reject.eq(1)
+                m.next = "IDLE"
+
+        with m.If(reject):
+            m.d.sync += self.rejected.eq(self.rejected + 1)
+
+        # --- phase detector: e = T·unit + compensation − captured ----------------------------
+        full_bits = TIME_BITS + FRAC_BITS + 2
+        target = Signal(unsigned(full_bits))
+        m.d.comb += target.eq((payload * self.unit_ns) << FRAC_BITS)
+        err_full = Signal(signed(full_bits))        # fixed point, FRAC_BITS
+        err = Signal(signed(ERR_BITS))              # saturated, ERR_FRAC fractional bits
+        err_first = Signal(signed(ERR_BITS))
+        spread_in = Signal(signed(ERR_BITS + 1))
+        spread = Signal(signed(ERR_BITS + 1 + 40))  # e / N in increment units
+        drift = Signal(signed(INC_BITS))
+        prop = Signal(signed(INC_BITS))
+        prop_left = Signal(range(self.interval_cycles + 1))
+        t_frame = Signal.like(payload)               # T of the frame in the pipeline
+        t_first = Signal.like(payload)               # T of the acquisition's first frame
+        span = ACQUIRE_FRAMES * (self.interval_ns // self.unit_ns)
+        tracked = Signal(range(FAST_FRAMES + 1))
+        in_range = Signal(range(LOCK_FRAMES + 1))
+        since_good = Signal(range(self.holdover_cycles + 1))
+        pipe = Signal(3)                            # one-hot stages after a good frame
+        state = Signal(2)
+        m.d.comb += self.state.eq(state)
+
+        # The proportional correction runs for one interval, then expires. (Written before
+        # the loop update below, which overrides it when a new correction starts.)
+        with m.If(prop_left != 0):
+            m.d.sync += prop_left.eq(prop_left - 1)
+        with m.Else():
+            m.d.sync += prop.eq(0)
+
+        m.d.sync += pipe.eq(Cat(good, pipe[:2]))
+        with m.If(good):
+            m.d.sync += [
+                err_full.eq(target + self.compensation - captured),
+                t_frame.eq(payload),
+                self.frames.eq(self.frames + 1),
+            ]
+        e_err = _saturate(err_full >> (FRAC_BITS - ERR_FRAC), ERR_BITS)
+        with m.If(pipe[0]):
+            m.d.sync += [
+                err.eq(e_err),
+                self.phase_error.eq(_saturate(err_full >> FRAC_BITS, PHASE_BITS)),
+                spread_in.eq(Mux(state == ACQUIRE, e_err - err_first, e_err)),
+            ]
+        with m.If(pipe[1]):
+            m.d.sync += spread.eq((spread_in * self.reciprocal) >> SPREAD_SHIFT)
+
+        drift_sum = Signal(signed(INC_BITS + 2))
+        with m.If(pipe[2]):
+            m.d.sync += since_good.eq(0)
+            with m.Switch(state):
+                with m.Case(UNLOCKED):
+                    m.d.sync += [err_first.eq(err), t_first.eq(t_frame), state.eq(ACQUIRE)]
+                with m.Case(ACQUIRE):
+                    # The estimate needs exactly ACQUIRE_FRAMES intervals between its two
+                    # frames (by their T); a lost frame at the end restarts the acquisition.
+                    with m.If(t_frame - t_first > span):
+                        m.d.sync += [err_first.eq(err), t_first.eq(t_frame)]
+                    with m.Elif(t_frame - t_first == span):
+                        m.d.comb += drift_sum.eq(drift + (spread >> (ACQUIRE_FRAMES.bit_length() - 1)))
+                        m.d.sync += [drift.eq(_saturate_to(drift_sum, max_drift)),
+                                     tracked.eq(0), in_range.eq(0), state.eq(TRACK)]
+                        with m.If(err_full > 0):
+                            m.d.sync += step.eq(err_full)    # forward, once; never back
+                with m.Case(TRACK):
+                    slew = (err >= (SLEW_NS << ERR_FRAC)) | (err <= -(SLEW_NS << ERR_FRAC))
+                    fast = tracked != FAST_FRAMES
+                    with m.If(fast & ~slew):
+                        m.d.sync += tracked.eq(tracked + 1)
+                    kp = Mux(slew, spread, Mux(fast, spread >> KP_FAST_SHIFT, spread >> KP_SHIFT))
+                    ki = Mux(slew, 0, Mux(fast, spread >> KI_FAST_SHIFT, spread >> KI_SHIFT))
+                    m.d.comb += drift_sum.eq(drift + ki)
+                    m.d.sync += [drift.eq(_saturate_to(drift_sum, max_drift)),
+                                 prop.eq(_saturate_to(kp, max_adj)),
+                                 prop_left.eq(self.interval_cycles)]
+                    close = (err < (LOCK_NS << ERR_FRAC)) & (err > -(LOCK_NS << ERR_FRAC))
+                    with m.If(~close):
+                        m.d.sync += in_range.eq(0)
+                    with m.Elif(in_range != LOCK_FRAMES):
+                        m.d.sync += in_range.eq(in_range + 1)
+                    last_fast = tracked >= FAST_FRAMES - 1
+                    with m.If(last_fast & close & (in_range >= LOCK_FRAMES - 1) & ~self.locked):
+                        m.d.sync += [self.locked.eq(1), self.lock_count.eq(self.lock_count + 1)]
+        with m.Else():
+            with m.If(since_good == self.holdover_cycles):
+                m.d.sync += [self.locked.eq(0), state.eq(UNLOCKED)]
+            with m.Else():
+                m.d.sync += since_good.eq(since_good + 1)
+
+        # --- increment: nominal + drift + proportional, clamped ---------------------------
+        adj = Signal(signed(INC_BITS + 2))
+        m.d.comb += adj.eq(drift + Mux(prop_left != 0, prop, 0))
+        m.d.sync += inc.eq(inc_nom + _saturate_to(adj, max_adj))
+        return m
+
+
+def _saturate_to(value, limit: int):
+    """`value` (signed) limited to ±`limit`."""
+    return Mux(value > limit, limit, Mux(value < -limit, -limit, value))
+
