@@ -39,8 +39,7 @@ import numpy as np
 
 from firmware.abi.entry import HEADER_BYTES, Kind, Mode, Status, entry_dtype
 
-from .journal.base import BASE_FILE
-from .journal.state import BaseCopy
+from .journal.base import install_base
 from .journal.store import LocalJournal
 
 MAGIC = 0x6A736677736872
@@ -298,12 +297,11 @@ def _plan(log: list[LogEntry], sectorsize: int, block: int, volume_bytes: int | 
 
 def _write_base(journal: LocalJournal, blocks: int) -> None:
     """A zero-filled base copy at device time 0 (sparse: no data written)."""
-    path = journal.folder / BASE_FILE
-    with open(path, "wb") as f:
+    tmp = journal.folder / "base.tmp"
+    with open(tmp, "wb") as f:
         f.truncate(blocks * journal.state.block_bytes)
         os.fsync(f.fileno())
-    journal.state.base = BaseCopy(path=BASE_FILE, time_ns=0, blocks=blocks)
-    journal.state.save(journal.folder)
+    install_base(journal, tmp, 0, blocks)
 
 
 def _append(journal: LocalJournal, data: np.ndarray, plan: _Plan, last_ns: int,

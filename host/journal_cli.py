@@ -122,6 +122,8 @@ def ports_table(j: LocalJournal) -> Table:
 def verify_cmd(folder):
     """Check every CRC, the ordering and the merged index; exit 1 on any problem."""
     report = verify(folder)
+    for note in report.notes:
+        console.print(f"[yellow]note[/] {note}")
     for problem in report.problems:
         console.print(f"[red]problem[/] {problem}")
     console.print(f"{report.records} records, {report.entries} entries, {report.merged} merged entries: "
@@ -160,7 +162,8 @@ def compact_cmd(folder, retention):
 @journal_option
 @click.option("--storage", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
               help="The primary storage (volume image file or block device).")
-@click.option("--at", "at_ns", type=int, required=True, help="Device time (ns) the copy stands for.")
+@click.option("--at", "at_ns", type=click.IntRange(min=0), required=True,
+              help="Device time (ns) the copy stands for.")
 def base_cmd(folder, storage, at_ns):
     """Take a base copy of the volume."""
     with open_journal(folder) as j, open_storage(storage, j.state.block_bytes) as vol:
@@ -185,7 +188,8 @@ def ports_cli(ctx, folder):
 @click.argument("port", type=int)
 @click.option("--storage", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
               help="The primary storage to take the fresh base copy from.")
-@click.option("--at", "at_ns", type=int, required=True, help="Device time (ns) the fresh copy stands for.")
+@click.option("--at", "at_ns", type=click.IntRange(min=0), required=True,
+              help="Device time (ns) the fresh copy stands for.")
 @click.pass_obj
 def resync_cmd(folder, port, storage, at_ns):
     """Take a fresh base copy and count PORT again from --at on."""

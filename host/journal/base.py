@@ -20,7 +20,6 @@ from .records import RecordKind
 from .state import BaseCopy
 from .store import JournalError, LocalJournal
 
-BASE_FILE = "base.img"
 CHUNK_BLOCKS = 4096
 
 Progress = Callable[[int, int], None]   # (blocks done, blocks in all)
@@ -32,8 +31,9 @@ def take_base_copy(journal: LocalJournal, storage, time_ns: int,
     if storage.block_bytes != journal.state.block_bytes:
         raise JournalError(f"storage blocks are {storage.block_bytes} bytes, the journal's "
                            f"{journal.state.block_bytes}")
-    target = journal.folder / BASE_FILE
-    tmp = target.with_suffix(".tmp")
+    if time_ns < 0:
+        raise JournalError(f"device time cannot be negative ({time_ns})")
+    tmp = journal.folder / "base.tmp"
     with open(tmp, "wb") as out:
         for lba in range(0, storage.blocks, CHUNK_BLOCKS):
             count = min(CHUNK_BLOCKS, storage.blocks - lba)
@@ -42,9 +42,21 @@ def take_base_copy(journal: LocalJournal, storage, time_ns: int,
                 progress(lba + count, storage.blocks)
         out.flush()
         os.fsync(out.fileno())
-    _replace(tmp, target)
-    journal.state.base = BaseCopy(path=BASE_FILE, time_ns=time_ns, blocks=storage.blocks)
+    return install_base(journal, tmp, time_ns, storage.blocks)
+
+
+def install_base(journal: LocalJournal, tmp: Path, time_ns: int, blocks: int) -> BaseCopy:
+    """Make the fsynced image `tmp` the base copy at `time_ns`.
+
+    Each base copy has its own file name, and the state is switched to it atomically before
+    the old file goes, so a crash leaves an image and a time that belong together."""
+    old = journal.state.base
+    name = f"base-{time_ns}.img"
+    _replace(tmp, journal.folder / name)
+    journal.state.base = BaseCopy(path=name, time_ns=time_ns, blocks=blocks)
     journal.state.save(journal.folder)
+    if old is not None and old.path != name:
+        (journal.folder / old.path).unlink(missing_ok=True)
     return journal.state.base
 
 
@@ -68,8 +80,7 @@ def compact(journal: LocalJournal, retention_ns: int) -> dict:
         if base is None:
             raise JournalError("redo compaction needs a base copy: take one first (resync)")
         newer = old & (journal.merged["window_end"] > base.time_ns)
-        summary["blocks_folded"] = _fold(journal, journal.merged[newer])
-        base.time_ns = max(base.time_ns, cutoff)
+        summary["blocks_folded"] = _fold(journal, journal.merged[newer], max(base.time_ns, cutoff))
     journal.state.history_from_ns = max(journal.state.history_from_ns, cutoff)
     journal.state.save(journal.folder)
     # Order matters for a crash in between: base, then merged portion, then segments.
@@ -85,18 +96,14 @@ def compact(journal: LocalJournal, retention_ns: int) -> dict:
     return summary
 
 
-def _fold(journal: LocalJournal, rows: np.ndarray) -> int:
-    """Write each block's newest merged value among `rows` into a new base copy."""
-    if not len(rows):
-        return 0
-    order = np.lexsort((rows["window_end"], rows["lba"]))
-    rows = rows[order]
-    last = np.append(rows["lba"][1:] != rows["lba"][:-1], True)
-    rows = rows[last]
+def _fold(journal: LocalJournal, rows: np.ndarray, time_ns: int) -> int:
+    """Write each block's newest merged value among `rows` into a new base copy at `time_ns`."""
+    if len(rows):
+        rows = rows[np.lexsort((rows["window_end"], rows["lba"]))]
+        rows = rows[np.append(rows["lba"][1:] != rows["lba"][:-1], True)]
     data = journal.read_at(rows["seg"], rows["offset"])
-    target = journal.folder / BASE_FILE
-    tmp = target.with_suffix(".tmp")
-    shutil.copyfile(target, tmp)
+    tmp = journal.folder / "base.tmp"
+    shutil.copyfile(journal.folder / journal.state.base.path, tmp)
     block = journal.state.block_bytes
     with open(tmp, "r+b") as f:
         for lba, blockdata in zip(rows["lba"].tolist(), data, strict=True):
@@ -104,7 +111,7 @@ def _fold(journal: LocalJournal, rows: np.ndarray) -> int:
             f.write(blockdata.tobytes())
         f.flush()
         os.fsync(f.fileno())
-    _replace(tmp, target)
+    install_base(journal, tmp, time_ns, journal.state.base.blocks)
     return len(rows)
 
 

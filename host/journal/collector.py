@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from .store import NEVER, LocalJournal, SequenceGap
+from .store import NEVER, JournalError, LocalJournal, SequenceGap
 
 
 class LinkFault(Exception):
@@ -60,7 +60,7 @@ class Collector:
             raw, flushed_through = self.link.flush(port)
             result.durable_seq = self.journal.append(port, raw, flushed_through)
             self.link.ack(port, result.durable_seq)
-        except SequenceGap as exc:
+        except (SequenceGap, JournalError) as exc:   # a gap or a damaged batch: nothing stored
             result.error = str(exc)
             self._resend(port, result)
         except LinkFault as exc:

@@ -50,10 +50,16 @@ class Record:
 
 @dataclass(frozen=True)
 class Defect:
-    """A place where the record stream stops making sense."""
+    """A place where the record stream stops making sense.
+
+    `torn` when it looks like a write that never finished (the header or the record runs past
+    the end of the file, or only zeros follow); otherwise bytes that were written are damaged.
+    `port` is the record's port where its header is intact."""
 
     offset: int
     reason: str
+    torn: bool = False
+    port: int | None = None
 
 
 def record_size(payload_bytes: int) -> int:
@@ -69,17 +75,22 @@ def encode(kind: RecordKind, payload: bytes, *, port: int = 0, aux: int = 0) -> 
 def read_at(buf, offset: int) -> Record | Defect:
     """Decode the record at `offset` of `buf`, or say why there is none."""
     if offset + HEADER_BYTES > len(buf):
-        return Defect(offset, f"{len(buf) - offset} bytes left, shorter than a record header")
+        return Defect(offset, f"{len(buf) - offset} bytes left, shorter than a record header", torn=True)
     magic, kind, port, length, aux, crc = HEADER.unpack_from(buf, offset)
     if magic != MAGIC:
-        return Defect(offset, f"bad magic {bytes(magic)!r}")
+        tail = bytes(buf[offset:])
+        zeros = tail.count(0) == len(tail)
+        return Defect(offset, "only zeros to the end of the file" if zeros else f"bad magic {bytes(magic)!r}",
+                      torn=zeros)
     end = offset + HEADER_BYTES + length
     if offset + record_size(length) > len(buf):
-        return Defect(offset, f"record of {length} payload bytes runs past the end of the file")
+        return Defect(offset, f"record of {length} payload bytes runs past the end of the file", torn=True,
+                      port=port)
     payload = memoryview(buf)[offset + HEADER_BYTES:end]
     want = crc32c.crc32c(payload, crc32c.crc32c(memoryview(buf)[offset:offset + 20]))
     if want != crc:
-        return Defect(offset, f"record CRC {crc:#010x} does not match its contents ({want:#010x})")
+        return Defect(offset, f"record CRC {crc:#010x} does not match its contents ({want:#010x})",
+                      port=port)
     return Record(offset, kind, port, aux, payload)
 
 

@@ -44,6 +44,7 @@ class JournalState:
     port_state: list[PortState] = field(default_factory=list)
     bookmarks: dict[str, int] = field(default_factory=dict)
     history_from_ns: int = 0              # compaction removed history before this device time
+    cuts: list[dict] = field(default_factory=list)   # tails recovery cut (host.journal.store.Cut)
     format: int = FORMAT
 
     def __post_init__(self):
@@ -59,13 +60,18 @@ class JournalState:
 
     @classmethod
     def load(cls, folder: Path) -> "JournalState":
-        raw = json.loads((folder / STATE_FILE).read_text())
-        if raw.get("format") != FORMAT:
-            raise ValueError(f"{folder / STATE_FILE}: unknown format {raw.get('format')!r}")
-        base = BaseCopy(**raw.pop("base")) if raw.get("base") else None
-        ports = [PortState(**p) for p in raw.pop("port_state")]
-        raw.pop("base", None)
-        return cls(**raw, base=base, port_state=ports)
+        """Read the state; ValueError (naming the file) when it is not a readable state."""
+        path = folder / STATE_FILE
+        try:
+            raw = json.loads(path.read_text())
+            if raw.get("format") != FORMAT:
+                raise ValueError(f"unknown format {raw.get('format')!r}")
+            base = BaseCopy(**raw.pop("base")) if raw.get("base") else None
+            ports = [PortState(**p) for p in raw.pop("port_state")]
+            raw.pop("base", None)
+            return cls(**raw, base=base, port_state=ports)
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise ValueError(f"{path} is not a readable journal state: {exc}") from exc
 
     def save(self, folder: Path) -> None:
         atomic_write(folder / STATE_FILE, json.dumps(asdict(self), indent=2).encode())

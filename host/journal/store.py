@@ -14,7 +14,7 @@ after it is served.
 
 import mmap
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,15 +45,18 @@ class SequenceGap(JournalError):
 
 @dataclass(frozen=True)
 class Cut:
-    """What recovery cut from a torn tail."""
+    """What recovery cut from the tail of the last segment (the bytes are kept under cuts/)."""
 
     file: str
     offset: int
     bytes_cut: int
     reason: str
+    torn: bool            # an unfinished write (never acknowledged) rather than damaged records
+    port: int | None      # the damaged record's port, where its header could be read
 
     def __str__(self):
-        return f"cut {self.bytes_cut} bytes at {self.file}:{self.offset} ({self.reason})"
+        what = "an unfinished write" if self.torn else "damaged records"
+        return f"cut {self.bytes_cut} bytes at {self.file}:{self.offset}: {what} ({self.reason})"
 
 
 class LocalJournal:
@@ -92,7 +95,11 @@ class LocalJournal:
         folder = Path(folder)
         if not (folder / "journal.json").exists():
             raise JournalError(f"{folder} is not a journal (no journal.json): create one first")
-        journal = cls(folder, JournalState.load(folder), **kwargs)
+        try:
+            state = JournalState.load(folder)
+        except ValueError as exc:
+            raise JournalError(str(exc)) from exc
+        journal = cls(folder, state, **kwargs)
         journal._load(readonly)
         return journal
 
@@ -103,6 +110,12 @@ class LocalJournal:
             for rec in self._scan(path, last, readonly):
                 self._index_record(int(path.stem), rec)
         self._segment = int(segments[-1].stem) if segments else 0
+        for cut in self.recovered:
+            if not cut.torn and cut.port is not None and cut.port < self.state.ports and not readonly:
+                # Written, fsynced, maybe acknowledged, and now damaged: that port's history
+                # after its last intact flush cannot be vouched for.
+                self.invalidate(cut.port, int(self.flushed_through[cut.port]),
+                                f"damaged entries cut at {cut.file}:{cut.offset}")
         merged_path = self.folder / "merged.seg"
         if merged_path.exists():
             for rec in self._scan(merged_path, True, readonly):
@@ -119,8 +132,16 @@ class LocalJournal:
             where = f"valid record follows at {later}" if later is not None else "not the last segment"
             raise JournalCorrupt(f"{path}:{defect.offset}: {defect.reason}; {where}. Data after this "
                                  f"point is not served; run 'portjournal journal verify' for a full report")
-        cut = Cut(str(path), defect.offset, len(data) - defect.offset, defect.reason)
+        cut = Cut(str(path), defect.offset, len(data) - defect.offset, defect.reason, defect.torn,
+                  defect.port)
         if not readonly:
+            kept = self.folder / "cuts" / f"{path.stem}-{defect.offset}.cut"
+            kept.parent.mkdir(exist_ok=True)
+            with open(kept, "wb") as f:            # the cut bytes are kept, never just dropped
+                f.write(data[defect.offset:])
+                os.fsync(f.fileno())
+            self.state.cuts.append({**asdict(cut), "kept_in": str(kept)})
+            self.state.save(self.folder)
             with open(path, "r+b") as f:
                 f.truncate(defect.offset)
                 os.fsync(f.fileno())
@@ -167,7 +188,7 @@ class LocalJournal:
         fresh = rows["seq"].astype(np.int64) > self.last_seq[port]
         self._check_resent(port, rows[~fresh])
         rows, starts = rows[fresh], starts[fresh]
-        if len(rows) and self.last_seq[port] >= 0 and rows["seq"][0] != self.last_seq[port] + 1:
+        if len(rows) and rows["seq"][0] != self.last_seq[port] + 1:
             raise SequenceGap(f"port {port}: expected sequence {self.last_seq[port] + 1}, "
                               f"got {rows['seq'][0]}: entries were lost, ask for a resend")
         payload = memoryview(raw)[int(starts[0]):] if len(rows) else b""
@@ -329,6 +350,8 @@ class LocalJournal:
 
     def revalidate(self, port: int, from_ns: int) -> None:
         """Count `port` again from device time `from_ns` (after a fresh base copy)."""
+        if from_ns < 0:
+            raise JournalError(f"device time cannot be negative ({from_ns})")
         st = self.state.port_state[port]
         st.valid_from_ns, st.invalid_since_ns, st.reason = from_ns, None, ""
         self.state.save(self.folder)

@@ -4,12 +4,13 @@ Unlike opening, verifying never changes a file; it goes on past a defect to repo
 problem it can find, each with the file and byte offset.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import crc32c
 import numpy as np
 
-from firmware.abi.entry import EntryError, Kind
+from firmware.abi.entry import TRAILER_BYTES, EntryError, Kind, entry_bytes
 
 from . import records
 from .entries import BadEntry, parse
@@ -31,6 +32,7 @@ class Problem:
 @dataclass
 class Report:
     problems: list[Problem]
+    notes: list[str] = field(default_factory=list)   # worth knowing, not a defect (past recoveries)
     records: int = 0
     entries: int = 0
     merged: int = 0
@@ -43,17 +45,22 @@ class Report:
 def verify(folder: Path) -> Report:
     folder = Path(folder)
     report = Report([])
+    if not (folder / "journal.json").exists():
+        report.problems.append(Problem(str(folder), 0, "not a journal (no journal.json)"))
+        return report
     try:
         state = JournalState.load(folder)
-    except (OSError, ValueError, TypeError, KeyError) as exc:
-        report.problems.append(Problem(str(folder / "journal.json"), 0, f"unreadable state: {exc}"))
+    except ValueError as exc:
+        report.problems.append(Problem(str(folder / "journal.json"), 0, str(exc)))
         return report
-    last_seq = [-1] * state.ports
+    report.notes += [f"recovery cut {c['bytes_cut']} bytes at {c['file']}:{c['offset']} ({c['reason']}); "
+                     f"kept in {c.get('kept_in', '?')}" for c in state.cuts]
+    last_seq = [p.compacted_seq for p in state.port_state]
     last_ts = [0] * state.ports
     located: dict[tuple[int, int], int] = {}   # (segment, offset) of each entry -> its lba
     segments = sorted((folder / "received").glob("*.seg"))
-    for path in segments:
-        for rec in _records(path, report, state.block_bytes):
+    for n, path in enumerate(segments):
+        for rec in _records(path, report, state.block_bytes, last=n == len(segments) - 1):
             if rec.kind != RecordKind.ENTRIES:
                 report.problems.append(Problem(str(path), rec.offset, f"unexpected record kind {rec.kind}"))
                 continue
@@ -70,7 +77,7 @@ def verify(folder: Path) -> Report:
                     report.problems.append(Problem(str(path), where, f"entry of port {port} in a "
                                                    f"record of port {rec.port}"))
                     continue
-                if last_seq[port] >= 0 and seq != last_seq[port] + 1:
+                if seq != last_seq[port] + 1:
                     report.problems.append(Problem(str(path), where, f"port {port}: sequence {seq} "
                                                    f"follows {last_seq[port]}"))
                 if ts < last_ts[port] and row["kind"] == Kind.WRITE:
@@ -81,7 +88,7 @@ def verify(folder: Path) -> Report:
                 report.entries += 1
     merged_path = folder / "merged.seg"
     if merged_path.exists():
-        for rec in _records(merged_path, report, state.block_bytes):
+        for rec in _records(merged_path, report, state.block_bytes, last=True):
             table = np.frombuffer(rec.payload, MERGED_DTYPE)
             for row in table:
                 lba = located.get((int(row["seg"]), int(row["offset"])))
@@ -94,8 +101,11 @@ def verify(folder: Path) -> Report:
     return report
 
 
-def _records(path: Path, report: Report, block_bytes: int) -> list[records.Record]:
-    """Every well-formed record of `path`, reporting each defect and resuming after it."""
+def _records(path: Path, report: Report, block_bytes: int, *, last: bool) -> list[records.Record]:
+    """Every well-formed record of `path`, reporting each defect and resuming after it.
+
+    `last`: the file is where appends go, so a defect with nothing valid after it is a tail
+    that opening will cut (and keep under cuts/); anywhere else it stops the open."""
     data = path.read_bytes()
     found, offset = [], 0
     while offset < len(data):
@@ -105,7 +115,12 @@ def _records(path: Path, report: Report, block_bytes: int) -> list[records.Recor
         if defect is None:
             break
         later = records.next_valid(data, defect.offset)
-        tail = "torn tail, cut on next open" if later is None else f"{later - defect.offset} bytes skipped"
+        if later is not None:
+            tail = f"{later - defect.offset} bytes skipped"
+        elif last:
+            tail = "tail, cut on the next open and kept under cuts/"
+        else:
+            tail = "to the end of a segment that is not the last: opening refuses the journal"
         report.problems.append(Problem(str(path), defect.offset, f"{defect.reason} ({tail})"))
         damaged = _damaged_entry(data, defect.offset, block_bytes)
         if damaged is not None:
@@ -117,10 +132,22 @@ def _records(path: Path, report: Report, block_bytes: int) -> list[records.Recor
 
 
 def _damaged_entry(data: bytes, offset: int, block_bytes: int) -> tuple[int, str] | None:
-    """Inside a record whose CRC failed but whose header holds, the first entry that is damaged."""
+    """Inside a record whose CRC failed but whose header holds, the first entry that is damaged.
+
+    A record of whole write entries is checked at their fixed stride first, so damage that
+    breaks a length field is still pinned to the entry it is in."""
+    if offset + records.HEADER_BYTES > len(data):
+        return None
     magic, kind, _, length, _, _ = records.HEADER.unpack_from(data, offset)
     start = offset + records.HEADER_BYTES
     if magic != records.MAGIC or kind != RecordKind.ENTRIES or start + length > len(data):
+        return None
+    size = entry_bytes(block_bytes)
+    if length % size == 0:
+        for i, at in enumerate(range(start, start + length, size)):
+            body = data[at:at + size - TRAILER_BYTES]
+            if crc32c.crc32c(body) != int.from_bytes(data[at + size - 8:at + size - 4], "little"):
+                return at, f"damaged entry: entry {i} at byte {at - start}: CRC does not match its contents"
         return None
     try:
         parse(data[start:start + length], block_bytes)

@@ -122,7 +122,7 @@ def test_round_trip(source, tmp_path):
     with LocalJournal.open(tmp_path / "copy") as copy:
         assert copy.state.ports == 1 and copy.state.mode == Mode.REDO
         assert copy.state.base.time_ns == 0 and copy.state.base.blocks <= BLOCKS
-        assert (copy.folder / "base.img").read_bytes() == bytes(copy.state.base.blocks * BLOCK)
+        assert (copy.folder / copy.state.base.path).read_bytes() == bytes(copy.state.base.blocks * BLOCK)
         assert copy.horizon() == summary.last_ns
         assert replay(copy) == replay(j) == reference(streams, invalid=(2, 30 * WINDOW))
         for name, t in j.state.bookmarks.items():

@@ -56,7 +56,7 @@ def test_compaction_folds_history_into_the_base(tmp_path):
         assert cutoff > 0 and summary["blocks_folded"] > 0 and summary["segments_removed"] > 0
         assert len(j.segment_paths()) == segments_before - summary["segments_removed"]
         assert j.state.base.time_ns == cutoff
-        assert (j.folder / "base.img").read_bytes() == shadow_at(vol.read_bytes(), streams, cutoff)
+        assert (j.folder / j.state.base.path).read_bytes() == shadow_at(vol.read_bytes(), streams, cutoff)
         assert np.all(j.merged["window_end"] > cutoff)
     with LocalJournal.open(tmp_path / "j", segment_bytes=2048) as j:   # survives a reopen
         assert list(j.last_seq) == [len(s.entries) - 1 for s in streams]
@@ -93,11 +93,16 @@ class FakePorts:
         self.acked = [-1] * len(streams)
         self.down: set[int] = set()
         self.skip_once: set[int] = set()
+        self.damage_once: set[int] = set()
         self.resends = 0
 
     def flush(self, port):
         if port in self.down:
             raise LinkFault("timeout")
+        if port in self.damage_once:        # a batch damaged in the port's memory or on the way
+            self.damage_once.discard(port)
+            raw, newest = self.flush(port)
+            return raw[:40] + bytes([raw[40] ^ 1]) + raw[41:], newest
         start = self.acked[port] + 1
         if port in self.skip_once:          # a lost frame: the next batch arrives first
             self.skip_once.discard(port)
@@ -126,6 +131,11 @@ def test_collector_invalidates_a_silent_port_and_resends_after_a_gap(tmp_path):
         assert "lost" in gap.error and link.resends == 1 and not gap.invalidated
         collector.poll()
         assert link.acked[0] == 19                       # caught up after the resend
+        link.damage_once.add(1)
+        damaged = [p for p in collector.poll() if p.port == 1][0]
+        assert "CRC" in damaged.error and damaged.entries == 0 and link.resends == 2
+        collector.poll()
+        assert link.acked[1] == 39                       # the damaged batch came again, intact
         link.down.add(2)
         flushed_before = int(j.flushed_through[2])
         now[0] = 0.5
@@ -173,3 +183,16 @@ def test_cli_verify_exit_codes_and_reports(tmp_path):
     assert ports.exit_code == 1 and "not a journal" in ports.output
     wrong = runner.invoke(cli, ["journal", "compact", "-j", str(folder), "--retention", "soon"])
     assert wrong.exit_code == 2 and "not a duration" in wrong.output
+
+
+def test_cli_refuses_bad_state_and_negative_times(tmp_path):
+    folder = tmp_path / "j"
+    new_journal(tmp_path, ports=1).close()
+    vol = volume(tmp_path)
+    runner = CliRunner()
+    negative = runner.invoke(cli, ["journal", "base", "-j", str(folder), "--storage", str(vol), "--at", "-5"])
+    assert negative.exit_code == 2 and "-5" in negative.output
+    (folder / "journal.json").write_text('{"format": 1}')
+    broken = runner.invoke(cli, ["journal", "info", "-j", str(folder)])
+    assert broken.exit_code == 1 and "not a readable journal state" in broken.output
+    assert broken.exception is None or isinstance(broken.exception, SystemExit)

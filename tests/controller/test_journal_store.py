@@ -131,10 +131,51 @@ def test_mid_file_corruption_stops_open_and_is_located(tmp_path, streams, damage
     first = report.problems[0]
     assert first.file == str(seg) and first.offset <= where
     assert "skipped" in first.what
-    if damage == "flip":     # the record's header holds, so the damaged entry itself is named
-        entry = report.problems[1]
-        size = entry_bytes(BLOCK)
-        assert "damaged entry" in entry.what and entry.offset <= where < entry.offset + size
+    entry = report.problems[1]    # the record's header holds, so the damaged entry itself is named
+    assert "damaged entry" in entry.what and entry.offset <= where < entry.offset + entry_bytes(BLOCK)
+
+
+def test_truncated_middle_segment_is_corruption_not_a_tail(tmp_path, streams):
+    with new_journal(tmp_path, segment_bytes=4096) as j:
+        fill(j, streams)
+    first = sorted((tmp_path / "j" / "received").glob("*.seg"))[0]
+    size = first.stat().st_size
+    with open(first, "r+b") as f:
+        f.truncate(size - 50)
+    with pytest.raises(JournalCorrupt, match="not the last segment"):
+        LocalJournal.open(tmp_path / "j", segment_bytes=4096)
+    problem = verify(tmp_path / "j").problems[0]
+    assert problem.file == str(first) and problem.offset < size - 50 and "opening refuses" in problem.what
+
+
+def test_damaged_last_record_is_kept_and_invalidates_its_port(tmp_path, streams):
+    """A complete record whose bytes changed was durable (maybe acknowledged): cutting it must
+    neither lose the bytes nor let the port pass as complete."""
+    with new_journal(tmp_path) as j:
+        fill(j, streams)                              # the last record is port 1's last batch
+        last_start = int(j.index["offset"][-1])       # the last entry of that batch
+    batches = list(streams[1].batches(10))
+    flushed_before = batches[-2][1]                   # what port 1 had flushed before that batch
+    seg = next((tmp_path / "j" / "received").glob("*.seg"))
+    raw = bytearray(seg.read_bytes())
+    raw[last_start + 100] ^= 0xFF
+    seg.write_bytes(bytes(raw))
+    with LocalJournal.open(tmp_path / "j") as j:
+        cut = j.recovered[0]
+        assert not cut.torn and cut.port == 1
+        kept = tmp_path / "j" / "cuts" / f"{seg.stem}-{cut.offset}.cut"
+        assert kept.read_bytes() == bytes(raw[cut.offset:])
+        assert int(j.invalid_since()[1]) == flushed_before
+        assert "damaged entries cut" in j.state.port_state[1].reason
+    report = verify(tmp_path / "j")
+    assert report.ok and any("kept in" in note for note in report.notes)
+
+
+def test_unreadable_state_is_a_clear_error(tmp_path):
+    new_journal(tmp_path).close()
+    (tmp_path / "j" / "journal.json").write_text("{not json")
+    with pytest.raises(JournalError, match="not a readable journal state"):
+        LocalJournal.open(tmp_path / "j")
 
 
 def test_open_refuses_a_folder_that_is_no_journal(tmp_path):
@@ -146,10 +187,22 @@ def test_open_refuses_a_folder_that_is_no_journal(tmp_path):
 
 
 def test_append_is_fsynced_before_return(tmp_path, streams, monkeypatch):
-    synced = []
-    real = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd)))
+    """The segment's own descriptor is fsynced after the batch is written, every time."""
+    calls = []
+    real_write, real_fsync = os.write, os.fsync
+    monkeypatch.setattr(os, "write", lambda fd, data: (calls.append(("write", fd)), real_write(fd, data))[1])
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(("fsync", fd)), real_fsync(fd))[1])
     with new_journal(tmp_path) as j:
-        synced.clear()
-        j.append(0, *next(streams[0].batches(5)))
-        assert synced, "append returned without fsync"
+        for raw, newest in list(streams[0].batches(5))[:3]:
+            calls.clear()
+            j.append(0, raw, newest)
+            writes = [fd for op, fd in calls if op == "write"]
+            assert writes and calls[-1] == ("fsync", writes[-1]), f"append returned unsynced: {calls}"
+
+
+def test_first_batch_must_start_the_sequence(tmp_path, streams):
+    batches = list(streams[0].batches(10))
+    with new_journal(tmp_path) as j:
+        with pytest.raises(SequenceGap, match="expected sequence 0, got 20"):
+            j.append(0, *batches[2])
+        assert len(j.index) == 0
