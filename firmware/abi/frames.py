@@ -42,6 +42,7 @@ MAX_PAYLOAD = 4096
 # image id, version, ports, mode, ring depth, block bytes, datapath bits, reserved
 IDENTITY = struct.Struct("<IIBBHHBB")
 IMAGE_ID = 0x504A524E                   # "PJRN"
+IMAGE_VERSION = 0x00010000              # major << 16 | minor: the link and register ABI
 FLUSH_MARK = struct.Struct("<QI")
 
 
@@ -65,6 +66,7 @@ class NakReason(IntEnum):
     BAD_COBS = 2
     BAD_LENGTH = 3
     UNKNOWN_TYPE = 4
+    BAD_PORT = 5        # FLUSH, ACK or RESEND for a port the image does not have
 
 
 class FrameError(ValueError):
