@@ -25,8 +25,10 @@ Requests (host → device) and their responses (device → host, same `seq`):
 
 Device → host without a request (seq 0): JOURNAL (payload: one or more whole entries of
 `port`, in sequence order, exactly `firmware.abi.entry` bytes), FLUSH_MARK (time u64, next
-entry seq u32: every entry stamped before `time` has been sent), and NAK (the device dropped
-a frame it could not decode: bad CRC, bad COBS, wrong length; payload: reason u8).
+entry seq u32: every entry stamped before `time` has been sent — precisely, every entry with
+seq < next has been sent, and every entry with seq >= next is stamped at or after `time`; sent
+when a port's drain ends, and after a FLUSH that found nothing to drain), and NAK (the device
+dropped a frame it could not decode or act on; payload: `NakReason` u8; nothing else happened).
 """
 
 import struct
