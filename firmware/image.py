@@ -60,8 +60,12 @@ class DeviceImage(wiring.Component):
         self.block_bytes = block_bytes
         self.depth = depth
         self.mode = Mode(mode)
-        self.link = LinkController(ports=ports, block_bytes=block_bytes, identity=self.identity(),
-                                   max_payload=max_payload)
+        try:
+            self.link = LinkController(ports=ports, block_bytes=block_bytes, identity=self.identity(),
+                                       max_payload=max_payload)
+        except ValueError:
+            self._MustUse__silence = True
+            raise
         super().__init__({
             "rx": In(stream.Signature(8)),
             "tx": Out(stream.Signature(8)),
