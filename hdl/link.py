@@ -272,6 +272,7 @@ class LinkController(wiring.Component):
         mark_time = [Signal(TIME_BITS, name=f"mark_time{p}") for p in range(n)]
         mark_idle = [Signal(name=f"mark_idle{p}") for p in range(n)]    # every allocated entry sent
         mark_ready = Signal(n)
+        mark_taken = Signal(n)          # the mark goes into a frame buffer now
         for p in range(n):
             lp = self.port[p]
             was_draining = Signal(name=f"was_draining{p}")
@@ -282,7 +283,9 @@ class LinkController(wiring.Component):
             with m.If(lp.flush_cmd):
                 m.d.sync += flush_wait.eq(3)
             ended = (was_draining & ~lp.draining) | ((flush_wait == 1) & ~lp.draining & ~was_draining)
-            with m.If(ended):
+            with m.If(mark_taken[p]):
+                m.d.sync += mark_pending[p].eq(0)
+            with m.If(ended):                   # a newer mark wins over the one being taken
                 m.d.sync += [mark_pending[p].eq(1), mark_seq[p].eq(lp.flushed), mark_time[p].eq(lp.time),
                              mark_idle[p].eq(lp.entries_written == lp.flushed)]
             m.d.comb += mark_ready[p].eq(mark_pending[p] & (link_next[p] == mark_seq[p]))
@@ -375,8 +378,7 @@ class LinkController(wiring.Component):
             with m.State("MARK_SEQ"):
                 for p in range(n):
                     with m.If(cur == p):
-                        m.d.comb += wp.data.eq(mark_seq[p])
-                        m.d.sync += mark_pending[p].eq(0)
+                        m.d.comb += [wp.data.eq(mark_seq[p]), mark_taken[p].eq(1)]
                 m.d.comb += wp.en.eq(1)
                 close(FrameType.FLUSH_MARK, 12)
                 m.next = "IDLE"
