@@ -25,37 +25,19 @@ Interfaces (W = `datapath_bits`, B = `block_bytes`; every stream is `amaranth.li
 | `resend` | in | 1 | pulse: go back to the oldest unacknowledged entry |
 | `flush` | out | {data: W, first, last} | entries as `firmware.abi.entry` bytes, `first`/`last` |
 
-Counters and status (outputs, ready for the register map): see `COUNTERS` below.
+Counters and status (outputs of the same names, the port's registers in the register map): see
+`COUNTERS` below, defined in `firmware.abi.regmap`.
 """
 
 from amaranth.hdl import Module, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from firmware.abi.regmap import COUNTERS
 from hdl.flush import AckLayout, FlushEngine
 from hdl.journal_ring import JournalRing, check_geometry
 from hdl.timestamper import TIME_BITS, Timestamper
 from hdl.write_path import ReadCommand, WritePath, WriteResponse, beat_layout, read_beat_layout
-
-# (name, width, access, description): the port's counters and status, for the register map.
-COUNTERS = [
-    ("entries_written", 32, "RO", "entries allocated (journaled writes and markers) = next seq"),
-    ("flushed", 32, "RO", "entries sent to the flush stream for the first time"),
-    ("acknowledged", 32, "RO", "entries acknowledged by the host (the ring's tail seq)"),
-    ("resent", 32, "RO", "entries sent again after a resend request"),
-    ("resend_requests", 32, "RO", "resend (go-back-N) requests received"),
-    ("ring_fill", 32, "RO", "entries in the ring not yet acknowledged (or being sent)"),
-    ("stall_cycles", 32, "RO", "cycles a request waited at ingress because the ring was full"),
-    ("stall_events", 32, "RO", "times the ring-full back-pressure began"),
-    ("primary_failures", 32, "RO", "primary writes completed with a failure (PRIMARY_FAILED)"),
-    ("journal_failures", 32, "RO", "pre-image reads that failed (JOURNAL_FAILED, primary not written)"),
-    ("unjournaled", 32, "RO", "writes forwarded to primary storage while the port was invalid"),
-    ("markers", 32, "RO", "PORT_INVALID markers written"),
-    ("protocol_errors", 32, "RO", "ingress data beats outside a request, dropped"),
-    ("invalid", 1, "RO", "port is invalid (stopped journaling after a full ring); cleared by `reenable`"),
-    ("draining", 1, "RO", "flush engine is draining"),
-    ("flush_trigger", 3, "RO", "`FlushTrigger` that started the current or last drain"),
-]
 
 
 def counters_markdown() -> str:

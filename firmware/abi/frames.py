@@ -25,8 +25,10 @@ Requests (host → device) and their responses (device → host, same `seq`):
 
 Device → host without a request (seq 0): JOURNAL (payload: one or more whole entries of
 `port`, in sequence order, exactly `firmware.abi.entry` bytes), FLUSH_MARK (time u64, next
-entry seq u32: every entry stamped before `time` has been sent), and NAK (the device dropped
-a frame it could not decode: bad CRC, bad COBS, wrong length; payload: reason u8).
+entry seq u32: every entry stamped before `time` has been sent — precisely, every entry with
+seq < next has been sent, and every entry with seq >= next is stamped at or after `time`; sent
+when a port's drain ends, and after a FLUSH that found nothing to drain), and NAK (the device
+dropped a frame it could not decode or act on; payload: `NakReason` u8; nothing else happened).
 """
 
 import struct
@@ -42,6 +44,7 @@ MAX_PAYLOAD = 4096
 # image id, version, ports, mode, ring depth, block bytes, datapath bits, reserved
 IDENTITY = struct.Struct("<IIBBHHBB")
 IMAGE_ID = 0x504A524E                   # "PJRN"
+IMAGE_VERSION = 0x00010000              # major << 16 | minor: the link and register ABI
 FLUSH_MARK = struct.Struct("<QI")
 
 
@@ -65,6 +68,7 @@ class NakReason(IntEnum):
     BAD_COBS = 2
     BAD_LENGTH = 3
     UNKNOWN_TYPE = 4
+    BAD_PORT = 5        # FLUSH, ACK or RESEND for a port the image does not have
 
 
 class FrameError(ValueError):

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from firmware.abi.frames import FrameError, FrameType, decode, encode
+from firmware.abi.frames import IDENTITY, IMAGE_VERSION, FrameError, FrameType, NakReason, decode, encode
 
 
 @given(st.sampled_from(FrameType), st.integers(0, 255), st.integers(0, 65535), st.binary(max_size=3000))
@@ -25,3 +25,9 @@ def test_damage_is_refused(damage):
         wire += b"\x01"
     with pytest.raises(FrameError):
         decode(bytes(wire))
+
+
+def test_identity_and_nak_reasons():
+    assert IDENTITY.size == 16 and 0 < IMAGE_VERSION < 2**32
+    assert len(set(NakReason)) == len(NakReason) and max(NakReason) < 256
+    assert NakReason.BAD_PORT == 5

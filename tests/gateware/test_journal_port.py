@@ -25,6 +25,19 @@ def test_counters_table():
     assert "| `entries_written` | 32 | RO |" in counters_markdown()
 
 
+def test_every_counter_is_an_output():
+    """The register map's counter table (firmware.abi.regmap) names outputs of JournalPort."""
+    from amaranth.hdl import Shape
+    from amaranth.lib.wiring import Out
+
+    port = JournalPort(block_bytes=BLOCK, depth=8)
+    port._MustUse__silence = True    # inspected, not elaborated
+    members = port.signature.members
+    for name, width, _, _ in COUNTERS:
+        assert name in members and members[name].flow == Out
+        assert Shape.cast(members[name].shape).width == width
+
+
 def test_rejects_bad_geometry():
     with pytest.raises(ValueError, match="power of two"):
         JournalPort(depth=12)

@@ -1,0 +1,121 @@
+"""DeviceImage: the device as a board sees it — N journal ports, the link and the register map.
+
+The image has one clock domain and no pins: a board adds its clocks, a UART on the link byte
+streams (`hdl.uart.UART`) and its storage; the virtual board feeds the byte streams and the
+storage interfaces from the simulator directly.
+
+| member | dir | payload | meaning |
+|---|---|---|---|
+| `rx` | in | 8 | link bytes from the host (COBS frames, `firmware.abi.frames`) |
+| `tx` | out | 8 | link bytes to the host |
+| `rx_framing_errors` | in | 32 | the board UART's framing errors (register of that name; 0 without a UART) |
+| `port[i].time` | in | 64 | the port's local time, ns (seam: the DPLL's integer output goes here) |
+| `port[i].ingress` | in | {data: 64, first, last} | block writes into port i (`JournalPort.ingress`) |
+| `port[i].pri_write` | out | {data: 64, first, last} | port i's writes to primary storage |
+| `port[i].pri_wresp` | in | {ok} | their completions, in order |
+| `port[i].pri_rcmd` | out | {lba: 64} | copy-on-write pre-image reads |
+| `port[i].pri_rdata` | in | {data: 64, last, ok} | the pre-image beats |
+
+Inside: `JournalPort` i (`hdl/journal_port.py`) with its `flush`/`ack`/`flush_cmd`/`resend`
+wired to `LinkController.port[i]` (`hdl/link.py`), its control inputs driven and its counters
+read by `RegisterBlock.port[i]` (`firmware/registers.py`, built from `firmware/abi/regmap.py`),
+which the link reaches over its register bus. The per-port DPLL registers read 0 until the
+DPLL is plugged in (it will drive `time` and those four registers).
+"""
+
+from amaranth.hdl import Module
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from firmware.abi.entry import Mode
+from firmware.abi.frames import IDENTITY, IMAGE_ID, IMAGE_VERSION
+from firmware.abi.regmap import COUNTERS, PORT
+from firmware.registers import RegisterBlock
+from hdl.journal_port import JournalPort
+from hdl.link import DATAPATH_BITS, LinkController
+from hdl.timestamper import TIME_BITS
+from hdl.write_path import ReadCommand, WriteResponse, beat_layout, read_beat_layout
+
+BoardPortSignature = wiring.Signature({
+    "time": In(TIME_BITS),
+    "ingress": In(stream.Signature(beat_layout(DATAPATH_BITS))),
+    "pri_write": Out(stream.Signature(beat_layout(DATAPATH_BITS))),
+    "pri_wresp": In(stream.Signature(WriteResponse)),
+    "pri_rcmd": Out(stream.Signature(ReadCommand)),
+    "pri_rdata": In(stream.Signature(read_beat_layout(DATAPATH_BITS))),
+})
+
+CONTROLS = [r.name for r in PORT if r.group == "control"]
+
+
+class DeviceImage(wiring.Component):
+    """`ports` journal ports of `depth` entries of `block_bytes`, the link and the registers."""
+
+    def __init__(self, *, ports: int = 4, block_bytes: int = 512, depth: int = 16,
+                 mode: Mode = Mode.REDO, max_payload: int | None = None):
+        if not 1 <= ports <= 255 or depth > 0xFFFF:
+            self._MustUse__silence = True  # a rejected core is not an unused one
+            raise ValueError(f"need 1..255 ports and a depth below 65536 (got {ports}, {depth})")
+        self.ports = ports
+        self.block_bytes = block_bytes
+        self.depth = depth
+        self.mode = Mode(mode)
+        try:
+            self.link = LinkController(ports=ports, block_bytes=block_bytes, identity=self.identity(),
+                                       max_payload=max_payload)
+        except ValueError:
+            self._MustUse__silence = True
+            raise
+        super().__init__({
+            "rx": In(stream.Signature(8)),
+            "tx": Out(stream.Signature(8)),
+            "rx_framing_errors": In(32),
+            "port": Out(BoardPortSignature).array(ports),
+        })
+
+    def identity(self) -> bytes:
+        """The IDENTITY response's payload (`firmware.abi.frames.IDENTITY`)."""
+        return IDENTITY.pack(IMAGE_ID, IMAGE_VERSION, self.ports, self.mode, self.depth,
+                             self.block_bytes, DATAPATH_BITS, 0)
+
+    def elaborate(self, platform):
+        m = Module()
+        link = m.submodules.link = self.link
+        regs = m.submodules.regs = RegisterBlock(
+            ports=self.ports,
+            constants={"image_id": IMAGE_ID, "version": IMAGE_VERSION, "ports": self.ports,
+                       "ring_depth": self.depth, "block_bytes": self.block_bytes,
+                       "datapath_bits": DATAPATH_BITS, "mode": self.mode,
+                       "max_payload": link.max_payload},
+            port_init={"mode": self.mode})
+        wiring.connect(m, wiring.flipped(self.rx), link.rx)
+        wiring.connect(m, link.tx, wiring.flipped(self.tx))
+        wiring.connect(m, link.bus, regs.bus)
+        m.d.comb += regs.rx_framing_errors.eq(self.rx_framing_errors)
+        for name, member in regs.signature.members.items():     # the link's counters
+            if name not in ("bus", "port", "rx_framing_errors") and member.flow == In:
+                m.d.comb += getattr(regs, name).eq(getattr(link, name))
+
+        for p in range(self.ports):
+            jp = m.submodules[f"port{p}"] = JournalPort(port=p, block_bytes=self.block_bytes,
+                                                        datapath_bits=DATAPATH_BITS, depth=self.depth)
+            board, lp, rp = self.port[p], link.port[p], regs.port[p]
+            m.d.comb += [jp.time.eq(board.time), lp.time.eq(board.time)]
+            wiring.connect(m, wiring.flipped(board.ingress), jp.ingress)
+            wiring.connect(m, jp.pri_write, wiring.flipped(board.pri_write))
+            wiring.connect(m, wiring.flipped(board.pri_wresp), jp.pri_wresp)
+            wiring.connect(m, jp.pri_rcmd, wiring.flipped(board.pri_rcmd))
+            wiring.connect(m, wiring.flipped(board.pri_rdata), jp.pri_rdata)
+
+            wiring.connect(m, jp.flush, lp.flush)
+            wiring.connect(m, lp.ack, jp.ack)
+            m.d.comb += [jp.flush_cmd.eq(lp.flush_cmd), jp.resend.eq(lp.resend),
+                         lp.draining.eq(jp.draining), lp.entries_written.eq(jp.entries_written),
+                         lp.flushed.eq(jp.flushed)]
+
+            for name in CONTROLS:
+                m.d.comb += getattr(jp, name).eq(getattr(rp, name))
+            for name, _, _, _ in COUNTERS:
+                m.d.comb += getattr(rp, name).eq(getattr(jp, name))
+            # DPLL registers (group "dpll") are left at 0: no DPLL in the image yet.
+        return m

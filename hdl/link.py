@@ -1,0 +1,472 @@
+"""LinkController: the device side of the link protocol of `firmware.abi.frames`, over byte streams.
+
+Receive: `rx` bytes → `COBSDecoder` → a request parser that keeps the first bytes of each
+frame, runs CRC-32C (`hdl.crc`, 8 bits) over all of it and checks, in this order: COBS, at
+least a header and a CRC, the CRC (the CRC of a frame with its CRC appended is the constant
+`CRC_RESIDUE`), the length field against the bytes received, the type (a request), the payload
+size for the type, the port index. A defective frame is dropped, counted (`rx_*_errors`) and
+answered by a NAK frame (payload: `NakReason`); nothing else happens. A good request acts:
+
+| request | effect | response |
+|---|---|---|
+| IDENTIFY | — | IDENTITY (the `identity` bytes given at construction) |
+| REG_READ addr, count | `count` register-bus reads, at send time | REG_VALUES addr, count, values |
+| REG_WRITE addr, value | one register-bus write, now | REG_VALUES addr, 1, value read back |
+| FLUSH | pulse the port's `flush_cmd` | the drain's JOURNAL frames and a FLUSH_MARK |
+| ACK seq | the port's `ack` stream gets {seq} | ACKED: the port's `acknowledged` register |
+| RESEND | pulse the port's `resend` | the resent entries in JOURNAL frames |
+
+Transmit: responses wait in a small queue and go out between frames, before anything else.
+Journal data is collected from the ports' `flush` streams (64-bit beats of whole entries,
+little-endian) into one of two frame buffers (`lib.memory.Memory`) while the other is sent, so
+the frame's length is known when its header goes out. A JOURNAL frame holds whole entries of
+one port, in order: as many as fit in `max_payload`, or until the port's drain pauses (no
+entry follows within a few cycles) or ends. Ports take turns (round robin).
+
+FLUSH_MARK (time u64, next seq u32) tells the host how far a port's history is complete:
+every entry with seq < `next seq` has been sent, and every entry with seq >= `next seq` (sent
+later) has a timestamp >= `time`. It is sent when the port's drain ends (`draining` falls; or
+a FLUSH found nothing to drain), once every entry the drain sent has left in a JOURNAL frame.
+`next seq` is the port's `flushed` count when the drain ended; `time` is the port's `time` at
+that moment if every allocated entry had been sent (`entries_written == flushed`), otherwise
+the timestamp of the last entry sent (entries in the ring but not yet complete were stamped
+after it, since local time never goes backward).
+
+All frames are CRC'd and COBS-encoded (`COBSEncoder`) onto `tx`. Unsolicited frames (JOURNAL,
+FLUSH_MARK, NAK) carry link seq 0, responses the request's seq.
+"""
+
+import crc32c
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from firmware.abi.entry import entry_bytes
+from firmware.abi.frames import CRC_BYTES, HEADER_BYTES, MAX_PAYLOAD, FrameType, NakReason
+from firmware.abi.regmap import ADDRESS_BITS, LINK_COUNTERS, address
+from hdl.cobs import COBSDecoder, COBSEncoder, FrameByte
+from hdl.crc import CRC32C
+from hdl.flush import AckLayout
+from hdl.timestamper import SEQ_BITS, TIME_BITS
+from hdl.write_path import beat_layout
+
+CRC_RESIDUE = crc32c.crc32c(b"\0" + crc32c.crc32c(b"\0").to_bytes(4, "little"))
+IDENTITY_BYTES = 16
+DATAPATH_BITS = 64
+
+RegisterBus = wiring.Signature({
+    "r_addr": Out(ADDRESS_BITS),
+    "r_data": In(32),
+    "w_en": Out(1),
+    "w_addr": Out(ADDRESS_BITS),
+    "w_data": Out(32),
+})
+
+# What the link needs of one JournalPort (from the link's side).
+LinkPortSignature = wiring.Signature({
+    "flush": In(stream.Signature(beat_layout(DATAPATH_BITS))),
+    "ack": Out(stream.Signature(AckLayout)),
+    "flush_cmd": Out(1),
+    "resend": Out(1),
+    "draining": In(1),
+    "entries_written": In(SEQ_BITS),
+    "flushed": In(SEQ_BITS),
+    "time": In(TIME_BITS),
+})
+
+# Payload sources of a frame being sent.
+SRC_IDENTITY, SRC_REGS, SRC_NAK, SRC_BUF = range(4)
+
+Response = data.StructLayout({
+    "src": 2, "ftype": 8, "port": 8, "seq": 16, "addr": ADDRESS_BITS, "count": 16, "prefix": 1,
+    "reason": 8,
+})
+
+_PARSE_BYTES = HEADER_BYTES + 8 + CRC_BYTES   # the longest request (REG_WRITE is 6 payload bytes)
+_REQUEST_PAYLOAD = {FrameType.IDENTIFY: 0, FrameType.REG_READ: 4, FrameType.REG_WRITE: 6,
+                    FrameType.FLUSH: 0, FrameType.ACK: 4, FrameType.RESEND: 0}
+_MAX_READ = (MAX_PAYLOAD - 4) // 4
+_OUT_FIFO_DEPTH = 4
+_GRACE = 4                 # cycles a JOURNAL frame waits at an entry boundary for the next entry
+
+
+class LinkController(wiring.Component):
+    """Requests in on `rx`, responses and journal data out on `tx`; `port[i]` per journal port."""
+
+    def __init__(self, *, ports: int, block_bytes: int, identity: bytes, max_payload: int | None = None):
+        entry = entry_bytes(block_bytes)
+        if max_payload is None:
+            max_payload = MAX_PAYLOAD // entry * entry
+        if len(identity) != IDENTITY_BYTES or not entry <= max_payload <= MAX_PAYLOAD or max_payload % 8:
+            self._MustUse__silence = True  # a rejected core is not an unused one
+            raise ValueError(f"need a {IDENTITY_BYTES}-byte identity and {entry} <= max_payload "
+                             f"<= {MAX_PAYLOAD}, a multiple of 8 (got {max_payload})")
+        self.ports = ports
+        self.block_bytes = block_bytes
+        self.identity = identity
+        self.max_payload = max_payload
+        members = {
+            "rx": In(stream.Signature(8)),
+            "tx": Out(stream.Signature(8)),
+            "bus": Out(RegisterBus),
+            "port": Out(LinkPortSignature).array(ports),
+        }
+        members.update({name: Out(width) for name, width, _, _ in LINK_COUNTERS})
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        m = Module()
+        resp_fifo = m.submodules.resp_fifo = SyncFIFO(width=Response.size, depth=4)
+        self._receive(m, resp_fifo)
+        frames = self._collect(m)
+        self._send(m, resp_fifo, frames)
+        return m
+
+    # --- receive: deframe, check, act, queue the response --------------------------------------
+    def _receive(self, m, resp_fifo):
+        n = self.ports
+        dec = m.submodules.cobs_dec = COBSDecoder()
+        wiring.connect(m, wiring.flipped(self.rx), dec.i_stream)
+        crc = m.submodules.rx_crc = CRC32C(8)
+        buf = Array([Signal(8, name=f"rx_buf{i}") for i in range(_PARSE_BYTES)])
+        count = Signal(16)
+        cobs_error = Signal()
+        byte = dec.o_stream.payload
+
+        def u16(i):
+            return Cat(buf[i], buf[i + 1])
+
+        ftype, port, seq, length = buf[0], buf[1], u16(2), u16(4)
+        reg_addr, reg_count = u16(8), u16(10)
+        reg_value = Cat(buf[10], buf[11], buf[12], buf[13])
+        ack_seq = Cat(buf[8], buf[9], buf[10], buf[11])
+
+        resp = Signal(Response)
+        m.d.comb += resp_fifo.w_data.eq(resp)
+        for p in range(n):          # pulses last one cycle; an ack is held until taken
+            lp = self.port[p]
+            m.d.sync += [lp.flush_cmd.eq(0), lp.resend.eq(0)]
+            with m.If(lp.ack.ready):
+                m.d.sync += lp.ack.valid.eq(0)
+        with m.FSM(name="rx"):
+            with m.State("RECV"):
+                m.d.comb += dec.o_stream.ready.eq(1)
+                index = Signal(16)
+                m.d.comb += index.eq(Cat(count)[:16])
+                with m.If(byte.first):
+                    m.d.comb += index.eq(0)
+                m.d.comb += [crc.data.valid.eq(dec.o_stream.valid), crc.data.payload.data.eq(byte.data),
+                             crc.data.payload.first.eq(byte.first)]
+                with m.If(dec.o_stream.valid):
+                    with m.If(index < _PARSE_BYTES):
+                        m.d.sync += buf[index].eq(byte.data)
+                    m.d.sync += count.eq(index + (index != 0xFFFF))
+                    with m.If(byte.last):
+                        m.d.sync += cobs_error.eq(byte.error)
+                        m.next = "CHECK"
+            with m.State("CHECK"):
+                reason = Signal(8)
+                expected = Signal(16)
+                is_request = Signal()
+                with m.Switch(ftype):
+                    for kind, size in _REQUEST_PAYLOAD.items():
+                        with m.Case(kind):
+                            m.d.comb += [expected.eq(size), is_request.eq(1)]
+                needs_port = ((ftype == FrameType.FLUSH) | (ftype == FrameType.ACK)
+                              | (ftype == FrameType.RESEND))
+                with m.If(cobs_error):
+                    m.d.comb += reason.eq(NakReason.BAD_COBS)
+                with m.Elif(count < HEADER_BYTES + CRC_BYTES):
+                    m.d.comb += reason.eq(NakReason.BAD_LENGTH)
+                with m.Elif(crc.crc != CRC_RESIDUE):
+                    m.d.comb += reason.eq(NakReason.BAD_CRC)
+                with m.Elif(count != length + HEADER_BYTES + CRC_BYTES):
+                    m.d.comb += reason.eq(NakReason.BAD_LENGTH)
+                with m.Elif(~is_request):
+                    m.d.comb += reason.eq(NakReason.UNKNOWN_TYPE)
+                with m.Elif((length != expected)
+                            | ((ftype == FrameType.REG_READ) & (reg_count > _MAX_READ))):
+                    m.d.comb += reason.eq(NakReason.BAD_LENGTH)
+                with m.Elif(needs_port & (port >= n)):
+                    m.d.comb += reason.eq(NakReason.BAD_PORT)
+
+                responds = (reason != 0) | ((ftype != FrameType.FLUSH) & (ftype != FrameType.RESEND))
+                with m.If(reason != 0):
+                    m.d.comb += [resp.src.eq(SRC_NAK), resp.ftype.eq(FrameType.NAK), resp.reason.eq(reason)]
+                with m.Else():
+                    m.d.comb += [resp.seq.eq(seq), resp.port.eq(port), resp.src.eq(SRC_REGS)]
+                    with m.Switch(ftype):
+                        with m.Case(FrameType.IDENTIFY):
+                            m.d.comb += [resp.src.eq(SRC_IDENTITY), resp.ftype.eq(FrameType.IDENTITY),
+                                         resp.port.eq(0)]
+                        with m.Case(FrameType.REG_READ):
+                            m.d.comb += [resp.ftype.eq(FrameType.REG_VALUES), resp.addr.eq(reg_addr),
+                                         resp.count.eq(reg_count), resp.prefix.eq(1)]
+                        with m.Case(FrameType.REG_WRITE):
+                            m.d.comb += [resp.ftype.eq(FrameType.REG_VALUES), resp.addr.eq(reg_addr),
+                                         resp.count.eq(1), resp.prefix.eq(1)]
+                        with m.Case(FrameType.ACK):
+                            m.d.comb += [resp.ftype.eq(FrameType.ACKED), resp.count.eq(1)]
+                            for p in range(n):
+                                with m.If(port == p):
+                                    m.d.comb += resp.addr.eq(address("acknowledged", p))
+
+                with m.If(~responds | resp_fifo.w_rdy):
+                    m.d.comb += resp_fifo.w_en.eq(responds)
+                    m.next = "RECV"
+                    counters = {NakReason.BAD_COBS: self.rx_cobs_errors,
+                                NakReason.BAD_CRC: self.rx_crc_errors,
+                                NakReason.BAD_LENGTH: self.rx_length_errors,
+                                NakReason.UNKNOWN_TYPE: self.rx_type_errors,
+                                NakReason.BAD_PORT: self.rx_port_errors}
+                    with m.Switch(reason):
+                        for code, counter in counters.items():
+                            with m.Case(code):
+                                m.d.sync += counter.eq(counter + 1)
+                    with m.If(reason != 0):
+                        m.d.sync += self.naks_sent.eq(self.naks_sent + 1)
+                    with m.Else():
+                        m.d.sync += self.rx_frames.eq(self.rx_frames + 1)
+                        with m.If(ftype == FrameType.REG_WRITE):
+                            m.d.comb += [self.bus.w_en.eq(1), self.bus.w_addr.eq(reg_addr),
+                                         self.bus.w_data.eq(reg_value)]
+                        for p in range(n):
+                            lp = self.port[p]
+                            with m.If(port == p):
+                                with m.Switch(ftype):
+                                    with m.Case(FrameType.FLUSH):
+                                        m.d.sync += lp.flush_cmd.eq(1)
+                                    with m.Case(FrameType.RESEND):
+                                        m.d.sync += lp.resend.eq(1)
+                                    with m.Case(FrameType.ACK):
+                                        m.d.sync += [lp.ack.valid.eq(1), lp.ack.payload.seq.eq(ack_seq)]
+
+
+    # --- collect: journal entries and flush marks into the two frame buffers --------------------
+    def _collect(self, m):
+        n = self.ports
+        max_words = self.max_payload // 8
+        entry_words = entry_bytes(self.block_bytes) // 8
+        half = 1 << (max_words - 1).bit_length()
+        mem = m.submodules.frame_buf = Memory(shape=64, depth=2 * half, init=[])
+        wp = mem.write_port()
+        rp = mem.read_port()
+        frames = {
+            "rp": rp, "half_bits": (half - 1).bit_length(),
+            "full": Signal(2), "rsel": Signal(),
+            "ftype": Array([Signal(8, name=f"buf_type{i}") for i in range(2)]),
+            "port": Array([Signal(8, name=f"buf_port{i}") for i in range(2)]),
+            "length": Array([Signal(16, name=f"buf_len{i}") for i in range(2)]),
+        }
+        full = frames["full"]
+        wsel = Signal()
+        widx = Signal(range(half + 1))
+
+        # Per port: where the link is in its stream, and the flush mark to send.
+        link_next = [Signal(SEQ_BITS, name=f"link_next{p}") for p in range(n)]
+        last_stamp = [Signal(TIME_BITS, name=f"last_stamp{p}") for p in range(n)]
+        mark_pending = [Signal(name=f"mark_pending{p}") for p in range(n)]
+        mark_seq = [Signal(SEQ_BITS, name=f"mark_seq{p}") for p in range(n)]
+        mark_time = [Signal(TIME_BITS, name=f"mark_time{p}") for p in range(n)]
+        mark_idle = [Signal(name=f"mark_idle{p}") for p in range(n)]    # every allocated entry sent
+        mark_ready = Signal(n)
+        mark_taken = Signal(n)          # the mark goes into a frame buffer now
+        for p in range(n):
+            lp = self.port[p]
+            was_draining = Signal(name=f"was_draining{p}")
+            flush_wait = Signal(2, name=f"flush_wait{p}")
+            m.d.sync += was_draining.eq(lp.draining)
+            with m.If(flush_wait != 0):
+                m.d.sync += flush_wait.eq(flush_wait - 1)
+            with m.If(lp.flush_cmd):
+                m.d.sync += flush_wait.eq(3)
+            ended = (was_draining & ~lp.draining) | ((flush_wait == 1) & ~lp.draining & ~was_draining)
+            with m.If(mark_taken[p]):
+                m.d.sync += mark_pending[p].eq(0)
+            with m.If(ended):                   # a newer mark wins over the one being taken
+                m.d.sync += [mark_pending[p].eq(1), mark_seq[p].eq(lp.flushed), mark_time[p].eq(lp.time),
+                             mark_idle[p].eq(lp.entries_written == lp.flushed)]
+            m.d.comb += mark_ready[p].eq(mark_pending[p] & (link_next[p] == mark_seq[p]))
+
+        # Round robin: the first port at or after `rr` with a mark ready, else with an entry.
+        rr = Signal(range(n))
+        cur = Signal(range(n))
+
+        def pick(cands, name):
+            chosen, found = Signal(range(n), name=f"{name}_port"), Signal(name=f"{name}_found")
+            with m.Switch(rr):
+                for r in range(n):
+                    with m.Case(r):
+                        for i in reversed(range(n)):
+                            q = (r + i) % n
+                            with m.If(cands[q]):
+                                m.d.comb += [chosen.eq(q), found.eq(1)]
+            return chosen, found
+
+        mark_port, any_mark = pick(mark_ready, "mark")
+        data_port, any_data = pick(Cat(*(self.port[p].flush.valid for p in range(n))), "data")
+        beat = Signal(beat_layout(DATAPATH_BITS))
+        valid = Signal()
+        for p in range(n):
+            with m.If(cur == p):
+                m.d.comb += [beat.eq(self.port[p].flush.payload), valid.eq(self.port[p].flush.valid)]
+        in_entry = Signal()
+        beat_k = Signal(2)                # 0: seq word, 1: timestamp word, 2: later
+        e_seq = Signal(SEQ_BITS)
+        e_stamp = Signal(TIME_BITS)
+        grace = Signal(range(_GRACE + 1))
+        m.d.comb += [wp.addr.eq(Cat(widx[:frames["half_bits"]], wsel)), wp.data.eq(beat.data)]
+
+        def close(ftype, length):
+            m.d.sync += [full.bit_select(wsel, 1).eq(1), frames["ftype"][wsel].eq(ftype),
+                         frames["port"][wsel].eq(cur), frames["length"][wsel].eq(length),
+                         wsel.eq(~wsel), widx.eq(0), rr.eq(Cat(cur + 1)[:len(rr)])]
+            if n & (n - 1):
+                with m.If(cur == n - 1):
+                    m.d.sync += rr.eq(0)
+
+        mark_value = Signal(TIME_BITS)
+        with m.FSM(name="collect"):
+            with m.State("IDLE"):
+                with m.If(~full.bit_select(wsel, 1)):
+                    with m.If(any_mark):
+                        m.d.sync += cur.eq(mark_port)
+                        m.next = "MARK_TIME"
+                    with m.Elif(any_data):
+                        m.d.sync += [cur.eq(data_port), in_entry.eq(0), grace.eq(_GRACE)]
+                        m.next = "JOURNAL"
+            with m.State("JOURNAL"):
+                at_boundary = ~in_entry
+                stop = Signal()
+                with m.If(at_boundary):
+                    m.d.comb += stop.eq(mark_ready.bit_select(cur, 1) | ((grace == 0) & ~valid))
+                    with m.If(stop):
+                        with m.If(widx != 0):
+                            close(FrameType.JOURNAL, Cat(Const(0, 3), widx))
+                        m.next = "IDLE"
+                with m.If(~stop):
+                    for p in range(n):
+                        with m.If(cur == p):
+                            m.d.comb += self.port[p].flush.ready.eq(1)
+                    with m.If(at_boundary & ~valid):
+                        m.d.sync += grace.eq(grace - 1)
+                    with m.If(valid):
+                        m.d.comb += wp.en.eq(1)
+                        m.d.sync += [widx.eq(widx + 1), in_entry.eq(~beat.last), grace.eq(_GRACE),
+                                     beat_k.eq(beat_k + (beat_k != 3))]
+                        with m.If(beat.first):
+                            m.d.sync += [e_seq.eq(beat.data[:SEQ_BITS]), beat_k.eq(1)]
+                        with m.If(beat_k == 1):
+                            m.d.sync += e_stamp.eq(beat.data)
+                        with m.If(beat.last):
+                            m.d.sync += self.tx_journal_entries.eq(self.tx_journal_entries + 1)
+                            for p in range(n):
+                                with m.If(cur == p):
+                                    m.d.sync += [link_next[p].eq(e_seq + 1), last_stamp[p].eq(e_stamp)]
+                            with m.If(widx + 1 + entry_words > max_words):
+                                close(FrameType.JOURNAL, Cat(Const(0, 3), widx + 1))
+                                m.next = "IDLE"
+            with m.State("MARK_TIME"):
+                for p in range(n):
+                    with m.If(cur == p):
+                        m.d.comb += mark_value.eq(Mux(mark_idle[p], mark_time[p], last_stamp[p]))
+                m.d.comb += [wp.en.eq(1), wp.data.eq(mark_value)]
+                m.d.sync += widx.eq(widx + 1)
+                m.next = "MARK_SEQ"
+            with m.State("MARK_SEQ"):
+                for p in range(n):
+                    with m.If(cur == p):
+                        m.d.comb += [wp.data.eq(mark_seq[p]), mark_taken[p].eq(1)]
+                m.d.comb += wp.en.eq(1)
+                close(FrameType.FLUSH_MARK, 12)
+                m.next = "IDLE"
+        return frames
+
+    # --- send: header, payload, CRC into the COBS encoder ---------------------------------------
+    def _send(self, m, resp_fifo, frames):
+        enc = m.submodules.cobs_enc = COBSEncoder()
+        wiring.connect(m, enc.o_stream, wiring.flipped(self.tx))
+        out = m.submodules.tx_fifo = SyncFIFO(width=FrameByte.size, depth=_OUT_FIFO_DEPTH)
+        m.d.comb += [enc.i_stream.valid.eq(out.r_rdy), enc.i_stream.payload.eq(out.r_data),
+                     out.r_en.eq(enc.i_stream.ready)]
+        crc = m.submodules.tx_crc = CRC32C(8)
+        rp, full, rsel = frames["rp"], frames["full"], frames["rsel"]
+
+        desc = Signal(Response)
+        length = Signal(16)
+        total = Signal(17)
+        m.d.comb += total.eq(length + HEADER_BYTES + CRC_BYTES)
+        i = Signal(17)
+        issue = Signal()
+        with m.FSM(name="send"):
+            with m.State("IDLE"):
+                head = Signal(Response)
+                m.d.comb += head.eq(resp_fifo.r_data)
+                with m.If(resp_fifo.r_rdy):
+                    m.d.comb += resp_fifo.r_en.eq(1)
+                    m.d.sync += desc.eq(head)
+                    with m.Switch(head.src):
+                        with m.Case(SRC_IDENTITY):
+                            m.d.sync += length.eq(IDENTITY_BYTES)
+                        with m.Case(SRC_REGS):
+                            m.d.sync += length.eq((head.count + head.prefix) * 4)
+                        with m.Case(SRC_NAK):
+                            m.d.sync += length.eq(1)
+                    m.d.sync += i.eq(0)
+                    m.next = "SEND"
+                with m.Elif(full.bit_select(rsel, 1)):
+                    m.d.sync += [desc.eq(0), desc.src.eq(SRC_BUF), desc.ftype.eq(frames["ftype"][rsel]),
+                                 desc.port.eq(frames["port"][rsel]), length.eq(frames["length"][rsel]),
+                                 i.eq(0)]
+                    m.next = "SEND"
+            with m.State("SEND"):
+                m.d.comb += issue.eq(out.level < _OUT_FIFO_DEPTH - 1)
+                with m.If(issue):
+                    m.d.sync += i.eq(i + 1)
+                    with m.If(i == total - 1):
+                        m.d.sync += self.tx_frames.eq(self.tx_frames + 1)
+                        with m.If(desc.src == SRC_BUF):
+                            m.d.sync += [full.bit_select(rsel, 1).eq(0), rsel.eq(~rsel)]
+                        m.next = "IDLE"
+
+        # Stage A: address the payload's source for byte i (buffer word, register).
+        j = Signal(17)
+        m.d.comb += j.eq(i - HEADER_BYTES)
+        reg_j = Signal(17)
+        m.d.comb += reg_j.eq(j - 4 * desc.prefix)
+        m.d.comb += [rp.addr.eq(Cat(j[3:3 + frames["half_bits"]], rsel)), rp.en.eq(1),
+                     self.bus.r_addr.eq(desc.addr + reg_j[2:])]
+
+        # Stage B: pick the byte, CRC it, queue it.
+        b_valid, b_i, b_j, b_reg_j = Signal(), Signal(17), Signal(17), Signal(17)
+        b_last_payload = Signal(17)
+        m.d.sync += [b_valid.eq(issue), b_i.eq(i), b_j.eq(j), b_reg_j.eq(reg_j),
+                     b_last_payload.eq(HEADER_BYTES + length)]
+        header = Cat(desc.ftype, desc.port, desc.seq, length, Const(0, 16))
+        identity = Const(int.from_bytes(self.identity, "little"), 8 * IDENTITY_BYTES)
+        byte = Signal(8)
+        is_crc = b_i >= b_last_payload
+        with m.If(b_i < HEADER_BYTES):
+            m.d.comb += byte.eq(header.word_select(b_i[:3], 8))
+        with m.Elif(~is_crc):
+            with m.Switch(desc.src):
+                with m.Case(SRC_BUF):
+                    m.d.comb += byte.eq(rp.data.word_select(b_j[:3], 8))
+                with m.Case(SRC_IDENTITY):
+                    m.d.comb += byte.eq(identity.word_select(b_j[:4], 8))
+                with m.Case(SRC_NAK):
+                    m.d.comb += byte.eq(desc.reason)
+                with m.Case(SRC_REGS):
+                    with m.If(desc.prefix & (b_j < 4)):
+                        m.d.comb += byte.eq(Cat(desc.addr, desc.count).word_select(b_j[:2], 8))
+                    with m.Else():
+                        m.d.comb += byte.eq(self.bus.r_data.word_select(b_reg_j[:2], 8))
+        with m.Else():
+            m.d.comb += byte.eq(crc.crc.word_select((b_i - b_last_payload)[:2], 8))
+        o = Signal(FrameByte)
+        m.d.comb += [o.data.eq(byte), o.first.eq(b_i == 0), o.last.eq(b_i == b_last_payload + CRC_BYTES - 1),
+                     out.w_en.eq(b_valid), out.w_data.eq(o),
+                     crc.data.valid.eq(b_valid & ~is_crc), crc.data.payload.data.eq(byte),
+                     crc.data.payload.first.eq(b_i == 0)]

@@ -1,0 +1,26 @@
+"""DeviceImage: identity, argument checks, and it elaborates for any port count."""
+
+import pytest
+from amaranth.back import rtlil
+
+from firmware.abi.entry import Mode
+from firmware.abi.frames import IDENTITY, IMAGE_ID, IMAGE_VERSION
+from firmware.image import DeviceImage
+
+
+def test_identity_bytes():
+    image = DeviceImage(ports=3, block_bytes=64, depth=8, mode=Mode.COPY_ON_WRITE)
+    assert IDENTITY.unpack(image.identity()) == (IMAGE_ID, IMAGE_VERSION, 3, 1, 8, 64, 64, 0)
+    image._MustUse__silence = image.link._MustUse__silence = True     # not elaborated
+
+
+def test_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="ports"):
+        DeviceImage(ports=0)
+    with pytest.raises(ValueError, match="max_payload"):
+        DeviceImage(ports=1, block_bytes=64, max_payload=64)
+
+
+@pytest.mark.parametrize("ports", [1, 3])
+def test_elaborates(ports):
+    assert "port2" in rtlil.convert(DeviceImage(ports=ports, block_bytes=64, depth=4)) or ports < 3
