@@ -17,6 +17,7 @@ import numpy as np
 
 from firmware.abi.entry import Mode
 
+from . import durable
 from . import storage as storage_mod
 from .journal import records
 from .journal.records import RecordKind
@@ -134,7 +135,7 @@ def _write_undo(path: Path, lbas: np.ndarray, old: np.ndarray, block: int) -> No
         f.write(records.encode(RecordKind.UNDO, payload, aux=block))
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+    durable.replace(tmp, path)
 
 
 def undo(undo_path: Path, target: Path) -> int:

@@ -15,6 +15,7 @@ import numpy as np
 
 from firmware.abi.entry import Mode
 
+from ..durable import replace
 from . import records
 from .records import RecordKind
 from .state import BaseCopy
@@ -52,7 +53,7 @@ def install_base(journal: LocalJournal, tmp: Path, time_ns: int, blocks: int) ->
     the old file goes, so a crash leaves an image and a time that belong together."""
     old = journal.state.base
     name = f"base-{time_ns}.img"
-    _replace(tmp, journal.folder / name)
+    replace(tmp, journal.folder / name)
     journal.state.base = BaseCopy(path=name, time_ns=time_ns, blocks=blocks)
     journal.state.save(journal.folder)
     if old is not None and old.path != name:
@@ -90,7 +91,7 @@ def compact(journal: LocalJournal, retention_ns: int) -> dict:
         f.write(records.encode(RecordKind.MERGED, keep.tobytes(), aux=journal.merged_through))
         f.flush()
         os.fsync(f.fileno())
-    _replace(tmp, journal.folder / "merged.seg")
+    replace(tmp, journal.folder / "merged.seg")
     journal.merged = keep
     summary["segments_removed"] = _drop_segments(journal, cutoff)
     return summary
@@ -136,12 +137,3 @@ def _drop_segments(journal: LocalJournal, cutoff: int) -> int:
         path.unlink()
     journal.forget_segments(gone)
     return removed
-
-
-def _replace(tmp: Path, target: Path) -> None:
-    os.replace(tmp, target)
-    fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

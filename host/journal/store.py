@@ -21,6 +21,7 @@ import numpy as np
 
 from firmware.abi.entry import HEADER_BYTES, EntryError, Mode
 
+from ..durable import fsync_dir
 from . import records
 from .entries import INDEX_DTYPE, parse
 from .merge import MERGED_DTYPE, merge
@@ -234,9 +235,7 @@ class LocalJournal:
         created = not path.exists()
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         if created:
-            dirfd = os.open(path.parent, os.O_RDONLY)
-            os.fsync(dirfd)
-            os.close(dirfd)
+            fsync_dir(path.parent)
 
     def _index_record(self, seg: int, rec: records.Record) -> None:
         if rec.kind != RecordKind.ENTRIES:
