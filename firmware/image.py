@@ -34,16 +34,9 @@ from firmware.registers import RegisterBlock
 from hdl.journal_port import JournalPort
 from hdl.link import DATAPATH_BITS, LinkController
 from hdl.timestamper import TIME_BITS
-from hdl.write_path import ReadCommand, WriteResponse, beat_layout, read_beat_layout
+from hdl.write_path import port_io_members
 
-BoardPortSignature = wiring.Signature({
-    "time": In(TIME_BITS),
-    "ingress": In(stream.Signature(beat_layout(DATAPATH_BITS))),
-    "pri_write": Out(stream.Signature(beat_layout(DATAPATH_BITS))),
-    "pri_wresp": In(stream.Signature(WriteResponse)),
-    "pri_rcmd": Out(stream.Signature(ReadCommand)),
-    "pri_rdata": In(stream.Signature(read_beat_layout(DATAPATH_BITS))),
-})
+BoardPortSignature = wiring.Signature({"time": In(TIME_BITS), **port_io_members(DATAPATH_BITS)})
 
 CONTROLS = [r.name for r in PORT if r.group == "control"]
 

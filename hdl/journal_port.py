@@ -37,7 +37,7 @@ from firmware.abi.regmap import COUNTERS
 from hdl.flush import AckLayout, FlushEngine
 from hdl.journal_ring import JournalRing, check_geometry
 from hdl.timestamper import TIME_BITS, Timestamper
-from hdl.write_path import ReadCommand, WritePath, WriteResponse, beat_layout, read_beat_layout
+from hdl.write_path import WritePath, beat_layout, port_io_members
 
 
 def counters_markdown() -> str:
@@ -60,23 +60,18 @@ class JournalPort(wiring.Component):
         self.datapath_bits = datapath_bits
         self.depth = depth
         self.max_inflight = max_inflight
-        beat = beat_layout(datapath_bits)
         members = {
             "time": In(TIME_BITS),
             "mode": In(1),
             "policy": In(1),
             "reenable": In(1),
-            "ingress": In(stream.Signature(beat)),
-            "pri_write": Out(stream.Signature(beat)),
-            "pri_wresp": In(stream.Signature(WriteResponse)),
-            "pri_rcmd": Out(stream.Signature(ReadCommand)),
-            "pri_rdata": In(stream.Signature(read_beat_layout(datapath_bits))),
+            **port_io_members(datapath_bits),
             "watermark": In(range(depth + 1)),
             "timer_period": In(32),
             "flush_cmd": In(1),
             "ack": In(stream.Signature(AckLayout)),
             "resend": In(1),
-            "flush": Out(stream.Signature(beat)),
+            "flush": Out(stream.Signature(beat_layout(datapath_bits))),
         }
         members.update({name: Out(width) for name, width, _, _ in COUNTERS})
         super().__init__(members)

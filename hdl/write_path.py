@@ -50,6 +50,19 @@ ReadCommand = data.StructLayout({"lba": 64})
 WriteResponse = data.StructLayout({"ok": 1})
 
 
+def port_io_members(datapath_bits: int) -> dict:
+    """A port's two sides as signature members, from the port's view: block writes from a
+    server in, and the primary-storage interface (writes, completions, pre-image reads) out."""
+    beat = beat_layout(datapath_bits)
+    return {
+        "ingress": In(stream.Signature(beat)),
+        "pri_write": Out(stream.Signature(beat)),
+        "pri_wresp": In(stream.Signature(WriteResponse)),
+        "pri_rcmd": Out(stream.Signature(ReadCommand)),
+        "pri_rdata": In(stream.Signature(read_beat_layout(datapath_bits))),
+    }
+
+
 class WritePath(wiring.Component):
     """Ingress → ring + primary storage, with phase-3 status from primary completions."""
 
@@ -60,16 +73,11 @@ class WritePath(wiring.Component):
         self.depth = depth
         self.slot_bits = (depth - 1).bit_length()
         self.max_inflight = max_inflight
-        beat = beat_layout(datapath_bits)
         super().__init__({
             "mode": In(1),
             "policy": In(1),
             "reenable": In(1),
-            "ingress": In(stream.Signature(beat)),
-            "pri_write": Out(stream.Signature(beat)),
-            "pri_wresp": In(stream.Signature(WriteResponse)),
-            "pri_rcmd": Out(stream.Signature(ReadCommand)),
-            "pri_rdata": In(stream.Signature(read_beat_layout(datapath_bits))),
+            **port_io_members(datapath_bits),
             "take": Out(1),
             "stamp": In(StampLayout),
             "alloc": Out(1),
