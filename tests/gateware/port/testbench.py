@@ -9,8 +9,8 @@ import random
 
 import cocotb
 import pyuvm
-from cocotb.triggers import ClockCycles, RisingEdge
-from port_bfm import FlushedEntry, PortBfm, StorageOp, WriteTxn
+from cocotb.triggers import ClockCycles, RisingEdge, SimTimeoutError, with_timeout
+from port_bfm import NS_PER_CYCLE, FlushedEntry, PortBfm, StorageOp, WriteTxn
 from pyuvm import (
     ConfigDB,
     uvm_analysis_port,
@@ -35,6 +35,14 @@ DEPTH = int(os.environ.get("PORT_DEPTH", "8"))
 WRITES = int(os.environ.get("PORT_WRITES", "240"))
 PORT = int(os.environ.get("PORT_INDEX", "3"))
 LBAS = 24
+WORDS = BLOCK // 8
+# Simulation-time budgets (cycles): a bug that stalls the port (say a resend that does not
+# rewind, so the ring stays full and ingress waits forever) fails the test within seconds with
+# the port's state in the message, instead of hanging the run. Generous: a passing run uses
+# about a quarter of the scenario budget and a few thousand cycles to settle.
+SCENARIO_CYCLES = 8000 + 12 * WRITES * (WORDS + 6)
+SETTLE_CYCLES = 40_000
+TEST_TIMEOUT_NS = NS_PER_CYCLE * 2 * (SCENARIO_CYCLES + SETTLE_CYCLES)   # backstop for the test
 
 
 def initial_disk(seed: int) -> dict[int, bytes]:
@@ -385,8 +393,8 @@ class Coverage(uvm_subscriber):
 
     def report_phase(self):
         bfm = ConfigDB().get(self, "", "BFM")
-        if bfm.full_stall_cycles:
-            self.hit["ring_full_backpressure"] = bfm.full_stall_cycles
+        if bfm.stall_cycles:
+            self.hit["ring_full_backpressure"] = bfm.stall_cycles
         self.logger.info("coverage: " + ", ".join(f"{k}={v}" for k, v in sorted(self.hit.items())))
         missing = sorted(self.required - set(self.hit))
         assert not missing, f"coverage bins not hit: {missing}"
@@ -440,7 +448,7 @@ class BaseTest(uvm_test):
         """Flush and acknowledge until the host holds every entry and the port is empty."""
         dut, host = self.bfm.dut, self.env.sink.host
         host.acks_paused = False
-        for _ in range(400):
+        for _ in range(SETTLE_CYCLES // 100):
             await ClockCycles(dut.clk, 100)
             written = int(dut.entries_written.value)
             if host.next_seq == written and int(dut.acknowledged.value) == written:
@@ -453,16 +461,29 @@ class BaseTest(uvm_test):
         raise AssertionError("the port did not drain: host has "
                              f"{host.next_seq}, port wrote {int(dut.entries_written.value)}")
 
+    async def bounded(self, what, coro, cycles):
+        """Run `coro`; fail with the port's state if it takes more than `cycles` clock cycles."""
+        try:
+            await with_timeout(coro, cycles * NS_PER_CYCLE, "ns")
+        except SimTimeoutError:
+            dut, s = self.bfm.dut, self.bfm.s
+            raise AssertionError(
+                f"{what} did not finish within {cycles} cycles: {len(s.ingress)} ingress beats "
+                f"queued, ring_fill={int(dut.ring_fill.value)}, "
+                f"entries_written={int(dut.entries_written.value)}, "
+                f"acknowledged={int(dut.acknowledged.value)}, draining={int(dut.draining.value)}, "
+                f"host holds {self.env.sink.host.next_seq}") from None
+
     async def run_phase(self):
         self.raise_objection()
         await self.bfm.start()
         self.bfm.set(policy=self.policy)
-        await self.scenario()
-        await self.settle()
+        await self.bounded("scenario", self.scenario(), SCENARIO_CYCLES)
+        await self.bounded("settle", self.settle(), SETTLE_CYCLES + 1000)
         self.drop_objection()
 
 
-@pyuvm.test()
+@pyuvm.test(timeout_time=TEST_TIMEOUT_NS, timeout_unit="ns")
 class TrafficTest(BaseTest):
     """Redo, copy-on-write and mixed traffic under each flush trigger, with failures, late and
     dropped acknowledges, losses and resends, and a burst that fills the ring."""
@@ -489,7 +510,7 @@ class TrafficTest(BaseTest):
         await self.writes(quarter)
 
 
-@pyuvm.test()
+@pyuvm.test(timeout_time=TEST_TIMEOUT_NS, timeout_unit="ns")
 class InvalidateTest(BaseTest):
     """Ring full under the invalidate policy: a marker, unjournaled writes, then a re-enable."""
 
