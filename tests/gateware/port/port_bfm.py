@@ -85,7 +85,8 @@ class PortBfm:
         self.pulses_driven = Counter()   # cycles each pulse input was high
         self.stall_cycles = 0            # a request's header waited, ring full, port valid
         self.stall_events = 0            # runs of such cycles
-        self.strays_accepted = 0         # data beats outside a request taken by the port
+        self.strays_sent = 0             # data beats outside a request, injected
+        self.strays_accepted = 0         # ... and taken by the port
         self.backpressure = Counter()    # cycles an output was valid and its ready low
         self.fill_samples = []           # (time, ring_fill, draining) every cycle
         self.ack_log = []                # (time, seq) of every acknowledge transferred
@@ -101,6 +102,7 @@ class PortBfm:
     def send_stray(self, data: int, last: int):
         """A data beat outside any request: the port must drop it and count a protocol error."""
         self.s.ingress.append((data, 0, last, None))
+        self.strays_sent += 1
 
     async def idle(self, cycles: int = 1):
         await ClockCycles(self.dut.clk, cycles)
@@ -144,7 +146,7 @@ class PortBfm:
         ing_header_time = 0
         ing_words, ing_lba, ing_mode = [], 0, 0
         sampled = {}
-        prev_stalled, prev_fill = False, 0
+        prev_stalled, prev_fill, ing_valid = False, 0, False
         while True:
             await RisingEdge(dut.clk)
             s.cycle += 1
@@ -201,7 +203,8 @@ class PortBfm:
                 self.ack_log.append((sampled["time"], s.acks.popleft()))
             # 2. drive the next cycle
             dut.time.value = now
-            if s.ingress:
+            ing_valid = bool(s.ingress)     # the driver may queue more before ReadOnly
+            if ing_valid:
                 d, first, last, mode = s.ingress[0]
                 dut.ingress__payload.value = d | first << w | last << (w + 1)
                 dut.ingress__valid.value = 1
@@ -233,7 +236,7 @@ class PortBfm:
             # 3. what transfers at the next edge
             await ReadOnly()
             sampled = {"time": now}
-            if s.ingress and dut.ingress__ready.value:
+            if ing_valid and dut.ingress__ready.value:
                 sampled["ing"] = True
             if dut.pri_write__valid.value:
                 if wr_ready:
@@ -265,7 +268,7 @@ class PortBfm:
             # port writes a PORT_INVALID marker into its last slot: not a stall).
             fill, draining = int(dut.ring_fill.value), int(dut.draining.value)
             self.fill_samples.append((now, fill, draining))
-            stalled = (bool(s.ingress) and not sampled.get("ing") and s.ingress[0][1] == 1
+            stalled = (ing_valid and not sampled.get("ing") and s.ingress[0][1] == 1
                        and s.ingress[0][3] is not None and fill == self.ring_depth
                        and fill <= prev_fill and not int(dut.invalid.value))
             self.stall_cycles += stalled
