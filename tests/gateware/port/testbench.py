@@ -227,6 +227,7 @@ class HostDriver(uvm_component):
         self.ready_rng = random.Random(cfg["seed"] + 100)
         self.busy = cfg["busy"]
         self.loss, self.ack_drop, self.ack_every = cfg["loss"], cfg["ack_drop"], cfg["ack_every"]
+        self.repeat = cfg.get("repeat", 0.0)        # chance a resend request is sent twice
         self.fifo = uvm_tlm_analysis_fifo("fifo", self)
         self.stored: dict[int, bytes] = {}
         self.next_seq = 0
@@ -254,6 +255,13 @@ class HostDriver(uvm_component):
             elif seq >= self.next_seq and not self.resend_issued:
                 self.bfm.pulse("resend")            # lost, or a gap after a loss
                 self.resend_issued = True
+                if self.rng.random() < self.repeat:
+                    cocotb.start_soon(self.repeat_resend(self.rng.randint(2, 8)))
+
+    async def repeat_resend(self, cycles):
+        """The host asks again before the rewind (its request timer fired): both count."""
+        await ClockCycles(self.bfm.dut.clk, cycles)
+        self.bfm.pulse("resend")
 
     async def acknowledge(self):
         while True:
@@ -507,7 +515,7 @@ class BaseTest(uvm_test):
     bins = ALL_BINS
     # busy: the probability that a ready (pri_write/pri_rcmd; flush) is low in a cycle.
     storage = {"write_fail": 0.08, "read_fail": 0.08, "latency": (1, 40), "busy": 0.2}
-    host = {"loss": 0.03, "ack_drop": 0.2, "ack_every": (20, 200), "busy": 0.2}
+    host = {"loss": 0.03, "ack_drop": 0.2, "ack_every": (20, 200), "busy": 0.2, "repeat": 0.3}
     stray = 0.04       # chance of a stray data beat before each write
 
     def build_phase(self):
