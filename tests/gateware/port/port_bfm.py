@@ -4,9 +4,15 @@ One loop wakes twice per cycle: after the rising edge it applies the transfers d
 last cycle and drives the inputs of the next one; in the read-only phase it samples which
 streams will transfer at the coming edge (valid and ready both high). The pyuvm agents talk to
 it through queues (what to drive) and callbacks (what was seen), as in pyuvm's TinyALU BFM.
+
+Back-pressure: each cycle the storage agent decides `pri_write.ready` and `pri_rcmd.ready`
+(`storage_ready`) and the flush-sink agent `flush.ready` (`sink_ready`); a transfer is sampled
+only when valid and ready are both high. The BFM also keeps what the scoreboard compares the
+port's counters with: the pulses it drove, the ring-full stalls it saw at ingress, the stray
+data beats it injected, and per cycle the ring fill and the acknowledges it delivered.
 """
 
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 import cocotb
@@ -52,7 +58,7 @@ class Pending:
 @dataclass
 class BfmState:
     cycle: int = 0
-    ingress: deque = field(default_factory=deque)     # beats (data, first, last, mode)
+    ingress: deque = field(default_factory=deque)     # beats (data, first, last, mode); mode None: stray
     wresp: deque = field(default_factory=deque)       # Pending(due, ok)
     rdata: deque = field(default_factory=deque)       # Pending(due, (data, last, ok))
     acks: deque = field(default_factory=deque)        # seq numbers to send
@@ -72,8 +78,18 @@ class PortBfm:
         self.on_read = None      # lba -> (data, ok, latency)
         self._trigger = 0
         self.pulses = set()      # names of 1-cycle inputs to raise next cycle
-        self.full_stall_cycles = 0
+        self.storage_ready = lambda port: True   # port: "write" or "rcmd"; set by the storage agent
+        self.sink_ready = lambda: True           # set by the flush-sink agent
         self.ring_depth = 1 << 30   # set by the env: ring_fill at this value means full
+        # What the scoreboard checks the port's counters against.
+        self.pulses_driven = Counter()   # cycles each pulse input was high
+        self.stall_cycles = 0            # a request's header waited, ring full, port valid
+        self.stall_events = 0            # runs of such cycles
+        self.strays_sent = 0             # data beats outside a request, injected
+        self.strays_accepted = 0         # ... and taken by the port
+        self.backpressure = Counter()    # cycles an output was valid and its ready low
+        self.fill_samples = []           # (time, ring_fill, draining) every cycle
+        self.ack_log = []                # (time, seq) of every acknowledge transferred
 
     # --- driver-side API ---------------------------------------------------------------------
     def send_write(self, lba: int, data: bytes, mode: int):
@@ -82,6 +98,11 @@ class PortBfm:
         for i in range(0, len(data), step):
             self.s.ingress.append((int.from_bytes(data[i:i + step], "little"), 0,
                                    int(i + step == len(data)), mode))
+
+    def send_stray(self, data: int, last: int):
+        """A data beat outside any request: the port must drop it and count a protocol error."""
+        self.s.ingress.append((data, 0, last, None))
+        self.strays_sent += 1
 
     async def idle(self, cycles: int = 1):
         await ClockCycles(self.dut.clk, cycles)
@@ -108,9 +129,9 @@ class PortBfm:
                      "flush_cmd", "resend", "reenable", "mode", "policy", "watermark",
                      "timer_period"):
             getattr(dut, name).value = 0
-        dut.pri_write__ready.value = 1
-        dut.pri_rcmd__ready.value = 1
-        dut.flush__ready.value = 1
+        dut.pri_write__ready.value = 0
+        dut.pri_rcmd__ready.value = 0
+        dut.flush__ready.value = 0
         dut.time.value = TIME_ORIGIN
         dut.rst.value = 1
         await ClockCycles(dut.clk, 2)
@@ -125,6 +146,7 @@ class PortBfm:
         ing_header_time = 0
         ing_words, ing_lba, ing_mode = [], 0, 0
         sampled = {}
+        prev_stalled, prev_fill, ing_valid = False, 0, False
         while True:
             await RisingEdge(dut.clk)
             s.cycle += 1
@@ -132,7 +154,9 @@ class PortBfm:
             # 1. transfers that happened at this edge
             if sampled.get("ing"):
                 d, first, last, mode = s.ingress.popleft()
-                if first:
+                if mode is None:
+                    self.strays_accepted += 1
+                elif first:
                     ing_lba, ing_mode, ing_words = d, mode, []
                     ing_header_time = sampled["time"]
                 else:
@@ -176,10 +200,11 @@ class PortBfm:
                     raw = b"".join(x.to_bytes(w // 8, "little") for x in fl_words)
                     self.flush_mon.put_nowait(FlushedEntry(raw, self._trigger, s.cycle))
             if sampled.get("ack"):
-                s.acks.popleft()
+                self.ack_log.append((sampled["time"], s.acks.popleft()))
             # 2. drive the next cycle
             dut.time.value = now
-            if s.ingress:
+            ing_valid = bool(s.ingress)     # the driver may queue more before ReadOnly
+            if ing_valid:
                 d, first, last, mode = s.ingress[0]
                 dut.ingress__payload.value = d | first << w | last << (w + 1)
                 dut.ingress__valid.value = 1
@@ -201,27 +226,51 @@ class PortBfm:
                 dut.ack__payload.value = s.acks[0]
             for name in ("flush_cmd", "resend", "reenable"):
                 getattr(dut, name).value = int(name in self.pulses)
+            self.pulses_driven.update(self.pulses)
             self.pulses.clear()
+            wr_ready, rcmd_ready, fl_ready = (self.storage_ready("write"), self.storage_ready("rcmd"),
+                                              self.sink_ready())
+            dut.pri_write__ready.value = int(wr_ready)
+            dut.pri_rcmd__ready.value = int(rcmd_ready)
+            dut.flush__ready.value = int(fl_ready)
             # 3. what transfers at the next edge
             await ReadOnly()
             sampled = {"time": now}
-            if s.ingress and dut.ingress__ready.value:
+            if ing_valid and dut.ingress__ready.value:
                 sampled["ing"] = True
             if dut.pri_write__valid.value:
-                sampled["wr"] = True
-                sampled["wr_beat"] = int(dut.pri_write__payload.value)
+                if wr_ready:
+                    sampled["wr"] = True
+                    sampled["wr_beat"] = int(dut.pri_write__payload.value)
+                else:
+                    self.backpressure["pri_write"] += 1
             if resp_due and dut.pri_wresp__ready.value:
                 sampled["wresp"] = True
             if dut.pri_rcmd__valid.value:
-                sampled["rcmd"] = True
-                sampled["rcmd_lba"] = int(dut.pri_rcmd__payload.value)
+                if rcmd_ready:
+                    sampled["rcmd"] = True
+                    sampled["rcmd_lba"] = int(dut.pri_rcmd__payload.value)
+                else:
+                    self.backpressure["pri_rcmd"] += 1
             if rd_due and dut.pri_rdata__ready.value:
                 sampled["rd"] = True
             if dut.flush__valid.value:
-                sampled["fl"] = True
-                sampled["fl_beat"] = int(dut.flush__payload.value)
-                sampled["trigger"] = int(dut.flush_trigger.value)
+                if fl_ready:
+                    sampled["fl"] = True
+                    sampled["fl_beat"] = int(dut.flush__payload.value)
+                    sampled["trigger"] = int(dut.flush_trigger.value)
+                else:
+                    self.backpressure["flush"] += 1
             if s.acks:
                 sampled["ack"] = True
-            if s.ingress and not sampled.get("ing") and int(dut.ring_fill.value) >= self.ring_depth:
-                self.full_stall_cycles += 1
+            # Ring-full stall: a header waits, the ring holds `depth` entries, the port is valid
+            # (an invalid port forwards), and the fill did not just rise (that is the cycle the
+            # port writes a PORT_INVALID marker into its last slot: not a stall).
+            fill, draining = int(dut.ring_fill.value), int(dut.draining.value)
+            self.fill_samples.append((now, fill, draining))
+            stalled = (ing_valid and not sampled.get("ing") and s.ingress[0][1] == 1
+                       and s.ingress[0][3] is not None and fill == self.ring_depth
+                       and fill <= prev_fill and not int(dut.invalid.value))
+            self.stall_cycles += stalled
+            self.stall_events += stalled and not prev_stalled
+            prev_stalled, prev_fill = stalled, fill

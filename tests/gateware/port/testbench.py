@@ -6,11 +6,12 @@ must all be hit. Run by `test_port.py` under Verilator; geometry comes from PORT
 
 import os
 import random
+from bisect import bisect_left
 
 import cocotb
 import pyuvm
-from cocotb.triggers import ClockCycles, RisingEdge
-from port_bfm import FlushedEntry, PortBfm, StorageOp, WriteTxn
+from cocotb.triggers import ClockCycles, RisingEdge, SimTimeoutError, with_timeout
+from port_bfm import NS_PER_CYCLE, FlushedEntry, PortBfm, StorageOp, WriteTxn
 from pyuvm import (
     ConfigDB,
     uvm_analysis_port,
@@ -35,6 +36,14 @@ DEPTH = int(os.environ.get("PORT_DEPTH", "8"))
 WRITES = int(os.environ.get("PORT_WRITES", "240"))
 PORT = int(os.environ.get("PORT_INDEX", "3"))
 LBAS = 24
+WORDS = BLOCK // 8
+# Simulation-time budgets (cycles): a bug that stalls the port (say a resend that does not
+# rewind, so the ring stays full and ingress waits forever) fails the test within seconds with
+# the port's state in the message, instead of hanging the run. Generous: a passing run uses
+# about a quarter of the scenario budget and a few thousand cycles to settle.
+SCENARIO_CYCLES = 8000 + 12 * WRITES * (WORDS + 6)
+SETTLE_CYCLES = 40_000
+TEST_TIMEOUT_NS = NS_PER_CYCLE * 2 * (SCENARIO_CYCLES + SETTLE_CYCLES)   # backstop for the test
 
 
 def initial_disk(seed: int) -> dict[int, bytes]:
@@ -61,17 +70,42 @@ class ReenableItem(uvm_sequence_item):
     """Host re-enables an invalid port once the ingress is quiet."""
 
 
-class WriteSeq(uvm_sequence):
-    """`count` writes of random blocks to random addresses; mode fixed or random per write."""
+class StrayItem(uvm_sequence_item):
+    """A data beat outside any request (a protocol error the port must count and drop)."""
 
-    def __init__(self, name="writes", count=10, mode=None, seed=0):
+    def __init__(self, name="stray", data=0, last=0):
         super().__init__(name)
-        self.count, self.mode, self.rng = count, mode, random.Random(seed)
+        self.data, self.last = data, last
+
+
+class WriteSeq(uvm_sequence):
+    """`count` writes of random blocks to random addresses; mode fixed or random per write. With
+    probability `stray` a stray data beat goes in before a write."""
+
+    def __init__(self, name="writes", count=10, mode=None, seed=0, stray=0.0):
+        super().__init__(name)
+        self.count, self.mode, self.rng, self.stray = count, mode, random.Random(seed), stray
 
     async def body(self):
         for _ in range(self.count):
+            if self.rng.random() < self.stray:
+                item = StrayItem(data=self.rng.getrandbits(64), last=self.rng.getrandbits(1))
+                await self.start_item(item)
+                await self.finish_item(item)
             mode = self.mode if self.mode is not None else self.rng.choice(list(Mode))
             item = WriteItem(lba=self.rng.randrange(LBAS), data=self.rng.randbytes(BLOCK), mode=mode)
+            await self.start_item(item)
+            await self.finish_item(item)
+
+
+class StraySeq(uvm_sequence):
+    def __init__(self, name="strays", count=1, seed=0):
+        super().__init__(name)
+        self.count, self.rng = count, random.Random(seed)
+
+    async def body(self):
+        for _ in range(self.count):
+            item = StrayItem(data=self.rng.getrandbits(64), last=self.rng.getrandbits(1))
             await self.start_item(item)
             await self.finish_item(item)
 
@@ -99,6 +133,8 @@ class IngressDriver(uvm_driver):
                 bfm.pulse("reenable")
                 await bfm.idle(2)
                 bfm.ingress_mon.put_nowait(WriteTxn(0, b"", 0, kind="reenable"))
+            elif isinstance(item, StrayItem):
+                bfm.send_stray(item.data, item.last)
             else:
                 while len(bfm.s.ingress) > 4 * (bfm.words + 1):   # keep the queue short
                     await RisingEdge(bfm.dut.clk)
@@ -137,22 +173,28 @@ class IngressAgent(uvm_component):
 # --- primary storage agent -------------------------------------------------------------------
 
 class StorageResponder(uvm_component):
-    """The primary storage: a disk image, completion latency and injected failures.
+    """The primary storage: a disk image, completion latency, injected failures and back-pressure.
 
     A failed pre-image read returns zero blocks with `ok` low on its last beat; a failed write
     leaves the disk unchanged. Both are decided when the command (or its last data beat) is seen.
+    Each cycle `pri_write.ready` and `pri_rcmd.ready` are low with probability `busy`.
     """
 
     def build_phase(self):
         cfg = ConfigDB().get(self, "", "STORAGE")
         self.rng = random.Random(cfg["seed"])
+        self.ready_rng = random.Random(cfg["seed"] + 100)
         self.write_fail, self.read_fail = cfg["write_fail"], cfg["read_fail"]
-        self.latency = cfg["latency"]
+        self.latency, self.busy = cfg["latency"], cfg["busy"]
         self.disk = initial_disk(cfg["disk_seed"])
 
     def connect_phase(self):
         bfm = ConfigDB().get(self, "", "BFM")
         bfm.on_write, bfm.on_read = self.write, self.read
+        bfm.storage_ready = self.ready
+
+    def ready(self, port):
+        return self.ready_rng.random() >= self.busy
 
     def write(self, lba, data):
         ok = self.rng.random() >= self.write_fail
@@ -176,12 +218,16 @@ class StorageAgent(uvm_component):
 class HostDriver(uvm_component):
     """Receives entries like the host: stores them in seq order, acknowledges late (and drops
     some acknowledges), treats some entries as lost (a corrupted frame) and then asks for a
-    resend (go-back-N: later entries are discarded until the gap is refilled)."""
+    resend (go-back-N: later entries are discarded until the gap is refilled). Each cycle
+    `flush.ready` is low with probability `busy` (the link is slower than the port)."""
 
     def build_phase(self):
         cfg = ConfigDB().get(self, "", "HOST")
         self.rng = random.Random(cfg["seed"])
+        self.ready_rng = random.Random(cfg["seed"] + 100)
+        self.busy = cfg["busy"]
         self.loss, self.ack_drop, self.ack_every = cfg["loss"], cfg["ack_drop"], cfg["ack_every"]
+        self.repeat = cfg.get("repeat", 0.0)        # chance a resend request is sent twice
         self.fifo = uvm_tlm_analysis_fifo("fifo", self)
         self.stored: dict[int, bytes] = {}
         self.next_seq = 0
@@ -192,6 +238,7 @@ class HostDriver(uvm_component):
 
     def connect_phase(self):
         self.bfm = ConfigDB().get(self, "", "BFM")
+        self.bfm.sink_ready = lambda: self.ready_rng.random() >= self.busy
 
     async def run_phase(self):
         cocotb.start_soon(self.acknowledge())
@@ -208,6 +255,13 @@ class HostDriver(uvm_component):
             elif seq >= self.next_seq and not self.resend_issued:
                 self.bfm.pulse("resend")            # lost, or a gap after a loss
                 self.resend_issued = True
+                if self.rng.random() < self.repeat:
+                    cocotb.start_soon(self.repeat_resend(self.rng.randint(2, 8)))
+
+    async def repeat_resend(self, cycles):
+        """The host asks again before the rewind (its request timer fired): both count."""
+        await ClockCycles(self.bfm.dut.clk, cycles)
+        self.bfm.pulse("resend")
 
     async def acknowledge(self):
         while True:
@@ -322,7 +376,8 @@ class Scoreboard(uvm_scoreboard):
         ops = self._drain(self.storage)
         received: dict[int, bytes] = {}
         highest = -1
-        for entry in self._drain(self.wire):
+        wire = self._drain(self.wire)
+        for entry in wire:
             seq = seq_of(entry.raw)
             unpack(entry.raw)                             # CRC, length, pad
             if seq in received:
@@ -339,13 +394,49 @@ class Scoreboard(uvm_scoreboard):
                 got, want = unpack(received[seq]), unpack(raw)
                 raise AssertionError(f"entry {seq}: got {got[0]} != expected {want[0]} "
                                      f"(data equal: {got[1] == want[1]})")
-        dut = ConfigDB().get(self, "", "BFM").dut
-        counters = {name: int(getattr(dut, name).value) for name in model.counts}
-        assert counters == model.counts, f"DUT counters {counters} != model {model.counts}"
-        assert int(dut.entries_written.value) == len(expected)
-        assert int(dut.acknowledged.value) == len(expected)
+        bfm = ConfigDB().get(self, "", "BFM")
+        dut = bfm.dut
+        # Every counter against what the model and the agents saw.
+        assert bfm.strays_accepted == bfm.strays_sent, "a stray data beat was not taken"
+        want = {**model.counts,
+                "entries_written": len(expected),
+                "acknowledged": len(expected),
+                "flushed": len(received),                      # first sends, in seq order
+                "resent": len(wire) - len(received),           # entries the sink saw again
+                "resend_requests": bfm.pulses_driven["resend"],
+                "stall_cycles": bfm.stall_cycles,
+                "stall_events": bfm.stall_events,
+                "protocol_errors": bfm.strays_sent,
+                "ring_fill": 0}
+        counters = {name: int(getattr(dut, name).value) for name in want}
+        wrong = {n: (counters[n], want[n]) for n in want if counters[n] != want[n]}
+        assert not wrong, f"DUT counters differ (DUT, expected): {wrong}"
+        exact = self.check_fill(bfm, expected)
         self.logger.info(f"{len(expected)} entries checked byte for byte; {len(requests)} requests; "
-                         f"counters {counters}")
+                         f"{len(wire)} entries on the wire; ring_fill matched the model in {exact} "
+                         f"idle cycles; counters {counters}")
+
+    @staticmethod
+    def check_fill(bfm, entries):
+        """`ring_fill` each cycle against the model: entries stamped before this cycle (an
+        entry's timestamp is its allocation cycle) minus those acknowledged before it. Exact while
+        the flush engine is idle; while it drains, the entry being read is held as well, so the
+        fill may be higher (up to `depth`) but never lower."""
+        alloc = [unpack(raw)[0]["timestamp"] for raw in entries]
+        assert alloc == sorted(alloc), "entry timestamps out of order"
+        acks, ai, acked, exact = bfm.ack_log, 0, 0, 0
+        for now, fill, draining in bfm.fill_samples:
+            while ai < len(acks) and acks[ai][0] < now:
+                acked = max(acked, acks[ai][1] + 1)
+                ai += 1
+            want = bisect_left(alloc, now) - acked
+            assert 0 <= want <= DEPTH, f"model fill {want} out of range at {now} ns"
+            if draining:
+                assert want <= fill <= DEPTH, f"ring_fill {fill} at {now} ns, model at least {want}"
+            else:
+                assert fill == want, f"ring_fill {fill} at {now} ns (flush idle), model {want}"
+                exact += 1
+        return exact
 
     @staticmethod
     def _drain(fifo):
@@ -385,8 +476,12 @@ class Coverage(uvm_subscriber):
 
     def report_phase(self):
         bfm = ConfigDB().get(self, "", "BFM")
-        if bfm.full_stall_cycles:
-            self.hit["ring_full_backpressure"] = bfm.full_stall_cycles
+        if bfm.stall_cycles:
+            self.hit["ring_full_backpressure"] = bfm.stall_cycles
+        for port, cycles in bfm.backpressure.items():
+            self.hit[f"backpressure.{port}"] = cycles
+        if bfm.strays_sent:
+            self.hit["protocol_error"] = bfm.strays_sent
         self.logger.info("coverage: " + ", ".join(f"{k}={v}" for k, v in sorted(self.hit.items())))
         missing = sorted(self.required - set(self.hit))
         assert not missing, f"coverage bins not hit: {missing}"
@@ -411,14 +506,17 @@ class PortEnv(uvm_env):
 
 ALL_BINS = ["mode.REDO", "mode.COPY_ON_WRITE", "status.OK", "status.PRIMARY_FAILED",
             "status.JOURNAL_FAILED", "ring_wrap", "ring_full_backpressure", "trigger.WATERMARK",
-            "trigger.TIMER", "trigger.COMMAND", "resend"]
+            "trigger.TIMER", "trigger.COMMAND", "resend", "backpressure.pri_write",
+            "backpressure.pri_rcmd", "backpressure.flush", "protocol_error"]
 
 
 class BaseTest(uvm_test):
     policy = 0
     bins = ALL_BINS
-    storage = {"write_fail": 0.08, "read_fail": 0.08, "latency": (1, 40)}
-    host = {"loss": 0.03, "ack_drop": 0.2, "ack_every": (20, 200)}
+    # busy: the probability that a ready (pri_write/pri_rcmd; flush) is low in a cycle.
+    storage = {"write_fail": 0.08, "read_fail": 0.08, "latency": (1, 40), "busy": 0.2}
+    host = {"loss": 0.03, "ack_drop": 0.2, "ack_every": (20, 200), "busy": 0.2, "repeat": 0.3}
+    stray = 0.04       # chance of a stray data beat before each write
 
     def build_phase(self):
         seed = cocotb.RANDOM_SEED
@@ -433,14 +531,15 @@ class BaseTest(uvm_test):
         self.env = PortEnv("env", self)
 
     async def writes(self, count, mode=None):
-        await WriteSeq(count=count, mode=mode, seed=self.rng.getrandbits(32)).start(self.env.ingress.seqr)
+        await WriteSeq(count=count, mode=mode, seed=self.rng.getrandbits(32),
+                       stray=self.stray).start(self.env.ingress.seqr)
         await self.bfm.ingress_drained()
 
     async def settle(self):
         """Flush and acknowledge until the host holds every entry and the port is empty."""
         dut, host = self.bfm.dut, self.env.sink.host
         host.acks_paused = False
-        for _ in range(400):
+        for _ in range(SETTLE_CYCLES // 100):
             await ClockCycles(dut.clk, 100)
             written = int(dut.entries_written.value)
             if host.next_seq == written and int(dut.acknowledged.value) == written:
@@ -453,16 +552,37 @@ class BaseTest(uvm_test):
         raise AssertionError("the port did not drain: host has "
                              f"{host.next_seq}, port wrote {int(dut.entries_written.value)}")
 
+    async def bounded(self, what, coro, cycles):
+        """Run `coro`; fail with the port's state if it takes more than `cycles` clock cycles."""
+        try:
+            await with_timeout(coro, cycles * NS_PER_CYCLE, "ns")
+        except SimTimeoutError:
+            dut, s = self.bfm.dut, self.bfm.s
+            raise AssertionError(
+                f"{what} did not finish within {cycles} cycles: {len(s.ingress)} ingress beats "
+                f"queued, ring_fill={int(dut.ring_fill.value)}, "
+                f"entries_written={int(dut.entries_written.value)}, "
+                f"acknowledged={int(dut.acknowledged.value)}, draining={int(dut.draining.value)}, "
+                f"host holds {self.env.sink.host.next_seq}") from None
+
     async def run_phase(self):
         self.raise_objection()
         await self.bfm.start()
         self.bfm.set(policy=self.policy)
-        await self.scenario()
-        await self.settle()
+        await self.bounded("scenario", self.scenario(), SCENARIO_CYCLES)
+        await self.bounded("settle", self.settle(), SETTLE_CYCLES + 1000)
+        await self.bounded("quiesce", self.quiesce(), 5000)
         self.drop_objection()
 
+    async def quiesce(self):
+        """Let the flush engine finish what it started (a resent entry the host already holds)."""
+        dut = self.bfm.dut
+        while int(dut.draining.value) or int(dut.flush__valid.value):
+            await ClockCycles(dut.clk, 20)
+        await ClockCycles(dut.clk, 5)
 
-@pyuvm.test()
+
+@pyuvm.test(timeout_time=TEST_TIMEOUT_NS, timeout_unit="ns")
 class TrafficTest(BaseTest):
     """Redo, copy-on-write and mixed traffic under each flush trigger, with failures, late and
     dropped acknowledges, losses and resends, and a burst that fills the ring."""
@@ -470,10 +590,13 @@ class TrafficTest(BaseTest):
     async def scenario(self):
         host, quarter = self.env.sink.host, max(WRITES // 4, DEPTH + 2)
         host.configure(watermark=DEPTH // 2)
+        await StraySeq(count=2, seed=self.rng.getrandbits(32)).start(self.env.ingress.seqr)
         await self.writes(quarter, Mode.REDO)
         host.configure(timer_period=300)
         await self.writes(quarter, Mode.COPY_ON_WRITE)
-        host.configure()
+        # Flush commands; a slow timer as the host's backstop for entries that completed after
+        # the last command's drain (else a full ring of unsent entries waits forever).
+        host.configure(timer_period=3000)
         for _ in range(quarter // 4):
             await self.writes(4)
             host.flush_now()
@@ -489,14 +612,16 @@ class TrafficTest(BaseTest):
         await self.writes(quarter)
 
 
-@pyuvm.test()
+@pyuvm.test(timeout_time=TEST_TIMEOUT_NS, timeout_unit="ns")
 class InvalidateTest(BaseTest):
     """Ring full under the invalidate policy: a marker, unjournaled writes, then a re-enable."""
 
     policy = 1
-    bins = ["marker", "mode.REDO", "status.OK"]
-    storage = {"write_fail": 0.05, "read_fail": 0.0, "latency": (1, 10)}
-    host = {"loss": 0.0, "ack_drop": 0.0, "ack_every": (20, 50)}
+    bins = ["marker", "mode.REDO", "status.OK", "backpressure.pri_write", "backpressure.flush",
+            "protocol_error"]
+    storage = {"write_fail": 0.05, "read_fail": 0.0, "latency": (1, 10), "busy": 0.1}
+    host = {"loss": 0.0, "ack_drop": 0.0, "ack_every": (20, 50), "busy": 0.1}
+    stray = 0.25
 
     async def scenario(self):
         host = self.env.sink.host
