@@ -23,7 +23,6 @@ import signal
 import struct
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +101,7 @@ class VirtualBoard:
         self.status: dict[str, str] = {}    # the latest status (or exit) line's fields
         self.exit: dict[str, str] | None = None
         self.lines: list[str] = []
+        self._eof = False
         self._changed = threading.Condition()
 
     # --- life cycle ----------------------------------------------------------------------------
@@ -111,11 +111,11 @@ class VirtualBoard:
                                      stderr=subprocess.PIPE, text=True, bufsize=1)
         threading.Thread(target=self._read_stdout, daemon=True).start()
         with self._changed:
-            if not self._changed.wait_for(lambda: self.tty is not None or self.proc.poll() is not None,
-                                          timeout):
+            if not self._changed.wait_for(lambda: self.tty is not None or self._eof, timeout):
                 self.stop()
                 raise RuntimeError("the virtual board did not print its pty")
         if self.tty is None:
+            self.proc.wait()
             raise RuntimeError(f"the virtual board failed: {self.proc.stderr.read().strip()}")
         return self
 
@@ -133,11 +133,15 @@ class VirtualBoard:
                 elif line.startswith("exit "):
                     self.status = self.exit = parse_fields(line)
                 self._changed.notify_all()
+        with self._changed:
+            self._eof = True
+            self._changed.notify_all()
 
     def wait_status(self, predicate, timeout: float = 60) -> dict[str, str]:
         """Wait for a status line whose fields satisfy `predicate` (a status comes every report_ms)."""
         with self._changed:
-            if not self._changed.wait_for(lambda: self.status and predicate(self.status), timeout):
+            if not self._changed.wait_for(lambda: self._eof or (self.status and predicate(self.status)),
+                                          timeout) or not (self.status and predicate(self.status)):
                 raise TimeoutError(f"no matching status in {timeout} s (last: {self.status})")
             return dict(self.status)
 
@@ -155,9 +159,8 @@ class VirtualBoard:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        deadline = time.monotonic() + 2
         with self._changed:        # let the reader thread take the exit line
-            self._changed.wait_for(lambda: self.exit is not None or time.monotonic() > deadline, 2)
+            self._changed.wait_for(lambda: self._eof, 5)
         return self.exit
 
     def __enter__(self) -> "VirtualBoard":
