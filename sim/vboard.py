@@ -40,7 +40,8 @@ KIND_WRITE, KIND_READ = 1, 2
 def build(config: SimBoardConfig = SIM_BOARD) -> Path:
     """The harness binary for `config`'s gateware (built once per design, then cached)."""
     return build_harness("vboard", lambda: SimBoard(**config.image_args()), HARNESS_SOURCES,
-                         build_args=("-CFLAGS", f"-DBOARD_PORTS={config.ports}",
+                         build_args=("-MAKEFLAGS", "OPT_FAST=-O3", "-CFLAGS", "-O2",
+                                     "-CFLAGS", "-march=native", "-CFLAGS", f"-DBOARD_PORTS={config.ports}",
                                      "-CFLAGS", f"-DBOARD_BLOCK_BYTES={config.block_bytes}"))
 
 
