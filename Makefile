@@ -11,7 +11,8 @@ DEBIAN_PACKAGES := libnbd-bin qemu-utils
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 JOBS    ?= auto
 
-.PHONY: setup test test-host test-hdl lint demo clean distclean bench-dpll bench-merge bench-port bench-restore
+.PHONY: setup test test-host test-hdl lint demo clean distclean bench-dpll bench-merge bench-port bench-restore \
+	bench-link sim
 
 setup: $(STAMP) $(DEBIAN)
 
@@ -43,6 +44,13 @@ lint: $(STAMP)
 
 bench-port: $(STAMP)
 	$(BIN)/python bench/port.py
+
+bench-link: $(STAMP)
+	$(BIN)/python bench/link.py $(BENCH_ARGS)
+
+# The virtual board: prints the pty to connect to, runs until Ctrl-C (SIM_ARGS="--rate 50 ...").
+sim: $(STAMP)
+	$(BIN)/portjournal sim $(SIM_ARGS)
 
 bench-dpll: $(STAMP)
 	$(BIN)/python bench/dpll.py $(BENCH_ARGS)

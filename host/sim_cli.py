@@ -1,0 +1,86 @@
+"""`portjournal sim`: run the virtual board (a separate process) until Ctrl-C.
+
+The one place the host imports `sim`: the board runs as its own process (`sim.vboard`, the C++
+Verilator harness), and the host tool talks to it over the printed pseudo-terminal exactly as
+to a real board's serial port.
+"""
+
+import signal
+import time
+from pathlib import Path
+
+import click
+
+
+@click.command("sim")
+@click.option("--volume", type=click.Path(dir_okay=False, path_type=Path), default="volume.img",
+              show_default=True, help="Primary storage: a volume image file (created if missing).")
+@click.option("--blocks", type=int,
+              help="Volume size in blocks (default: the file's, or 2048 for a new one).")
+@click.option("--log", "log", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the storage log (every read and write storage answered) here.")
+@click.option("--ports", type=int, default=4, show_default=True, help="Journal ports (servers, one each).")
+@click.option("--baud", type=float, help="Link line rate (default: the board's, 250 Mbaud).")
+@click.option("--rate", type=float, default=10, show_default=True,
+              help="Writes per ms of simulated time per server (negative: back to back; 0: none).")
+@click.option("--writes", type=int, default=0, show_default=True,
+              help="Writes per server, then stop (0: no limit).")
+@click.option("--lba-min", type=int, help="Lowest block the servers write.")
+@click.option("--lba-max", type=int, help="Block above the highest the servers write.")
+@click.option("--seed", type=int, default=1, show_default=True,
+              help="Seed of traffic, failures and link damage.")
+@click.option("--write-latency", type=int, help="Primary write latency, cycles (default 200).")
+@click.option("--read-latency", type=int, help="Pre-image read latency, cycles (default 200).")
+@click.option("--write-fail", type=float, help="Probability that a primary write fails.")
+@click.option("--read-fail", type=float, help="Probability that a pre-image read fails.")
+@click.option("--corrupt-rx", type=float, help="Per-byte probability of a flipped bit, host to device.")
+@click.option("--corrupt-tx", type=float, help="Per-byte probability of a flipped bit, device to host.")
+@click.option("--drop-rx", type=float, help="Per-byte probability of a lost byte, host to device.")
+@click.option("--drop-tx", type=float, help="Per-byte probability of a lost byte, device to host.")
+@click.option("--time-origin", type=int, help="Device time at start, ns since the Unix epoch (default: now).")
+@click.option("--status-s", type=float, default=5, show_default=True, help="Print a status line this often.")
+def sim_cmd(volume, blocks, log, ports, baud, rate, writes, status_s, **options):
+    """Run the virtual board: print its pseudo-terminal, run until Ctrl-C.
+
+    The board is the device image in Verilator with servers writing into every port and a
+    primary storage backed by VOLUME. Connect the host tool to the printed pty.
+    """
+    from dataclasses import replace
+
+    from boards.sim import SIM_BOARD
+    from sim.vboard import VirtualBoard
+
+    config = replace(SIM_BOARD, ports=ports)
+    options = {k: v for k, v in options.items() if v is not None}
+    if baud is not None:
+        options["baud"] = baud
+    click.echo(f"building the virtual board ({ports} ports; cached after the first build)...", err=True)
+    board = VirtualBoard(volume, config=config, blocks=blocks, log=log, rate=rate, writes=writes,
+                         report_ms=int(status_s * 1000), **options)
+    stopping = False
+
+    def on_signal(signum, frame):
+        nonlocal stopping
+        stopping = True
+
+    previous = signal.signal(signal.SIGTERM, on_signal)
+    try:
+        board.start()
+        click.echo(f"pty {board.tty}")
+        click.echo(f"board {' '.join(f'{k}={v}' for k, v in board.board.items())}")
+        click.echo("Ctrl-C stops the board", err=True)
+        shown = None
+        while board.running() and not stopping:
+            time.sleep(0.2)
+            if board.status and board.status is not shown:
+                shown = board.status
+                click.echo("status " + " ".join(f"{k}={shown[k]}" for k in
+                                                ("sim_ns", "writes", "applied", "tx_bytes", "rx_bytes")),
+                           err=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        end = board.stop()
+    if end:
+        click.echo("exit " + " ".join(f"{k}={v}" for k, v in end.items()))

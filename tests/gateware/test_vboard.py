@@ -1,0 +1,138 @@
+"""The virtual board end to end: its pseudo-terminal as a host sees it, its storage log and volume.
+
+Starts `sim.vboard.VirtualBoard` (the C++ Verilator harness, built once and cached), talks to it
+with pyserial and `firmware.abi.frames`, and checks the journal against the harness's storage log
+and the volume file against that log.
+"""
+
+import pytest
+
+from boards.sim import SIM_BOARD
+from firmware.abi.entry import Kind, Mode, Status, entry_bytes, unpack
+from firmware.abi.frames import FLUSH_MARK, IDENTITY, IMAGE_ID, IMAGE_VERSION, FrameType
+from firmware.abi.frames import decode as decode_frame
+from firmware.abi.frames import encode as encode_frame
+
+serial = pytest.importorskip("serial")
+
+BLOCKS, WRITES, SEED = 32, 6, 7
+
+
+class Link:
+    """A bare host over a serial port: whole frames in and out."""
+
+    def __init__(self, tty):
+        self.port = serial.Serial(tty, timeout=0.2)
+        self.buf = bytearray()
+        self.seq = 0
+
+    def send(self, ftype, payload=b"", port=0):
+        self.seq = (self.seq + 1) & 0xFFFF
+        self.port.write(encode_frame(ftype, payload, port=port, seq=self.seq))
+        return self.seq
+
+    def frame(self, timeout=30.0):
+        import time
+
+        deadline = time.monotonic() + timeout
+        while 0 not in self.buf:
+            if time.monotonic() > deadline:
+                raise TimeoutError("no frame from the virtual board")
+            self.buf += self.port.read(max(1, self.port.in_waiting))
+        end = self.buf.index(0)
+        wire = bytes(self.buf[:end])
+        del self.buf[:end + 1]
+        return decode_frame(wire)
+
+    def drain(self, port):
+        """JOURNAL entries of `port` up to its FLUSH_MARK (other frames are skipped)."""
+        entries = []
+        while True:
+            kind, p, _, payload = self.frame()
+            if p != port:
+                continue
+            if kind == FrameType.FLUSH_MARK:
+                return entries, FLUSH_MARK.unpack(payload)
+            if kind != FrameType.JOURNAL:
+                continue
+            while payload:
+                size = entry_bytes(int.from_bytes(payload[24:28], "little"))
+                entries.append(payload[:size])
+                payload = payload[size:]
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from sim.vboard import build
+
+    return build()
+
+
+def test_identify_flush_and_storage_log(harness, tmp_path):
+    from sim.vboard import KIND_WRITE, VirtualBoard, apply_log, log_origin, server_block
+
+    volume, log = tmp_path / "volume.img", tmp_path / "storage.log"
+    ports = SIM_BOARD.ports
+    with VirtualBoard(volume, binary=harness, blocks=BLOCKS, log=log, rate=-1, writes=WRITES, seed=SEED,
+                      write_fail=0.25, report_ms=50) as board:
+        link = Link(board.tty)
+        seq = link.send(FrameType.IDENTIFY)
+        kind, _, got_seq, payload = link.frame()
+        assert (kind, got_seq) == (FrameType.IDENTITY, seq)
+        assert IDENTITY.unpack(payload) == (IMAGE_ID, IMAGE_VERSION, ports, Mode.REDO, SIM_BOARD.depth,
+                                            SIM_BOARD.block_bytes, 64, 0)
+        status = board.wait_status(lambda s: int(s["applied"]) + int(s["write_failed"]) == ports * WRITES)
+        assert int(status["writes"]) == ports * WRITES
+        journal, marks = {}, {}
+        for p in range(ports):
+            link.send(FrameType.FLUSH, port=p)
+            journal[p], (marks[p], next_seq) = link.drain(p)
+            assert next_seq == WRITES
+        link.port.close()
+    assert board.exit is not None and not board.running()
+
+    records = board.storage_log()
+    writes = {(r.port, r.index): r for r in records if r.kind == KIND_WRITE}
+    assert len(writes) == len(records) == ports * WRITES
+    assert any(not r.ok for r in records) and any(r.ok for r in records)
+    origin = log_origin(log)
+    for p in range(ports):
+        assert len(journal[p]) == WRITES
+        for k, raw in enumerate(journal[p]):
+            fields, data = unpack(raw)
+            rec = writes[(p, k)]
+            assert (fields["seq"], fields["port"], fields["kind"]) == (k, p, Kind.WRITE)
+            assert (fields["lba"], data) == (rec.lba, rec.data)
+            assert data == server_block(SEED, p, k)
+            assert fields["status"] == (Status.OK if rec.ok else Status.PRIMARY_FAILED)
+            assert origin < fields["timestamp"] < rec.time_ns <= marks[p]
+            assert 0 <= fields["lba"] < BLOCKS
+    expected = apply_log(bytearray(BLOCKS * SIM_BOARD.block_bytes), records, SIM_BOARD.block_bytes)
+    assert volume.read_bytes() == expected
+
+
+def test_corruption_and_options(harness, tmp_path):
+    """Corrupted host bytes give NAKs, not actions; a bad option is refused with a message."""
+    from sim.vboard import VirtualBoard
+
+    with VirtualBoard(tmp_path / "v.img", binary=harness, blocks=8, rate=0, corrupt_rx=0.05, seed=3,
+                      report_ms=50) as board:
+        link = Link(board.tty)
+        naks = identities = 0
+        for _ in range(20):
+            link.send(FrameType.IDENTIFY)
+        while True:
+            try:
+                kind, _, _, _ = link.frame(timeout=2)
+            except TimeoutError:
+                break
+            naks += kind == FrameType.NAK
+            identities += kind == FrameType.IDENTITY
+        link.port.close()
+        status = board.wait_status(lambda s: int(s["rx_corrupted"]) > 0)
+    assert naks > 0 and 0 < identities < 20, (naks, identities, status)
+    assert int(board.exit["rx_bytes"]) > 0
+
+    with pytest.raises(RuntimeError, match="holds"):
+        (tmp_path / "odd.img").write_bytes(b"x" * 1000)
+        VirtualBoard(tmp_path / "odd.img", binary=harness, blocks=4).start()
