@@ -37,7 +37,7 @@ def restore_cmd(folder, at_text, output, commit_to, storage, undo_file, force, s
     """Bring the volume back as it was at --at: to a new image (-o) or onto primary storage (--commit)."""
     if bool(output) == bool(commit_to):
         raise click.UsageError("give exactly one of -o/--output and --commit")
-    with open_journal(folder) as journal:
+    with open_journal(folder, readonly=True) as journal:
         at = resolve_at(journal, at_text)
         try:
             view = open_view(journal, at, storage=storage or commit_to, force=force)
@@ -94,13 +94,16 @@ def bookmark_add(folder, name, at_text):
         check_bookmark_name(name)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="NAME") from exc
-    with open_journal(folder) as journal:
+    with open_journal(folder, readonly=True) as journal:
         if name in journal.state.bookmarks:
             held = format_ns(journal.state.bookmarks[name])
             raise click.ClickException(f"bookmark {name!r} exists (at {held}); remove it first")
         at = resolve_at(journal, at_text) if at_text else int(journal.flushed_through.max(initial=0))
-        journal.state.bookmarks[name] = at
-        journal.state.save(journal.folder)
+
+        def add(state) -> None:
+            state.bookmarks[name] = at
+
+        journal.update_state(add)
     console.print(f"bookmark {name} at {format_ns(at)} ({at} ns)")
 
 
@@ -118,8 +121,8 @@ def bookmark_list(folder):
 @click.argument("name")
 def bookmark_rm(folder, name):
     """Forget bookmark NAME."""
-    with open_journal(folder) as journal:
-        if journal.state.bookmarks.pop(name, None) is None:
+    with open_journal(folder, readonly=True) as journal:
+        if name not in journal.state.bookmarks:
             raise click.ClickException(f"no bookmark {name!r}")
-        journal.state.save(journal.folder)
+        journal.update_state(lambda state: state.bookmarks.pop(name, None))
     console.print(f"removed bookmark {name}")

@@ -16,8 +16,6 @@ import numpy as np
 from firmware.abi.entry import Mode
 
 from ..durable import replace
-from . import records
-from .records import RecordKind
 from .state import BaseCopy
 from .store import JournalError, LocalJournal
 
@@ -54,8 +52,8 @@ def install_base(journal: LocalJournal, tmp: Path, time_ns: int, blocks: int) ->
     old = journal.state.base
     name = f"base-{time_ns}.img"
     replace(tmp, journal.folder / name)
-    journal.state.base = BaseCopy(path=name, time_ns=time_ns, blocks=blocks)
-    journal.state.save(journal.folder)
+    journal.update_state(lambda state: setattr(state, "base", BaseCopy(path=name, time_ns=time_ns,
+                                                                        blocks=blocks)))
     if old is not None and old.path != name:
         (journal.folder / old.path).unlink(missing_ok=True)
     return journal.state.base
@@ -82,17 +80,9 @@ def compact(journal: LocalJournal, retention_ns: int) -> dict:
             raise JournalError("redo compaction needs a base copy: take one first (resync)")
         newer = old & (journal.merged["window_end"] > base.time_ns)
         summary["blocks_folded"] = _fold(journal, journal.merged[newer], max(base.time_ns, cutoff))
-    journal.state.history_from_ns = max(journal.state.history_from_ns, cutoff)
-    journal.state.save(journal.folder)
+    journal.update_state(lambda state: setattr(state, "history_from_ns", max(state.history_from_ns, cutoff)))
     # Order matters for a crash in between: base, then merged portion, then segments.
-    keep = journal.merged[~old]
-    tmp = journal.folder / "merged.tmp"
-    with open(tmp, "wb") as f:
-        f.write(records.encode(RecordKind.MERGED, keep.tobytes(), aux=journal.merged_through))
-        f.flush()
-        os.fsync(f.fileno())
-    replace(tmp, journal.folder / "merged.seg")
-    journal.merged = keep
+    journal.rewrite_merged(journal.merged[~old], journal.merged_through)
     summary["segments_removed"] = _drop_segments(journal, cutoff)
     return summary
 
@@ -126,12 +116,16 @@ def _drop_segments(journal: LocalJournal, cutoff: int) -> int:
         mine = index[index["seg"] == seg]
         if len(mine) and int(mine["timestamp"].max()) >= cutoff:
             break
-        for port in np.unique(mine["port"]).tolist():
-            st = journal.state.port_state[port]
-            st.compacted_seq = max(st.compacted_seq, int(mine["seq"][mine["port"] == port].max()))
-            st.compacted_flushed_ns = max(st.compacted_flushed_ns, int(journal.flushed_through[port]))
         removed += 1
-    journal.state.save(journal.folder)
+    dropped = index[np.isin(index["seg"], [int(p.stem) for p in paths[:removed]])]
+
+    def note_compacted(state) -> None:
+        for port in np.unique(dropped["port"]).tolist():
+            st = state.port_state[port]
+            st.compacted_seq = max(st.compacted_seq, int(dropped["seq"][dropped["port"] == port].max()))
+            st.compacted_flushed_ns = max(st.compacted_flushed_ns, int(journal.flushed_through[port]))
+
+    journal.update_state(note_compacted)
     gone = [int(p.stem) for p in paths[:removed]]
     for path in paths[:removed]:
         path.unlink()

@@ -1,20 +1,24 @@
 """Record framing of the primary journal's append-only files.
 
-Every file is a run of records; a record is a 24-byte header, a payload and zero padding to
+Every file is a run of records; a record is a 32-byte header, a payload and zero padding to
 the next multiple of 8 bytes:
 
-| offset | size | field  | meaning |
-|-------:|-----:|--------|---------|
-| 0      | 4    | magic  | b"PJR1" |
-| 4      | 2    | kind   | `RecordKind` |
-| 6      | 2    | port   | port the payload came from (0 where it does not apply) |
-| 8      | 4    | length | payload bytes |
-| 12     | 8    | aux    | kind-specific: for ENTRIES, the device time up to which the port has flushed |
-| 20     | 4    | crc    | CRC-32C of header bytes 0-19 and the payload |
+| offset | size | field    | meaning |
+|-------:|-----:|----------|---------|
+| 0      | 4    | magic    | b"PJR2" |
+| 4      | 2    | kind     | `RecordKind` |
+| 6      | 2    | port     | port the payload came from (0 where it does not apply) |
+| 8      | 4    | length   | payload bytes |
+| 12     | 8    | aux      | kind-specific: for ENTRIES, the device time up to which the port has flushed |
+| 20     | 4    | hcrc     | CRC-32C of header bytes 0-19 |
+| 24     | 4    | crc      | CRC-32C of header bytes 0-23 and the payload |
+| 28     | 4    | reserved | zero |
 
 A record is durable once the file has been fsynced after it. A scan stops at the first record
 that is short, has a wrong magic or a wrong CRC; whether that is a torn tail (nothing valid
 after it) or corruption in the middle (a valid record further on) is for the caller to say.
+The header's own CRC tells an unfinished write (a sound header whose record runs past the end
+of the file) from damage (a header whose bytes changed, e.g. its length).
 """
 
 import struct
@@ -23,8 +27,8 @@ from enum import IntEnum
 
 import crc32c
 
-MAGIC = b"PJR1"
-HEADER = struct.Struct("<4sHHIQI")
+MAGIC = b"PJR2"
+HEADER = struct.Struct("<4sHHIQIII")
 HEADER_BYTES = HEADER.size
 ALIGN = 8
 
@@ -67,27 +71,43 @@ def record_size(payload_bytes: int) -> int:
 
 
 def encode(kind: RecordKind, payload: bytes, *, port: int = 0, aux: int = 0) -> bytes:
-    head = HEADER.pack(MAGIC, kind, port, len(payload), aux, 0)[:20]
+    head = HEADER.pack(MAGIC, kind, port, len(payload), aux, 0, 0, 0)[:20]
+    head += crc32c.crc32c(head).to_bytes(4, "little")
     crc = crc32c.crc32c(payload, crc32c.crc32c(head))
-    return head + crc.to_bytes(4, "little") + payload + bytes((-len(payload)) % ALIGN)
+    return head + crc.to_bytes(4, "little") + bytes(4) + payload + bytes((-len(payload)) % ALIGN)
+
+
+def sound_header(buf, offset: int) -> tuple[int, int, int, int] | None:
+    """(kind, port, length, aux) of the header at `offset` if its magic and own CRC hold."""
+    if offset + HEADER_BYTES > len(buf):
+        return None
+    magic, kind, port, length, aux, hcrc, _, _ = HEADER.unpack_from(buf, offset)
+    if magic != MAGIC or crc32c.crc32c(bytes(buf[offset:offset + 20])) != hcrc:
+        return None
+    return kind, port, length, aux
 
 
 def read_at(buf, offset: int) -> Record | Defect:
     """Decode the record at `offset` of `buf`, or say why there is none."""
-    if offset + HEADER_BYTES > len(buf):
-        return Defect(offset, f"{len(buf) - offset} bytes left, shorter than a record header", torn=True)
-    magic, kind, port, length, aux, crc = HEADER.unpack_from(buf, offset)
-    if magic != MAGIC:
-        tail = bytes(buf[offset:])
-        zeros = tail.count(0) == len(tail)
-        return Defect(offset, "only zeros to the end of the file" if zeros else f"bad magic {bytes(magic)!r}",
-                      torn=zeros)
+    tail = bytes(buf[offset:offset + HEADER_BYTES])
+    if len(tail) < HEADER_BYTES or tail[:4] != MAGIC:
+        rest = bytes(buf[offset:])
+        if rest.count(0) == len(rest):
+            return Defect(offset, "only zeros to the end of the file", torn=True)
+        if len(tail) < HEADER_BYTES and MAGIC.startswith(rest[:4]):
+            return Defect(offset, f"{len(rest)} bytes left, shorter than a record header", torn=True)
+        return Defect(offset, f"bad magic {tail[:4]!r}")
+    header = sound_header(buf, offset)
+    if header is None:
+        return Defect(offset, "record header CRC does not match (header damaged)")
+    kind, port, length, aux = header
+    crc = HEADER.unpack_from(buf, offset)[6]
     end = offset + HEADER_BYTES + length
     if offset + record_size(length) > len(buf):
         return Defect(offset, f"record of {length} payload bytes runs past the end of the file", torn=True,
                       port=port)
     payload = memoryview(buf)[offset + HEADER_BYTES:end]
-    want = crc32c.crc32c(payload, crc32c.crc32c(memoryview(buf)[offset:offset + 20]))
+    want = crc32c.crc32c(payload, crc32c.crc32c(memoryview(buf)[offset:offset + 24]))
     if want != crc:
         return Defect(offset, f"record CRC {crc:#010x} does not match its contents ({want:#010x})",
                       port=port)

@@ -12,8 +12,10 @@ in the middle: opening fails with `JournalCorrupt`, naming the file and offset, 
 after it is served.
 """
 
+import fcntl
 import mmap
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,7 +23,7 @@ import numpy as np
 
 from firmware.abi.entry import HEADER_BYTES, EntryError, Mode
 
-from ..durable import fsync_dir
+from ..durable import fsync_dir, replace
 from . import records
 from .entries import INDEX_DTYPE, parse
 from .merge import MERGED_DTYPE, merge
@@ -29,6 +31,8 @@ from .records import RecordKind
 from .state import JournalState
 
 SEGMENT_BYTES = 1 << 30
+WRITER_LOCK = "writer.lock"
+STATE_LOCK = "state.lock"
 NEVER = np.iinfo(np.uint64).max
 
 
@@ -38,6 +42,10 @@ class JournalError(Exception):
 
 class JournalCorrupt(JournalError):
     """A journal file is damaged somewhere other than a torn tail."""
+
+
+class JournalBusy(JournalError):
+    """Another process holds the journal open for writing."""
 
 
 class SequenceGap(JournalError):
@@ -77,6 +85,7 @@ class LocalJournal:
         self.merged_through = 0
         self._segment = 0
         self._fd: int | None = None
+        self._writer = None
 
     # --- creating and opening -------------------------------------------------------------
 
@@ -101,8 +110,25 @@ class LocalJournal:
         except ValueError as exc:
             raise JournalError(str(exc)) from exc
         journal = cls(folder, state, **kwargs)
-        journal._load(readonly)
+        if not readonly:
+            journal._lock_for_writing()
+        try:
+            journal._load(readonly)
+        except BaseException:
+            journal.close()
+            raise
         return journal
+
+    def _lock_for_writing(self) -> None:
+        """One writer per journal: appends, merges and recovery would tear each other apart."""
+        self._writer = open(self.folder / WRITER_LOCK, "a")
+        try:
+            fcntl.flock(self._writer, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._writer.close()
+            self._writer = None
+            raise JournalBusy(f"{self.folder} is open for writing by another process (a collector?); "
+                              "read-only commands still work") from None
 
     def _load(self, readonly: bool) -> None:
         segments = self.segment_paths()
@@ -112,16 +138,37 @@ class LocalJournal:
                 self._index_record(int(path.stem), rec)
         self._segment = int(segments[-1].stem) if segments else 0
         for cut in self.recovered:
-            if not cut.torn and cut.port is not None and cut.port < self.state.ports and not readonly:
-                # Written, fsynced, maybe acknowledged, and now damaged: that port's history
-                # after its last intact flush cannot be vouched for.
-                self.invalidate(cut.port, int(self.flushed_through[cut.port]),
+            if cut.torn or readonly:
+                continue
+            # Written, fsynced, maybe acknowledged, and now damaged: the port's history after its
+            # last intact flush cannot be vouched for (every port's, if the header hides whose).
+            known = cut.port is not None and cut.port < self.state.ports
+            for port in [cut.port] if known else range(self.state.ports):
+                self.invalidate(port, int(self.flushed_through[port]),
                                 f"damaged entries cut at {cut.file}:{cut.offset}")
         merged_path = self.folder / "merged.seg"
         if merged_path.exists():
             for rec in self._scan(merged_path, True, readonly):
                 self.merged = np.concatenate([self.merged, np.frombuffer(rec.payload, MERGED_DTYPE)])
                 self.merged_through = max(self.merged_through, rec.aux)
+        if self.recovered and len(self.merged):
+            self._unmerge_cut_entries(readonly)
+
+    def _unmerge_cut_entries(self, readonly: bool) -> None:
+        """Merged rows may point at entries a recovery just cut: take the merged portion back to
+        before the first window that does, so the next merge works from what is stored."""
+        index = self.index
+        stored = index["seg"].astype(np.uint64) << np.uint64(40) | index["offset"]
+        wanted = self.merged["seg"].astype(np.uint64) << np.uint64(40) | self.merged["offset"]
+        missing = ~np.isin(wanted, stored)
+        if not missing.any():
+            return
+        back_to = int(self.merged["window_end"][missing].min()) - self.state.window_ns
+        kept = self.merged[self.merged["window_end"] <= back_to]
+        if readonly:
+            self.merged, self.merged_through = kept, back_to
+        else:
+            self.rewrite_merged(kept, back_to)
 
     def _scan(self, path: Path, last: bool, readonly: bool) -> list[records.Record]:
         data = path.read_bytes()
@@ -141,8 +188,7 @@ class LocalJournal:
             with open(kept, "wb") as f:            # the cut bytes are kept, never just dropped
                 f.write(data[defect.offset:])
                 os.fsync(f.fileno())
-            self.state.cuts.append({**asdict(cut), "kept_in": str(kept)})
-            self.state.save(self.folder)
+            self.update_state(lambda state: state.cuts.append({**asdict(cut), "kept_in": str(kept)}))
             with open(path, "r+b") as f:
                 f.truncate(defect.offset)
                 os.fsync(f.fileno())
@@ -153,6 +199,9 @@ class LocalJournal:
         return sorted((self.folder / "received").glob("*.seg"))
 
     def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -341,19 +390,40 @@ class LocalJournal:
             return int(self.flushed_through.max(initial=0))
         return int(self.flushed_through[valid].min())
 
+    def update_state(self, change: Callable[[JournalState], None]) -> JournalState:
+        """Apply `change` to the state as it is on disk, under the folder's state lock.
+
+        Another process (a CLI command beside a running collector) may have changed the state
+        since this one read it; reading it again under the lock keeps both changes."""
+        with open(self.folder / STATE_LOCK, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                fresh = JournalState.load(self.folder)
+            except ValueError as exc:
+                raise JournalError(str(exc)) from exc
+            change(fresh)
+            fresh.save(self.folder)
+        self.state = fresh
+        return fresh
+
     def invalidate(self, port: int, since_ns: int, reason: str) -> None:
-        st = self.state.port_state[port]
-        if st.invalid_since_ns is None or since_ns < st.invalid_since_ns:
-            st.invalid_since_ns, st.reason = since_ns, reason
-            self.state.save(self.folder)
+        def mark(state: JournalState) -> None:
+            st = state.port_state[port]
+            if st.invalid_since_ns is None or since_ns < st.invalid_since_ns:
+                st.invalid_since_ns, st.reason = since_ns, reason
+
+        self.update_state(mark)
 
     def revalidate(self, port: int, from_ns: int) -> None:
         """Count `port` again from device time `from_ns` (after a fresh base copy)."""
         if from_ns < 0:
             raise JournalError(f"device time cannot be negative ({from_ns})")
-        st = self.state.port_state[port]
-        st.valid_from_ns, st.invalid_since_ns, st.reason = from_ns, None, ""
-        self.state.save(self.folder)
+
+        def clear(state: JournalState) -> None:
+            st = state.port_state[port]
+            st.valid_from_ns, st.invalid_since_ns, st.reason = from_ns, None, ""
+
+        self.update_state(clear)
 
     # --- the merged portion -----------------------------------------------------------------
 
@@ -368,6 +438,16 @@ class LocalJournal:
                       invalid_since=self.invalid_since())
         self.append_merged(table, end)
         return table
+
+    def rewrite_merged(self, rows: np.ndarray, through_ns: int) -> None:
+        """Replace the merged portion with `rows` (merged through `through_ns`), atomically."""
+        tmp = self.folder / "merged.tmp"
+        with open(tmp, "wb") as f:
+            f.write(records.encode(RecordKind.MERGED, rows.astype(MERGED_DTYPE).tobytes(), aux=through_ns))
+            f.flush()
+            os.fsync(f.fileno())
+        replace(tmp, self.folder / "merged.seg")
+        self.merged, self.merged_through = rows, through_ns
 
     def append_merged(self, table: np.ndarray, through_ns: int) -> None:
         """Store merged entries for windows up to `through_ns`, durably."""

@@ -136,11 +136,12 @@ def _damaged_entry(data: bytes, offset: int, block_bytes: int) -> tuple[int, str
 
     A record of whole write entries is checked at their fixed stride first, so damage that
     breaks a length field is still pinned to the entry it is in."""
-    if offset + records.HEADER_BYTES > len(data):
+    header = records.sound_header(data, offset)
+    if header is None:
         return None
-    magic, kind, _, length, _, _ = records.HEADER.unpack_from(data, offset)
+    kind, _, length, _ = header
     start = offset + records.HEADER_BYTES
-    if magic != records.MAGIC or kind != RecordKind.ENTRIES or start + length > len(data):
+    if kind != RecordKind.ENTRIES or start + length > len(data):
         return None
     size = entry_bytes(block_bytes)
     if length % size == 0:

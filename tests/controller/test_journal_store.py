@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from firmware.abi.entry import Kind, Mode, Status, entry_bytes, pack
-from host.journal.records import HEADER_BYTES
-from host.journal.store import JournalCorrupt, JournalError, LocalJournal, SequenceGap
+from host.journal.records import HEADER_BYTES, scan
+from host.journal.store import JournalBusy, JournalCorrupt, JournalError, LocalJournal, SequenceGap
 from host.journal.verify import verify
 from sim.workload import make_streams
 
@@ -206,3 +206,59 @@ def test_first_batch_must_start_the_sequence(tmp_path, streams):
         with pytest.raises(SequenceGap, match="expected sequence 0, got 20"):
             j.append(0, *batches[2])
         assert len(j.index) == 0
+
+
+def test_one_writer_and_state_changes_from_others_are_kept(tmp_path, streams):
+    with new_journal(tmp_path) as writer:
+        with pytest.raises(JournalBusy, match="open for writing by another process"):
+            LocalJournal.open(tmp_path / "j")
+        reader = LocalJournal.open(tmp_path / "j", readonly=True)     # e.g. 'bookmark add'
+        writer.invalidate(1, 1000, "missed flush deadline")
+        reader.update_state(lambda state: state.bookmarks.update(mark=5))
+        writer.invalidate(0, 2000, "missed flush deadline")
+        reader.close()
+    with LocalJournal.open(tmp_path / "j") as j:
+        assert j.state.bookmarks == {"mark": 5}
+        assert [p.invalid_since_ns for p in j.state.port_state] == [2000, 1000]
+
+
+def test_a_cut_takes_merged_rows_that_point_into_it_back(tmp_path, streams):
+    with new_journal(tmp_path) as j:
+        fill(j, streams)
+        j.merge()
+        assert len(j.merged) and j.merged_through > 0
+        last_start = int(j.index["offset"][-1])
+    seg = next((tmp_path / "j" / "received").glob("*.seg"))
+    raw = bytearray(seg.read_bytes())
+    raw[last_start + 100] ^= 0xFF
+    seg.write_bytes(bytes(raw))
+    with LocalJournal.open(tmp_path / "j") as j:
+        assert j.recovered
+        located = set(zip(j.index["seg"].tolist(), j.index["offset"].tolist(), strict=True))
+        assert all((int(r["seg"]), int(r["offset"])) in located for r in j.merged)
+        assert np.all(j.merged["window_end"] <= j.merged_through)
+    assert verify(tmp_path / "j").ok
+
+
+@pytest.mark.parametrize("case", ["length flipped", "unfinished"])
+def test_damaged_header_is_damage_not_an_unfinished_write(tmp_path, streams, case):
+    """A length field that changed makes the record run past the end of the file, as an
+    unfinished write does; the header's own CRC tells the two apart."""
+    with new_journal(tmp_path) as j:
+        fill(j, streams)
+    seg = next((tmp_path / "j" / "received").glob("*.seg"))
+    raw = bytearray(seg.read_bytes())
+    last = scan(bytes(raw))[0][-1].offset
+    if case == "length flipped":
+        raw[last + 10] ^= 0x40                      # the length field's high bits
+    else:
+        del raw[last + 200:]                        # a sound header, the rest never written
+    seg.write_bytes(bytes(raw))
+    with LocalJournal.open(tmp_path / "j") as j:
+        cut = j.recovered[0]
+        if case == "length flipped":
+            assert not cut.torn and cut.port is None and "header" in cut.reason
+            assert all(p.invalid_since_ns is not None for p in j.state.port_state)   # whose? all
+        else:
+            assert cut.torn and cut.port == 1
+            assert all(p.invalid_since_ns is None for p in j.state.port_state)       # never acked
