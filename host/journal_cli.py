@@ -54,7 +54,7 @@ def open_journal(folder: Path, **kwargs) -> LocalJournal:
         raise click.ClickException(str(exc)) from exc
     for cut in journal.recovered:
         verb = "would cut" if kwargs.get("readonly") else "cut"
-        console.print(f"[yellow]recovery {verb} a torn tail:[/] {cut}")
+        console.print(f"[yellow]recovery {verb}[/] {cut}")
     return journal
 
 
@@ -130,6 +130,18 @@ def verify_cmd(folder):
                   + ("[green]ok[/]" if report.ok else f"[red]{len(report.problems)} problem(s)[/]"))
     if not report.ok:
         raise SystemExit(1)
+
+
+@journal_cli.command("repair")
+@journal_option
+def repair_cmd(folder):
+    """Cut damaged records at the tail (their bytes kept under cuts/) and mark their port invalid."""
+    with open_journal(folder, repair=True) as j:
+        if not j.recovered:
+            console.print("nothing to repair")
+        for port, st in enumerate(j.state.port_state):
+            if st.invalid_since_ns is not None:
+                console.print(f"port {port} invalid from {format_ns(st.invalid_since_ns)}: {st.reason}")
 
 
 @journal_cli.command("merge")

@@ -51,6 +51,15 @@ class FileStorage:
             raise StorageError(f"{self.path}: short read at block {lba}")
         return data
 
+    def read_into(self, lba: int, out) -> None:
+        """Read `len(out) // block_bytes` blocks from `lba` straight into the writable buffer `out`."""
+        view = memoryview(out).cast("B")
+        count = len(view) // self.block_bytes
+        if lba < 0 or lba + count > self.blocks:
+            raise StorageError(f"{self.path}: blocks {lba}..{lba + count} are outside its {self.blocks}")
+        if os.preadv(self._fd, [view], lba * self.block_bytes) != len(view):
+            raise StorageError(f"{self.path}: short read at block {lba}")
+
     def close(self) -> None:
         os.close(self._fd)
 

@@ -65,7 +65,7 @@ class PointInTimeView:
     def fill(self, lba: int, out: np.ndarray) -> np.ndarray:
         """Put blocks [lba, lba + len(out)) as they were at Tx into the (n, block_bytes) array `out`."""
         count = len(out)
-        out.reshape(-1)[:] = np.frombuffer(self.backing.read(lba, count), np.uint8)
+        self.backing.read_into(lba, out)
         lo, hi = np.searchsorted(self.lba, np.array([lba, lba + count], np.uint64))
         if hi > lo:
             out[(self.lba[lo:hi] - np.uint64(lba)).astype(np.int64)] = self.journal.read_at(

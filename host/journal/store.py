@@ -101,7 +101,13 @@ class LocalJournal:
         return cls.open(folder, **kwargs)
 
     @classmethod
-    def open(cls, folder: Path, *, readonly: bool = False, **kwargs) -> "LocalJournal":
+    def open(cls, folder: Path, *, readonly: bool = False, repair: bool = False,
+             **kwargs) -> "LocalJournal":
+        """Open a journal; a read-only one never changes a file.
+
+        A torn tail (an unfinished write) is cut on a writing open. Damaged records at the tail
+        stop the open unless `repair`: then they are cut too (their bytes kept under cuts/)
+        and their port is marked invalid from its last intact flush."""
         folder = Path(folder)
         if not (folder / "journal.json").exists():
             raise JournalError(f"{folder} is not a journal (no journal.json): create one first")
@@ -113,7 +119,7 @@ class LocalJournal:
         if not readonly:
             journal._lock_for_writing()
         try:
-            journal._load(readonly)
+            journal._load(readonly, repair)
         except BaseException:
             journal.close()
             raise
@@ -130,11 +136,11 @@ class LocalJournal:
             raise JournalBusy(f"{self.folder} is open for writing by another process (a collector?); "
                               "read-only commands still work") from None
 
-    def _load(self, readonly: bool) -> None:
+    def _load(self, readonly: bool, repair: bool) -> None:
         segments = self.segment_paths()
         for n, path in enumerate(segments):
             last = n == len(segments) - 1
-            for rec in self._scan(path, last, readonly):
+            for rec in self._scan(path, last, readonly, repair):
                 self._index_record(int(path.stem), rec)
         self._segment = int(segments[-1].stem) if segments else 0
         for cut in self.recovered:
@@ -148,7 +154,7 @@ class LocalJournal:
                                 f"damaged entries cut at {cut.file}:{cut.offset}")
         merged_path = self.folder / "merged.seg"
         if merged_path.exists():
-            for rec in self._scan(merged_path, True, readonly):
+            for rec in self._scan(merged_path, True, readonly, repair):
                 self.merged = np.concatenate([self.merged, np.frombuffer(rec.payload, MERGED_DTYPE)])
                 self.merged_through = max(self.merged_through, rec.aux)
         if self.recovered and len(self.merged):
@@ -170,7 +176,7 @@ class LocalJournal:
         else:
             self.rewrite_merged(kept, back_to)
 
-    def _scan(self, path: Path, last: bool, readonly: bool) -> list[records.Record]:
+    def _scan(self, path: Path, last: bool, readonly: bool, repair: bool) -> list[records.Record]:
         data = path.read_bytes()
         found, defect = records.scan(data)
         if defect is None:
@@ -180,6 +186,10 @@ class LocalJournal:
             where = f"valid record follows at {later}" if later is not None else "not the last segment"
             raise JournalCorrupt(f"{path}:{defect.offset}: {defect.reason}; {where}. Data after this "
                                  f"point is not served; run 'portjournal journal verify' for a full report")
+        if not defect.torn and not readonly and not repair:
+            raise JournalCorrupt(f"{path}:{defect.offset}: {defect.reason}: records that were written are "
+                                 "damaged at the tail. 'portjournal journal repair' cuts them (keeping the "
+                                 "bytes under cuts/) and marks their port invalid from its last intact flush")
         cut = Cut(str(path), defect.offset, len(data) - defect.offset, defect.reason, defect.torn,
                   defect.port)
         if not readonly:

@@ -160,7 +160,9 @@ def test_damaged_last_record_is_kept_and_invalidates_its_port(tmp_path, streams)
     raw = bytearray(seg.read_bytes())
     raw[last_start + 100] ^= 0xFF
     seg.write_bytes(bytes(raw))
-    with LocalJournal.open(tmp_path / "j") as j:
+    with pytest.raises(JournalCorrupt, match="journal repair"):     # damage waits for a decision
+        LocalJournal.open(tmp_path / "j")
+    with LocalJournal.open(tmp_path / "j", repair=True) as j:
         cut = j.recovered[0]
         assert not cut.torn and cut.port == 1
         kept = tmp_path / "j" / "cuts" / f"{seg.stem}-{cut.offset}.cut"
@@ -232,7 +234,7 @@ def test_a_cut_takes_merged_rows_that_point_into_it_back(tmp_path, streams):
     raw = bytearray(seg.read_bytes())
     raw[last_start + 100] ^= 0xFF
     seg.write_bytes(bytes(raw))
-    with LocalJournal.open(tmp_path / "j") as j:
+    with LocalJournal.open(tmp_path / "j", repair=True) as j:
         assert j.recovered
         located = set(zip(j.index["seg"].tolist(), j.index["offset"].tolist(), strict=True))
         assert all((int(r["seg"]), int(r["offset"])) in located for r in j.merged)
@@ -254,7 +256,7 @@ def test_damaged_header_is_damage_not_an_unfinished_write(tmp_path, streams, cas
     else:
         del raw[last + 200:]                        # a sound header, the rest never written
     seg.write_bytes(bytes(raw))
-    with LocalJournal.open(tmp_path / "j") as j:
+    with LocalJournal.open(tmp_path / "j", repair=case == "length flipped") as j:
         cut = j.recovered[0]
         if case == "length flipped":
             assert not cut.torn and cut.port is None and "header" in cut.reason
