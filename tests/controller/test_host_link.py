@@ -229,3 +229,46 @@ def test_transport_survives_the_other_end_closing():
         dev.read("scratch")
     dev.close()
     board.__exit__()
+
+
+def test_status_command():
+    from click.testing import CliRunner
+
+    from host.cli import cli
+
+    with FakeBoard(ports=2) as board:
+        board.write_blocks(1, blocks(random.Random(1), 3))
+        result = CliRunner().invoke(cli, ["status", "--port", board.path, "--timeout", "0.2"])
+        assert result.exit_code == 0, result.output
+        assert "portjournal image 0x504a524e version 1.0, 2 ports, redo" in result.output
+        for name in ("dpll_locked", "ring_fill", "entries_written", "rx_crc_errors", "host rx_frames"):
+            assert name in result.output
+        assert "3/64" in result.output                 # port 1's ring holds 3 of 64 entries
+    result = CliRunner().invoke(cli, ["status", "--port", "/dev/null"])
+    assert result.exit_code == 1 and "cannot open as a serial port" in result.output
+
+
+def test_collect_command_until_interrupted(tmp_path):
+    import signal
+    import threading
+
+    from click.testing import CliRunner
+
+    from host.cli import cli
+
+    rng = random.Random(2)
+    with FakeBoard(ports=2) as board:
+        for p in range(2):
+            board.write_blocks(p, blocks(rng, 40))
+        args = ["collect", "--port", board.path, "--timeout", "0.2", "-j", str(tmp_path / "j")]
+        result = CliRunner().invoke(cli, [*args, "--duration", "1"])
+        assert result.exit_code == 0, result.output
+        assert "creating journal" in result.output and "80 entries stored" in result.output
+        board.write_blocks(0, blocks(rng, 5))
+        threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0, result.output
+        assert "stopped (interrupted): 5 entries stored" in result.output
+        with LocalJournal.open(tmp_path / "j", readonly=True) as j:
+            assert [int(s) for s in j.last_seq] == [44, 39]
+            assert [p.tail for p in board.ports] == [45, 40]    # acknowledged = stored, no more
