@@ -98,6 +98,7 @@ class PortStream:
     mark: tuple[int, int] | None = None     # latest FLUSH_MARK: (time, next seq)
     marks: int = 0
     resend_at: float | None = None  # when a RESEND last went out, until a mark shows nothing missing
+    last_seen: int = -1             # last seq of the latest JOURNAL frame (a lower one = rewound)
     activity: float = 0.0           # when a frame of this port last arrived
     tail: int = 0                   # the ring's tail as the device last said (ACKED)
 
@@ -292,6 +293,10 @@ class Device:
             off += size
         if not batch:
             return
+        first = batch[0][0]
+        if st.resend_at is not None and (first <= st.last_seen or first == st.expected):
+            st.resend_at = None             # the device went back: the resend is under way
+        st.last_seen = batch[-1][0]
         if st.expected is not None and batch[0][0] > st.advance() and not self._resending(st):
             self.counters.gaps += 1
             self._send_resend(frame.port)
@@ -318,10 +323,11 @@ class Device:
             st.resend_at = None             # nothing missing before the mark: no resend pending
 
     def _resending(self, st: PortStream) -> bool:
-        """A RESEND went out lately and what it brings may still be on the way: do not repeat it.
+        """A RESEND went out lately and the device has not yet been seen going back: do not repeat it.
 
-        (Its drain may end after the mark of a drain already under way, or the device may rewind
-        in the middle of one; a RESEND that was lost shows as quiet and is repeated then.)"""
+        (The mark of a drain already under way may come first; once frames show the rewind, the
+        next mark ends the resent drain, and a gap after it asks again at once. A RESEND that was
+        lost shows as quiet and is repeated then.)"""
         return st.resend_at is not None and self.clock() - st.resend_at < self.flush_timeout
 
     def _send_resend(self, port: int) -> None:

@@ -51,7 +51,7 @@ def test_collect_10000_blocks_over_a_damaged_link(tmp_path):
     injected = 0
     t0 = time.monotonic()
     with board:
-        dev = Device.open(board.tty, timeout=0.5, flush_timeout=3.0, tries=5)
+        dev = Device.open(board.tty, timeout=0.5, flush_timeout=1.0, tries=5)
         ident = dev.identity
         assert (ident.ports, ident.block_bytes) == (PORTS, config.block_bytes)
         journal = LocalJournal.create(tmp_path / "journal", block_bytes=ident.block_bytes, ports=ident.ports,
