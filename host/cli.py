@@ -7,6 +7,7 @@ import click
 from . import __version__
 from .export_cli import export_cmd, import_cmd, serve
 from .journal_cli import journal_cli, ports_cli
+from .link_cli import collect, status
 from .restore_cli import bookmark_cli, restore_cmd, undo_cmd
 from .sim_cli import sim_cmd
 
@@ -43,6 +44,8 @@ cli.add_command(serve)
 cli.add_command(export_cmd)
 cli.add_command(import_cmd)
 cli.add_command(sim_cmd)
+cli.add_command(status)
+cli.add_command(collect)
 
 
 def main() -> None:

@@ -1,0 +1,207 @@
+"""`portjournal status` and `portjournal collect`: a board on a serial port (or the virtual board's pty)."""
+
+import signal
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from firmware.abi import regmap
+from firmware.abi.entry import Mode
+
+from .journal.collector import Collector
+from .journal.store import NEVER, JournalError, LocalJournal
+from .journal_cli import Duration, journal_option
+from .link.device import Device, DeviceError
+from .link.serial import TransportError
+from .timefmt import format_ns
+
+console = Console(soft_wrap=True)
+
+port_option = click.option("--port", "path", required=True, envvar="PORTJOURNAL_PORT",
+                           help="Serial device of the board, e.g. /dev/ttyUSB0 or the virtual board's pty "
+                                "(or set PORTJOURNAL_PORT).")
+baud_option = click.option("--baud", type=click.IntRange(300, 12_000_000), default=115200, show_default=True,
+                           help="Baud rate (a pseudo-terminal ignores it).")
+timeout_option = click.option("--timeout", type=click.FloatRange(0.01, 60), default=0.5, show_default=True,
+                              help="Seconds to wait for an answer before asking again (3 tries).")
+
+
+def open_device(path: str, baud: int, timeout: float) -> Device:
+    try:
+        return Device.open(path, baud=baud, timeout=timeout, flush_timeout=max(2.0, 4 * timeout))
+    except (TransportError, DeviceError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def signed32(value: int) -> int:
+    return value - (1 << 32) if value & (1 << 31) else value
+
+
+def port_table(dev: Device, blocks: list[dict[str, int]]) -> Table:
+    ident = dev.identity
+    table = Table("register", *(f"port {p}" for p in range(ident.ports)), "meaning",
+                  title="per-port registers")
+    shown = [r for r in regmap.PORT if r.group in ("port", "dpll")]
+    for reg in shown:
+        cells = []
+        for values in blocks:
+            v = values[reg.name]
+            if reg.name == "dpll_locked":
+                cells.append("[green]locked[/]" if v else "[yellow]unlocked[/]")
+            elif reg.name == "dpll_phase_error":
+                cells.append(f"{signed32(v)} ns")
+            elif reg.name == "ring_fill":
+                cells.append(f"{v}/{ident.ring_depth}")
+            elif reg.name == "invalid":
+                cells.append("[red]invalid[/]" if v else "[green]valid[/]")
+            else:
+                cells.append(str(v))
+        table.add_row(reg.name, *cells, reg.description)
+    return table
+
+
+def link_table(dev: Device, glob: dict[str, int]) -> Table:
+    table = Table("counter", "value", "meaning", title="link")
+    for name, _, _, desc in regmap.LINK_COUNTERS:
+        table.add_row(f"device {name}", str(glob[name]), desc)
+    table.add_row("device rx_framing_errors", str(glob["rx_framing_errors"]),
+                  regmap.register("rx_framing_errors").description)
+    for name, value in dev.link_counters().items():
+        table.add_row(f"host {name}", str(value), "")
+    return table
+
+
+@click.command()
+@port_option
+@baud_option
+@timeout_option
+def status(path, baud, timeout):
+    """Identity, DPLL lock, ring fill and counters per port, and the link's error counters."""
+    with open_device(path, baud, timeout) as dev:
+        try:
+            glob = dev.read_block()
+            blocks = [dev.read_block(p) for p in range(dev.identity.ports)]
+        except DeviceError as exc:
+            raise click.ClickException(str(exc)) from exc
+        ident = dev.identity
+        console.print(f"{path}: portjournal image {ident.image_id:#010x} version {ident.version_text}, "
+                      f"{ident.ports} ports, {ident.mode.name.lower()}, ring of {ident.ring_depth} entries, "
+                      f"{ident.block_bytes}-byte blocks, {ident.datapath_bits}-bit datapath, "
+                      f"frames up to {glob['max_payload']} bytes")
+        console.print(port_table(dev, blocks))
+        console.print(link_table(dev, glob))
+
+
+def journal_for(folder: Path, dev: Device, window_ns: int) -> LocalJournal:
+    """Open the journal, or create it with the board's geometry; refuse one of another geometry."""
+    ident = dev.identity
+    try:
+        if not (folder / "journal.json").exists():
+            console.print(f"creating journal {folder}: {ident.ports} ports, {ident.block_bytes}-byte blocks, "
+                          f"{ident.mode.name.lower()}, window {format_ns(window_ns)}")
+            return LocalJournal.create(folder, block_bytes=ident.block_bytes, ports=ident.ports,
+                                       mode=ident.mode, window_ns=window_ns)
+        journal = LocalJournal.open(folder)
+    except JournalError as exc:
+        raise click.ClickException(str(exc)) from exc
+    st = journal.state
+    if (st.ports, st.block_bytes, Mode(st.mode)) != (ident.ports, ident.block_bytes, ident.mode):
+        journal.close()
+        raise click.ClickException(
+            f"journal {folder} is for {st.ports} ports, {st.block_bytes}-byte blocks, "
+            f"{Mode(st.mode).name.lower()}; the board has {ident.ports}, {ident.block_bytes}, "
+            f"{ident.mode.name.lower()}")
+    for cut in journal.recovered:
+        console.print(f"[yellow]recovery cut a torn tail:[/] {cut}")
+    return journal
+
+
+class Progress:
+    """The live display: per port entries stored, ring fill and errors; the link's byte rate."""
+
+    def __init__(self, dev: Device, journal: LocalJournal):
+        self.dev, self.journal = dev, journal
+        self.start = time.monotonic()
+        self.fill = ["?"] * dev.identity.ports
+        self.errors = [""] * dev.identity.ports
+        self.stored = [0] * dev.identity.ports
+        self.last_rate = (self.start, 0)
+        self.rate = 0.0
+
+    def update(self, polls) -> None:
+        for poll in polls:
+            self.stored[poll.port] += poll.entries
+            self.errors[poll.port] = poll.error[:60]
+        now, rx = time.monotonic(), self.dev.transport.counters.rx_bytes
+        if now - self.last_rate[0] >= 1.0:
+            self.rate = (rx - self.last_rate[1]) / (now - self.last_rate[0])
+            self.last_rate = (now, rx)
+            for p in range(len(self.fill)):           # one register read per port per second
+                try:
+                    self.fill[p] = f"{self.dev.read('ring_fill', p)}/{self.dev.identity.ring_depth}"
+                except DeviceError:
+                    self.fill[p] = "?"
+
+    def render(self) -> Group:
+        table = Table("port", "validity", "entries this run", "last seq", "ring fill", "flushed through",
+                      "last error")
+        since = self.journal.invalid_since()
+        for p in range(len(self.fill)):
+            valid = since[p] == NEVER
+            table.add_row(str(p), "[green]valid[/]" if valid else "[red]invalid[/]", str(self.stored[p]),
+                          str(int(self.journal.last_seq[p])), self.fill[p],
+                          format_ns(int(self.journal.flushed_through[p])), self.errors[p])
+        c = self.dev.link_counters()
+        link = (f"link: {self.rate / 1e3:.1f} kB/s in, {c['rx_frames']} frames, "
+                f"{self.dev.transport.counters.rx_errors} damaged frames received, {c['naks']} NAKs, "
+                f"{c['retries']} retries, {c['resends']} resends, {c['duplicates']} duplicate entries; "
+                f"{time.monotonic() - self.start:.0f} s")
+        return Group(table, link)
+
+
+@click.command()
+@port_option
+@baud_option
+@timeout_option
+@journal_option
+@click.option("--duration", type=click.FloatRange(0), default=None, help="Stop after this many seconds.")
+@click.option("--deadline", type=click.FloatRange(0.1), default=10.0, show_default=True,
+              help="Seconds a port may fail to flush before it is marked invalid.")
+@click.option("--interval", type=click.FloatRange(0), default=0.05, show_default=True,
+              help="Seconds to wait between rounds that brought nothing.")
+@click.option("--window", type=Duration(), default="100ms", show_default=True,
+              help="Merge window, for a journal created here.")
+def collect(path, baud, timeout, folder, duration, deadline, interval, window):
+    """Collect the ports' journals into the primary journal until Ctrl-C (or --duration).
+
+    Each round asks every valid port to flush, stores what arrives (fsync), then acknowledges
+    it: the board frees only what the journal holds. Ctrl-C ends the round under way first."""
+    stop = {"now": False}
+
+    def interrupted(signum, frame):
+        stop["now"] = True
+
+    with open_device(path, baud, timeout) as dev, journal_for(folder, dev, window) as journal:
+        collector = Collector(journal, dev, deadline_s=deadline)
+        progress = Progress(dev, journal)
+        end = None if duration is None else time.monotonic() + duration
+        previous = signal.signal(signal.SIGINT, interrupted)
+        try:
+            with Live(progress.render(), console=console, refresh_per_second=4, transient=False) as live:
+                while not stop["now"] and (end is None or time.monotonic() < end):
+                    polls = collector.poll()
+                    progress.update(polls)
+                    live.update(progress.render())
+                    if not any(p.entries for p in polls):
+                        time.sleep(interval)
+        except TransportError as exc:
+            raise click.ClickException(str(exc)) from exc
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        total = sum(progress.stored)
+        how = " (interrupted)" if stop["now"] else ""
+        console.print(f"stopped{how}: {total} entries stored in {folder}; everything acknowledged is durable")
