@@ -7,6 +7,7 @@ storage, block by block where it differs, after saving what it overwrites in an 
 """
 
 import os
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -90,6 +91,7 @@ def commit(view: PointInTimeView, target: Path, undo_path: Path | None,
     started = time.perf_counter()
     block = view.block_bytes
     changes: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    after = 0                     # CRC-32C of the target once the commit is done
     with storage_mod.FileStorage(target, block) as current:
         if current.blocks != view.blocks:
             raise RestoreError(f"{target} has {current.blocks} blocks, the view {view.blocks}")
@@ -97,6 +99,7 @@ def commit(view: PointInTimeView, target: Path, undo_path: Path | None,
             count = min(CHUNK_BLOCKS, view.blocks - lba)
             want = np.frombuffer(view.read_blocks(lba, count), np.uint8).reshape(count, block)
             have = np.frombuffer(current.read(lba, count), np.uint8).reshape(count, block)
+            after = crc32c.crc32c(want, after)
             differ = np.flatnonzero(np.any(want != have, axis=1))
             if len(differ):
                 changes.append((differ + lba, have[differ], want[differ]))
@@ -105,7 +108,7 @@ def commit(view: PointInTimeView, target: Path, undo_path: Path | None,
     lbas = np.concatenate([c[0] for c in changes]) if changes else np.zeros(0, np.int64)
     if undo_path is not None:
         old = np.concatenate([c[1] for c in changes]) if changes else np.zeros((0, block), np.uint8)
-        _write_undo(undo_path, lbas, old, block)
+        _write_undo(undo_path, lbas, old, block, view.size_bytes, after)
     fd = os.open(target, os.O_WRONLY)
     try:
         for lba_chunk, _, new in changes:
@@ -116,6 +119,9 @@ def commit(view: PointInTimeView, target: Path, undo_path: Path | None,
         os.close(fd)
     with storage_mod.FileStorage(target, block) as result:
         crc = _crc_of(result)
+    if crc != after:
+        raise RestoreError(f"{target} changed while the restore was committed (CRC {crc:#010x}, "
+                           f"expected {after:#010x}); the undo file still holds what was there before")
     return RestoreSummary(len(view.lba), view.blocks - len(view.lba), len(lbas) * block, crc,
                           time.perf_counter() - started, _backing_name(view))
 
@@ -127,8 +133,11 @@ def _crc_of(storage) -> int:
     return crc
 
 
-def _write_undo(path: Path, lbas: np.ndarray, old: np.ndarray, block: int) -> None:
-    payload = np.asarray(lbas, "<u8").tobytes() + old.tobytes()
+UNDO_HEADER = struct.Struct("<QI4x")   # target size in bytes, its CRC-32C right after the commit
+
+
+def _write_undo(path: Path, lbas: np.ndarray, old: np.ndarray, block: int, size: int, after: int) -> None:
+    payload = UNDO_HEADER.pack(size, after) + np.asarray(lbas, "<u8").tobytes() + old.tobytes()
     tmp = path.with_name(path.name + ".tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(tmp, "wb") as f:
@@ -138,17 +147,29 @@ def _write_undo(path: Path, lbas: np.ndarray, old: np.ndarray, block: int) -> No
     durable.replace(tmp, path)
 
 
-def undo(undo_path: Path, target: Path) -> int:
-    """Put back the blocks a commit overwrote; return how many."""
+def undo(undo_path: Path, target: Path, *, force: bool = False) -> int:
+    """Put back the blocks a commit overwrote; return how many.
+
+    Refuses (unless `force`) a target that is not exactly as the commit left it: a different
+    volume, or one written since."""
     data = Path(undo_path).read_bytes()
     rec = records.read_at(data, 0)
     if isinstance(rec, records.Defect) or rec.kind != RecordKind.UNDO:
         reason = rec.reason if isinstance(rec, records.Defect) else f"record kind {rec.kind}"
         raise RestoreError(f"{undo_path} is not a usable undo file: {reason}")
     block = rec.aux
-    n = len(rec.payload) // (8 + block)
-    lbas = np.frombuffer(rec.payload[:8 * n], "<u8")
-    old = np.frombuffer(rec.payload[8 * n:], np.uint8).reshape(n, block)
+    size, after = UNDO_HEADER.unpack_from(rec.payload)
+    body = rec.payload[UNDO_HEADER.size:]
+    n = len(body) // (8 + block)
+    lbas = np.frombuffer(body[:8 * n], "<u8")
+    old = np.frombuffer(body[8 * n:], np.uint8).reshape(n, block)
+    with storage_mod.FileStorage(target, block) as current:
+        if current.blocks * block != size:
+            raise RestoreError(f"{target} is {current.blocks * block} bytes; the commit this undoes wrote a "
+                               f"{size}-byte volume")
+        if not force and _crc_of(current) != after:
+            raise RestoreError(f"{target} has changed since the commit this undoes (--force puts the "
+                               "old blocks back anyway)")
     fd = os.open(target, os.O_WRONLY)
     try:
         for lba, blockdata in zip(lbas.tolist(), old, strict=True):

@@ -70,11 +70,12 @@ def restore_cmd(folder, at_text, output, commit_to, storage, undo_file, force, s
 @click.argument("undo_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--storage", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
               help="The primary storage the restore was committed to.")
-def undo_cmd(undo_file, storage):
+@click.option("--force", is_flag=True, help="Put the blocks back even if the storage changed since.")
+def undo_cmd(undo_file, storage, force):
     """Put back what a committed restore overwrote."""
     try:
-        n = undo(undo_file, storage)
-    except RestoreError as exc:
+        n = undo(undo_file, storage, force=force)
+    except (RestoreError, StorageError) as exc:
         raise click.ClickException(str(exc)) from exc
     console.print(f"put back {n} blocks on {storage}")
 

@@ -105,6 +105,10 @@ def open_view(journal: LocalJournal, at_ns: int, *, storage: Path | None = None,
         if at_ns < st.base.time_ns:
             raise ViewRefused(f"{format_ns(at_ns)} is before the base copy at {format_ns(st.base.time_ns)}")
         backing = FileStorage(journal.folder / st.base.path, st.block_bytes)
+        if backing.blocks != st.base.blocks:
+            backing.close()
+            raise ViewRefused(f"the base copy {st.base.path} holds {backing.blocks} blocks, the journal "
+                              f"recorded {st.base.blocks}: it was changed or truncated")
     else:
         if storage is None:
             raise ViewRefused("a copy-on-write view reads the primary storage: give its path (--storage)")

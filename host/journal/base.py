@@ -11,6 +11,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import crc32c
 import numpy as np
 
 from firmware.abi.entry import Mode
@@ -32,6 +33,10 @@ def take_base_copy(journal: LocalJournal, storage, time_ns: int,
                            f"{journal.state.block_bytes}")
     if time_ns < 0:
         raise JournalError(f"device time cannot be negative ({time_ns})")
+    base = journal.state.base
+    if base is not None and base.blocks != storage.blocks:
+        raise JournalError(f"the volume has {storage.blocks} blocks, the journal's base copy {base.blocks}: "
+                           "is this the same volume?")
     tmp = journal.folder / "base.tmp"
     with open(tmp, "wb") as out:
         for lba in range(0, storage.blocks, CHUNK_BLOCKS):
@@ -51,12 +56,22 @@ def install_base(journal: LocalJournal, tmp: Path, time_ns: int, blocks: int) ->
     the old file goes, so a crash leaves an image and a time that belong together."""
     old = journal.state.base
     name = f"base-{time_ns}.img"
+    crc = file_crc(tmp)
     replace(tmp, journal.folder / name)
     journal.update_state(lambda state: setattr(state, "base", BaseCopy(path=name, time_ns=time_ns,
-                                                                        blocks=blocks)))
+                                                                        blocks=blocks, crc32c=crc)))
     if old is not None and old.path != name:
         (journal.folder / old.path).unlink(missing_ok=True)
     return journal.state.base
+
+
+def file_crc(path: Path) -> int:
+    """CRC-32C of a whole file, read in large chunks."""
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(16 << 20):
+            crc = crc32c.crc32c(chunk, crc)
+    return crc
 
 
 def resync(journal: LocalJournal, port: int, storage, time_ns: int, progress: Progress | None = None) -> None:

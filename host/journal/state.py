@@ -24,6 +24,7 @@ class BaseCopy:
     path: str
     time_ns: int
     blocks: int
+    crc32c: int | None = None      # of the whole image, checked by verify
 
 
 @dataclass

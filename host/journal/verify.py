@@ -13,6 +13,7 @@ import numpy as np
 from firmware.abi.entry import TRAILER_BYTES, EntryError, Kind, entry_bytes
 
 from . import records
+from .base import file_crc
 from .entries import BadEntry, parse
 from .merge import MERGED_DTYPE
 from .records import RecordKind
@@ -53,6 +54,7 @@ def verify(folder: Path) -> Report:
     except ValueError as exc:
         report.problems.append(Problem(str(folder / "journal.json"), 0, str(exc)))
         return report
+    _check_base(folder, state, report)
     report.notes += [f"recovery cut {c['bytes_cut']} bytes at {c['file']}:{c['offset']} ({c['reason']}); "
                      f"kept in {c.get('kept_in', '?')}" for c in state.cuts]
     last_seq = [p.compacted_seq for p in state.port_state]
@@ -155,3 +157,20 @@ def _damaged_entry(data: bytes, offset: int, block_bytes: int) -> tuple[int, str
     except BadEntry as exc:
         return start + exc.offset, f"damaged entry: {exc}"
     return None
+
+
+def _check_base(folder: Path, state: JournalState, report: Report) -> None:
+    """The base copy is there, of the recorded size and (where recorded) CRC."""
+    base = state.base
+    if base is None:
+        return
+    path = folder / base.path
+    if not path.exists():
+        report.problems.append(Problem(str(path), 0, "the base copy is missing"))
+        return
+    size = path.stat().st_size
+    if size != base.blocks * state.block_bytes:
+        report.problems.append(Problem(str(path), 0, f"the base copy is {size} bytes, the journal recorded "
+                                       f"{base.blocks * state.block_bytes}"))
+    elif base.crc32c is not None and file_crc(path) != base.crc32c:
+        report.problems.append(Problem(str(path), 0, "the base copy's CRC does not match the journal's"))
