@@ -15,6 +15,7 @@ horizon, or where a port's writes are missing) unless forced; a forced view says
 `warnings` what it could not guarantee. Reading a view never writes anything.
 """
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +42,7 @@ class PointInTimeView:
     seg: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))
     offset: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
     warnings: list[str] = field(default_factory=list)
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     @property
     def mode(self) -> Mode:
@@ -64,6 +66,10 @@ class PointInTimeView:
 
     def fill(self, lba: int, out: np.ndarray) -> np.ndarray:
         """Put blocks [lba, lba + len(out)) as they were at Tx into the (n, block_bytes) array `out`."""
+        with self._lock:
+            return self._fill(lba, out)
+
+    def _fill(self, lba: int, out: np.ndarray) -> np.ndarray:
         count = len(out)
         self.backing.read_into(lba, out)
         lo, hi = np.searchsorted(self.lba, np.array([lba, lba + count], np.uint64))
@@ -85,10 +91,23 @@ class PointInTimeView:
         return data[skip:skip + length]
 
     def refresh(self) -> None:
-        """Take in entries that arrived since the view was opened (copy-on-write keeps its map
-        current this way; a redo view of a past Tx only changes if older entries arrive late)."""
-        fresh = _redirects(self.journal, self.at_ns)
-        self.lba, self.seg, self.offset = fresh
+        """Take in entries that arrived since the view was opened, from this process or from
+        another one appending to the journal (copy-on-write keeps its map current this way; a
+        redo view of a past Tx only changes if older entries arrive late)."""
+        with self._lock:
+            self.journal.catch_up()
+            self.lba, self.seg, self.offset = _redirects(self.journal, self.at_ns)
+
+    def follow(self, interval_s: float = 1.0) -> threading.Event:
+        """Refresh every `interval_s` in a background thread until the returned event is set."""
+        stop = threading.Event()
+
+        def run():
+            while not stop.wait(interval_s):
+                self.refresh()
+
+        threading.Thread(target=run, name="view-follow", daemon=True).start()
+        return stop
 
 
 def open_view(journal: LocalJournal, at_ns: int, *, storage: Path | None = None,

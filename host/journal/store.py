@@ -86,6 +86,7 @@ class LocalJournal:
         self._segment = 0
         self._fd: int | None = None
         self._writer = None
+        self._tail = (0, 0)     # (segment, offset) just after the last record indexed
 
     # --- creating and opening -------------------------------------------------------------
 
@@ -287,6 +288,7 @@ class LocalJournal:
         while view:
             view = view[os.write(self._fd, view):]
         os.fsync(self._fd)
+        self._tail = (self._segment, offset + len(record))
         return self._segment, offset
 
     def _open_segment(self, n: int) -> None:
@@ -296,10 +298,24 @@ class LocalJournal:
         if created:
             fsync_dir(path.parent)
 
+    def catch_up(self) -> int:
+        """Index the records another process (the collector) appended since this one looked;
+        returns how many entries came in. A record still being written is left for next time."""
+        before = len(self.index)
+        for path in self.segment_paths():
+            seg = int(path.stem)
+            if seg < self._tail[0]:
+                continue
+            found, _ = records.scan(self._map(seg), self._tail[1] if seg == self._tail[0] else 0)
+            for rec in found:
+                self._index_record(seg, rec)
+        return len(self.index) - before
+
     def _index_record(self, seg: int, rec: records.Record) -> None:
         if rec.kind != RecordKind.ENTRIES:
             raise JournalCorrupt(f"segment {seg}: record at {rec.offset} has kind {rec.kind}, "
                                  "expected entries")
+        self._tail = (seg, rec.end)
         rows, starts = parse(rec.payload, self.state.block_bytes)
         port = rec.port
         if len(rows):

@@ -63,3 +63,34 @@ def test_a_base_copy_of_another_size_is_refused(tmp_path):
         take_base_copy(journal, storage, 10)
     journal.close()
     assert LocalJournal.open(journal.folder, readonly=True).state.base.time_ns == 0
+
+
+def test_a_cow_view_follows_what_another_process_appends(tmp_path):
+    """serve keeps a copy-on-write view current while a collector (another open) appends."""
+    import numpy as np
+
+    from sim.storage_model import Request, StorageModel, journal_requests
+
+    rng = np.random.default_rng(9)
+    model = StorageModel(BLOCKS, BLOCK, rng.bytes(BLOCK * BLOCKS))
+    requests = [Request(10 * i, 0, (7 * i) % BLOCKS, rng.bytes(BLOCK)) for i in range(1, 40)]
+    entries = journal_requests(requests, model, Mode.COPY_ON_WRITE, 1)[0]
+    early = sum(r.timestamp < 200 for r in requests)
+    volume = tmp_path / "volume.img"
+    volume.write_bytes(model.image_at(200))
+    collector = LocalJournal.create(tmp_path / "j", block_bytes=BLOCK, ports=1, mode=Mode.COPY_ON_WRITE,
+                                    window_ns=100, segment_bytes=512)
+    collector.append(0, b"".join(entries[:early]), 200)
+    reader = LocalJournal.open(tmp_path / "j", readonly=True)
+    view = open_view(reader, 95, storage=volume)
+    assert view.read(0, view.size_bytes) == model.image_at(95)
+    volume.write_bytes(bytes(model.image))
+    for i in range(early, len(entries), 5):               # several records, across segments
+        collector.append(0, b"".join(entries[i:i + 5]), 400)
+    assert len(collector.segment_paths()) > 1
+    view.refresh()
+    assert len(reader.index) == len(entries)
+    assert view.read(0, view.size_bytes) == model.image_at(95)
+    view.backing.close()
+    reader.close()
+    collector.close()
