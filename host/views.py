@@ -164,8 +164,9 @@ def _redirects(journal: LocalJournal, at_ns: int) -> tuple[np.ndarray, np.ndarra
         return lba, index["seg"][chosen], index["offset"][chosen]
     base = st.base.time_ns
     whole = min(journal.merged_through, at_ns // st.window_ns * st.window_ns)
-    merged = _newest_per_block(journal.merged[(journal.merged["window_end"] > base)
-                                              & (journal.merged["window_end"] <= whole)])
+    ends = journal.merged["window_end"]           # non-decreasing: rows are stored in window order
+    lo, hi = np.searchsorted(ends, [base, whole], side="right")
+    merged = _newest_per_block(journal.merged[lo:hi])
     lba, chosen = pick_per_block(index, usable(index, max(whole, base), at_ns, valid_from, since), last=True)
     # A write after the merged windows replaces the block's merged value.
     older = ~np.isin(merged["lba"], lba)

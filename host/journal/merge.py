@@ -98,10 +98,13 @@ def _block_time_order(sub: dict[str, np.ndarray], window_ns: int | None):
 def usable(index: np.ndarray, start_ns: int, end_ns: int, valid_from: np.ndarray,
            invalid_since: np.ndarray) -> np.ndarray:
     """Ids of OK block writes stamped in [start_ns, end_ns) by a port valid at that time."""
-    ts, port = index["timestamp"], index["port"]
-    keep = ((ts >= start_ns) & (ts < end_ns) & (index["status"] == Status.OK)
-            & (index["kind"] == Kind.WRITE) & (ts >= valid_from[port]) & (ts < invalid_since[port]))
-    return np.flatnonzero(keep)
+    ts = index["timestamp"]
+    ids = np.flatnonzero((ts >= start_ns) & (ts < end_ns))    # often a narrow span: filter it first
+    rows = index[ids] if len(ids) < len(index) else index
+    port = rows["port"]
+    keep = ((rows["status"] == Status.OK) & (rows["kind"] == Kind.WRITE)
+            & (rows["timestamp"] >= valid_from[port]) & (rows["timestamp"] < invalid_since[port]))
+    return ids[keep]
 
 
 def pick_per_block(index: np.ndarray, ids: np.ndarray, *, last: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from firmware.abi.entry import HEADER_BYTES, EntryError, Mode
+from firmware.abi.entry import HEADER_BYTES, EntryError, Kind, Mode
 
 from ..durable import fsync_dir, replace
 from . import records
@@ -87,6 +87,7 @@ class LocalJournal:
         self._fd: int | None = None
         self._writer = None
         self._tail = (0, 0)     # (segment, offset) just after the last record indexed
+        self._markers: tuple[np.ndarray, np.ndarray] | None = None
 
     # --- creating and opening -------------------------------------------------------------
 
@@ -343,6 +344,14 @@ class LocalJournal:
             if mapped is not None:
                 mapped.close()
 
+    @property
+    def markers(self) -> np.ndarray:
+        """The PORT_INVALID marker entries, found once per change of the index."""
+        index = self.index
+        if self._markers is None or self._markers[0] is not index:
+            self._markers = (index, index[index["kind"] == Kind.PORT_INVALID])
+        return self._markers[1]
+
     def received(self, until_ns: int | None = None) -> np.ndarray:
         """Entry ids of the received portion in (timestamp, port, sequence) order."""
         index = self.index
@@ -394,8 +403,7 @@ class LocalJournal:
         the port's own PORT_INVALID marker (its ring filled), counting only markers after
         the port was last made valid."""
         since = np.full(self.state.ports, NEVER, dtype=np.uint64)
-        index = self.index
-        markers = index[index["kind"] == 1]
+        markers = self.markers
         for port, st in enumerate(self.state.port_state):
             if st.invalid_since_ns is not None:
                 since[port] = st.invalid_since_ns
