@@ -33,9 +33,10 @@ def scenarios(draw):
                                      st.integers(0, BLOCKS - 1), outcome), min_size=1, max_size=60))
     mode = draw(st.sampled_from(Mode))
     # Boundaries: Tx on a write's time or next to it, the silent port's cut next to Tx.
-    near_a_write = st.sampled_from(sorted({t for t, *_ in writes})).flatmap(next_to)
-    at = draw(st.one_of(st.integers(0, 2200), near_a_write, near_a_write))
-    cut = st.one_of(st.integers(0, 2000), next_to(at), near_a_write)
+    times = sorted({t for t, *_ in writes})
+    near_a_write = st.sampled_from(times).flatmap(next_to)
+    at = draw(st.one_of(st.integers(0, 2200), st.sampled_from(times), near_a_write))
+    cut = st.one_of(st.just(max(at - 1, 0)), st.just(at), next_to(at), st.integers(0, 2000), near_a_write)
     silent = draw(st.one_of(st.none(), st.tuples(st.integers(0, ports - 1), cut)))
     merge_at = draw(st.one_of(st.none(), st.integers(0, 2200), next_to(at)))
     return ports, writes, mode, silent, merge_at, at
