@@ -12,10 +12,11 @@ the same). Little-endian. The log is cut in sectors of `sectorsize` bytes:
 `export` writes they are plain 512-byte sectors too. A MARK carries `data_len` bytes of label
 in its header sector, after the 32 header bytes; data_len is 0 for a write.
 
-Export: the journal's usable writes (status OK, kind WRITE, port valid at the time: the merge
-filter) in (timestamp, port, sequence) order, one entry per block write, and each bookmark as
-a MARK named after it, after every write stamped before the bookmark's time and before the
-others. Replaying the log onto the base copy gives the volume at the end, or at each mark.
+Export: the journal's usable writes (status OK, kind WRITE, stamped at or after the base
+copy's time, port valid at the time: the merge filter) in (timestamp, port, sequence) order,
+one entry per block write, and each bookmark from the base copy's time on as a MARK named
+after it, after every write stamped before the bookmark's time and before the others.
+Replaying the log onto the base copy gives the volume at the end, or at each mark.
 Copy-on-write journals are refused: their entries hold pre-images, not what was written.
 
 Import: a new 1-port redo journal. Log entry i gets the synthetic device time
@@ -24,11 +25,14 @@ its entry's time; a MARK becomes a bookmark at its own time, between the writes 
 FLUSH / FUA flags and empty flush entries carry no data and are skipped; a DISCARD is turned
 into writes of zero blocks (`discard="zero"`, the default; blocks never written since the
 start are already zero and are skipped) or refused (`discard="reject"`). Writes must be
-aligned to the journal's block size. The base copy is a zero-filled volume of `volume_bytes`
-(default: up to the highest block written) at device time 0.
+aligned to the journal's block size. The base copy, at device time 0, is a copy of the image
+`base` when given (the volume is its size; a DISCARD then zeroes every block of its range
+that the base or an earlier write left non-zero), else a zero-filled volume of `volume_bytes`
+(default: up to the highest block written).
 """
 
 import os
+import shutil
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -90,6 +94,8 @@ def usable_writes(journal: LocalJournal, until_ns: int | None = None) -> np.ndar
     invalid_since = journal.invalid_since()
     keep = ((rows["status"] == Status.OK) & (rows["kind"] == Kind.WRITE)
             & (ts >= valid_from[port]) & (ts < invalid_since[port]))
+    if journal.state.base is not None:          # older writes are in the base copy already
+        keep &= ts >= np.uint64(journal.state.base.time_ns)
     return ids[keep]
 
 
@@ -107,8 +113,9 @@ def export(journal: LocalJournal, out_path: Path, *, until_ns: int | None = None
                          "which is all a dm-log-writes log can address")
     ids = usable_writes(journal, until_ns)
     times = journal.index["timestamp"][ids]
+    since = journal.state.base.time_ns if journal.state.base is not None else 0
     marks = sorted((t, name) for name, t in journal.state.bookmarks.items()
-                   if until_ns is None or t <= until_ns)
+                   if since <= t and (until_ns is None or t <= until_ns))
     for _, name in marks:
         if len(name.encode()) > sectorsize - ENTRY.size - 1 or "\0" in name:
             raise DmLogError(f"bookmark {name!r} does not fit a MARK label of at most "
@@ -116,9 +123,21 @@ def export(journal: LocalJournal, out_path: Path, *, until_ns: int | None = None
     # A mark at time t comes after every write stamped before t.
     cuts = np.searchsorted(times, np.array([t for t, _ in marks], dtype=np.uint64), side="left")
     record = np.dtype([("head", "<u8", 4), ("pad", "V", sectorsize - ENTRY.size), ("data", "u1", (block,))])
-    per_block = block // sectorsize
     out_path = Path(out_path)
     tmp = out_path.with_name(out_path.name + ".tmp")
+    try:
+        size = _write_log(journal, ids, cuts, marks, tmp, record, sectorsize, progress)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, out_path)
+    return ExportSummary(writes=len(ids), marks=len(marks), log_bytes=size, sectorsize=sectorsize)
+
+
+def _write_log(journal: LocalJournal, ids: np.ndarray, cuts: np.ndarray, marks: list[tuple[int, str]],
+               tmp: Path, record: np.dtype, sectorsize: int, progress: Progress | None) -> int:
+    block = journal.state.block_bytes
+    per_block = block // sectorsize
     total = len(ids) + len(marks)
     done = 0
     with open(tmp, "wb") as f:
@@ -148,8 +167,7 @@ def export(journal: LocalJournal, out_path: Path, *, until_ns: int | None = None
         f.write(SUPER.pack(MAGIC, VERSION, total, sectorsize))
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, out_path)
-    return ExportSummary(writes=len(ids), marks=len(marks), log_bytes=size, sectorsize=sectorsize)
+    return size
 
 
 # --- reading a log ----------------------------------------------------------------------------
@@ -210,27 +228,63 @@ def entries(data) -> tuple[int, list[LogEntry]]:
 # --- import -----------------------------------------------------------------------------------
 
 def import_log(log_path: Path, journal_folder: Path, *, block_bytes: int, volume_bytes: int | None = None,
-               window_ns: int = 100_000_000, discard: str = "zero",
+               base: Path | None = None, window_ns: int = 100_000_000, discard: str = "zero",
                progress: Progress | None = None) -> ImportSummary:
-    """Replay a dm-log-writes log into a new 1-port redo journal with a zero base copy."""
+    """Replay a dm-log-writes log into a new 1-port redo journal whose base copy is the image
+    `base` (default: zeros). Nothing is left behind if it fails."""
     if discard not in ("zero", "reject"):
         raise ValueError(f"discard must be 'zero' or 'reject', not {discard!r}")
-    if volume_bytes is not None and volume_bytes % block_bytes:
+    if block_bytes <= 0:
+        raise DmLogError(f"block size must be a positive number of bytes, not {block_bytes}")
+    if volume_bytes is not None and (volume_bytes < 0 or volume_bytes % block_bytes):
         raise DmLogError(f"volume size {volume_bytes} is not a whole number of {block_bytes}-byte blocks")
+    journal_folder = Path(journal_folder)
+    if (journal_folder / "journal.json").exists():
+        raise DmLogError(f"{journal_folder} already holds a journal: import into a new folder")
+    nonzero: set[int] = set()
+    if base is not None:
+        base_bytes = os.stat(base).st_size
+        if base_bytes % block_bytes:
+            raise DmLogError(f"base image {base} of {base_bytes} bytes is not a whole number of "
+                             f"{block_bytes}-byte blocks")
+        if volume_bytes is not None and volume_bytes != base_bytes:
+            raise DmLogError(f"--volume-bytes {volume_bytes} differs from the base image's "
+                             f"{base_bytes} bytes")
+        volume_bytes = base_bytes
+        nonzero = _nonzero_blocks(base, block_bytes)
     with open(log_path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         data = np.memmap(f, np.uint8, "r") if size else np.zeros(0, np.uint8)
         sectorsize, log = entries(data)
-        plan = _plan(log, sectorsize, block_bytes, volume_bytes, discard)
+        plan = _plan(log, sectorsize, block_bytes, volume_bytes, discard, nonzero)
         summary = plan.summary
-        journal = LocalJournal.create(journal_folder, block_bytes=block_bytes, ports=1, mode=Mode.REDO,
-                                      window_ns=window_ns)
-        with journal:
-            _write_base(journal, summary.volume_blocks)
-            _append(journal, data, plan, summary.last_ns, progress)
-            journal.state.bookmarks.update(summary.marks)
-            journal.state.save(journal.folder)
+        created = not journal_folder.exists()
+        try:
+            journal = LocalJournal.create(journal_folder, block_bytes=block_bytes, ports=1, mode=Mode.REDO,
+                                          window_ns=window_ns)
+            with journal:
+                _write_base(journal, summary.volume_blocks, base)
+                _append(journal, data, plan, summary.last_ns, progress)
+                journal.state.bookmarks.update(summary.marks)
+                journal.state.save(journal.folder)
+        except BaseException:
+            if created:
+                shutil.rmtree(journal_folder, ignore_errors=True)
+            raise
     return summary
+
+
+def _nonzero_blocks(path: Path, block: int) -> set[int]:
+    """Blocks of the image at `path` holding anything but zeros."""
+    found: set[int] = set()
+    per_step = max(1, (64 << 20) // block)
+    with open(path, "rb") as f:
+        lba = 0
+        while chunk := f.read(per_step * block):
+            rows = np.frombuffer(chunk, np.uint8).reshape(-1, block)
+            found.update((np.flatnonzero(rows.any(axis=1)) + lba).tolist())
+            lba += len(rows)
+    return found
 
 
 @dataclass
@@ -241,10 +295,12 @@ class _Plan:
     sources: list[int] = field(default_factory=list)   # byte offset of the block in the log, -1 = zeros
 
 
-def _plan(log: list[LogEntry], sectorsize: int, block: int, volume_bytes: int | None, discard: str) -> _Plan:
+def _plan(log: list[LogEntry], sectorsize: int, block: int, volume_bytes: int | None, discard: str,
+          nonzero: set[int] | frozenset = frozenset()) -> _Plan:
+    """`nonzero`: blocks of the base copy that are not zeros (a discard must zero them)."""
     s = ImportSummary(log_entries=len(log))
     plan = _Plan(s)
-    written: set[int] = set()
+    written: set[int] = set(nonzero)
     limit = None if volume_bytes is None else volume_bytes // block
     highest = -1
     for e in log:
@@ -295,10 +351,13 @@ def _plan(log: list[LogEntry], sectorsize: int, block: int, volume_bytes: int | 
     return plan
 
 
-def _write_base(journal: LocalJournal, blocks: int) -> None:
-    """A zero-filled base copy at device time 0 (sparse: no data written)."""
+def _write_base(journal: LocalJournal, blocks: int, base: Path | None = None) -> None:
+    """The base copy at device time 0: a copy of the image `base`, or zeros (sparse: no data written)."""
     tmp = journal.folder / "base.tmp"
     with open(tmp, "wb") as f:
+        if base is not None:
+            with open(base, "rb") as src:
+                shutil.copyfileobj(src, f, 16 << 20)
         f.truncate(blocks * journal.state.block_bytes)
         os.fsync(f.fileno())
     install_base(journal, tmp, 0, blocks)

@@ -6,7 +6,7 @@ import click
 from rich.progress import Progress
 
 from .journal.store import JournalError
-from .journal_cli import AT_HELP, console, journal_option, open_journal, resolve_at
+from .journal_cli import AT_HELP, console, journal_option, open_journal, os_problem, resolve_at
 from .nbd import NBDError, NBDServer
 from .storage import StorageError
 from .views import open_view
@@ -83,7 +83,7 @@ def export_cmd(folder, fmt, until, sector_bytes, out):
     from . import dmlog
 
     with open_journal(folder, readonly=True) as journal:
-        until_ns = resolve_at(journal, until) if until is not None else None
+        until_ns = resolve_at(journal, until, "--until") if until is not None else None
         with Progress(console=console, transient=True) as bar:
             task = bar.add_task("export", total=None)
             try:
@@ -91,6 +91,8 @@ def export_cmd(folder, fmt, until, sector_bytes, out):
                                        progress=progress_to(bar, task))
             except dmlog.DmLogError as exc:
                 raise click.ClickException(str(exc)) from exc
+            except OSError as exc:
+                raise os_problem("cannot write", out, exc) from exc
     console.print(f"exported {summary.writes} writes and {summary.marks} marks to {out} "
                   f"({summary.log_bytes} bytes, {summary.sectorsize}-byte sectors)")
 
@@ -99,12 +101,16 @@ def export_cmd(folder, fmt, until, sector_bytes, out):
 @click.option("--format", "fmt", type=FORMATS, required=True, help="Log format to read.")
 @click.option("-j", "--journal", "folder", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="New journal folder to create.")
-@click.option("--block-bytes", type=int, required=True, help="Block size of the new journal.")
-@click.option("--volume-bytes", type=int, help="Volume size (default: up to the highest block written).")
+@click.option("--block-bytes", type=click.IntRange(min=1), required=True,
+              help="Block size of the new journal.")
+@click.option("--volume-bytes", type=click.IntRange(min=0),
+              help="Volume size (default: the --base image's, else up to the highest block written).")
+@click.option("--base", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Image the log's writes apply to: the new journal's base copy (default: zeros).")
 @click.option("--discard", type=click.Choice(["zero", "reject"]), default="zero", show_default=True,
               help="What a logged DISCARD becomes: writes of zero blocks, or an error.")
 @click.argument("log", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def import_cmd(fmt, folder, block_bytes, volume_bytes, discard, log):
+def import_cmd(fmt, folder, block_bytes, volume_bytes, base, discard, log):
     """Create a journal in --journal that replays the dm-log-writes log LOG (1 us per entry)."""
     from . import dmlog
 
@@ -112,12 +118,14 @@ def import_cmd(fmt, folder, block_bytes, volume_bytes, discard, log):
         task = bar.add_task("import", total=None)
         try:
             s = dmlog.import_log(log, folder, block_bytes=block_bytes, volume_bytes=volume_bytes,
-                                 discard=discard,
-                                 progress=progress_to(bar, task))
+                                 base=base, discard=discard, progress=progress_to(bar, task))
         except (dmlog.DmLogError, JournalError, ValueError) as exc:
             raise click.ClickException(str(exc)) from exc
+        except OSError as exc:
+            raise os_problem("cannot import into", folder, exc) from exc
     console.print(f"imported {s.log_entries} log entries into {folder}: {s.writes} writes "
                   f"({s.blocks} blocks), "
                   f"{s.discards} discards ({s.zero_blocks} zero blocks), {s.flushes} flushes skipped, "
-                  f"{len(s.marks)} marks as bookmarks; volume {s.volume_blocks} blocks, "
+                  f"{len(s.marks)} marks as bookmarks; volume {s.volume_blocks} blocks "
+                  f"({'base ' + str(base) if base else 'zero base'}), "
                   f"device time 0..{s.last_ns} ns")

@@ -14,7 +14,7 @@ from .journal.store import NEVER, JournalError, LocalJournal
 from .journal.verify import verify
 from .storage import FileStorage, StorageError
 from .timefmt import format_ns, parse_duration
-from .timespec import parse_at
+from .timespec import MAX_NS, parse_at
 
 console = Console(soft_wrap=True)  # paths and offsets stay on one line, ready to copy
 
@@ -27,12 +27,19 @@ AT_HELP = ("Point in time: a bookmark name, an ISO-8601 time, a time before the 
            "or device nanoseconds.")
 
 
-def resolve_at(journal: LocalJournal, text: str) -> int:
-    """A --at value as device time, or a usage error that lists the accepted forms."""
+def resolve_at(journal: LocalJournal, text: str, option: str = "--at") -> int:
+    """A point-in-time option's value (`option`: its name, for the error) as device time, or a
+    usage error that lists the accepted forms."""
     try:
         return parse_at(text, journal)
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--at") from exc
+        raise click.BadParameter(str(exc), param_hint=option) from exc
+
+
+def os_problem(what: str, path, exc: OSError) -> click.ClickException:
+    """An OSError as a one-line CLI error: `what` `path`, why, and the file it hit if another."""
+    hit = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(path) else ""
+    return click.ClickException(f"{what} {path}: {exc.strerror or exc}{hit}")
 
 
 class Duration(click.ParamType):
@@ -84,6 +91,8 @@ def create(folder, ports, block_bytes, mode, window):
                             mode=Mode.REDO if mode == "redo" else Mode.COPY_ON_WRITE).close()
     except (JournalError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
+    except OSError as exc:
+        raise os_problem("cannot create a journal in", folder, exc) from exc
     console.print(f"created journal {folder}: {ports} ports, {block_bytes}-byte blocks, {mode}, "
                   f"window {format_ns(window)}")
 
@@ -174,7 +183,7 @@ def compact_cmd(folder, retention):
 @journal_option
 @click.option("--storage", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
               help="The primary storage (volume image file or block device).")
-@click.option("--at", "at_ns", type=click.IntRange(min=0), required=True,
+@click.option("--at", "at_ns", type=click.IntRange(min=0, max=MAX_NS), required=True,
               help="Device time (ns) the copy stands for.")
 def base_cmd(folder, storage, at_ns):
     """Take a base copy of the volume."""
@@ -200,7 +209,7 @@ def ports_cli(ctx, folder):
 @click.argument("port", type=int)
 @click.option("--storage", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
               help="The primary storage to take the fresh base copy from.")
-@click.option("--at", "at_ns", type=click.IntRange(min=0), required=True,
+@click.option("--at", "at_ns", type=click.IntRange(min=0, max=MAX_NS), required=True,
               help="Device time (ns) the fresh copy stands for.")
 @click.pass_obj
 def resync_cmd(folder, port, storage, at_ns):

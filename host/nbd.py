@@ -74,6 +74,18 @@ class _Closed(Exception):
     """The client went away or broke the protocol: drop the connection quietly."""
 
 
+def _family(host: str, port: int) -> socket.AddressFamily:
+    """The address family to listen with: AF_INET6 for an IPv6 literal ("::1"), else what the
+    host name resolves to first ("" stays IPv4's every address)."""
+    if not host:
+        return socket.AF_INET
+    try:
+        found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise NBDError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    return found[0][0]
+
+
 class NBDServer:
     """Serve `volume` read-only over NBD on (host, port); port 0 picks a free one (see `.port`)."""
 
@@ -89,7 +101,7 @@ class NBDServer:
         self._threads: list[threading.Thread] = []
         self.errors: list[str] = []     # connections dropped for a protocol error (for logs and tests)
         try:
-            self._listener = socket.create_server((host, port), reuse_port=False)
+            self._listener = socket.create_server((host, port), family=_family(host, port), reuse_port=False)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise NBDError(f"cannot listen on {host}:{port}: the address is already in use "

@@ -7,7 +7,7 @@ import click
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from .journal.store import JournalError
-from .journal_cli import AT_HELP, console, journal_option, open_journal, resolve_at
+from .journal_cli import AT_HELP, console, journal_option, open_journal, os_problem, resolve_at
 from .restore import RestoreError, commit, restore_to_file, undo
 from .storage import StorageError
 from .timefmt import format_ns
@@ -61,6 +61,8 @@ def restore_cmd(folder, at_text, output, commit_to, storage, undo_file, force, s
                                       f"--storage {commit_to}')")
         except (RestoreError, StorageError) as exc:
             raise click.ClickException(str(exc)) from exc
+        except OSError as exc:          # the output's folder missing, no space, no permission…
+            raise os_problem("cannot restore to", output or commit_to, exc) from exc
         finally:
             view.backing.close()
     console.print(f"restored {format_ns(at)}: {summary}")
@@ -77,6 +79,8 @@ def undo_cmd(undo_file, storage, force):
         n = undo(undo_file, storage, force=force)
     except (RestoreError, StorageError) as exc:
         raise click.ClickException(str(exc)) from exc
+    except OSError as exc:
+        raise os_problem("cannot undo onto", storage, exc) from exc
     console.print(f"put back {n} blocks on {storage}")
 
 

@@ -4,42 +4,54 @@ import json
 import struct
 import subprocess
 
+import crc32c
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from firmware.abi.entry import Kind, Mode, Status
+from firmware.abi.entry import Mode, Status
 from host import dmlog
 from host.cli import cli
 from host.dmlog import DmLogError, export, import_log
 from host.journal.base import take_base_copy
 from host.journal.store import LocalJournal
+from host.restore import restore_to_file
 from host.storage import FileStorage
+from host.views import open_view
 from sim.workload import make_streams
 
 BLOCK = 512
 BLOCKS = 48
 WINDOW = 10**6
+BASE = np.random.default_rng(11).integers(0, 256, BLOCKS * BLOCK, dtype=np.uint8).tobytes()
 
 
-def replay(journal: LocalJournal, until_ns: int | None = None, *, blocks: int = BLOCKS) -> bytes:
-    """Zeros, then every usable write of `journal` before `until_ns` in (timestamp, port, seq) order."""
-    vol = bytearray(blocks * journal.state.block_bytes)
-    index = journal.index
-    since = journal.invalid_since()
-    ids = [i for i in journal.received(until_ns).tolist()
-           if index["status"][i] == Status.OK and index["kind"][i] == Kind.WRITE
-           and index["timestamp"][i] < since[index["port"][i]]]
-    block = journal.state.block_bytes
-    for i, data in zip(ids, journal.read_data(ids) if ids else [], strict=True):
-        lba = int(index["lba"][i])
-        vol[lba * block:(lba + 1) * block] = data.tobytes()
-    return bytes(vol)
+def restored(journal: LocalJournal, at: int | None = None, *, force: bool = False) -> bytes:
+    """The volume at `at` (default: the horizon) the way a user gets it: open_view, restore_to_file."""
+    view = open_view(journal, journal.horizon() if at is None else at, force=force)
+    out = journal.folder.parent / f"{journal.folder.name}-restored.img"
+    try:
+        summary = restore_to_file(view, out)
+    finally:
+        view.backing.close()
+    data = out.read_bytes()
+    assert summary.crc32c == crc32c.crc32c(data)
+    return data
+
+
+def end_of(journal: LocalJournal) -> int:
+    """Just after the journal's newest entry: the instant an exported log's end stands for."""
+    return int(journal.index["timestamp"].max()) + 1
+
+
+def base_image(journal: LocalJournal):
+    return journal.folder / journal.state.base.path
 
 
 def reference(streams, until_ns=None, invalid=None) -> bytes:
-    """The same from the generated streams, without the journal: OK writes in (time, port, seq) order."""
-    vol = bytearray(BLOCKS * BLOCK)
+    """The same from the generated streams, without the journal: the base copy, then OK writes in
+    (time, port, seq) order."""
+    vol = bytearray(BASE)
     writes = sorted((int(h["timestamp"]), s.port, int(h["seq"]), int(h["lba"]), bytes(e["data"]))
                     for s in streams for e, h in zip(s.entries, s.entries["header"], strict=True)
                     if h["status"] == Status.OK and (until_ns is None or h["timestamp"] < until_ns)
@@ -49,22 +61,31 @@ def reference(streams, until_ns=None, invalid=None) -> bytes:
     return bytes(vol)
 
 
+def on_a_write(streams) -> int:
+    """The time of a write that changes its block, with no other write at that time: a bookmark
+    there must not include it (marks go before the writes stamped at their time)."""
+    h = streams[0].entries["header"]
+    ok = np.flatnonzero((h["status"] == Status.OK) & (h["timestamp"] >= 25 * WINDOW))
+    return int(h["timestamp"][ok[0]])
+
+
 @pytest.fixture
 def source(tmp_path):
-    """A 3-port journal with failures, an invalidated port, a zero base copy and bookmarks."""
+    """A 3-port journal with failures, an invalidated port, a random (non-zero) base copy and
+    bookmarks, one stamped exactly at a write's time."""
     streams = make_streams(ports=3, entries=500, block_bytes=BLOCK, blocks=BLOCKS, span_ns=40 * WINDOW,
                            failure_rate=0.1, seed=5)
-    zeros = tmp_path / "zeros.img"
-    zeros.write_bytes(bytes(BLOCKS * BLOCK))
+    first = tmp_path / "first.img"
+    first.write_bytes(BASE)
     j = LocalJournal.create(tmp_path / "src", block_bytes=BLOCK, ports=3, mode=Mode.REDO, window_ns=WINDOW)
-    with FileStorage(zeros, BLOCK) as storage:
+    with FileStorage(first, BLOCK) as storage:
         take_base_copy(j, storage, 0)
     for s in streams:
         for raw, newest in s.batches(32):
             j.append(s.port, raw, newest + 1)
     j.invalidate(2, 30 * WINDOW, "test: missed its deadline")
     j.state.bookmarks = {"early": 5 * WINDOW, "middle": 17 * WINDOW + 3, "same-time": 17 * WINDOW + 3,
-                         "late": 35 * WINDOW, "start": 0}
+                         "on-a-write": on_a_write(streams), "late": 35 * WINDOW, "start": 0}
     j.state.save(j.folder)
     yield j, streams
     j.close()
@@ -95,15 +116,16 @@ def test_export_format(source, tmp_path):
     summary = export(j, out)
     (magic, version, nr, sectorsize), found = parse_log(out)
     assert (magic, version, sectorsize) == (0x6A736677736872, 1, 512)
-    assert nr == summary.writes + summary.marks and summary.marks == 5
+    assert nr == summary.writes + summary.marks and summary.marks == 6
     usable = sum(int(((s.entries["header"]["status"] == Status.OK)
                       & ~((s.port == 2) & (s.entries["header"]["timestamp"] >= 30 * WINDOW))).sum())
                  for s in streams)
     assert summary.writes == usable
-    assert [f[1] for f in found if f[0] == "mark"] == ["start", "early", "middle", "same-time", "late"]
+    assert [f[1] for f in found if f[0] == "mark"] == ["start", "early", "middle", "same-time", "on-a-write",
+                                                       "late"]
     assert found[0] == ("mark", "start")
     # The state in front of each mark is the reference state at the bookmark's time.
-    vol = bytearray(BLOCKS * BLOCK)
+    vol = bytearray(BASE)
     for f in found:
         if f[0] == "write":
             assert len(f[2]) == BLOCK and f[1] % (BLOCK // 512) == 0
@@ -113,51 +135,135 @@ def test_export_format(source, tmp_path):
     assert bytes(vol) == reference(streams, invalid=(2, 30 * WINDOW))
 
 
-def test_round_trip(source, tmp_path):
+@pytest.mark.parametrize("merged", [False, True], ids=["received", "merged"])
+def test_round_trip(source, tmp_path, merged):
+    """export -> import --base -> restore gives, byte for byte, the source's restore at the end and
+    at every bookmark."""
     j, streams = source
+    if merged:
+        assert len(j.merge())         # the source's views then read merged windows too
     out = tmp_path / "log.bin"
     export(j, out)
-    summary = import_log(out, tmp_path / "copy", block_bytes=BLOCK)
+    summary = import_log(out, tmp_path / "copy", block_bytes=BLOCK, base=base_image(j))
     assert set(summary.marks) == set(j.state.bookmarks)
     with LocalJournal.open(tmp_path / "copy") as copy:
         assert copy.state.ports == 1 and copy.state.mode == Mode.REDO
-        assert copy.state.base.time_ns == 0 and copy.state.base.blocks <= BLOCKS
-        assert (copy.folder / copy.state.base.path).read_bytes() == bytes(copy.state.base.blocks * BLOCK)
+        assert copy.state.base.time_ns == 0 and copy.state.base.blocks == BLOCKS
+        assert (copy.folder / copy.state.base.path).read_bytes() == BASE != bytes(len(BASE))
         assert copy.horizon() == summary.last_ns
-        assert replay(copy) == replay(j) == reference(streams, invalid=(2, 30 * WINDOW))
+        # Port 2 is invalid from 30 windows on, so the source vouches for neither its end nor
+        # "late": forced, its views count what merge counts, which is what the log holds.
+        expected = reference(streams, invalid=(2, 30 * WINDOW))
+        assert restored(copy) == restored(j, end_of(j), force=True) == expected
         for name, t in j.state.bookmarks.items():
-            assert replay(copy, copy.state.bookmarks[name]) == replay(j, t), name
+            expected = restored(j, t, force=True)
+            assert restored(copy, copy.state.bookmarks[name]) == expected, name
+            assert expected == reference(streams, t, invalid=(2, 30 * WINDOW)), name
+        t = j.state.bookmarks["on-a-write"]      # the write at the mark's time is not in it
+        assert restored(j, t + 1, force=True) != restored(j, t, force=True)
         times = copy.index["timestamp"][copy.received()]
         assert np.all(np.diff(times.astype(np.int64)) >= 0) and times[0] >= dmlog.STEP_NS
 
 
-def test_export_until_and_cli(source, tmp_path, monkeypatch):
+def test_export_starts_at_the_base_copy(source, tmp_path):
+    """Writes and bookmarks older than the base copy are in the base already: not exported."""
     j, streams = source
-    import sys
-    import types
-    monkeypatch.setitem(sys.modules, "host.timespec",
-                        types.SimpleNamespace(parse_at=lambda text, journal: journal.state.bookmarks[text]))
+    at = 20 * WINDOW
+    then = tmp_path / "then.img"
+    then.write_bytes(restored(j, at))
+    with FileStorage(then, BLOCK) as storage:
+        take_base_copy(j, storage, at)
+    out = tmp_path / "log.bin"
+    summary = export(j, out)
+    _, found = parse_log(out)
+    assert [f[1] for f in found if f[0] == "mark"] == ["on-a-write", "late"]
+    assert summary.writes == sum(int(((h["status"] == Status.OK) & (h["timestamp"] >= at)
+                                      & ~((s.port == 2) & (h["timestamp"] >= 30 * WINDOW))).sum())
+                                 for s in streams for h in [s.entries["header"]])
+    import_log(out, tmp_path / "copy", block_bytes=BLOCK, base=base_image(j))
+    with LocalJournal.open(tmp_path / "copy") as copy:
+        assert restored(copy) == restored(j, end_of(j), force=True)
+        assert restored(copy, copy.state.bookmarks["on-a-write"]) == restored(
+            j, j.state.bookmarks["on-a-write"], force=True)
+
+
+def test_export_until_and_cli(source, tmp_path):
+    """The commands as a user runs them: `export --until` through the real --at parser (a bookmark
+    name, raw ns, a relative time), `import --base`, then `restore`."""
+    j, streams = source
+    folder = str(j.folder)
     runner = CliRunner()
     out = tmp_path / "until.bin"
-    result = runner.invoke(cli, ["export", "--format", "dm-log-writes", "-j", str(j.folder),
-                                 "--until", "middle", str(out)])
+    result = runner.invoke(cli, ["export", "--format", "dm-log-writes", "-j", folder, "--until", "middle",
+                                 str(out)])
     assert result.exit_code == 0, result.output
     assert "marks" in result.output
     _, found = parse_log(out)
     assert [f[1] for f in found if f[0] == "mark"] == ["start", "early", "middle", "same-time"]
+    export(j, tmp_path / "api.bin", until_ns=17 * WINDOW + 3)
+    assert out.read_bytes() == (tmp_path / "api.bin").read_bytes()
+    t = j.state.bookmarks["on-a-write"]
+    for until in (str(t), f"-{j.horizon() - t}ns"):            # raw ns, and relative to the horizon
+        result = runner.invoke(cli, ["export", "--format", "dm-log-writes", "-j", folder, "--until", until,
+                                     str(tmp_path / "raw.bin")])
+        assert result.exit_code == 0, result.output
+        export(j, tmp_path / "api.bin", until_ns=t)
+        assert (tmp_path / "raw.bin").read_bytes() == (tmp_path / "api.bin").read_bytes(), until
+    bad = runner.invoke(cli, ["export", "--format", "dm-log-writes", "-j", folder, "--until", "nonsense",
+                              str(tmp_path / "no.bin")])
+    assert bad.exit_code == 2 and "--until" in bad.output and "--at" not in bad.output
+    assert "is not a time" in bad.output and not (tmp_path / "no.bin").exists()
     result = runner.invoke(cli, ["import", "--format", "dm-log-writes", str(out), "--journal",
                                  str(tmp_path / "imp"), "--block-bytes", "1024", "--volume-bytes",
                                  str(BLOCKS * BLOCK)])
     assert result.exit_code != 0 and "not aligned to 1024-byte blocks" in result.output
     result = runner.invoke(cli, ["import", "--format", "dm-log-writes", str(out), "--journal",
-                                 str(tmp_path / "imp2"), "--block-bytes", "256", "--volume-bytes",
-                                 str(BLOCKS * BLOCK)])
+                                 str(tmp_path / "imp1"), "--block-bytes", "256", "--base", str(base_image(j)),
+                                 "--volume-bytes", str(BLOCKS * BLOCK * 2)])
+    assert result.exit_code == 1 and "differs from the base image" in result.output
+    assert not (tmp_path / "imp1").exists()
+    result = runner.invoke(cli, ["import", "--format", "dm-log-writes", str(out), "--journal",
+                                 str(tmp_path / "imp2"), "--block-bytes", "256",
+                                 "--base", str(base_image(j))])
     assert result.exit_code == 0, result.output
-    assert "4 marks as bookmarks" in result.output
+    assert "4 marks as bookmarks" in result.output and "volume 96 blocks" in result.output
+    restored_img = tmp_path / "r.img"
+    result = runner.invoke(cli, ["restore", "-j", str(tmp_path / "imp2"), "--at", "same-time",
+                                 "-o", str(restored_img)])
+    assert result.exit_code == 0, result.output
+    expected = reference(streams, 17 * WINDOW + 3, invalid=(2, 30 * WINDOW))
+    assert restored_img.read_bytes() == expected
     with LocalJournal.open(tmp_path / "imp2") as copy:
         assert copy.state.base.blocks == BLOCKS * 2
-        expected = reference(streams, 17 * WINDOW + 3, invalid=(2, 30 * WINDOW))
-        assert replay(copy, blocks=BLOCKS * 2) == expected
+        assert restored(copy) == expected
+
+
+def test_cli_errors_are_one_line(source, tmp_path):
+    """Unwritable outputs and impossible sizes or times: a one-line error, no traceback."""
+    j, _ = source
+    folder = str(j.folder)
+    runner = CliRunner()
+    log = tmp_path / "log.bin"
+    export(j, log)
+    cases = [
+        (["export", "--format", "dm-log-writes", "-j", folder, "/nonexistent/out.log"], 1,
+         "cannot write /nonexistent/out.log"),
+        (["export", "--format", "dm-log-writes", "-j", folder, "--until", str(2**64), str(tmp_path / "x")], 2,
+         "outside device time"),
+        (["import", "--format", "dm-log-writes", "-j", str(tmp_path / "i0"), "--block-bytes", "0", str(log)],
+         2, "--block-bytes"),
+        (["import", "--format", "dm-log-writes", "-j", "/proc/imported", "--block-bytes", "512", str(log)], 1,
+         "cannot import into /proc/imported"),
+        (["import", "--format", "dm-log-writes", "-j", folder, "--block-bytes", "512", str(log)], 1,
+         "already holds a journal"),
+    ]
+    for args, code, message in cases:
+        result = runner.invoke(cli, args)
+        assert result.exit_code == code and message in result.output, (args, result.output)
+        assert not isinstance(result.exception, (OSError, ArithmeticError)), result.exception
+    with pytest.raises(DmLogError, match="positive"):
+        import_log(log, tmp_path / "i1", block_bytes=0)
+    assert not (tmp_path / "i1").exists()
 
 
 def test_export_refuses_what_the_format_cannot_hold(tmp_path):
@@ -219,9 +325,21 @@ def test_discards_flushes_and_marks(tmp_path):
     assert (s.writes, s.blocks, s.discards, s.zero_blocks, s.flushes) == (2, 3, 1, 2, 1)
     assert s.marks == {"after-x": 3000, "after-x (2)": 5000} and s.volume_blocks == 16
     with LocalJournal.open(tmp_path / "z") as j:
-        assert replay(j, 3000, blocks=16) == bytes(1024) + b"x" * 1024 + bytes(6 * 1024)
-        assert replay(j, 5000, blocks=16) == bytes(16 * 512)
-        assert replay(j, blocks=16) == bytes(6 * 512) + b"y" * 512 + bytes(9 * 512)
+        assert restored(j, 3000) == bytes(1024) + b"x" * 1024 + bytes(6 * 1024)
+        assert restored(j, 5000) == bytes(16 * 512)
+        assert restored(j) == bytes(6 * 512) + b"y" * 512 + bytes(9 * 512)
+    # On a non-zero base a discard zeroes its whole range, not only the blocks the log wrote.
+    base = tmp_path / "base.img"
+    base.write_bytes(b"b" * 16 * 512)
+    s = import_log(path, tmp_path / "b", block_bytes=512, base=base)
+    assert s.zero_blocks == 8 and s.volume_blocks == 16
+    with LocalJournal.open(tmp_path / "b") as j:
+        assert restored(j, 0) == base.read_bytes()
+        assert restored(j, 3000) == b"b" * 1024 + b"x" * 1024 + b"b" * 6 * 1024
+        assert restored(j) == bytes(6 * 512) + b"y" * 512 + bytes(512) + b"b" * 8 * 512
+    base.write_bytes(b"b" * 3 * 512)
+    with pytest.raises(DmLogError, match="runs past the volume's 3 blocks"):
+        import_log(path, tmp_path / "short", block_bytes=512, base=base)
     with pytest.raises(DmLogError, match="runs past the volume's 4 blocks"):
         import_log(path, tmp_path / "small", block_bytes=512, volume_bytes=4 * 512)
 
@@ -248,7 +366,7 @@ def test_import_a_log_written_by_qemu(tmp_path):
     s = import_log(log, tmp_path / "j", block_bytes=512, volume_bytes=256 * 1024)
     assert s.writes == 4 and s.discards == 1 and s.flushes >= 1
     with LocalJournal.open(tmp_path / "j") as j:
-        assert replay(j, blocks=512) == data.read_bytes()
+        assert restored(j) == data.read_bytes()
 
 
 def test_qemu_appends_to_an_exported_log(source, tmp_path):
@@ -257,9 +375,9 @@ def test_qemu_appends_to_an_exported_log(source, tmp_path):
     log = tmp_path / "log.bin"
     export(j, log)
     data = tmp_path / "data.img"
-    data.write_bytes(replay(j))
+    data.write_bytes(restored(j, end_of(j), force=True))
     qemu_io(data, log, "write -P 0x5a 1024 1536", append=True)
-    s = import_log(log, tmp_path / "j", block_bytes=BLOCK)
+    s = import_log(log, tmp_path / "j", block_bytes=BLOCK, base=base_image(j))
     assert s.writes == export(j, tmp_path / "again.bin").writes + 1
     with LocalJournal.open(tmp_path / "j") as copy:
-        assert replay(copy) == data.read_bytes()
+        assert restored(copy) == data.read_bytes()

@@ -72,8 +72,8 @@ def test_real_clients_refuse_to_write(served, tmp_path):
 # --- a raw client: what the real ones will not send --------------------------------------------
 
 class RawClient:
-    def __init__(self, port, *, no_zeroes=True):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    def __init__(self, port, *, no_zeroes=True, host="127.0.0.1"):
+        self.sock = socket.create_connection((host, port), timeout=10)
         magic, opt, flags = struct.unpack(">QQH", self.recv(18))
         assert (magic, opt) == (nbd.NBDMAGIC, nbd.IHAVEOPT)
         assert flags == nbd.FLAG_FIXED_NEWSTYLE | nbd.FLAG_NO_ZEROES
@@ -225,6 +225,54 @@ def test_shutdown_drops_connected_clients():
     c.close()
 
 
+def ipv6_loopback() -> bool:
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError:
+        return False
+    return True
+
+
+needs_ipv6 = pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback (::1) on this machine")
+
+
+@needs_ipv6
+def test_listens_on_ipv6():
+    data = bytes(range(256)) * 64
+    with NBDServer(BytesVolume(data, 512), "::1", 0) as server:
+        assert server.uri == f"nbd://[::1]:{server.port}"
+        c = RawClient(server.port, host="::1")
+        c.go()
+        assert c.read(1000, 100) == (0, data[1000:1100])
+        c.close()
+        result = run("nbdinfo", "--json", server.uri)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["exports"][0]["export-size"] == len(data)
+    assert not server.errors
+
+
+def test_unresolvable_host_is_a_clear_error():
+    with pytest.raises(NBDError, match="cannot listen on no-such-host.invalid:0"):
+        NBDServer(BytesVolume(bytes(4096)), "no-such-host.invalid", 0)
+
+
+def serve_once(tmp_path, fetched):
+    """Instead of waiting for Ctrl-C: one real client (nbdcopy) reads the export, then stop."""
+    real_serve = NBDServer.serve_forever
+
+    def serve(self):
+        t = threading.Thread(target=real_serve, args=(self,), daemon=True)
+        t.start()
+        out = tmp_path / "served.img"
+        fetched["uri"] = self.uri
+        fetched["rc"] = run("nbdcopy", self.uri, str(out)).returncode
+        fetched["data"] = out.read_bytes()
+        self._stop.set()
+        t.join()
+
+    return serve
+
+
 def test_serve_exports_the_view_a_restore_writes(tmp_path, monkeypatch):
     """`portjournal serve --at T`: nbdcopy of the export equals the redo restore of T, and the model."""
     writes = [(t, t % 3, (7 * t) % 64, Status.OK) for t in range(0, 3000, 11)]
@@ -232,18 +280,7 @@ def test_serve_exports_the_view_a_restore_writes(tmp_path, monkeypatch):
     folder = journal.folder
     journal.close()
     fetched = {}
-    real_serve = NBDServer.serve_forever
-
-    def serve_once(self):     # instead of waiting for Ctrl-C: one real client, then stop
-        t = threading.Thread(target=real_serve, args=(self,), daemon=True)
-        t.start()
-        out = tmp_path / "served.img"
-        fetched["rc"] = run("nbdcopy", self.uri, str(out)).returncode
-        fetched["data"] = out.read_bytes()
-        self._stop.set()
-        t.join()
-
-    monkeypatch.setattr(NBDServer, "serve_forever", serve_once)
+    monkeypatch.setattr(NBDServer, "serve_forever", serve_once(tmp_path, fetched))
     runner = CliRunner()
     assert runner.invoke(cli, ["bookmark", "add", "-j", str(folder), "mid", "--at", "1500"]).exit_code == 0
     result = runner.invoke(cli, ["serve", "-j", str(folder), "--at", "mid", "--listen", "127.0.0.1:0"])
@@ -254,6 +291,20 @@ def test_serve_exports_the_view_a_restore_writes(tmp_path, monkeypatch):
     assert done.exit_code == 0, done.output
     assert fetched["rc"] == 0
     assert fetched["data"] == restored.read_bytes() == model.image_at(1500)
+
+
+@needs_ipv6
+def test_serve_listens_on_an_ipv6_literal(tmp_path, monkeypatch):
+    writes = [(t, 0, t % 8, Status.OK) for t in range(0, 300, 13)]
+    journal, model, _ = build_journal(tmp_path, 1, writes, Mode.REDO, block=512, blocks=8)
+    folder = journal.folder
+    journal.close()
+    fetched = {}
+    monkeypatch.setattr(NBDServer, "serve_forever", serve_once(tmp_path, fetched))
+    result = CliRunner().invoke(cli, ["serve", "-j", str(folder), "--at", "100", "--listen", "[::1]:0"])
+    assert result.exit_code == 0, result.output
+    assert fetched["uri"].startswith("nbd://[::1]:") and fetched["rc"] == 0
+    assert fetched["data"] == model.image_at(100)
 
 
 def test_serve_command_rejects_a_bad_listen_address(tmp_path):
