@@ -5,6 +5,8 @@ from pathlib import Path
 import click
 from rich.progress import Progress
 
+from firmware.abi.entry import Mode
+
 from .journal.store import JournalError
 from .journal_cli import AT_HELP, console, journal_option, open_journal, os_problem, resolve_at
 from .nbd import NBDError, NBDServer
@@ -54,11 +56,16 @@ def serve(folder, at, listen, storage, force, name):
             raise click.ClickException(str(exc)) from exc
         console.print(f"serving {folder} at {at} ({at_ns} ns), {view.size_bytes} bytes read-only on "
                       f"[bold]{server.uri}[/]  (Ctrl-C stops)")
+        # A copy-on-write view reads the live primary storage: keep its map current as the
+        # collector appends the pre-images of new writes.
+        following = view.follow() if view.mode == Mode.COPY_ON_WRITE else None
         try:
             server.serve_forever()
         except KeyboardInterrupt:
             pass
         finally:
+            if following is not None:
+                following.set()
             server.shutdown()
             view.backing.close()
         console.print("stopped")

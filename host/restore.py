@@ -65,17 +65,22 @@ def restore_to_file(view: PointInTimeView, out: Path, progress: Progress | None 
     tmp = out if out.is_block_device() else out.with_name(out.name + ".partial")
     block, crc = view.block_bytes, 0
     buf = np.empty((CHUNK_BLOCKS, block), np.uint8)
-    with open(tmp, "wb" if tmp != out else "r+b") as f:
-        for lba in range(0, view.blocks, CHUNK_BLOCKS):
-            count = min(CHUNK_BLOCKS, view.blocks - lba)
-            chunk = view.fill(lba, buf[:count])
-            f.write(chunk)
-            crc = crc32c.crc32c(chunk, crc)
-            if progress:
-                progress((lba + count) * block, view.size_bytes)
-        if durable:
-            f.flush()
-            os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb" if tmp != out else "r+b") as f:
+            for lba in range(0, view.blocks, CHUNK_BLOCKS):
+                count = min(CHUNK_BLOCKS, view.blocks - lba)
+                chunk = view.fill(lba, buf[:count])
+                f.write(chunk)
+                crc = crc32c.crc32c(chunk, crc)
+                if progress:
+                    progress((lba + count) * block, view.size_bytes)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+    except BaseException:
+        if tmp != out:
+            tmp.unlink(missing_ok=True)        # no half-written image left behind
+        raise
     if tmp != out:
         os.replace(tmp, out)
     return RestoreSummary(len(view.lba), view.blocks - len(view.lba), view.size_bytes, crc,
