@@ -31,7 +31,7 @@ from hdl.timestamper import SEQ_BITS, TIME_BITS, Timestamper
 # (nominal clock Hz, offset in ppm) of each port: the scenario of issue 3.
 PORTS = ((125_000_000, -200), (125_000_000, 100), (125_000_000, 200), (100_000_000, -50))
 REF_HZ = DEFAULT_REF_HZ
-MAX_DELAY = 63          # reference cycles of the per-port wire delay line
+MAX_DELAY = 127         # reference cycles of the per-port wire delay line
 
 # The DPLL's outputs (its register view, `firmware.abi.regmap.DPLL_OUTPUTS`) with their shapes.
 _OUTPUTS = tuple((name, member.shape) for name, member in DigitalPLL.members().items() if name != "wire")

@@ -199,10 +199,15 @@ def _assert_never_back(dut):
     assert not back, f"time did not increase at some clock edge of port(s) {back}"
 
 
-async def _until_locked(dut, limit_broadcasts: int = 40) -> float:
+async def _until_locked(dut, limit_broadcasts: int = 40, acquired: list | None = None) -> float:
+    """Polls until every port is locked. `acquired`, if given, gets each port's phase error of
+    the frame that ended its acquisition (read when its state is first seen in TRACK)."""
     while _now_ns() < limit_broadcasts * INTERVAL_NS:
         await Timer(5, unit="us")
         await ReadOnly()
+        for i in range(4 if acquired is not None else 0):
+            if acquired[i] is None and int(getattr(dut, f"p{i}_state").value) == TRACK:
+                acquired[i] = getattr(dut, f"p{i}_phase_error").value.to_signed()
         if all(int(getattr(dut, f"p{i}_locked").value) for i in range(4)):
             return _now_ns()
     raise AssertionError(f"not all ports locked within {limit_broadcasts} broadcasts: " + ", ".join(
@@ -321,12 +326,14 @@ async def dpll_rejects_bad_crc(dut):
     _assert_never_back(dut)
 
 
-# Wire delays (reference cycles) of the holdover test: while the broadcasts are stopped, p0's
-# and p3's markers become later (their local times are then 400 ns and 250 ns AHEAD of the
-# broadcast at re-acquisition: they must slew back, never step back) and p1's earlier (100 ns
-# behind: it steps forward once); p2's stays (it re-acquires on its holdover error alone).
-HOLDOVER_DELAYS = (20, 20, 20, 20)
-RELOCK_DELAYS = (60, 10, 20, 45)
+# Wire delays (reference cycles) of the holdover test. From the start every wire is 400 ns late:
+# a port's local time starts at 0 when it leaves reset (100 ns) and drifts by up to ±180 ns
+# (±200 ppm) before its first acquisition ends, so every port is AHEAD of the broadcast then
+# and must slew. While the broadcasts are stopped p0's and p3's markers become 400 ns and
+# 250 ns later (ahead again at re-acquisition) and p1's 100 ns earlier (behind: it steps
+# forward once); p2's stays (it re-acquires on its holdover error alone).
+HOLDOVER_DELAYS = (40, 40, 40, 40)
+RELOCK_DELAYS = (80, 30, 40, 65)
 
 
 @cocotb.test()
@@ -337,7 +344,11 @@ async def dpll_holdover(dut):
     (the rig's monitors check each edge of acquisition, holdover and re-acquisition)."""
     delays = HOLDOVER_DELAYS
     await _start(dut, cocotb.RANDOM_SEED + 3, delays)
-    await _until_locked(dut)
+    acquired = [None] * 4
+    await _until_locked(dut, acquired=acquired)
+    # Every port is ahead at its first acquisition (HOLDOVER_DELAYS): it slews, never steps back.
+    dut._log.info("first acquisition: errors %s ns", acquired)
+    assert all(e < 0 for e in acquired), acquired
     k = int(_now_ns() // INTERVAL_NS) + 1
     await _until_ns(k * INTERVAL_NS + INTERVAL_NS // 2)
     dut.tb_enable.value = 0
@@ -365,16 +376,8 @@ async def dpll_holdover(dut):
         getattr(dut, f"p{i}_delay").value = delays[i]
     dut.tb_enable.value = 1
     resumed = _now_ns()
-    acquired = [None] * 4       # phase error of the frame that ended each port's acquisition
-    limit = resumed + (LOCK_BROADCASTS + 5) * INTERVAL_NS
-    while not all(int(getattr(dut, f"p{i}_locked").value) for i in range(4)):
-        assert _now_ns() < limit, "not all ports locked again: " + ", ".join(
-            f"p{i} state {int(getattr(dut, f'p{i}_state').value)}" for i in range(4))
-        await Timer(5, unit="us")
-        await ReadOnly()
-        for i in range(4):
-            if acquired[i] is None and int(getattr(dut, f"p{i}_state").value) == TRACK:
-                acquired[i] = getattr(dut, f"p{i}_phase_error").value.to_signed()
+    acquired = [None] * 4
+    await _until_locked(dut, int(resumed // INTERVAL_NS) + LOCK_BROADCASTS + 5, acquired)
     dut._log.info("re-acquired: errors at acquisition %s ns, all locked %.0f us after resuming",
                   acquired, (_now_ns() - resumed) / 1e3)
     # e > 0: behind (one forward step); e < 0: ahead (slewed). Each is the delay change plus
