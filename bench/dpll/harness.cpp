@@ -180,7 +180,7 @@ int main(int argc, char** argv) {
             int64_t t = static_cast<int64_t>(*ptime[i]);
             if (seen[i] && t <= last_time[i]) { ++backward; ++backward_total; }
             last_time[i] = t;
-            seen[i] = true;
+            seen[i] = released;   // time holds 0 while the port is in reset: not a step
             err[i] = static_cast<double>(t) - now_ns + 10.0 * *delay[i];
             if (relock_fs >= 0) relocked_max = std::max(relocked_max, std::fabs(err[i]));
             wmin[i] = std::min(wmin[i], err[i]);
