@@ -1,6 +1,6 @@
 """DPLL bench: four ports (-200, +100, +200 ppm at 125 MHz; -50 ppm at 100 MHz) locked to one
 time base broadcasting every 1 ms with ±1 reference-cycle marker jitter, for 200 broadcasts
-after lock, then 100 ms of holdover.
+after lock, then 100 ms of holdover, then re-acquisition with two ports ahead of the broadcast.
 
 Builds `sim/dpll_rig.py` with the C++ harness `bench/dpll/harness.cpp` (cached), runs it,
 computes the figures from its per-window CSV, writes `build/bench/dpll.png` and prints, last:
@@ -14,8 +14,17 @@ skew is the spread of the four ports' errors at the same instant (each at its la
 evaluated at every reference edge); lock_broadcasts counts markers sent up to the instant
 all ports are locked (the first at 1 ms: the time base sends no frame at
 time 0); holdover_100ms_err_ns is the worst port's |error| 100 ms after the
-first missing marker; backward_steps counts any decrease of a port's time between two of
-its edges, over the whole run.
+first missing marker; backward_steps counts every port edge at which the port's time did not
+increase, over the whole run: acquisition, locked run, holdover and re-acquisition.
+
+Re-acquisition: after the holdover the broadcasts resume with p0's wire delayed by 40
+reference cycles and p3's by 25 (`--resume-delays`; the rig's `p{i}_delay`, changed while the
+wire is idle), so at re-acquisition their local times are 400 ns and 250 ns (plus the holdover
+error) ahead of the broadcast and must slew back; p1 and p2 re-acquire on their holdover
+error alone (forward step if behind, slew if ahead). The run ends `--relocked-broadcasts`
+after every port is locked again. A line before the last gives the re-lock time, each port's
+phase error at re-acquisition and the largest error after re-lock (against true time − 10 ns
+per delay cycle). The bench exits non-zero if a port does not lock again.
 """
 
 import argparse
@@ -40,6 +49,10 @@ def main() -> None:
     parser.add_argument("--holdover-ms", type=int, default=100)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--window-ns", type=int, default=10_000)
+    parser.add_argument("--relocked-broadcasts", type=int, default=10,
+                        help="broadcasts after every port is locked again")
+    parser.add_argument("--resume-delays", default="40:0:0:25",
+                        help="per-port wire delays (reference cycles) when broadcasts resume")
     args = parser.parse_args()
 
     out_dir = BUILD_ROOT / "bench"
@@ -50,7 +63,7 @@ def main() -> None:
     print(f"harness ready in {time.monotonic() - started:.1f} s: {binary}")
     csv = out_dir / f"dpll-seed{args.seed}.csv"
     cmd = [str(binary), str(args.interval_ns), str(args.broadcasts), str(args.holdover_ms), str(args.seed),
-           str(args.window_ns), str(csv)]
+           str(args.window_ns), str(csv), str(args.relocked_broadcasts), args.resume_delays]
     for hz, ppm in PORTS:
         cmd += [str(hz), str(ppm)]
     started = time.monotonic()
@@ -65,7 +78,8 @@ def main() -> None:
     rows = np.genfromtxt(csv, delimiter=",", names=True, comments="#")
     n = len(PORTS)
     lock_ns, stop_ns = float(meta["lock_ns"]), float(meta["stop_ns"])
-    final_err = [float(v) for v in meta["final_err"].split(":")]
+    holdover_err = [float(v) for v in meta["holdover_err"].split(":")]
+    resume_ns, relock_ns = float(meta["resume_ns"]), float(meta["relock_ns"])
     t = rows["t_ns"]
     # Windows wholly inside [lock, stop): the locked run with broadcasts.
     window = args.window_ns
@@ -76,7 +90,7 @@ def main() -> None:
                 / sum(rows[f"n{i}"][locked_run].sum() for i in range(n)))
     max_skew = rows["skew"][locked_run].max()
     lock_broadcasts = int(lock_ns // args.interval_ns)   # frames sent up to lock: at τ, 2τ, ...
-    holdover = max(abs(e) for e in final_err)
+    holdover = max(abs(e) for e in holdover_err)
     backward = int(meta["backward"])
 
     import matplotlib
@@ -95,14 +109,21 @@ def main() -> None:
         a.set_ylabel("time error (ns)")
         a.grid(alpha=0.3)
     ax.axvline(stop_ns / 1e6, color="r", ls=":", lw=0.8)
+    ax.axvline(resume_ns / 1e6, color="g", ls=":", lw=0.8)
+    ax.axvline(relock_ns / 1e6, color="k", ls=":", lw=0.8)
     ax.set_yscale("symlog", linthresh=20)
-    ax.set_title("DPLL error: acquisition, locked run, holdover (symlog)")
+    ax.set_title("DPLL error: acquisition, locked run, holdover, re-acquisition (symlog)")
     ax2.set_title(f"locked run with broadcasts: max |err| {max_abs:.1f} ns, mean |err| {mean_abs:.2f} ns")
     ax2.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     fig.savefig(out_dir / "dpll.png", dpi=110)
     print(f"plot: {out_dir / 'dpll.png'}")
 
+    acquired = meta["acquired_err"].replace(":", "/")
+    print(f"re-acquisition: delays {meta['delays'].replace(':', '/')} cycles, all locked again "
+          f"{(relock_ns - resume_ns) / args.interval_ns:.1f} intervals after resuming, phase error at "
+          f"re-acquisition {acquired} ns (negative: ahead, slewed), max |err| after re-lock "
+          f"{float(meta['relocked_max_abs_err_ns']):.1f} ns, went_back monitors {meta['went_back_ports']}")
     ppms = [p for _, p in PORTS]
     print(f"dpll: ports={n} ppm={min(ppms)}..{max(ppms)} lock_broadcasts={lock_broadcasts} "
           f"max_abs_err_ns={max_abs:.1f} mean_abs_err_ns={mean_abs:.2f} max_skew_ns={max_skew:.1f} "

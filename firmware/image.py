@@ -110,5 +110,9 @@ class DeviceImage(wiring.Component):
                 m.d.comb += getattr(jp, name).eq(getattr(rp, name))
             for name, _, _, _ in COUNTERS:
                 m.d.comb += getattr(rp, name).eq(getattr(jp, name))
-            # DPLL registers (group "dpll") are left at 0: no DPLL in the image yet.
+            # DPLL registers (group "dpll") are left at 0: no DPLL in the image yet. With a
+            # `hdl.dpll.DigitalPLL` per port (also driving `board.time`), they are wired by
+            # `firmware.abi.regmap.DPLL_WORDS`:
+            #     for reg, output, lsb, width in DPLL_WORDS:
+            #         m.d.comb += getattr(rp, reg).eq(getattr(dpll, output)[lsb:lsb + width])
         return m

@@ -54,23 +54,21 @@ when frames come back.
 **Lock.** `locked` rises in `TRACK` when the fast gains have been used up and the last
 LOCK_FRAMES frames all had |e| < LOCK_NS. `lock_count` counts these transitions.
 
-Register view (`REGISTERS` below; the register map imports that tuple):
-
-| name | width | access | description |
-|---|---|---|---|
-| locked | 1 | R | 1 while the loop is locked to the broadcast |
-| state | 2 | R | loop state: 0 unlocked, 1 acquiring, 2 tracking |
-| phase_error | 32 | R | last accepted phase error T·unit − local time at the marker, signed ns, saturated |
-| increment | 40 | R | current per-cycle increment, ns with 32 fractional bits |
-| frames | 16 | R | frames accepted (check passed), wraps |
-| rejected | 16 | R | frames rejected (bad CRC-32C, bad start/stop bit, gap), wraps |
-| lock_count | 8 | R | times lock was gained, wraps |
-| time | 64 | R | local time, integer ns |
+Register view. The outputs below are defined in the register map, `firmware.abi.regmap`
+(`DPLL_OUTPUTS`, imported here: `DigitalPLL`'s outputs are built from it, so their names and
+widths cannot differ). In a port's register block each is `dpll_<name>`; outputs wider than 32
+bits are split into `_lo`/`_hi` words (`DPLL_WORDS`; read `_hi`, `_lo`, `_hi` and retry if `_hi`
+changed). The image does not carry DPLLs yet, so these registers read 0 there
+(`firmware/image.py`). The table, rendered from the register map by `registers_markdown()` and
+appended to this docstring when the module is imported (as `hdl.journal_port` does with its
+counters):
 """
 
 from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
+
+from firmware.abi.regmap import DPLL_OUTPUTS, DPLL_WORDS, PORT
 
 from .crc import CRC32C
 from .timebase import (
@@ -83,10 +81,13 @@ from .timebase import (
     PAYLOAD_BYTES,
 )
 
-TIME_BITS = 64          # integer ns of local time
-FRAC_BITS = 32          # fractional bits of local time and of the increment
-INC_BITS = 40           # increment: 8 integer bits (up to 255 ns per cycle) + 32 fractional
-PHASE_BITS = 32         # phase_error register: signed integer ns, saturated
+_WIDTH = {name: width for name, width, _, _ in DPLL_OUTPUTS}
+TIME_BITS = _WIDTH["time"]              # integer ns of local time (64)
+FRAC_BITS = 32                          # fractional bits of local time and of the increment
+INC_BITS = _WIDTH["increment"]          # 40: 8 integer bits (up to 255 ns per cycle) + 32 fractional
+PHASE_BITS = _WIDTH["phase_error"]      # 32: signed integer ns, saturated
+SIGNED_OUTPUTS = {"phase_error"}
+assert INC_BITS > FRAC_BITS and TIME_BITS >= 64 and PHASE_BITS <= 32
 ERR_FRAC = 8            # the loop works on the phase error with 1/256 ns resolution
 ERR_BITS = 32           # ... in a signed 32-bit word: ±8.3 ms
 SPREAD_SHIFT = 16       # extra precision of the reciprocal 1/N
@@ -107,25 +108,22 @@ DEFAULT_HOLDOVER_INTERVALS = 16
 
 UNLOCKED, ACQUIRE, TRACK = 0, 1, 2
 
-# (name, width, access, description): the DPLL's register view, for the register map.
-REGISTERS = (
-    ("locked", 1, "R", "1 while the loop is locked to the broadcast"),
-    ("state", 2, "R", "loop state: 0 unlocked, 1 acquiring, 2 tracking"),
-    ("phase_error", PHASE_BITS, "R",
-     "last accepted phase error T·unit − local time at the marker, signed ns, saturated"),
-    ("increment", INC_BITS, "R", "current per-cycle increment, ns with 32 fractional bits"),
-    ("frames", 16, "R", "frames accepted (check passed), wraps"),
-    ("rejected", 16, "R", "frames rejected (bad CRC-32C, bad start/stop bit, gap), wraps"),
-    ("lock_count", 8, "R", "times lock was gained, wraps"),
-    ("time", TIME_BITS, "R", "local time, integer ns"),
-)
 
 
 def registers_markdown() -> str:
-    """`REGISTERS` as the Markdown table the module docstring carries."""
-    rows = ["| name | width | access | description |", "|---|---|---|---|"]
-    rows += [f"| {n} | {w} | {a} | {d} |" for n, w, a, d in REGISTERS]
+    """`DPLL_OUTPUTS` and their registers as the Markdown table the module docstring carries."""
+    offsets = {r.name: r.offset for r in PORT if r.group == "dpll"}
+    rows = ["| output | width | access | register (offset in the port block: bits) | description |",
+            "|---|---|---|---|---|"]
+    for name, width, access, desc in DPLL_OUTPUTS:
+        words = [(reg, lsb, w) for reg, output, lsb, w in DPLL_WORDS if output == name]
+        regs = ", ".join(f"`{reg}` ({offsets[reg]:#04x}" + ("" if w == width else f": {lsb + w - 1}:{lsb}")
+                         + ")" for reg, lsb, w in words)
+        rows.append(f"| {name} | {width} | {access} | {regs} | {desc} |")
     return "\n".join(rows)
+
+
+__doc__ += "\n" + registers_markdown() + "\n"
 
 
 def _saturate(value, bits: int):
@@ -137,15 +135,11 @@ def _saturate(value, bits: int):
 class DigitalPLL(wiring.Component):
     """Local time of one port, locked to the broadcast on `wire` (see the module docstring)."""
 
-    wire: In(1)
-    time: Out(TIME_BITS)
-    locked: Out(1)
-    state: Out(2)
-    phase_error: Out(signed(PHASE_BITS))
-    increment: Out(INC_BITS)
-    frames: Out(16)
-    rejected: Out(16)
-    lock_count: Out(8)
+    @staticmethod
+    def members() -> dict:
+        """`wire` in; the register view (`DPLL_OUTPUTS`) out."""
+        return {"wire": In(1), **{name: Out(signed(width) if name in SIGNED_OUTPUTS else unsigned(width))
+                                  for name, width, _, _ in DPLL_OUTPUTS}}
 
     def __init__(self, *, clk_hz: float, interval_ns: int = DEFAULT_INTERVAL_NS,
                  unit_ns: int = DEFAULT_UNIT_NS, bit_rate: int = DEFAULT_BIT_RATE,
@@ -174,7 +168,7 @@ class DigitalPLL(wiring.Component):
         # s = e / N in increment units: e has ERR_FRAC fractional bits, the increment FRAC_BITS.
         self.reciprocal = round(2**(FRAC_BITS - ERR_FRAC + SPREAD_SHIFT) / self.interval_cycles)
         self.holdover_cycles = holdover_intervals * self.interval_cycles
-        super().__init__()
+        super().__init__(self.members())
 
     def elaborate(self, platform):
         m = Module()

@@ -7,22 +7,34 @@ counters start at their initial values, so the first reference edge is time 0). 
 the outputs are `p{i}_time`, `p{i}_locked`, `p{i}_state`, `p{i}_phase_error`,
 `p{i}_increment`, `p{i}_frames`, `p{i}_rejected`, `p{i}_lock_count` and the Timestamper's
 `p{i}_stamp_time`/`p{i}_stamp_seq` for the request `p{i}_take`.
+
+Test scaffolding around the DPLLs (not part of them):
+
+- `p{i}_went_back`: a monitor in the port's domain, sticky from the port's reset: 1 once the
+  port's `time` did not increase from one port clock edge to the next (a backward step, or a
+  stall). It checks every cycle in the simulation, so a harness need not sample every edge.
+- `p{i}_delay`: the wire reaches port i through a delay line of that many reference cycles
+  (0 to `MAX_DELAY`, 10 ns each), in the reference domain. Raised while broadcasts are stopped
+  (the wire idle), it makes the port's markers arrive later, so at the next acquisition its
+  local time is *ahead* of the broadcast by the added delay: the case where a DPLL must slew
+  back, never step back.
 """
 
-from amaranth.hdl import ClockDomain, DomainRenamer, Module, signed
+from amaranth.hdl import Cat, ClockDomain, DomainRenamer, Module, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from hdl.dpll import INC_BITS, PHASE_BITS, DigitalPLL
+from hdl.dpll import DigitalPLL
 from hdl.timebase import DEFAULT_REF_HZ, TimeBase
 from hdl.timestamper import SEQ_BITS, TIME_BITS, Timestamper
 
 # (nominal clock Hz, offset in ppm) of each port: the scenario of issue 3.
 PORTS = ((125_000_000, -200), (125_000_000, 100), (125_000_000, 200), (100_000_000, -50))
 REF_HZ = DEFAULT_REF_HZ
+MAX_DELAY = 127         # reference cycles of the per-port wire delay line
 
-_OUTPUTS = (("time", TIME_BITS), ("locked", 1), ("state", 2), ("phase_error", signed(PHASE_BITS)),
-            ("increment", INC_BITS), ("frames", 16), ("rejected", 16), ("lock_count", 8))
+# The DPLL's outputs (its register view, `firmware.abi.regmap.DPLL_OUTPUTS`) with their shapes.
+_OUTPUTS = tuple((name, member.shape) for name, member in DigitalPLL.members().items() if name != "wire")
 
 
 class DpllRig(wiring.Component):
@@ -40,6 +52,8 @@ class DpllRig(wiring.Component):
             members[f"p{i}_take"] = In(1)
             members[f"p{i}_stamp_time"] = Out(TIME_BITS)
             members[f"p{i}_stamp_seq"] = Out(SEQ_BITS)
+            members[f"p{i}_went_back"] = Out(1)
+            members[f"p{i}_delay"] = In(range(MAX_DELAY + 1))
             for name, shape in _OUTPUTS:
                 members[f"p{i}_{name}"] = Out(shape)
         super().__init__(members)
@@ -63,8 +77,16 @@ class DpllRig(wiring.Component):
             stamper = Timestamper(port=i)
             m.submodules[f"dpll{i}"] = DomainRenamer(domain)(dpll)
             m.submodules[f"stamper{i}"] = DomainRenamer(domain)(stamper)
+            line = Signal(MAX_DELAY, init=(1 << MAX_DELAY) - 1)   # idle high
+            m.d.ref += line.eq(Cat(tb.wire, line[:-1]))
+            m.d.comb += dpll.wire.eq(Cat(tb.wire, line).bit_select(getattr(self, f"p{i}_delay"), 1))
+            prev = Signal(TIME_BITS)
+            started = Signal()
+            went_back = getattr(self, f"p{i}_went_back")
+            m.d[domain] += [prev.eq(dpll.time), started.eq(1)]
+            with m.If(started & (dpll.time <= prev)):
+                m.d[domain] += went_back.eq(1)
             m.d.comb += [
-                dpll.wire.eq(tb.wire),
                 stamper.time.eq(dpll.time),
                 stamper.take.eq(getattr(self, f"p{i}_take")),
                 getattr(self, f"p{i}_stamp_time").eq(stamper.stamp.timestamp),

@@ -11,7 +11,16 @@ Access: `RO` read only; `RW` read/write (reads return what was written); `W1P` w
 fixed when the image is built (its geometry and identity).
 
 The journal port's counters (`COUNTERS`) are defined here and imported by the gateware
-(`hdl.journal_port`), so the outputs of `JournalPort` and the registers are one list.
+(`hdl.journal_port`), so the outputs of `JournalPort` and the registers are one list. The same
+holds for the DPLL: `DPLL_OUTPUTS` is imported by `hdl.dpll`, whose `DigitalPLL` has outputs of
+those names and widths, and each output is register `dpll_<name>` in the port's block.
+
+Wide values: a register is at most 32 bits, so an output wider than 32 bits is split into
+32-bit words at consecutive offsets, `<register>_lo` (bits 31:0) then `<register>_hi` (bits
+63:32, or fewer: `dpll_increment_hi` holds bits 39:32); `DPLL_WORDS` lists which bits of which
+output each `dpll` register carries. The words are read one REG_READ register at a time, not
+together: for a value that can carry into the upper word between the two reads (`dpll_time`
+every cycle; `dpll_increment` rarely), read `_hi`, `_lo`, `_hi` again and retry if `_hi` changed.
 """
 
 from dataclasses import dataclass
@@ -66,6 +75,46 @@ LINK_COUNTERS = [
     ("tx_journal_entries", 32, "RO", "entries sent in JOURNAL frames (first sends and resends)"),
 ]
 
+# (name, width, access, description): the DPLL's register view, outputs of `hdl.dpll.DigitalPLL`
+# of the same names and widths (`phase_error` is signed: two's complement in its register).
+DPLL_OUTPUTS = [
+    ("locked", 1, "RO", "1 while the loop is locked to the broadcast"),
+    ("state", 2, "RO", "loop state: 0 unlocked, 1 acquiring, 2 tracking"),
+    ("phase_error", 32, "RO",
+     "last accepted phase error T·unit − local time at the marker, signed ns, saturated"),
+    ("increment", 40, "RO", "current per-cycle increment, ns with 32 fractional bits"),
+    ("frames", 16, "RO", "frames accepted (check passed), wraps"),
+    ("rejected", 16, "RO", "frames rejected (bad CRC-32C, bad start/stop bit, gap), wraps"),
+    ("lock_count", 8, "RO", "times lock was gained, wraps"),
+    ("time", 64, "RO", "local time, integer ns (the Timestamper's input)"),
+]
+DPLL_OFFSET = 0x30      # first `dpll` register of a port's block
+REGISTER_BITS = 32
+
+
+def _words(name: str, width: int) -> list[tuple[str, int, int]]:
+    """(register name, lsb, width) of the registers holding a `width`-bit value."""
+    if width <= REGISTER_BITS:
+        return [(name, 0, width)]
+    assert width <= 2 * REGISTER_BITS, (name, width)
+    return [(f"{name}_lo", 0, REGISTER_BITS), (f"{name}_hi", REGISTER_BITS, width - REGISTER_BITS)]
+
+
+# (register, DPLL output, lsb, width): register `register` reads bits lsb+width-1..lsb of the
+# output. How an image with DPLLs drives its `dpll` registers:
+#     for reg, output, lsb, width in DPLL_WORDS:
+#         m.d.comb += getattr(regs.port[p], reg).eq(getattr(dpll, output)[lsb:lsb + width])
+DPLL_WORDS = [(reg, name, lsb, w) for name, width, _, _ in DPLL_OUTPUTS
+              for reg, lsb, w in _words(f"dpll_{name}", width)]
+
+
+def _dpll_register(offset: int, reg: str, output: str, lsb: int, width: int) -> Register:
+    total, access, desc = next((w, a, d) for n, w, a, d in DPLL_OUTPUTS if n == output)
+    if width != total:
+        desc = f"{desc}: bits {lsb + width - 1}:{lsb}"
+    return Register(reg, offset, width, access, desc, group="dpll")
+
+
 GLOBAL = [
     Register("image_id", 0x00, 32, "RO", "image identifier, `frames.IMAGE_ID` (\"PJRN\")", const=True),
     Register("version", 0x01, 32, "RO", "image version, `frames.IMAGE_VERSION`", const=True),
@@ -93,13 +142,7 @@ PORT = [
     Register("reenable", 0x04, 1, "W1P", "write 1: an invalid port journals again", group="control"),
     *(Register(name, 0x10 + i, width, access, desc, group="port") for i, (name, width, access, desc)
       in enumerate(COUNTERS)),
-    Register("dpll_locked", 0x30, 1, "RO", "the port's DPLL is locked to the time base", group="dpll"),
-    Register("dpll_phase_error", 0x31, 32, "RO", "last phase error at the marker, ns (signed)",
-             group="dpll"),
-    Register("dpll_increment", 0x32, 32, "RO", "local-time increment per cycle (fixed point)",
-             group="dpll"),
-    Register("dpll_rejected_frames", 0x33, 32, "RO", "time-base frames rejected (bad framing or value)",
-             group="dpll"),
+    *(_dpll_register(DPLL_OFFSET + i, *word) for i, word in enumerate(DPLL_WORDS)),
 ]
 
 # Every register: the global block, then the per-port block (offsets from `port_base(port)`).
@@ -163,6 +206,7 @@ def markdown() -> str:
             out.append(f"| `{r.offset:#06x}` | `{r.name}` | {r.width} | {access} | {r.description}.{init} |")
         return out
 
+    dpll = [r.offset for r in PORT if r.group == "dpll"]
     lines = [
         "# Register map",
         "",
@@ -181,8 +225,12 @@ def markdown() -> str:
         f"## Per-port registers (base `{PORT_STRIDE:#x} * (port + 1)`: port 0 at `{port_base(0):#06x}`, "
         f"port 1 at `{port_base(1):#06x}`, …)",
         "",
-        "Offsets `0x10`-`0x1f` are the journal port's counters (`COUNTERS`); `0x30`-`0x33` belong to",
-        "the port's DPLL (read 0 until the image has one).",
+        "Offsets `0x10`-`0x1f` are the journal port's counters (`COUNTERS`); "
+        f"`{min(dpll):#04x}`-`{max(dpll):#04x}` belong to",
+        "the port's DPLL (`DPLL_OUTPUTS`; read 0 until the image has one). A DPLL output wider than 32",
+        "bits is split into `_lo` (bits 31:0) and `_hi` (the bits above) at consecutive offsets; the",
+        "two are separate reads, so read `_hi`, `_lo`, `_hi` and retry if `_hi` changed (`dpll_time`",
+        "changes every cycle).",
         "",
         *rows(PORT),
         "",

@@ -163,7 +163,7 @@ async def identify_and_registers(dut):
     assert await bench.read(addr("watermark", 1), 2) == (5, 0x12345678)
     assert await bench.write(addr("reenable", 0), 1) == 0          # a pulse reads 0
     assert await bench.write(addr("image_id"), 0) == IMAGE_ID       # RO ignores writes
-    assert await bench.read(addr("dpll_increment", 1)) == 0
+    assert await bench.read(addr("dpll_increment_lo", 1)) == 0
     assert await bench.read(0x7FFF) == 0                            # unmapped
     assert await bench.read(addr("rx_frames")) == 12                # this read is the 12th
     assert await bench.read(addr("naks_sent")) == 0

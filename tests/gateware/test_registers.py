@@ -36,9 +36,16 @@ def test_read_write_pulse():
         ctx.set(dut.rx_crc_errors, 7)
         ctx.set(dut.port[1].acknowledged, 0xABCDEF01)
         ctx.set(dut.port[0].invalid, 1)
+        ctx.set(dut.port[1].dpll_time_hi, 0x89ABCDEF)               # a split DPLL value, by word
+        ctx.set(dut.port[1].dpll_time_lo, 0x01234567)
+        ctx.set(dut.port[1].dpll_increment_hi, 0x08)
         assert await read(address("rx_crc_errors")) == 7
         assert await read(address("acknowledged", 1)) == 0xABCDEF01
         assert await read(address("invalid", 0)) == 1
+        assert await read(address("dpll_time_hi", 1)) == 0x89ABCDEF
+        assert await read(address("dpll_time_lo", 1)) == 0x01234567
+        assert await read(address("dpll_increment_hi", 1)) == 0x08
+        assert await read(address("dpll_time_lo", 0)) == 0
         assert await read(address("mode", 1)) == 1                   # reset value from port_init
         await write(address("watermark", 1), 0xFFFFFFFF)
         assert ctx.get(dut.port[1].watermark) == 0x1FFFF            # 17 bits kept
