@@ -11,8 +11,6 @@ what storage applied; the damage must show in the counters of both ends.
 import random
 import time
 
-import pytest
-
 from firmware.abi.entry import Status
 from firmware.abi.frames import FrameType
 from firmware.abi.frames import encode as encode_frame
@@ -20,8 +18,7 @@ from host.journal.collector import Collector
 from host.journal.store import LocalJournal
 from host.journal.verify import verify
 from host.link.device import Device
-
-vboard = pytest.importorskip("sim.vboard", reason="the virtual board (branch vboard) is not merged yet")
+from sim import vboard
 
 PORTS = 4
 WRITES = 2500                       # per port: 10,000 blocks in all

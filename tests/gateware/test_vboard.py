@@ -6,14 +6,13 @@ and the volume file against that log.
 """
 
 import pytest
+import serial
 
 from boards.sim import SIM_BOARD
 from firmware.abi.entry import Kind, Mode, Status, entry_bytes, unpack
 from firmware.abi.frames import FLUSH_MARK, IDENTITY, IMAGE_ID, IMAGE_VERSION, FrameType
 from firmware.abi.frames import decode as decode_frame
 from firmware.abi.frames import encode as encode_frame
-
-serial = pytest.importorskip("serial")
 
 BLOCKS, WRITES, SEED = 32, 6, 7
 
