@@ -90,14 +90,14 @@ def test_view_and_restore_equal_the_shadow(tmp_path_factory, monkeypatch, scenar
     assert summary.crc32c == crc32c.crc32c(shadow)              # chained across the chunks
     assert summary.blocks_from_journal == len(view.lba)
     assert volume.read_bytes() == present                       # reading and restoring wrote nothing
-    if mode == Mode.COPY_ON_WRITE:
-        result = commit(view, volume, tmp_path / "undo" / "u.undo")
-        assert volume.read_bytes() == shadow
-        assert result.crc32c == crc32c.crc32c(shadow)
-        assert result.bytes_written == BLOCK * sum(
-            shadow[i * BLOCK:(i + 1) * BLOCK] != present[i * BLOCK:(i + 1) * BLOCK] for i in range(BLOCKS))
-        undo(tmp_path / "undo" / "u.undo", volume)
-        assert volume.read_bytes() == present                   # restore-then-undo: the present again
+    # Commit onto primary storage, then undo: both modes (redo reads the base, cow the volume).
+    result = commit(view, volume, tmp_path / "undo" / "u.undo")
+    assert volume.read_bytes() == shadow
+    assert result.crc32c == crc32c.crc32c(shadow)
+    assert result.bytes_written == BLOCK * sum(
+        shadow[i * BLOCK:(i + 1) * BLOCK] != present[i * BLOCK:(i + 1) * BLOCK] for i in range(BLOCKS))
+    undo(tmp_path / "undo" / "u.undo", volume)
+    assert volume.read_bytes() == present                   # restore-then-undo: the present again
     view.backing.close()
     journal.close()
 
