@@ -4,7 +4,6 @@ import calendar
 import re
 
 import crc32c
-import numpy as np
 import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, example, given, settings
@@ -17,7 +16,6 @@ from host.cli import cli
 from host.journal.store import LocalJournal
 from host.restore import commit, restore_to_file, undo
 from host.views import ViewRefused, open_view
-from sim.storage_model import Request, StorageModel, journal_requests
 
 
 def next_to(t: int):
@@ -100,28 +98,6 @@ def test_view_and_restore_equal_the_shadow(tmp_path_factory, monkeypatch, scenar
     assert volume.read_bytes() == present                   # restore-then-undo: the present again
     view.backing.close()
     journal.close()
-
-
-def test_cow_view_follows_new_entries(tmp_path):
-    """A copy-on-write view of Tx stays right as later writes land and their entries arrive."""
-    rng = np.random.default_rng(3)
-    model = StorageModel(BLOCKS, BLOCK, rng.bytes(BLOCK * BLOCKS))
-    requests = [Request(10 * i, 0, (7 * i) % BLOCKS, rng.bytes(BLOCK)) for i in range(1, 40)]
-    entries = journal_requests(requests, model, Mode.COPY_ON_WRITE, 1)[0]
-    early = sum(r.timestamp < 200 for r in requests)
-    volume = tmp_path / "volume.img"
-    volume.write_bytes(model.image_at(200))                    # primary storage at 200
-    journal = LocalJournal.create(tmp_path / "j", block_bytes=BLOCK, ports=1, mode=Mode.COPY_ON_WRITE,
-                                  window_ns=WINDOW)
-    journal.append(0, b"".join(entries[:early]), 200)
-    view = open_view(journal, 95, storage=volume)
-    assert view.read(0, view.size_bytes) == model.image_at(95)
-    volume.write_bytes(bytes(model.image))                     # later writes land on primary storage
-    journal.append(0, b"".join(entries[early:]), 400)          # and their pre-images arrive
-    assert view.read(0, view.size_bytes) != model.image_at(95)  # a stale map shows the new data
-    view.refresh()
-    assert view.read(0, view.size_bytes) == model.image_at(95)
-    view.backing.close()
 
 
 def test_cli_restore_bookmarks_and_refusals(tmp_path, monkeypatch):

@@ -1,5 +1,6 @@
 """What restore, undo and the base copy refuse: a changed target, a truncated or damaged base."""
 
+import numpy as np
 import pytest
 from scenario import BLOCK, BLOCKS, build_journal
 
@@ -10,6 +11,7 @@ from host.journal.verify import verify
 from host.restore import RestoreError, commit, undo
 from host.storage import FileStorage
 from host.views import ViewRefused, open_view
+from sim.storage_model import Request, StorageModel, journal_requests
 
 WRITES = [(t, t % 2, (5 * t) % BLOCKS, Status.OK) for t in range(0, 600, 13)]
 
@@ -66,11 +68,8 @@ def test_a_base_copy_of_another_size_is_refused(tmp_path):
 
 
 def test_a_cow_view_follows_what_another_process_appends(tmp_path):
-    """serve keeps a copy-on-write view current while a collector (another open) appends."""
-    import numpy as np
-
-    from sim.storage_model import Request, StorageModel, journal_requests
-
+    """A copy-on-write view of Tx stays right as later writes land on primary storage and a
+    collector (another open of the journal) appends their pre-images."""
     rng = np.random.default_rng(9)
     model = StorageModel(BLOCKS, BLOCK, rng.bytes(BLOCK * BLOCKS))
     requests = [Request(10 * i, 0, (7 * i) % BLOCKS, rng.bytes(BLOCK)) for i in range(1, 40)]
@@ -88,6 +87,7 @@ def test_a_cow_view_follows_what_another_process_appends(tmp_path):
     for i in range(early, len(entries), 5):               # several records, across segments
         collector.append(0, b"".join(entries[i:i + 5]), 400)
     assert len(collector.segment_paths()) > 1
+    assert view.read(0, view.size_bytes) != model.image_at(95)    # a stale map shows the new data
     view.refresh()
     assert len(reader.index) == len(entries)
     assert view.read(0, view.size_bytes) == model.image_at(95)
