@@ -26,6 +26,11 @@ Test hooks (inputs; tie them to their defaults in a real design): `jitter` moves
 marker by -1, 0 or +1 reference cycle (the payload still names the nominal time, as a real
 time base with an edge-jittery output would); `corrupt` flips bit 0 of the next frame's CRC;
 `enable` low suppresses frames (the time keeps counting), to test holdover.
+
+`origin` (input, in units of `unit_ns`, 0 by default) is the time of the reference clock's first
+rising edge: it is loaded on the first cycle after reset (or power-up), so frame k carries
+T = origin + k·interval_ns/unit_ns. Hold it steady; a board whose time base is set to, say,
+the Unix epoch ties it to the start time (the virtual board: `boards/sim.py`).
 """
 
 from amaranth.hdl import Cat, Const, Module, Signal, signed
@@ -68,6 +73,7 @@ class TimeBase(wiring.Component):
     enable: In(1, init=1)
     jitter: In(signed(2))
     corrupt: In(1)
+    origin: In(8 * PAYLOAD_BYTES)
 
     def __init__(self, *, ref_hz: int = DEFAULT_REF_HZ, interval_ns: int = DEFAULT_INTERVAL_NS,
                  unit_ns: int = DEFAULT_UNIT_NS, bit_rate: int = DEFAULT_BIT_RATE):
@@ -137,6 +143,8 @@ class TimeBase(wiring.Component):
         # The CRC core needs a cycle to see next_t: no frame on the very first cycle (T = 0).
         started = Signal()
         m.d.sync += started.eq(1)
+        with m.If(~started):
+            m.d.sync += next_t.eq(self.origin)      # T at the first edge (see the docstring)
         with m.If((phase == start_at) & self.enable & started):
             m.d.sync += [
                 shift.eq(levels[1:]),
