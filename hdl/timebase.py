@@ -18,8 +18,9 @@ so with the reference clock's first rising edge at time 0 the marker of the fram
 T = k·interval_ns/unit_ns is on the wire at exactly k·interval_ns. The first frame is k = 1
 (at power-up the CRC of T = 0 is not ready yet).
 
-CRC-32C rather than a CRC-8: it reuses the `CRC32C` core at one 48-bit word per cycle on both
-ends and a receiver shares nothing else with the sender. A 100-bit frame takes 8 µs at the
+CRC-32C rather than a CRC-8: the sender reuses the `CRC32C` core at one 48-bit word per cycle,
+the receiver (`hdl.dpll`) the same conventions one bit per data bit as the bits arrive, and a
+receiver shares nothing else with the sender. A 100-bit frame takes 8 µs at the
 default bit rate, well inside the shortest interval the tests use (100 µs).
 
 Test hooks (inputs; tie them to their defaults in a real design): `jitter` moves the next
