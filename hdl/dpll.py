@@ -277,7 +277,10 @@ class DigitalPLL(wiring.Component):
         # --- phase detector: e = T·unit + compensation − captured ----------------------------
         full_bits = TIME_BITS + FRAC_BITS + 2
         target = Signal(unsigned(full_bits))
-        m.d.comb += target.eq((payload * self.unit_ns) << FRAC_BITS)
+        # T·unit from two narrow products (one wide multiplier costs the simulation ~6 %).
+        t_low = payload[:32] * self.unit_ns
+        t_high = payload[32:] * self.unit_ns
+        m.d.comb += target.eq((t_low + (t_high << 32)) << FRAC_BITS)
         err_full = Signal(signed(full_bits))        # fixed point, FRAC_BITS
         err = Signal(signed(ERR_BITS))              # saturated, ERR_FRAC fractional bits
         err_first = Signal(signed(ERR_BITS))
