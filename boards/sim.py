@@ -2,42 +2,46 @@
 
 `SimBoard` is the top the C++ Verilator harness (`sim/vboard/board.cpp`, launched by
 `sim/vboard.py`) drives: no UART (the harness paces link bytes at the configured baud itself),
-no stub storage and no time source inside. Its ports are flat signals (Verilator escapes
-`__` in names), so the harness reaches
-each one as a plain integer (`top->p0_in_data`), never as a wide struct:
+no stub storage inside. Its time base is inside: a `TimeBase` (`hdl/timebase.py`) on the
+board's one clock, broadcasting every `SIM_BOARD.interval_ns` to the image's per-port DPLLs,
+with its time origin (`time_origin`, in units of `unit_ns`, read on the first cycle) given by
+the harness at start: the Unix-epoch time of the first clock edge. Its ports are flat signals
+(Verilator escapes `__` in names), so the harness reaches each one as a plain integer
+(`top->p0_in_data`), never as a wide struct:
 
 | signal | dir | width | meaning |
 |---|---|---:|---|
 | `clk` | in | 1 | the one clock (no reset: registers start at their init values) |
 | `rx_valid/ready/data` | in | 8 | link bytes from the host |
 | `tx_valid/ready/data` | out | 8 | link bytes to the host |
-| `p{i}_time` | in | 64 | port i's local time, ns since the Unix epoch |
+| `time_origin` | in | 48 | the time base's T at the first clock edge, in units of `unit_ns` |
+| `p{i}_locked` | out | 1 | port i's DPLL is locked (the harness starts port i's server on it) |
 | `p{i}_in_valid/ready/data/first/last` | in | 64 | block writes into port i (header beat: data = lba) |
 | `p{i}_wr_valid/ready/data/first/last` | out | 64 | port i's writes to primary storage |
 | `p{i}_wresp_valid/ready/ok` | in | 1 | their completions, in order |
 | `p{i}_rcmd_valid/ready/lba` | out | 64 | copy-on-write pre-image reads |
 | `p{i}_rdata_valid/ready/data/last/ok` | in | 64 | the pre-image beats |
 
-Every stream crosses a small FIFO (`SyncFIFOBuffered`, registered outputs), each `time` a
-register, and the clock domain has no reset (registers start at their init values), so no
-output depends combinationally on an input and no input fans out to every register:
-Verilator's input-combinational region (run on every `eval()`, twice per cycle) stays tiny
-instead of re-running most of the image's logic (here 0.7 → 1.3 M cycles/s). The harness
-feeds each `time` one cycle ahead, so the image sees origin + cycles x ns per cycle.
+Every stream crosses a small FIFO (`SyncFIFOBuffered`, registered outputs), `time_origin` is
+only read into a register on the first cycle, and the clock domain has no reset (registers
+start at their init values), so no output depends combinationally on an input and no input fans
+out to every register: Verilator's input-combinational region (run on every `eval()`, twice per
+cycle) stays tiny instead of re-running most of the image's logic (here 0.7 → 1.3 M cycles/s).
 
 `SIM_BOARD` holds the board's parameters in one place; the harness gets the ones it needs
-(ports, block size, clock) on its command line from `sim/vboard.py`.
+(ports, block size, clock, time unit) on its command line from `sim/vboard.py`.
 """
 
 from dataclasses import asdict, dataclass
 
-from amaranth.hdl import Cat, ClockDomain, ClockSignal, Module, Signal
+from amaranth.hdl import Cat, ClockDomain, ClockSignal, Module
 from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from firmware.abi.entry import Mode
 from firmware.image import DeviceImage
+from hdl.timebase import PAYLOAD_BYTES, TimeBase
 
 MAX_PORTS = 8          # what the harness binds (sim/vboard/board.cpp)
 BOUNDARY_DEPTH = 4     # the FIFO on each stream between the harness and the image
@@ -51,7 +55,12 @@ class SimBoardConfig:
     block_bytes: int = 512
     depth: int = 16                 # entries per port ring
     mode: Mode = Mode.REDO
-    clock_hz: int = 125_000_000     # one clock for the image and every port (no DPLL yet)
+    clock_hz: int = 125_000_000     # one clock for the image, the time base and every port's DPLL
+    # Time base broadcasts: every 100 µs (not the 1 ms default) so a DPLL locks within ~2 ms of
+    # simulated time (~16 broadcasts, ~0.25 M cycles); T counts units of 100 µs, so a Unix-epoch
+    # origin fits its 48 bits (2**48 x 100 µs = 890 years).
+    interval_ns: int = 100_000
+    unit_ns: int = 100_000
     # Link line rate: a byte per clock_hz / (baud / 10) cycles each way. 250 Mbaud (a byte every 5
     # cycles) lets a demo of 10,000 blocks (5.5 MB of entries) finish in about half a minute at
     # ~1.2 M simulated cycles/s; `--baud 12.5e6` gives a real UART's pace.
@@ -64,7 +73,8 @@ class SimBoardConfig:
     def image_args(self) -> dict:
         """The `DeviceImage` (and `SimBoard`) arguments: what changes the gateware."""
         d = asdict(self)
-        return {k: d[k] for k in ("ports", "block_bytes", "depth", "mode")}
+        return {k: d[k] for k in ("ports", "block_bytes", "depth", "mode", "clock_hz", "interval_ns",
+                                  "unit_ns")}
 
 
 SIM_BOARD = SimBoardConfig()
@@ -72,7 +82,7 @@ SIM_BOARD = SimBoardConfig()
 
 def _port_members(p: int) -> dict:
     return {
-        f"p{p}_time": In(64),
+        f"p{p}_locked": Out(1),
         f"p{p}_in_valid": In(1), f"p{p}_in_ready": Out(1), f"p{p}_in_data": In(64),
         f"p{p}_in_first": In(1), f"p{p}_in_last": In(1),
         f"p{p}_wr_valid": Out(1), f"p{p}_wr_ready": In(1), f"p{p}_wr_data": Out(64),
@@ -88,13 +98,18 @@ class SimBoard(wiring.Component):
     """The virtual board's top: `DeviceImage` with flat per-port signals for the C++ harness."""
 
     def __init__(self, *, ports: int = SIM_BOARD.ports, block_bytes: int = SIM_BOARD.block_bytes,
-                 depth: int = SIM_BOARD.depth, mode: Mode = SIM_BOARD.mode):
+                 depth: int = SIM_BOARD.depth, mode: Mode = SIM_BOARD.mode,
+                 clock_hz: int = SIM_BOARD.clock_hz, interval_ns: int = SIM_BOARD.interval_ns,
+                 unit_ns: int = SIM_BOARD.unit_ns):
         if not 1 <= ports <= MAX_PORTS:
             self._MustUse__silence = True
             raise ValueError(f"the virtual board has 1..{MAX_PORTS} ports (got {ports})")
-        self.image = DeviceImage(ports=ports, block_bytes=block_bytes, depth=depth, mode=mode)
+        self.image = DeviceImage(ports=ports, block_bytes=block_bytes, depth=depth, mode=mode,
+                                 clk_hz=clock_hz, interval_ns=interval_ns, unit_ns=unit_ns)
+        self.timebase = TimeBase(ref_hz=clock_hz, interval_ns=interval_ns, unit_ns=unit_ns)
         self.ports = ports
-        members = {"clk": In(1), "rx_valid": In(1), "rx_ready": Out(1), "rx_data": In(8),
+        members = {"clk": In(1), "time_origin": In(8 * PAYLOAD_BYTES),
+                   "rx_valid": In(1), "rx_ready": Out(1), "rx_data": In(8),
                    "tx_valid": Out(1), "tx_ready": In(1), "tx_data": Out(8)}
         for p in range(ports):
             members.update(_port_members(p))
@@ -107,6 +122,8 @@ class SimBoard(wiring.Component):
         m.domains.sync = ClockDomain("sync", reset_less=True)
         m.d.comb += ClockSignal("sync").eq(self.clk)
         image = m.submodules.image = self.image
+        timebase = m.submodules.timebase = self.timebase
+        m.d.comb += [timebase.origin.eq(self.time_origin), image.timebase.eq(timebase.wire)]
 
         def into(name, sink, fields):
             """Harness → image through a FIFO: `{name}_valid/ready` and one signal per field."""
@@ -131,9 +148,7 @@ class SimBoard(wiring.Component):
         out_of("tx", image.tx, ["data"])
         for p in range(self.ports):
             board = image.port[p]
-            time = Signal(64, name=f"p{p}_time_r")
-            m.d.sync += time.eq(getattr(self, f"p{p}_time"))
-            m.d.comb += board.time.eq(time)
+            m.d.comb += getattr(self, f"p{p}_locked").eq(board.locked)
             into(f"p{p}_in", board.ingress, ["data", "first", "last"])
             out_of(f"p{p}_wr", board.pri_write, ["data", "first", "last"])
             into(f"p{p}_wresp", board.pri_wresp, ["ok"])

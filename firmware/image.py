@@ -9,7 +9,9 @@ storage interfaces from the simulator directly.
 | `rx` | in | 8 | link bytes from the host (COBS frames, `firmware.abi.frames`) |
 | `tx` | out | 8 | link bytes to the host |
 | `rx_framing_errors` | in | 32 | the board UART's framing errors (register of that name; 0 without a UART) |
-| `port[i].time` | in | 64 | the port's local time, ns (seam: the DPLL's integer output goes here) |
+| `timebase` | in | 1 | the time base's broadcast wire (`hdl.timebase`; only with `dpll=True`) |
+| `port[i].time` | in | 64 | the port's local time, ns (only with `dpll=False`: a test's stand-in clock) |
+| `port[i].locked` | out | 1 | port i's DPLL is locked (only with `dpll=True`) |
 | `port[i].ingress` | in | {data: 64, first, last} | block writes into port i (`JournalPort.ingress`) |
 | `port[i].pri_write` | out | {data: 64, first, last} | port i's writes to primary storage |
 | `port[i].pri_wresp` | in | {ok} | their completions, in order |
@@ -19,8 +21,15 @@ storage interfaces from the simulator directly.
 Inside: `JournalPort` i (`hdl/journal_port.py`) with its `flush`/`ack`/`flush_cmd`/`resend`
 wired to `LinkController.port[i]` (`hdl/link.py`), its control inputs driven and its counters
 read by `RegisterBlock.port[i]` (`firmware/registers.py`, built from `firmware/abi/regmap.py`),
-which the link reaches over its register bus. The per-port DPLL registers read 0 until the
-DPLL is plugged in (it will drive `time` and those four registers).
+which the link reaches over its register bus.
+
+With `dpll=True` (the default) each port has a `DigitalPLL` (`hdl/dpll.py`) locked to the
+`timebase` wire: its integer `time` is the port's local time (the JournalPort's timestamps and
+the link's FLUSH_MARK times) and its outputs drive the port's `dpll` registers, split into
+32-bit words by `firmware.abi.regmap.DPLL_WORDS`. For now every DPLL runs in the image's one
+clock domain (`clk_hz`); `interval_ns`/`unit_ns` must match the board's `TimeBase`. With
+`dpll=False` the board drives `port[i].time` itself and the `dpll` registers read 0
+(`sim/device_top.py`, the link tests).
 """
 
 from amaranth.hdl import Module
@@ -29,14 +38,18 @@ from amaranth.lib.wiring import In, Out
 
 from firmware.abi.entry import Mode
 from firmware.abi.frames import IDENTITY, IMAGE_ID, IMAGE_VERSION
-from firmware.abi.regmap import COUNTERS, PORT
+from firmware.abi.regmap import COUNTERS, DPLL_WORDS, PORT
 from firmware.registers import RegisterBlock
+from hdl.dpll import DigitalPLL
 from hdl.journal_port import JournalPort
 from hdl.link import DATAPATH_BITS, LinkController
+from hdl.timebase import DEFAULT_BIT_RATE, DEFAULT_INTERVAL_NS, DEFAULT_UNIT_NS
 from hdl.timestamper import TIME_BITS
 from hdl.write_path import port_io_members
 
 BoardPortSignature = wiring.Signature({"time": In(TIME_BITS), **port_io_members(DATAPATH_BITS)})
+# With DPLLs: no `time` in (the DPLL makes it), the DPLL's `locked` out (for a board's LED or harness).
+DpllPortSignature = wiring.Signature({"locked": Out(1), **port_io_members(DATAPATH_BITS)})
 
 CONTROLS = [r.name for r in PORT if r.group == "control"]
 
@@ -45,7 +58,9 @@ class DeviceImage(wiring.Component):
     """`ports` journal ports of `depth` entries of `block_bytes`, the link and the registers."""
 
     def __init__(self, *, ports: int = 4, block_bytes: int = 512, depth: int = 16,
-                 mode: Mode = Mode.REDO, max_payload: int | None = None):
+                 mode: Mode = Mode.REDO, max_payload: int | None = None, dpll: bool = True,
+                 clk_hz: float = 125e6, interval_ns: int = DEFAULT_INTERVAL_NS,
+                 unit_ns: int = DEFAULT_UNIT_NS, bit_rate: int = DEFAULT_BIT_RATE):
         if not 1 <= ports <= 255 or depth > 0xFFFF:
             self._MustUse__silence = True  # a rejected core is not an unused one
             raise ValueError(f"need 1..255 ports and a depth below 65536 (got {ports}, {depth})")
@@ -53,18 +68,25 @@ class DeviceImage(wiring.Component):
         self.block_bytes = block_bytes
         self.depth = depth
         self.mode = Mode(mode)
+        self.dpll = dpll
+        self.dpll_args = dict(clk_hz=clk_hz, interval_ns=interval_ns, unit_ns=unit_ns, bit_rate=bit_rate)
         try:
+            if dpll:        # check the DPLL's arguments now, not at elaboration
+                DigitalPLL(**self.dpll_args)._MustUse__silence = True
             self.link = LinkController(ports=ports, block_bytes=block_bytes, identity=self.identity(),
                                        max_payload=max_payload)
         except ValueError:
             self._MustUse__silence = True
             raise
-        super().__init__({
+        members = {
             "rx": In(stream.Signature(8)),
             "tx": Out(stream.Signature(8)),
             "rx_framing_errors": In(32),
-            "port": Out(BoardPortSignature).array(ports),
-        })
+            "port": Out(DpllPortSignature if dpll else BoardPortSignature).array(ports),
+        }
+        if dpll:
+            members["timebase"] = In(1, init=1)     # idle high
+        super().__init__(members)
 
     def identity(self) -> bytes:
         """The IDENTITY response's payload (`firmware.abi.frames.IDENTITY`)."""
@@ -93,7 +115,15 @@ class DeviceImage(wiring.Component):
             jp = m.submodules[f"port{p}"] = JournalPort(port=p, block_bytes=self.block_bytes,
                                                         datapath_bits=DATAPATH_BITS, depth=self.depth)
             board, lp, rp = self.port[p], link.port[p], regs.port[p]
-            m.d.comb += [jp.time.eq(board.time), lp.time.eq(board.time)]
+            if self.dpll:
+                dpll = m.submodules[f"dpll{p}"] = DigitalPLL(**self.dpll_args)
+                m.d.comb += [dpll.wire.eq(self.timebase), board.locked.eq(dpll.locked)]
+                time = dpll.time
+                for reg, output, lsb, width in DPLL_WORDS:
+                    m.d.comb += getattr(rp, reg).eq(getattr(dpll, output)[lsb:lsb + width])
+            else:
+                time = board.time       # the DPLL registers read 0
+            m.d.comb += [jp.time.eq(time), lp.time.eq(time)]
             wiring.connect(m, wiring.flipped(board.ingress), jp.ingress)
             wiring.connect(m, jp.pri_write, wiring.flipped(board.pri_write))
             wiring.connect(m, wiring.flipped(board.pri_wresp), jp.pri_wresp)
@@ -110,9 +140,4 @@ class DeviceImage(wiring.Component):
                 m.d.comb += getattr(jp, name).eq(getattr(rp, name))
             for name, _, _, _ in COUNTERS:
                 m.d.comb += getattr(rp, name).eq(getattr(jp, name))
-            # DPLL registers (group "dpll") are left at 0: no DPLL in the image yet. With a
-            # `hdl.dpll.DigitalPLL` per port (also driving `board.time`), they are wired by
-            # `firmware.abi.regmap.DPLL_WORDS`:
-            #     for reg, output, lsb, width in DPLL_WORDS:
-            #         m.d.comb += getattr(rp, reg).eq(getattr(dpll, output)[lsb:lsb + width])
         return m

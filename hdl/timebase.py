@@ -18,21 +18,29 @@ so with the reference clock's first rising edge at time 0 the marker of the fram
 T = k·interval_ns/unit_ns is on the wire at exactly k·interval_ns. The first frame is k = 1
 (at power-up the CRC of T = 0 is not ready yet).
 
-CRC-32C rather than a CRC-8: it reuses the `CRC32C` core at one 48-bit word per cycle on both
-ends and a receiver shares nothing else with the sender. A 100-bit frame takes 8 µs at the
+CRC-32C rather than a CRC-8: the conventions of the `hdl.crc` core, computed one bit per cycle
+on both ends (the sender after each T update, the receiver `hdl.dpll` as the data bits arrive),
+and a receiver shares nothing else with the sender. A 100-bit frame takes 8 µs at the
 default bit rate, well inside the shortest interval the tests use (100 µs).
 
 Test hooks (inputs; tie them to their defaults in a real design): `jitter` moves the next
 marker by -1, 0 or +1 reference cycle (the payload still names the nominal time, as a real
 time base with an edge-jittery output would); `corrupt` flips bit 0 of the next frame's CRC;
 `enable` low suppresses frames (the time keeps counting), to test holdover.
+
+`origin` (input, in units of `unit_ns`, 0 by default) is the time of the reference clock's first
+rising edge: it is loaded on the first cycle after reset (or power-up), so frame k carries
+T = origin + k·interval_ns/unit_ns. Hold it steady; a board whose time base is set to, say,
+the Unix epoch ties it to the start time (the virtual board: `boards/sim.py`).
 """
 
-from amaranth.hdl import Cat, Const, Module, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from .crc import CRC32C
+from .crc import INIT as CRC_INIT
+from .crc import POLY_REFLECTED
+from .crc import XOROUT as CRC_XOROUT
 
 PAYLOAD_BYTES = 6
 CRC_BYTES = 4
@@ -68,6 +76,7 @@ class TimeBase(wiring.Component):
     enable: In(1, init=1)
     jitter: In(signed(2))
     corrupt: In(1)
+    origin: In(8 * PAYLOAD_BYTES)
 
     def __init__(self, *, ref_hz: int = DEFAULT_REF_HZ, interval_ns: int = DEFAULT_INTERVAL_NS,
                  unit_ns: int = DEFAULT_UNIT_NS, bit_rate: int = DEFAULT_BIT_RATE):
@@ -97,7 +106,6 @@ class TimeBase(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         n = self.interval_cycles
-        m.submodules.crc = crc = CRC32C(8 * PAYLOAD_BYTES)
 
         phase = Signal(range(n))          # reference cycle within the interval
         start_at = Signal(range(n))       # phase at which this interval's frame starts
@@ -120,23 +128,33 @@ class TimeBase(wiring.Component):
         with m.If(phase == 2):
             m.d.sync += next_t.eq(next_t + self.t_step)
 
-        # CRC of next_t, recomputed every cycle (one 48-bit word, always `first`).
-        m.d.comb += [
-            crc.data.valid.eq(1),
-            crc.data.payload.data.eq(next_t),
-            crc.data.payload.first.eq(1),
-        ]
+        # CRC of next_t, one bit per cycle from phase 3 (next_t last changed at phase 2, or on
+        # the first cycle), so it is ready by phase 3 + 48, long before the next frame starts
+        # (the interval holds a frame and its idle gap: > 120 cycles). Cheaper to simulate than
+        # the parallel `CRC32C` of a 48-bit word every cycle; same value (`crc32c_step`).
+        crc_state = Signal(32)
+        crc_shift = Signal.like(next_t)
+        crc_left = Signal(range(len(next_t) + 1))
+        with m.If(phase == 3):
+            m.d.sync += [crc_state.eq(CRC_INIT), crc_shift.eq(next_t), crc_left.eq(len(next_t))]
+        with m.Elif(crc_left != 0):
+            lsb = crc_state[0] ^ crc_shift[0]
+            m.d.sync += [crc_state.eq((crc_state >> 1) ^ Mux(lsb, POLY_REFLECTED, 0)),
+                         crc_shift.eq(crc_shift >> 1), crc_left.eq(crc_left - 1)]
+        crc = crc_state ^ CRC_XOROUT
 
         # Serializer: the whole frame's line levels in a shift register, LSB out first.
         shift = Signal(FRAME_BITS, init=(1 << FRAME_BITS) - 1)
         bits_left = Signal(range(FRAME_BITS + 1))
         bit_timer = Signal(range(max(self.bit_cycles, 2)))
-        data = Cat(next_t, crc.crc ^ self.corrupt)
+        data = Cat(next_t, crc ^ self.corrupt)
         levels = Cat(*(Cat(Const(0, 1), data[8 * i:8 * i + 8], Const(1, 1)) for i in range(FRAME_BYTES)))
 
-        # The CRC core needs a cycle to see next_t: no frame on the very first cycle (T = 0).
+        # No frame on the very first cycle (T = 0, its CRC not computed).
         started = Signal()
         m.d.sync += started.eq(1)
+        with m.If(~started):
+            m.d.sync += next_t.eq(self.origin)      # T at the first edge (see the docstring)
         with m.If((phase == start_at) & self.enable & started):
             m.d.sync += [
                 shift.eq(levels[1:]),

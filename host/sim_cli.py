@@ -37,7 +37,11 @@ import click
 @click.option("--corrupt-tx", type=float, help="Per-byte probability of a flipped bit, device to host.")
 @click.option("--drop-rx", type=float, help="Per-byte probability of a lost byte, host to device.")
 @click.option("--drop-tx", type=float, help="Per-byte probability of a lost byte, device to host.")
-@click.option("--time-origin", type=int, help="Device time at start, ns since the Unix epoch (default: now).")
+@click.option("--time-origin", type=int,
+              help="The time base's time at start, ns since the Unix epoch, a whole number of 100 us "
+                   "(default: now, rounded down).")
+@click.option("--wait-lock", type=click.IntRange(0, 1),
+              help="1 (default): servers start once their port's DPLL has locked (~1.5 ms simulated).")
 @click.option("--status-s", type=float, default=5, show_default=True, help="Print a status line this often.")
 def sim_cmd(volume, blocks, log, ports, baud, rate, writes, status_s, **options):
     """Run the virtual board: print its pseudo-terminal, run until Ctrl-C.

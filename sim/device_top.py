@@ -23,7 +23,7 @@ def time_origin(port: int) -> int:
 
 class DeviceTestTop(wiring.Component):
     def __init__(self, **image_args):
-        self.image = DeviceImage(**image_args)
+        self.image = DeviceImage(dpll=False, **image_args)     # `time` from the counters below
         self.ports = self.image.ports
         super().__init__({
             "rx": In(stream.Signature(8)),

@@ -71,13 +71,16 @@ class HarnessOptions:
     corrupt_tx: float | None = None    # per byte, device -> host
     drop_rx: float | None = None
     drop_tx: float | None = None
-    time_origin: int | None = None     # ns since the Unix epoch at cycle 0 (default: now)
+    time_origin: int | None = None     # ns since the Unix epoch at the first clock edge, a whole number
+    #                                    of SIM_BOARD.unit_ns (default: now, rounded down to one)
+    wait_lock: int | None = None       # 1 (default): servers start once their port's DPLL locked
     poll_cycles: int | None = None
     report_ms: int | None = None
     max_cycles: int | None = None
 
     def argv(self, config: SimBoardConfig) -> list[str]:
         args = ["--ports", str(config.ports), "--clock-hz", str(config.clock_hz),
+                "--unit-ns", str(config.unit_ns),
                 "--baud", str(self.baud if self.baud is not None else config.baud)]
         for name, value in vars(self).items():
             if value is None or name == "baud":
@@ -202,7 +205,7 @@ def read_storage_log(path: Path | str) -> Iterator[LogRecord]:
 
 
 def log_origin(path: Path | str) -> int:
-    """The run's time origin (device ns at cycle 0) from a storage log's header."""
+    """The run's time origin (ns at the first clock edge: the time base's) from a storage log's header."""
     with open(path, "rb") as f:
         return LOG_HEADER.unpack(f.read(LOG_HEADER.size))[5]
 

@@ -227,7 +227,7 @@ def markdown() -> str:
         "",
         "Offsets `0x10`-`0x1f` are the journal port's counters (`COUNTERS`); "
         f"`{min(dpll):#04x}`-`{max(dpll):#04x}` belong to",
-        "the port's DPLL (`DPLL_OUTPUTS`; read 0 until the image has one). A DPLL output wider than 32",
+        "the port's DPLL (`DPLL_OUTPUTS`; 0 in an image built without DPLLs). A DPLL output wider than 32",
         "bits is split into `_lo` (bits 31:0) and `_hi` (the bits above) at consecutive offsets; the",
         "two are separate reads, so read `_hi`, `_lo`, `_hi` and retry if `_hi` changed (`dpll_time`",
         "changes every cycle).",

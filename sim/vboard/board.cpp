@@ -16,8 +16,15 @@
 //     failing with probability --write-fail (block left unchanged, completion ok=0); the
 //     copy-on-write pre-image reads answer after --read-latency cycles and fail with
 //     probability --read-fail;
-//   - each port's time: ns since the Unix epoch = --time-origin (default: the wall clock at
-//     start) + cycles x ns per cycle (one clock for every port: no DPLL in the image yet);
+//   - the time base's origin: the image carries the time base and one DPLL per port (on the
+//     one clock, for now); the harness only sets the time base's T at the first clock edge,
+//     `time_origin` = --time-origin / --unit-ns (ns since the Unix epoch, a whole number of
+//     units; default: the wall clock at start, rounded down to a unit). Its own record of
+//     time (the storage log, `time_ns` in status lines) is origin + edges x ns per cycle, which
+//     a locked DPLL's time follows to within a few ns;
+//   - servers wait for their port's DPLL to lock (`p{i}_locked`) before their first write
+//     (--wait-lock 0: start at once, stamped with an unlocked time), so every entry carries
+//     Unix-epoch time;
 //   - the storage log (--log): every read and write storage answered, in the order it
 //     answered them (see LOG FORMAT below), so a test can check the journal against it.
 //
@@ -110,7 +117,8 @@ struct Options {
     int64_t write_latency = 200, read_latency = 200;
     double write_fail = 0, read_fail = 0;
     double corrupt_rx = 0, corrupt_tx = 0, drop_rx = 0, drop_tx = 0;
-    int64_t time_origin = -1;
+    int64_t time_origin = -1, unit_ns = 100000;
+    bool wait_lock = true;
     int64_t poll_cycles = 2048;
     int64_t report_ms = 1000;
     int64_t max_cycles = 0;
@@ -123,12 +131,12 @@ static void usage(const char* argv0) {
         "  [--rate W_PER_MS] [--writes N] [--lba-min A] [--lba-max B] [--seed S]\n"
         "  [--write-latency CYC] [--read-latency CYC] [--write-fail P] [--read-fail P]\n"
         "  [--corrupt-rx P] [--corrupt-tx P] [--drop-rx P] [--drop-tx P] [--time-origin NS]\n"
-        "  [--poll-cycles N] [--report-ms MS] [--max-cycles N] [--ports N]\n", argv0);
+        "  [--unit-ns NS] [--wait-lock 0|1] [--poll-cycles N] [--report-ms MS] [--max-cycles N] [--ports N]\n", argv0);
 }
 
 static bool parse(int argc, char** argv, Options& o) {
     enum { VOLUME = 1, BLOCKS, LOG, CLOCK, BAUD, RATE, WRITES, LBA_MIN, LBA_MAX, SEED, WLAT, RLAT, WFAIL,
-           RFAIL, CRX, CTX, DRX, DTX, ORIGIN, POLL, REPORT, MAXC, PORTS };
+           RFAIL, CRX, CTX, DRX, DTX, ORIGIN, POLL, REPORT, MAXC, PORTS, UNIT, WAITLOCK };
     static const option longopts[] = {
         {"volume", 1, nullptr, VOLUME}, {"blocks", 1, nullptr, BLOCKS}, {"log", 1, nullptr, LOG},
         {"clock-hz", 1, nullptr, CLOCK}, {"baud", 1, nullptr, BAUD}, {"rate", 1, nullptr, RATE},
@@ -138,6 +146,7 @@ static bool parse(int argc, char** argv, Options& o) {
         {"corrupt-rx", 1, nullptr, CRX}, {"corrupt-tx", 1, nullptr, CTX}, {"drop-rx", 1, nullptr, DRX},
         {"drop-tx", 1, nullptr, DTX}, {"time-origin", 1, nullptr, ORIGIN}, {"poll-cycles", 1, nullptr, POLL},
         {"report-ms", 1, nullptr, REPORT}, {"max-cycles", 1, nullptr, MAXC}, {"ports", 1, nullptr, PORTS},
+        {"unit-ns", 1, nullptr, UNIT}, {"wait-lock", 1, nullptr, WAITLOCK},
         {nullptr, 0, nullptr, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "", longopts, nullptr)) != -1) {
@@ -166,12 +175,18 @@ static bool parse(int argc, char** argv, Options& o) {
             case REPORT: o.report_ms = std::atoll(a); break;
             case MAXC: o.max_cycles = std::atoll(a); break;
             case PORTS: o.ports = std::atoi(a); break;
+            case UNIT: o.unit_ns = std::atoll(a); break;
+            case WAITLOCK: o.wait_lock = std::atoi(a) != 0; break;
             default: return false;
         }
     }
     if (optind != argc) return false;
     if (o.ports != NPORTS) {
         std::fprintf(stderr, "this harness was built for %d ports, not %d\n", NPORTS, o.ports);
+        return false;
+    }
+    if (o.unit_ns <= 0 || (o.time_origin >= 0 && o.time_origin % o.unit_ns)) {
+        std::fprintf(stderr, "need unit-ns > 0 and a time-origin that is a whole number of units\n");
         return false;
     }
     if (o.clock_hz <= 0 || o.baud <= 0 || o.baud / 10 > o.clock_hz || o.poll_cycles < 1) {
@@ -183,14 +198,14 @@ static bool parse(int argc, char** argv, Options& o) {
 
 // --- the port's signals, bound by name ------------------------------------------------------
 struct PortPins {
-    QData* time;
+    CData* locked;
     CData *in_valid, *in_ready, *in_first, *in_last; QData* in_data;
     CData *wr_valid, *wr_ready, *wr_first, *wr_last; QData* wr_data;
     CData *wresp_valid, *wresp_ready, *wresp_ok;
     CData *rcmd_valid, *rcmd_ready; QData* rcmd_lba;
     CData *rdata_valid, *rdata_ready, *rdata_last, *rdata_ok; QData* rdata_data;
 };
-#define BIND(i) pins[i] = PortPins{&top->p##i##_time, \
+#define BIND(i) pins[i] = PortPins{&top->p##i##_locked, \
     &top->p##i##_in_valid, &top->p##i##_in_ready, &top->p##i##_in_first, &top->p##i##_in_last, &top->p##i##_in_data, \
     &top->p##i##_wr_valid, &top->p##i##_wr_ready, &top->p##i##_wr_first, &top->p##i##_wr_last, &top->p##i##_wr_data, \
     &top->p##i##_wresp_valid, &top->p##i##_wresp_ready, &top->p##i##_wresp_ok, \
@@ -261,6 +276,7 @@ struct PendingWrite {
 
 struct PortState {
     // server
+    bool live = false;         // writing: the port's DPLL has locked (or --wait-lock 0)
     Rng gen_rng{1};
     double next_arrival = 0;   // cycle of the next write's arrival
     int64_t due = 0;           // writes arrived but not yet started
@@ -339,6 +355,7 @@ int main(int argc, char** argv) {
         timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         o.time_origin = int64_t(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+        o.time_origin -= o.time_origin % o.unit_ns;
     }
 
     Log log;
@@ -382,17 +399,24 @@ int main(int argc, char** argv) {
     Rng link_rng(o.seed ^ 0x11CC);
 
     // Time: ns per cycle as an integer part and a remainder over the clock (exact for any clock).
+    // time_ns is the time of the last rising edge; the first edge is the time base's origin.
     const uint64_t clock = uint64_t(std::llround(o.clock_hz));
     const uint64_t ns_q = 1000000000ull / clock, ns_r = 1000000000ull % clock;
     uint64_t time_ns = uint64_t(o.time_origin), time_rem = 0;
-    // The image registers `time` (boards/sim.py): feed it the next cycle's time.
-    uint64_t ahead_ns = time_ns + ns_q + (ns_r >= clock ? 1 : 0), ahead_rem = ns_r % clock;
+    auto advance = [&] {
+        time_ns += ns_q;
+        time_rem += ns_r;
+        if (time_rem >= clock) { time_rem -= clock; ++time_ns; }
+    };
+    top->time_origin = uint64_t(o.time_origin / o.unit_ns);
     // Line pacing in 1/65536 cycles per byte.
     const uint64_t cpb = uint64_t(std::llround(o.clock_hz / (o.baud / 10.0) * 65536.0));
     uint64_t rx_next = 0, tx_next = 0;    // fixed point, cycle << 16
     const double cycles_per_write = o.rate > 0 ? o.clock_hz / 1000.0 / o.rate : 0;
-    for (int p = 0; p < NPORTS; ++p)
+    for (int p = 0; p < NPORTS; ++p) {
         if (o.rate > 0) ports[p].next_arrival = -std::log(1.0 - ports[p].gen_rng.uniform()) * cycles_per_write;
+        ports[p].live = !o.wait_lock;
+    }
 
     ByteQueue rxq(1 << 16), txq(1 << 16);
     uint64_t rx_bytes = 0, tx_bytes = 0, rx_corrupted = 0, rx_dropped = 0, tx_corrupted = 0, tx_dropped = 0;
@@ -401,8 +425,8 @@ int main(int argc, char** argv) {
 
     std::printf("pty %s\n", slave_path);
     std::printf("board ports=%d block_bytes=%d clock_hz=%.0f baud=%.0f blocks=%lld time_origin_ns=%lld "
-                "volume=%s log=%s\n", NPORTS, BLOCK, o.clock_hz, o.baud, (long long)o.blocks,
-                (long long)o.time_origin, o.volume.c_str(), o.log.empty() ? "-" : o.log.c_str());
+                "unit_ns=%lld wait_lock=%d volume=%s log=%s\n", NPORTS, BLOCK, o.clock_hz, o.baud,
+                (long long)o.blocks, (long long)o.time_origin, (long long)o.unit_ns, int(o.wait_lock), o.volume.c_str(), o.log.empty() ? "-" : o.log.c_str());
     std::fflush(stdout);
 
     const double wall_start = wall_now();
@@ -430,9 +454,11 @@ int main(int argc, char** argv) {
     // A few idle cycles first (the image has no reset input: it starts at its init values).
     top->rx_valid = 0;
     top->tx_ready = 0;
+    // Edge 0 is at time_origin; time_ns stays the time of the last edge.
     for (int i = 0; i < 4; ++i) {
         top->clk = 0; top->eval();
         top->clk = 1; top->eval();
+        if (i > 0) advance();
     }
 
     bool master_dead = false;
@@ -473,9 +499,13 @@ int main(int argc, char** argv) {
             for (int p = 0; p < NPORTS; ++p) {
                 PortState& s = ports[p];
                 PortPins& q = pins[p];
-                *q.time = ahead_ns;
-                // server: arrivals, then the current write's beat
-                if (o.rate < 0) {
+                // server: waits for the DPLL's lock; then arrivals, then the current write's beat
+                if (!s.live && *q.locked) {
+                    s.live = true;
+                    s.next_arrival += double(cycle);
+                }
+                if (!s.live) {
+                } else if (o.rate < 0) {
                     if (s.due == 0 && (o.writes == 0 || s.issued < o.writes)) s.due = 1;
                 } else if (o.rate > 0) {
                     while (double(cycle) >= s.next_arrival) {
@@ -599,12 +629,7 @@ int main(int argc, char** argv) {
             }
             top->clk = 1;
             top->eval();
-            time_ns += ns_q;
-            time_rem += ns_r;
-            if (time_rem >= clock) { time_rem -= clock; ++time_ns; }
-            ahead_ns += ns_q;
-            ahead_rem += ns_r;
-            if (ahead_rem >= clock) { ahead_rem -= clock; ++ahead_ns; }
+            advance();
         }
         if (o.max_cycles && cycle >= uint64_t(o.max_cycles)) break;
         if (o.report_ms > 0) {

@@ -24,3 +24,19 @@ def test_rejects_bad_arguments():
 @pytest.mark.parametrize("ports", [1, 3])
 def test_elaborates(ports):
     assert "port2" in rtlil.convert(DeviceImage(ports=ports, block_bytes=64, depth=4)) or ports < 3
+
+
+def test_dpll_or_time_seam():
+    """`dpll=True`: a `timebase` wire in, a DPLL per port driving `time` and the `dpll` registers;
+    `dpll=False`: the board drives each port's `time` and the `dpll` registers read 0."""
+    with_dpll = DeviceImage(ports=2, block_bytes=64, depth=4, clk_hz=125e6, interval_ns=100_000,
+                            unit_ns=100_000)
+    assert "timebase" in with_dpll.signature.members
+    assert "time" not in with_dpll.signature.members["port"].signature.members
+    assert "dpll1" in rtlil.convert(with_dpll)
+    seam = DeviceImage(ports=2, block_bytes=64, depth=4, dpll=False)
+    assert "timebase" not in seam.signature.members
+    assert "time" in seam.signature.members["port"].signature.members
+    assert "dpll0" not in rtlil.convert(seam)
+    with pytest.raises(ValueError, match="cycles per bit"):
+        DeviceImage(ports=1, block_bytes=64, clk_hz=20e6)

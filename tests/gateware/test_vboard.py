@@ -2,19 +2,25 @@
 
 Starts `sim.vboard.VirtualBoard` (the C++ Verilator harness, built once and cached), talks to it
 with pyserial and `firmware.abi.frames`, and checks the journal against the harness's storage log
-and the volume file against that log.
+and the volume file against that log. Device time comes from the image's DPLLs locked to the
+board's time base (the servers start once their port's DPLL has locked), so the entries'
+timestamps must agree with the harness's own record of simulated time to within microseconds.
 """
+
+import struct
 
 import pytest
 import serial
 
 from boards.sim import SIM_BOARD
+from firmware.abi import regmap
 from firmware.abi.entry import Kind, Mode, Status, entry_bytes, unpack
 from firmware.abi.frames import FLUSH_MARK, IDENTITY, IMAGE_ID, IMAGE_VERSION, FrameType
 from firmware.abi.frames import decode as decode_frame
 from firmware.abi.frames import encode as encode_frame
 
 BLOCKS, WRITES, SEED = 32, 6, 7
+STAMP_TO_STORAGE_NS = 20_000    # an entry's timestamp to its write's completion: ~3 µs of datapath
 
 
 class Link:
@@ -42,6 +48,26 @@ class Link:
         wire = bytes(self.buf[:end])
         del self.buf[:end + 1]
         return decode_frame(wire)
+
+    def registers(self, addr, count):
+        """`count` registers from `addr` (REG_READ → REG_VALUES)."""
+        seq = self.send(FrameType.REG_READ, struct.pack("<HH", addr, count))
+        while True:
+            kind, _, got_seq, payload = self.frame()
+            if kind == FrameType.REG_VALUES and got_seq == seq:
+                assert struct.unpack_from("<HH", payload) == (addr, count)
+                return struct.unpack_from(f"<{count}I", payload, 4)
+
+    def dpll(self, port):
+        """Port `port`'s DPLL registers by name, wide outputs joined from their _lo/_hi words."""
+        names = [r.name for r in regmap.PORT if r.group == "dpll"]
+        first = regmap.address(names[0], port)
+        values = dict(zip(names, self.registers(first, len(names)), strict=True))
+        assert [regmap.address(n, port) for n in names] == list(range(first, first + len(names)))
+        out = {}
+        for reg, output, lsb, _ in regmap.DPLL_WORDS:
+            out[output] = out.get(output, 0) | values[reg] << lsb
+        return out
 
     def drain(self, port):
         """JOURNAL entries of `port` up to its FLUSH_MARK (other frames are skipped)."""
@@ -82,6 +108,8 @@ def test_identify_flush_and_storage_log(harness, tmp_path):
                                             SIM_BOARD.block_bytes, 64, 0)
         status = board.wait_status(lambda s: int(s["applied"]) + int(s["write_failed"]) == ports * WRITES)
         assert int(status["writes"]) == ports * WRITES
+        dplls = [link.dpll(p) for p in range(ports)]
+        later = board.wait_status(lambda s: int(s["time_ns"]) > int(status["time_ns"]))
         journal, marks = {}, {}
         for p in range(ports):
             link.send(FrameType.FLUSH, port=p)
@@ -95,6 +123,13 @@ def test_identify_flush_and_storage_log(harness, tmp_path):
     assert len(writes) == len(records) == ports * WRITES
     assert any(not r.ok for r in records) and any(r.ok for r in records)
     origin = log_origin(log)
+    for p, d in enumerate(dplls):           # locked once, tracking, time between two harness reports
+        assert (d["locked"], d["state"], d["lock_count"]) == (1, 2, 1), (p, d)
+        assert d["frames"] > 10 and d["rejected"] == 0, (p, d)
+        assert abs(d["phase_error"] if d["phase_error"] < 2**31 else d["phase_error"] - 2**32) < 24, (p, d)
+        assert int(status["time_ns"]) < d["time"] < int(later["time_ns"]), (p, d, status, later)
+    first = min(r.time_ns for r in records)
+    assert origin + 1_000_000 < first < origin + 4_000_000     # servers waited for the lock: ~1.5 ms
     for p in range(ports):
         assert len(journal[p]) == WRITES
         for k, raw in enumerate(journal[p]):
@@ -104,7 +139,8 @@ def test_identify_flush_and_storage_log(harness, tmp_path):
             assert (fields["lba"], data) == (rec.lba, rec.data)
             assert data == server_block(SEED, p, k)
             assert fields["status"] == (Status.OK if rec.ok else Status.PRIMARY_FAILED)
-            assert origin < fields["timestamp"] < rec.time_ns <= marks[p]
+            assert 0 < rec.time_ns - fields["timestamp"] < STAMP_TO_STORAGE_NS, (p, k, rec.time_ns)
+            assert fields["timestamp"] < rec.time_ns <= marks[p]
             assert 0 <= fields["lba"] < BLOCKS
     expected = apply_log(bytearray(BLOCKS * SIM_BOARD.block_bytes), records, SIM_BOARD.block_bytes)
     assert volume.read_bytes() == expected
