@@ -94,3 +94,16 @@ def test_a_cow_view_follows_what_another_process_appends(tmp_path):
     view.backing.close()
     reader.close()
     collector.close()
+
+
+def test_device_times_read_as_instants_and_round_trip_through_at(tmp_path):
+    """Device time is Unix-epoch ns: shown as ISO-8601 UTC, and that text is a valid --at."""
+    from host.timefmt import format_ns
+    from host.timespec import parse_at
+
+    journal = LocalJournal.create(tmp_path / "j", block_bytes=BLOCK, ports=1, mode=Mode.REDO, window_ns=100)
+    instant = 1_795_812_923_868_123_000
+    assert format_ns(instant) == "2026-11-27T20:55:23.868123Z"
+    assert parse_at(format_ns(instant), journal) == instant
+    assert format_ns(2_500_000_000) == "2.5 s"                  # durations stay durations
+    journal.close()
