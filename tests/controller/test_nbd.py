@@ -225,18 +225,6 @@ def test_shutdown_drops_connected_clients():
     c.close()
 
 
-def ipv6_loopback() -> bool:
-    try:
-        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
-    except OSError:
-        return False
-    return True
-
-
-needs_ipv6 = pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback (::1) on this machine")
-
-
-@needs_ipv6
 def test_listens_on_ipv6():
     data = bytes(range(256)) * 64
     with NBDServer(BytesVolume(data, 512), "::1", 0) as server:
@@ -293,7 +281,6 @@ def test_serve_exports_the_view_a_restore_writes(tmp_path, monkeypatch):
     assert fetched["data"] == restored.read_bytes() == model.image_at(1500)
 
 
-@needs_ipv6
 def test_serve_listens_on_an_ipv6_literal(tmp_path, monkeypatch):
     writes = [(t, 0, t % 8, Status.OK) for t in range(0, 300, 13)]
     journal, model, _ = build_journal(tmp_path, 1, writes, Mode.REDO, block=512, blocks=8)
