@@ -5,8 +5,14 @@ import random
 import pytest
 from amaranth.sim import Simulator
 from cobs import cobs
+from streams import stream_put
 
 from hdl.cobs import COBSDecoder, COBSEncoder
+
+
+def beat(frame: bytes, i: int) -> dict:
+    """Byte i of an unencoded frame as the encoder takes it, with the frame's boundaries."""
+    return {"data": frame[i], "first": i == 0, "last": i == len(frame) - 1}
 
 
 def _frames(rng: random.Random) -> list[bytes]:
@@ -39,10 +45,8 @@ def test_encoder_matches_package(stall):
 
     async def feed(ctx):
         for frame in frames:
-            for i, byte in enumerate(frame):
-                ctx.set(dut.i_stream.payload, {"data": byte, "first": i == 0, "last": i == len(frame) - 1})
-                ctx.set(dut.i_stream.valid, 1)
-                await ctx.tick().until(dut.i_stream.ready)
+            for i in range(len(frame)):
+                await stream_put(ctx, dut.i_stream, beat(frame, i))
                 if rng.random() < stall:
                     ctx.set(dut.i_stream.valid, 0)
                     await ctx.tick()
@@ -69,10 +73,8 @@ def test_encoder_keeps_output_busy():
     cycles = []
 
     async def feed(ctx):
-        for i, byte in enumerate(frame):
-            ctx.set(dut.i_stream.payload, {"data": byte, "first": i == 0, "last": i == len(frame) - 1})
-            ctx.set(dut.i_stream.valid, 1)
-            await ctx.tick().until(dut.i_stream.ready)
+        for i in range(len(frame)):
+            await stream_put(ctx, dut.i_stream, beat(frame, i))
         ctx.set(dut.i_stream.valid, 0)
 
     async def drain(ctx):
@@ -109,9 +111,7 @@ def test_decoder_matches_package(stall):
 
     async def feed(ctx):
         for byte in wire:
-            ctx.set(dut.i_stream.payload, byte)
-            ctx.set(dut.i_stream.valid, 1)
-            await ctx.tick().until(dut.i_stream.ready)
+            await stream_put(ctx, dut.i_stream, byte)
             if rng.random() < stall:
                 ctx.set(dut.i_stream.valid, 0)
                 await ctx.tick()

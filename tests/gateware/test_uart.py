@@ -5,6 +5,7 @@ import random
 import pytest
 from amaranth.hdl import Module
 from amaranth.sim import Simulator
+from streams import stream_put
 
 from hdl.uart import UART
 
@@ -36,9 +37,7 @@ def test_loopback(seed):
 
     async def sender(ctx):
         for byte in payload:
-            ctx.set(dut.i_stream.payload, byte)
-            ctx.set(dut.i_stream.valid, 1)
-            await ctx.tick().until(dut.i_stream.ready)
+            await stream_put(ctx, dut.i_stream, byte)
             ctx.set(dut.i_stream.valid, 0)
             for _ in range(rng.randint(0, 2 * divisor)):
                 await ctx.tick()
