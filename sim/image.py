@@ -106,7 +106,7 @@ def build_harness(name: str, design: Callable[[], object], sources: Sequence[Pat
     toplevel = name
     text = verilog.convert(design(), name=toplevel, emit_src=False)
     args = ("-O3", *(arg for fix in MAKE_FIXES for arg in ("-MAKEFLAGS", fix)), "-MAKEFLAGS", "OPT_FAST=-O2",
-            "-Wno-fatal", "-Wno-lint", "-Wno-style", *build_args)
+            *DEFAULT_BUILD_ARGS, *build_args)
     sources = [Path(src).resolve() for src in sources]
     parts = [text, *args, *_tool_versions(), *(src.read_text() for src in sources)]
     key = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
