@@ -115,14 +115,16 @@ def info(folder):
 
 
 def ports_table(j: LocalJournal) -> Table:
-    table = Table("port", "validity", "entries", "last seq", "flushed through", "invalid since", "reason")
+    table = Table("port", "validity", "entries", "last seq", "flushed through", "invalid since", "reason",
+                  "outages ridden out")
     since = j.invalid_since()
     counts = [int((j.index["port"] == p).sum()) for p in range(j.state.ports)]
     for port, st in enumerate(j.state.port_state):
         valid = since[port] == NEVER
         table.add_row(str(port), "[green]valid[/]" if valid else "[red]invalid[/]", str(counts[port]),
                       str(int(j.last_seq[port])), format_ns(int(j.flushed_through[port])),
-                      "-" if valid else format_ns(int(since[port])), st.reason or "")
+                      "-" if valid else format_ns(int(since[port])), st.reason or "",
+                      "; ".join(f"{format_ns(a)} to {format_ns(b)}" for a, b in st.outages) or "-")
     return table
 
 

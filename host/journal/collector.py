@@ -4,7 +4,8 @@ Each poll asks a port to flush, stores what comes back durably, then acknowledge
 port's ring only frees what is on disk. A port that has not flushed successfully within the
 flush deadline is marked invalid from the device time up to which it had last flushed (seed:
 "from this point on, the process may ignore any partial journal entries coming from that
-port"); it stays invalid until an explicit resync.
+port"); it stays invalid until an explicit resync, or an explicit `reinstate` once it answers
+again with nothing lost.
 """
 
 import time
@@ -73,6 +74,16 @@ class Collector:
                                     f"missed flush deadline of {self.deadline_s:g} s: {result.error}")
             result.invalidated = True
         return result
+
+    def reinstate(self, port: int) -> tuple[int, int]:
+        """Bring back a port that went silent and answers again: store its backlog, then count it
+        over the outage (`LocalJournal.reinstate`, which refuses if entries were lost). Returns
+        the outage (since, until) in device time; raises LinkFault if the port still does not
+        answer."""
+        poll = self._poll(port)
+        if poll.error:
+            raise LinkFault(f"port {port} does not answer yet: {poll.error}")
+        return self.journal.reinstate(port)
 
     def _resend(self, port: int, result: PortPoll) -> None:
         try:

@@ -34,6 +34,7 @@ class PortState:
     reason: str = ""                      # why it was marked invalid
     compacted_seq: int = -1               # last sequence of this port in segments removed by compaction
     compacted_flushed_ns: int = 0         # and the flush time they recorded
+    outages: list[list[int]] = field(default_factory=list)   # [since, until] ns the port rode out
 
 
 @dataclass

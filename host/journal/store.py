@@ -459,6 +459,43 @@ class LocalJournal:
 
         self.update_state(clear)
 
+    def reinstate(self, port: int) -> tuple[int, int]:
+        """Count `port` again after an outage its ring rode out; return the outage (since, until).
+
+        A port the host invalidated for missing its flush deadline (seed: "the invalid state may
+        be reset should the port return to a valid state, for example if a problem with a
+        communication medium has been corrected") lost nothing when its link came back with its
+        sequence unbroken: its ring never overwrites an unacknowledged entry, and `append` refuses
+        gaps. So once its backlog is stored past the verdict's time the port counts again over
+        the outage too, and merged windows from the verdict on are taken back to be merged again
+        with its entries. A port that marked itself invalid (PORT_INVALID: its ring overflowed)
+        did lose entries and needs a resync instead."""
+        if not 0 <= port < self.state.ports:
+            raise JournalError(f"port {port} is outside this journal's {self.state.ports} ports")
+        st = self.state.port_state[port]
+        if st.invalid_since_ns is None:
+            raise JournalError(f"port {port} is valid: nothing to reinstate")
+        markers = self.markers
+        own = (markers["port"] == port) & (markers["timestamp"] >= st.valid_from_ns)
+        if own.any():
+            raise JournalError(f"port {port} reported itself invalid (its ring overflowed, entries were "
+                               "lost): take a fresh base copy with 'portjournal ports resync' instead")
+        since, until = int(st.invalid_since_ns), int(self.flushed_through[port])
+        if until <= since:
+            raise JournalError(f"port {port} has not flushed past its outage (since {since} ns) yet: collect "
+                               "its backlog first")
+        back_to = min(self.merged_through, since // self.state.window_ns * self.state.window_ns)
+        if back_to < self.merged_through:
+            self.rewrite_merged(self.merged[self.merged["window_end"] <= back_to], back_to)
+
+        def clear(state: JournalState) -> None:
+            ps = state.port_state[port]
+            ps.outages.append([since, until])
+            ps.invalid_since_ns, ps.reason = None, ""
+
+        self.update_state(clear)
+        return since, until
+
     # --- the merged portion -----------------------------------------------------------------
 
     def merge(self) -> np.ndarray:

@@ -8,7 +8,7 @@ from firmware.abi.entry import Mode, Status
 from host.cli import cli
 from host.journal.base import compact, resync, take_base_copy
 from host.journal.collector import Collector, LinkFault
-from host.journal.store import NEVER, LocalJournal
+from host.journal.store import NEVER, JournalError, LocalJournal
 from host.storage import FileStorage, StorageError
 from sim.workload import make_streams
 
@@ -153,6 +153,49 @@ def test_collector_invalidates_a_silent_port_and_resends_after_a_gap(tmp_path):
         with FileStorage(vol, BLOCK) as storage:
             resync(j, 2, storage, time_ns=5 * WINDOW)
         assert j.invalid_since()[2] == NEVER and j.valid_from()[2] == 5 * WINDOW
+
+
+def test_a_port_back_from_an_outage_is_reinstated_with_its_backlog(tmp_path):
+    streams = make_streams(ports=2, entries=200, block_bytes=BLOCK, blocks=BLOCKS, span_ns=20 * WINDOW)
+    now = [0.0]
+    link = FakePorts(streams, batch=10)
+    with new_journal(tmp_path, ports=2) as j:
+        collector = Collector(j, link, deadline_s=1.0, clock=lambda: now[0])
+        for _ in range(3):
+            collector.poll()
+        link.down.add(1)
+        now[0] = 2.0
+        collector.poll()
+        since = int(j.invalid_since()[1])
+        assert since != NEVER
+        for _ in range(10):                              # port 0 goes on, merged without port 1
+            collector.poll()
+        j.merge()
+        assert j.merged_through > since
+        with pytest.raises(LinkFault):                   # still silent: nothing changes
+            collector.reinstate(1)
+        assert j.invalid_since()[1] == since
+        link.down.discard(1)
+        outage = collector.reinstate(1)
+        assert outage[0] == since < outage[1] == int(j.flushed_through[1])
+        assert j.invalid_since()[1] == NEVER and j.state.port_state[1].outages == [list(outage)]
+        assert j.merged_through <= since                 # windows merged without port 1 taken back
+        for _ in range(20):
+            collector.poll()
+        index = j.index
+        seqs = index["seq"][index["port"] == 1]
+        assert list(seqs) == list(range(len(streams[1].entries)))     # nothing lost, nothing twice
+        j.merge()
+        # Port 1's writes during the outage now count: the merged portion equals a fresh merge.
+        with new_journal(tmp_path / "fresh", ports=2) as fresh:
+            for port in range(2):
+                fresh.append(port, streams[port].entries.tobytes(), int(j.flushed_through[port]))
+            fresh.merge()
+            assert fresh.merged_through == j.merged_through
+            assert sorted(map(tuple, fresh.merged[["lba", "window_end"]].tolist())) == \
+                sorted(map(tuple, j.merged[["lba", "window_end"]].tolist()))
+        with pytest.raises(JournalError, match="valid"):
+            j.reinstate(1)
 
 
 def test_cli_verify_exit_codes_and_reports(tmp_path):
