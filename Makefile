@@ -55,8 +55,9 @@ sim: $(STAMP)
 bench-dpll: $(STAMP)
 	$(BIN)/python bench/dpll.py $(BENCH_ARGS)
 
-demo: $(STAMP)
-	$(BIN)/portjournal --help
+# The main job: protect a volume on the virtual board, damage it, restore it (DEMO_ARGS="--mode cow").
+demo: $(STAMP) $(DEBIAN)
+	$(BIN)/portjournal demo $(DEMO_ARGS)
 
 clean:
 	rm -rf build .pytest_cache

@@ -44,6 +44,7 @@ from firmware.image import DeviceImage
 from hdl.timebase import PAYLOAD_BYTES, TimeBase
 
 MAX_PORTS = 8          # what the harness binds (sim/vboard/board.cpp)
+PPM_PATTERN = (+120, -80, +40, -150, +200, -200, +10, -30)   # port oscillators' offsets, ppm
 BOUNDARY_DEPTH = 4     # the FIFO on each stream between the harness and the image
 
 
@@ -65,6 +66,14 @@ class SimBoardConfig:
     # cycles) lets a demo of 10,000 blocks (5.5 MB of entries) finish in about half a minute at
     # ~1.2 M simulated cycles/s; `--baud 12.5e6` gives a real UART's pace.
     baud: int = 250_000_000
+    # Each port's oscillator offset (see `DeviceImage`'s `port_ppm`); None: PPM_PATTERN's first
+    # `ports`, so the DPLLs have real offsets to find (the DESIGN's "own clock with a ppm offset").
+    port_ppm: tuple[float, ...] | None = None
+
+    @property
+    def ppm(self) -> tuple[float, ...]:
+        return self.port_ppm if self.port_ppm is not None else tuple(PPM_PATTERN[p % len(PPM_PATTERN)]
+                                                                     for p in range(self.ports))
 
     @property
     def ns_per_cycle(self) -> float:
@@ -73,8 +82,8 @@ class SimBoardConfig:
     def image_args(self) -> dict:
         """The `DeviceImage` (and `SimBoard`) arguments: what changes the gateware."""
         d = asdict(self)
-        return {k: d[k] for k in ("ports", "block_bytes", "depth", "mode", "clock_hz", "interval_ns",
-                                  "unit_ns")}
+        return {**{k: d[k] for k in ("ports", "block_bytes", "depth", "mode", "clock_hz", "interval_ns",
+                                     "unit_ns")}, "port_ppm": self.ppm}
 
 
 SIM_BOARD = SimBoardConfig()
@@ -100,12 +109,13 @@ class SimBoard(wiring.Component):
     def __init__(self, *, ports: int = SIM_BOARD.ports, block_bytes: int = SIM_BOARD.block_bytes,
                  depth: int = SIM_BOARD.depth, mode: Mode = SIM_BOARD.mode,
                  clock_hz: int = SIM_BOARD.clock_hz, interval_ns: int = SIM_BOARD.interval_ns,
-                 unit_ns: int = SIM_BOARD.unit_ns):
+                 unit_ns: int = SIM_BOARD.unit_ns, port_ppm: tuple[float, ...] = ()):
         if not 1 <= ports <= MAX_PORTS:
             self._MustUse__silence = True
             raise ValueError(f"the virtual board has 1..{MAX_PORTS} ports (got {ports})")
         self.image = DeviceImage(ports=ports, block_bytes=block_bytes, depth=depth, mode=mode,
-                                 clk_hz=clock_hz, interval_ns=interval_ns, unit_ns=unit_ns)
+                                 clk_hz=clock_hz, interval_ns=interval_ns, unit_ns=unit_ns,
+                                 port_ppm=port_ppm)
         self.timebase = TimeBase(ref_hz=clock_hz, interval_ns=interval_ns, unit_ns=unit_ns)
         self.ports = ports
         members = {"clk": In(1), "time_origin": In(8 * PAYLOAD_BYTES),

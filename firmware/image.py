@@ -27,7 +27,11 @@ With `dpll=True` (the default) each port has a `DigitalPLL` (`hdl/dpll.py`) lock
 `timebase` wire: its integer `time` is the port's local time (the JournalPort's timestamps and
 the link's FLUSH_MARK times) and its outputs drive the port's `dpll` registers, split into
 32-bit words by `firmware.abi.regmap.DPLL_WORDS`. For now every DPLL runs in the image's one
-clock domain (`clk_hz`); `interval_ns`/`unit_ns` must match the board's `TimeBase`. With
+clock domain (`clk_hz`); `interval_ns`/`unit_ns` must match the board's `TimeBase`.
+`port_ppm` gives port i an oscillator `port_ppm[i]` ppm off nominal the way a board with one
+clock can: its DPLL is built for a clock of `clk_hz / (1 + ppm·1e-6)`, so its nominal
+increment is off by that much and its loop must find and cancel the offset — the same loop
+problem as a port oscillator that far off, with the same clock edges. With
 `dpll=False` the board drives `port[i].time` itself and the `dpll` registers read 0
 (`sim/device_top.py`, the link tests).
 """
@@ -60,19 +64,23 @@ class DeviceImage(wiring.Component):
     def __init__(self, *, ports: int = 4, block_bytes: int = 512, depth: int = 16,
                  mode: Mode = Mode.REDO, max_payload: int | None = None, dpll: bool = True,
                  clk_hz: float = 125e6, interval_ns: int = DEFAULT_INTERVAL_NS,
-                 unit_ns: int = DEFAULT_UNIT_NS, bit_rate: int = DEFAULT_BIT_RATE):
-        if not 1 <= ports <= 255 or depth > 0xFFFF:
+                 unit_ns: int = DEFAULT_UNIT_NS, bit_rate: int = DEFAULT_BIT_RATE,
+                 port_ppm: tuple[float, ...] = ()):
+        if not 1 <= ports <= 255 or depth > 0xFFFF or len(port_ppm) not in (0, ports):
             self._MustUse__silence = True  # a rejected core is not an unused one
-            raise ValueError(f"need 1..255 ports and a depth below 65536 (got {ports}, {depth})")
+            raise ValueError(f"need 1..255 ports, a depth below 65536 and a ppm offset per port or none "
+                             f"(got {ports}, {depth}, {len(port_ppm)})")
         self.ports = ports
         self.block_bytes = block_bytes
         self.depth = depth
         self.mode = Mode(mode)
         self.dpll = dpll
-        self.dpll_args = dict(clk_hz=clk_hz, interval_ns=interval_ns, unit_ns=unit_ns, bit_rate=bit_rate)
+        self.dpll_args = [dict(clk_hz=clk_hz / (1 + ppm * 1e-6), interval_ns=interval_ns, unit_ns=unit_ns,
+                               bit_rate=bit_rate) for ppm in (port_ppm or (0,) * ports)]
         try:
-            if dpll:        # check the DPLL's arguments now, not at elaboration
-                DigitalPLL(**self.dpll_args)._MustUse__silence = True
+            if dpll:        # check the DPLLs' arguments now, not at elaboration
+                for args in self.dpll_args:
+                    DigitalPLL(**args)._MustUse__silence = True
             self.link = LinkController(ports=ports, block_bytes=block_bytes, identity=self.identity(),
                                        max_payload=max_payload)
         except ValueError:
@@ -116,7 +124,7 @@ class DeviceImage(wiring.Component):
                                                         datapath_bits=DATAPATH_BITS, depth=self.depth)
             board, lp, rp = self.port[p], link.port[p], regs.port[p]
             if self.dpll:
-                dpll = m.submodules[f"dpll{p}"] = DigitalPLL(**self.dpll_args)
+                dpll = m.submodules[f"dpll{p}"] = DigitalPLL(**self.dpll_args[p])
                 m.d.comb += [dpll.wire.eq(self.timebase), board.locked.eq(dpll.locked)]
                 time = dpll.time
                 for reg, output, lsb, width in DPLL_WORDS:

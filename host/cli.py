@@ -5,6 +5,7 @@ import importlib.metadata
 import click
 
 from . import __version__
+from .demo_cli import demo_cmd
 from .export_cli import export_cmd, import_cmd, serve
 from .journal_cli import journal_cli, ports_cli
 from .link_cli import collect, status
@@ -44,6 +45,7 @@ cli.add_command(serve)
 cli.add_command(export_cmd)
 cli.add_command(import_cmd)
 cli.add_command(sim_cmd)
+cli.add_command(demo_cmd)
 cli.add_command(status)
 cli.add_command(collect)
 

@@ -2,6 +2,7 @@
 
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -121,46 +122,64 @@ def journal_for(folder: Path, dev: Device, window_ns: int) -> LocalJournal:
 
 
 class Progress:
-    """The live display: per port entries stored, ring fill and errors; the link's byte rate."""
+    """The live display: per port entries stored, ring fill, DPLL lock and errors; the link's rate.
 
-    def __init__(self, dev: Device, journal: LocalJournal):
-        self.dev, self.journal = dev, journal
+    Every `sample_s` it reads each port's register block (one transaction per port): ring fill
+    and DPLL state for the table, kept in `blocks` (and passed to `on_sample`) for whoever
+    wants a record of them over the run."""
+
+    def __init__(self, dev: Device, journal: LocalJournal, *, sample_s: float = 1.0,
+                 on_sample: Callable[[float, int, dict[str, int]], None] | None = None):
+        self.dev, self.journal, self.sample_s, self.on_sample = dev, journal, sample_s, on_sample
         self.start = time.monotonic()
-        self.fill = ["?"] * dev.identity.ports
-        self.errors = [""] * dev.identity.ports
-        self.stored = [0] * dev.identity.ports
+        ports = dev.identity.ports
+        self.blocks: list[dict[str, int] | None] = [None] * ports
+        self.errors = [""] * ports
+        self.stored = [0] * ports
         self.last_rate = (self.start, 0)
         self.rate = 0.0
+        self.headline = ""
 
     def update(self, polls) -> None:
         for poll in polls:
             self.stored[poll.port] += poll.entries
             self.errors[poll.port] = poll.error[:60]
         now, rx = time.monotonic(), self.dev.transport.counters.rx_bytes
-        if now - self.last_rate[0] >= 1.0:
+        if now - self.last_rate[0] >= self.sample_s:
             self.rate = (rx - self.last_rate[1]) / (now - self.last_rate[0])
             self.last_rate = (now, rx)
-            for p in range(len(self.fill)):           # one register read per port per second
+            for p in range(len(self.blocks)):
                 try:
-                    self.fill[p] = f"{self.dev.read('ring_fill', p)}/{self.dev.identity.ring_depth}"
+                    self.blocks[p] = self.dev.read_block(p)
                 except DeviceError:
-                    self.fill[p] = "?"
+                    self.blocks[p] = None
+                    continue
+                if self.on_sample:
+                    self.on_sample(now, p, self.blocks[p])
 
     def render(self) -> Group:
-        table = Table("port", "validity", "entries this run", "last seq", "ring fill", "flushed through",
-                      "last error")
+        table = Table("port", "validity", "entries this run", "last seq", "ring fill", "DPLL",
+                      "flushed through", "last error")
         since = self.journal.invalid_since()
-        for p in range(len(self.fill)):
+        depth = self.dev.identity.ring_depth
+        for p, regs in enumerate(self.blocks):
             valid = since[p] == NEVER
+            fill = "?" if regs is None else f"{regs['ring_fill']}/{depth}"
+            if regs is None:
+                dpll = "?"
+            elif regs["dpll_locked"]:
+                dpll = f"[green]locked[/] {signed32(regs['dpll_phase_error']):+d} ns"
+            else:
+                dpll = "[yellow]unlocked[/]"
             table.add_row(str(p), "[green]valid[/]" if valid else "[red]invalid[/]", str(self.stored[p]),
-                          str(int(self.journal.last_seq[p])), self.fill[p],
+                          str(int(self.journal.last_seq[p])), fill, dpll,
                           format_ns(int(self.journal.flushed_through[p])), self.errors[p])
         c = self.dev.link_counters()
         link = (f"link: {self.rate / 1e3:.1f} kB/s in, {c['rx_frames']} frames, "
                 f"{self.dev.transport.counters.rx_errors} damaged frames received, {c['naks']} NAKs, "
                 f"{c['retries']} retries, {c['resends']} resends, {c['duplicates']} duplicate entries; "
                 f"{time.monotonic() - self.start:.0f} s")
-        return Group(table, link)
+        return Group(*([self.headline] if self.headline else []), table, link)
 
 
 @click.command()

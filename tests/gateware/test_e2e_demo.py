@@ -1,0 +1,75 @@
+"""The main job end to end: `portjournal demo --quick` in both modes, as a user runs it.
+
+The demo checks its own restore against the storage model; this test checks it again with
+its own replay of the board's storage log (`sim.vboard.apply_log` onto the initial volume
+regenerated from the seed), and checks what the demo reports about the outage against the
+journal the demo left behind.
+"""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from host.demo import initial_volume
+from host.journal.store import NEVER, LocalJournal
+from sim import vboard
+
+LAST_LINE = re.compile(r"^demo: mode=(redo|cow) entries=(\d+) restored_mb=(\d+) restore_s=([\d.]+) "
+                       r"verified=(yes|no)$")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("mode", ["redo", "cow"])
+def test_quick_demo(tmp_path, mode):
+    out = tmp_path / "demo"
+    tool = Path(sys.executable).with_name("portjournal")
+    proc = subprocess.run([str(tool), "demo", "--quick", "--mode", mode, "--seed", "3",
+                           "--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    match = LAST_LINE.match(last)
+    assert match, last
+    assert match[1] == mode and match[3] == "16" and match[5] == "yes"
+    summary = json.loads((out / "summary.json").read_text())
+    assert int(match[2]) == sum(summary["entries"]) > 1000
+
+    # The restored volume is the storage model's volume at the bookmark, by this test's own replay.
+    block = vboard.SIM_BOARD.block_bytes
+    at = summary["bookmark_ns"]
+    shadow = bytearray(initial_volume(3, 16 * 2**20).tobytes())
+    log = vboard.read_storage_log(out / "storage.log")
+    vboard.apply_log(shadow, (r for r in log if r.time_ns <= at), block)
+    restored = (out / "volume.img").read_bytes()
+    assert restored == bytes(shadow)
+    # ... and the attack really had changed it: the restore rewrote exactly the blocks that were
+    # unlike the bookmark's, at least every block the ransomware server overwrote.
+    assert summary["damaged_blocks"] == 2048
+    assert summary["blocks_changed_by_restore"] == summary["differing_before_restore"] >= 2048
+
+    # The outage: the silenced port was invalid from its last flush before the silence; while it
+    # was, restores were held at that instant though the other ports had flushed well past it.
+    since, back = summary["outage"]
+    assert summary["events"]["silence"] <= summary["events"]["invalid"] == since < back
+    assert summary["horizon_during_outage"] == since < summary["flushed_during_outage"]
+    assert "port 3 is invalid" in summary["refused_past_horizon"]
+    with LocalJournal.open(out / "journal", readonly=True) as journal:
+        assert list(journal.invalid_since()) == [NEVER] * 4          # reinstated, nothing lost
+        assert journal.state.port_state[3].outages == [[since, back]]
+        seqs = journal.index["seq"][journal.index["port"] == 3]
+        assert list(seqs) == list(range(len(seqs)))
+        assert journal.state.bookmarks["before-attack"] == at
+
+    for name in ("timeline.png", "dpll.png"):
+        raw = (out / name).read_bytes()
+        assert raw.startswith(PNG_MAGIC) and len(raw) > 20_000, name
+        import matplotlib.image
+
+        pixels = matplotlib.image.imread(out / name)
+        assert pixels.shape[0] > 400 and pixels.shape[1] > 800
+        colours = np.unique((pixels[..., :3] * 255).astype(np.uint8).reshape(-1, 3), axis=0)
+        assert len(colours) > 50, f"{name} looks blank"
