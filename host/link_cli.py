@@ -80,7 +80,14 @@ def link_table(dev: Device, glob: dict[str, int]) -> Table:
 @baud_option
 @timeout_option
 def status(path, baud, timeout):
-    """Identity, DPLL lock, ring fill and counters per port, and the link's error counters."""
+    """Identity, DPLL lock, ring fill and counters per port, and the link's error counters.
+
+    Examples:
+
+    \b
+      portjournal status --port /dev/ttyUSB0
+      portjournal status --port /dev/pts/3      # the pty 'portjournal sim' printed
+    """
     with open_device(path, baud, timeout) as dev:
         try:
             glob = dev.read_block()
@@ -179,7 +186,16 @@ def collect(path, baud, timeout, folder, duration, deadline, interval, window):
     """Collect the ports' journals into the primary journal until Ctrl-C (or --duration).
 
     Each round asks every valid port to flush, stores what arrives (fsync), then acknowledges
-    it: the board frees only what the journal holds. Ctrl-C ends the round under way first."""
+    it: the board frees only what the journal holds. Ctrl-C ends the round under way first
+    (exit 0). The journal is created with the board's geometry if the folder has none.
+
+    Examples:
+
+    \b
+      portjournal collect --port /dev/pts/3 -j journal      # until Ctrl-C
+      portjournal collect --port /dev/ttyUSB0 -j /srv/pj --duration 60
+      portjournal collect --port /dev/ttyUSB0 --baud 921600 --deadline 30 -j /srv/pj
+    """
     stop = {"now": False}
 
     def interrupted(signum, frame):

@@ -47,7 +47,15 @@ def sim_cmd(volume, blocks, log, ports, baud, rate, writes, status_s, **options)
     """Run the virtual board: print its pseudo-terminal, run until Ctrl-C.
 
     The board is the device image in Verilator with servers writing into every port and a
-    primary storage backed by VOLUME. Connect the host tool to the printed pty.
+    primary storage backed by VOLUME. Connect the host tool to the printed pty. The first run
+    builds the board (a minute or two); later runs reuse the build.
+
+    Examples:
+
+    \b
+      portjournal sim                       # 4 ports, ./volume.img; prints 'pty /dev/pts/N'
+      portjournal sim --volume vol.img --rate 50 --log storage.log
+      portjournal sim --ports 2 --writes 1000 --corrupt-tx 1e-4 --seed 7
     """
     from dataclasses import replace
 

@@ -40,6 +40,13 @@ class JournalError(Exception):
     """The journal cannot do what was asked; the message says why."""
 
 
+def not_a_journal(folder: Path) -> JournalError:
+    """The error for a folder without journal.json: what is wrong and the two ways on."""
+    return JournalError(f"{folder} is not a journal (no journal.json): check -j/--journal (or "
+                        f"PORTJOURNAL_JOURNAL), or create one with 'portjournal journal create -j {folder} "
+                        "--ports N' ('portjournal collect' creates it from the board)")
+
+
 class JournalCorrupt(JournalError):
     """A journal file is damaged somewhere other than a torn tail."""
 
@@ -112,7 +119,7 @@ class LocalJournal:
         and their port is marked invalid from its last intact flush."""
         folder = Path(folder)
         if not (folder / "journal.json").exists():
-            raise JournalError(f"{folder} is not a journal (no journal.json): create one first")
+            raise not_a_journal(folder)
         try:
             state = JournalState.load(folder)
         except ValueError as exc:
