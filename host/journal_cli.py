@@ -1,5 +1,6 @@
 """`portjournal journal …` and `portjournal ports …`: look after the primary journal."""
 
+import errno
 from pathlib import Path
 
 import click
@@ -38,10 +39,25 @@ def resolve_at(journal: LocalJournal, text: str, option: str = "--at") -> int:
         raise click.BadParameter(str(exc), param_hint=option) from exc
 
 
+OS_FIXES = {
+    errno.ENOENT: "create its folder first, or check the path",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: check the path",
+    errno.EACCES: "choose a place you may write, or fix its permissions",
+    errno.EPERM: "choose a place you may write, or fix its permissions",
+    errno.EROFS: "that file system is read-only: choose another place",
+    errno.ENOSPC: "free some space, or choose another disk",
+    errno.EDQUOT: "free some space (disk quota), or choose another disk",
+    errno.EEXIST: "choose another name, or remove what is there",
+    errno.EISDIR: "that is a folder: give a file name",
+}
+
+
 def os_problem(what: str, path, exc: OSError) -> click.ClickException:
-    """An OSError as a one-line CLI error: `what` `path`, why, and the file it hit if another."""
+    """An OSError as a one-line CLI error: `what` `path`, why, the file it hit if another, and
+    what to do about it when the error number says."""
     hit = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(path) else ""
-    return click.ClickException(f"{what} {path}: {exc.strerror or exc}{hit}")
+    fix = f": {OS_FIXES[exc.errno]}" if exc.errno in OS_FIXES else ""
+    return click.ClickException(f"{what} {path}: {exc.strerror or exc}{hit}{fix}")
 
 
 class Duration(click.ParamType):

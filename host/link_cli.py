@@ -121,7 +121,8 @@ def journal_for(folder: Path, dev: Device, window_ns: int) -> LocalJournal:
         raise click.ClickException(
             f"journal {folder} is for {st.ports} ports, {st.block_bytes}-byte blocks, "
             f"{Mode(st.mode).name.lower()}; the board has {ident.ports}, {ident.block_bytes}, "
-            f"{ident.mode.name.lower()}")
+            f"{ident.mode.name.lower()}: collect into a new folder (-j), or connect the board this journal "
+            "is for")
     for cut in journal.recovered:
         console.print(f"[yellow]recovery cut a torn tail:[/] {cut}")
     return journal
@@ -215,7 +216,10 @@ def collect(path, baud, timeout, folder, duration, deadline, interval, window):
                     if not any(p.entries for p in polls):
                         time.sleep(interval)
         except TransportError as exc:
-            raise click.ClickException(str(exc)) from exc
+            raise click.ClickException(
+                f"{exc}; the {sum(progress.stored)} entries acknowledged so far are stored in {folder}: "
+                "check the board and its cable, then run the same 'portjournal collect' again to go on"
+            ) from exc
         finally:
             signal.signal(signal.SIGINT, previous)
         total = sum(progress.stored)

@@ -7,9 +7,10 @@ import click
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from .clihelp import OrderedGroup
+from .exitcodes import CheckFailed
 from .journal.store import JournalError
 from .journal_cli import AT_HELP, console, journal_option, open_journal, os_problem, resolve_at
-from .restore import RestoreError, commit, restore_to_file, undo
+from .restore import RestoreCheckFailed, RestoreError, commit, restore_to_file, undo
 from .storage import StorageError
 from .timefmt import format_ns
 from .timespec import check_bookmark_name
@@ -73,6 +74,8 @@ def restore_cmd(folder, at_text, output, commit_to, storage, undo_file, force, s
                     if undo_path:
                         console.print(f"undo file: {undo_path} ('portjournal undo {undo_path} "
                                       f"--storage {commit_to}')")
+        except RestoreCheckFailed as exc:
+            raise CheckFailed(str(exc)) from exc
         except (RestoreError, StorageError) as exc:
             raise click.ClickException(str(exc)) from exc
         except OSError as exc:          # the output's folder missing, no space, no permission…
@@ -137,7 +140,9 @@ def bookmark_add(folder, name, at_text):
     with open_journal(folder, readonly=True) as journal:
         if name in journal.state.bookmarks:
             held = format_ns(journal.state.bookmarks[name])
-            raise click.ClickException(f"bookmark {name!r} exists (at {held}); remove it first")
+            raise click.ClickException(f"bookmark {name!r} exists (at {held}): remove it first "
+                                       f"('portjournal bookmark rm -j {folder} {name}') or choose "
+                                       "another name")
         at = resolve_at(journal, at_text) if at_text else int(journal.flushed_through.max(initial=0))
 
         def add(state) -> None:
@@ -175,6 +180,7 @@ def bookmark_rm(folder, name):
     """
     with open_journal(folder, readonly=True) as journal:
         if name not in journal.state.bookmarks:
-            raise click.ClickException(f"no bookmark {name!r}")
+            raise click.ClickException(f"no bookmark {name!r} in {folder}: 'portjournal bookmark list -j "
+                                       f"{folder}' shows them")
         journal.update_state(lambda state: state.bookmarks.pop(name, None))
     console.print(f"removed bookmark {name}")

@@ -77,7 +77,11 @@ def sim_cmd(volume, blocks, log, ports, baud, rate, writes, status_s, **options)
 
     previous = signal.signal(signal.SIGTERM, on_signal)
     try:
-        board.start()
+        try:
+            board.start()
+        except RuntimeError as exc:     # the harness refused its options, or did not start
+            raise click.ClickException(f"{exc}: check the option it names (e.g. --volume in a folder "
+                                       "you may write) and run 'portjournal sim' again") from exc
         click.echo(f"pty {board.tty}")
         click.echo(f"board {' '.join(f'{k}={v}' for k, v in board.board.items())}")
         click.echo("Ctrl-C stops the board", err=True)

@@ -103,7 +103,8 @@ class LocalJournal:
                **kwargs) -> "LocalJournal":
         folder = Path(folder)
         if (folder / "journal.json").exists():
-            raise JournalError(f"{folder} already holds a journal")
+            raise JournalError(f"{folder} already holds a journal: use it as it is ('portjournal journal "
+                               f"info -j {folder}') or choose a new folder")
         state = JournalState(block_bytes=block_bytes, ports=ports, mode=int(mode), window_ns=window_ns)
         (folder / "received").mkdir(parents=True, exist_ok=True)
         state.save(folder)
@@ -123,7 +124,7 @@ class LocalJournal:
         try:
             state = JournalState.load(folder)
         except ValueError as exc:
-            raise JournalError(str(exc)) from exc
+            raise JournalError(f"{exc}; put journal.json back from a copy of the journal") from exc
         journal = cls(folder, state, **kwargs)
         if not readonly:
             journal._lock_for_writing()
@@ -142,8 +143,9 @@ class LocalJournal:
         except BlockingIOError:
             self._writer.close()
             self._writer = None
-            raise JournalBusy(f"{self.folder} is open for writing by another process (a collector?); "
-                              "read-only commands still work") from None
+            raise JournalBusy(f"{self.folder} is open for writing by another process (a collector?): "
+                              "stop it (Ctrl-C) first; read-only commands (info, verify, restore -o, "
+                              "serve) still work") from None
 
     def _load(self, readonly: bool, repair: bool) -> None:
         segments = self.segment_paths()
