@@ -38,7 +38,7 @@ def cli():
     """
 
 
-@cli.command(section="environment")
+@cli.command(section="environment", short_help="Versions of the gateware and simulation toolchain.")
 def toolchain():
     """Show the versions of the gateware and simulation toolchain in this environment.
 

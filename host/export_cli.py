@@ -30,7 +30,7 @@ class Listen(click.ParamType):
         return host, int(port)
 
 
-@click.command()
+@click.command(short_help="Serve the volume as it was at --at, read-only over NBD.")
 @journal_option
 @click.option("--at", "at", required=True, help=AT_HELP)
 @click.option("--listen", type=Listen(), default="127.0.0.1:10809", show_default=True,
@@ -89,7 +89,7 @@ def progress_to(bar: Progress, task):
     return lambda done, total: bar.update(task, completed=done, total=total)
 
 
-@click.command("export")
+@click.command("export", short_help="Write the journal as a dm-log-writes log (bookmarks as marks).")
 @journal_option
 @click.option("--format", "fmt", type=FORMATS, required=True, help="Log format to write.")
 @click.option("--until", help="Only writes before this instant (bookmark name, time or ns; default: all).")
@@ -124,7 +124,7 @@ def export_cmd(folder, fmt, until, sector_bytes, out):
                   f"({summary.log_bytes} bytes, {summary.sectorsize}-byte sectors)")
 
 
-@click.command("import")
+@click.command("import", short_help="Make a journal from a dm-log-writes log (marks as bookmarks).")
 @click.option("--format", "fmt", type=FORMATS, required=True, help="Log format to read.")
 @click.option("-j", "--journal", "folder", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="New journal folder to create.")

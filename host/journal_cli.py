@@ -90,7 +90,8 @@ def open_storage(path: Path, block_bytes: int) -> FileStorage:
         raise click.ClickException(str(exc)) from exc
 
 
-@click.group("journal", cls=OrderedGroup)
+@click.group("journal", cls=OrderedGroup,
+             short_help="The primary journal: create, info, verify, merge, compact, base.")
 def journal_cli():
     """The primary journal: create, inspect, verify, repair, merge, compact, base copy.
 
@@ -106,7 +107,7 @@ def journal_cli():
     """
 
 
-@journal_cli.command()
+@journal_cli.command(short_help="Create an empty journal.")
 @journal_option
 @click.option("--ports", type=click.IntRange(1, 64), required=True, help="Number of switch ports.")
 @click.option("--block-bytes", type=int, default=512, show_default=True, help="Block size of the volume.")
@@ -133,7 +134,7 @@ def create(folder, ports, block_bytes, mode, window):
                   f"window {format_ns(window)}")
 
 
-@journal_cli.command()
+@journal_cli.command(short_help="Geometry, entries per port, horizon, merged portion, base copy.")
 @journal_option
 def info(folder):
     """Geometry, entries per port, horizon, merged portion and base copy.
@@ -169,7 +170,7 @@ def ports_table(j: LocalJournal) -> Table:
     return table
 
 
-@journal_cli.command("verify")
+@journal_cli.command("verify", short_help="Check every CRC, the order and the merged index (exit 3 if bad).")
 @journal_option
 def verify_cmd(folder):
     """Check every CRC, the ordering and the merged index; exit 3 on any problem.
@@ -198,7 +199,7 @@ def verify_cmd(folder):
         raise click.exceptions.Exit(exitcodes.CHECK_FAILED)
 
 
-@journal_cli.command("repair")
+@journal_cli.command("repair", short_help="Cut damaged records at the tail; mark their port invalid.")
 @journal_option
 def repair_cmd(folder):
     """Cut damaged records at the tail (their bytes kept under cuts/) and mark their port invalid.
@@ -235,7 +236,7 @@ def merge_cmd(folder):
                       f"(horizon {format_ns(j.horizon())})")
 
 
-@journal_cli.command("compact")
+@journal_cli.command("compact", short_help="Fold merged history older than --retention into the base copy.")
 @journal_option
 @click.option("--retention", type=Duration(), required=True,
               help="Keep merged history this long before the horizon (e.g. 1h); fold older into the base.")

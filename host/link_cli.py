@@ -75,7 +75,7 @@ def link_table(dev: Device, glob: dict[str, int]) -> Table:
     return table
 
 
-@click.command()
+@click.command(short_help="A board's identity, DPLL lock, ring fill and counters, per port.")
 @port_option
 @baud_option
 @timeout_option
@@ -171,7 +171,7 @@ class Progress:
         return Group(table, link)
 
 
-@click.command()
+@click.command(short_help="Collect the ports' journals into the journal until Ctrl-C.")
 @port_option
 @baud_option
 @timeout_option

@@ -22,7 +22,7 @@ def _bar() -> Progress:
                     console=console, transient=True)
 
 
-@click.command("restore")
+@click.command("restore", short_help="The volume as it was at --at, to a new image or onto storage.")
 @journal_option
 @click.option("--at", "at_text", required=True, help=AT_HELP)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
@@ -85,7 +85,7 @@ def restore_cmd(folder, at_text, output, commit_to, storage, undo_file, force, s
     console.print(f"restored {format_ns(at)}: {summary}")
 
 
-@click.command("undo")
+@click.command("undo", short_help="Put back what a committed restore overwrote.")
 @click.argument("undo_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--storage", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
               help="The primary storage the restore was committed to.")
@@ -107,7 +107,7 @@ def undo_cmd(undo_file, storage, force):
     console.print(f"put back {n} blocks on {storage}")
 
 
-@click.group("bookmark", cls=OrderedGroup)
+@click.group("bookmark", cls=OrderedGroup, short_help="Named points in time, usable wherever --at is.")
 def bookmark_cli():
     """Named points in time (the seed's point-in-time copies), usable wherever --at is.
 
@@ -119,7 +119,7 @@ def bookmark_cli():
     """
 
 
-@bookmark_cli.command("add")
+@bookmark_cli.command("add", short_help="Remember a point in time under NAME (default: now).")
 @journal_option
 @click.argument("name")
 @click.option("--at", "at_text", help=AT_HELP + " Default: the newest time any port has flushed up to.")

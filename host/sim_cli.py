@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 
-@click.command("sim")
+@click.command("sim", short_help="Run the virtual board until Ctrl-C; prints the pty to connect to.")
 @click.option("--volume", type=click.Path(dir_okay=False, path_type=Path), default="volume.img",
               show_default=True, help="Primary storage: a volume image file (created if missing).")
 @click.option("--blocks", type=int,

@@ -143,7 +143,9 @@ def test_usage_errors_exit_2(tmp_path):
 
 def journal_with_entries(folder: Path, entries: int = 40) -> Path:
     with LocalJournal.create(folder, block_bytes=BLOCK, ports=2, mode=Mode.REDO, window_ns=WINDOW) as j:
-        for s in make_streams(ports=2, entries=entries, block_bytes=BLOCK, blocks=BLOCKS, span_ns=10 * WINDOW):
+        streams = make_streams(ports=2, entries=entries, block_bytes=BLOCK, blocks=BLOCKS,
+                               span_ns=10 * WINDOW)
+        for s in streams:
             for raw, newest in s.batches(10):
                 j.append(s.port, raw, newest + 1)
     return folder
@@ -164,7 +166,8 @@ def test_wrong_port_path_names_the_fix():
     for path in ("/nonexistent/ttyUSB9", "/dev/null", "/tmp"):
         result = run("status", "--port", path, "--timeout", "0.1")
         assert result.exit_code == exitcodes.ERROR, (path, result.output)
-        assert "check the --port path" in result.output and "'portjournal sim'" in result.output, result.output
+        assert "check the --port path" in result.output, result.output
+        assert "'portjournal sim' shows 'pty /dev/pts/N'" in result.output
 
 
 def test_bad_at_time_is_a_usage_error_listing_the_forms(tmp_path):
@@ -172,11 +175,12 @@ def test_bad_at_time_is_a_usage_error_listing_the_forms(tmp_path):
     assert run("bookmark", "add", "-j", folder, "start", "--at", "0").exit_code == 0
     result = run("restore", "-j", folder, "--at", "last tuesday", "-o", tmp_path / "r.img")
     assert result.exit_code == exitcodes.USAGE
-    assert "'last tuesday' is not a time: give a bookmark name (known: start), an ISO-8601 time" in result.output
+    assert "'last tuesday' is not a time: give a bookmark name (known: start)" in result.output
     gone = run("bookmark", "rm", "-j", folder, "nope")
     assert gone.exit_code == exitcodes.ERROR and f"'portjournal bookmark list -j {folder}'" in gone.output
     twice = run("bookmark", "add", "-j", folder, "start")
-    assert twice.exit_code == exitcodes.ERROR and f"'portjournal bookmark rm -j {folder} start'" in twice.output
+    assert twice.exit_code == exitcodes.ERROR
+    assert f"'portjournal bookmark rm -j {folder} start'" in twice.output
 
 
 def test_damaged_journal_names_repair_and_verify_exits_3(tmp_path):
