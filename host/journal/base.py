@@ -36,7 +36,7 @@ def take_base_copy(journal: LocalJournal, storage, time_ns: int,
     base = journal.state.base
     if base is not None and base.blocks != storage.blocks:
         raise JournalError(f"the volume has {storage.blocks} blocks, the journal's base copy {base.blocks}: "
-                           "give the volume this journal is for (--storage)")
+                           "is this the same volume? Give the one this journal is for (--storage)")
     tmp = journal.folder / "base.tmp"
     with open(tmp, "wb") as out:
         for lba in range(0, storage.blocks, CHUNK_BLOCKS):
