@@ -10,6 +10,7 @@ from rich.table import Table
 
 from firmware.abi.entry import Mode
 
+from . import exitcodes
 from .timefmt import format_ns
 
 console = Console(soft_wrap=True)
@@ -35,7 +36,7 @@ def summary_table(r) -> Table:
     return table
 
 
-@click.command("demo")
+@click.command("demo", short_help="The main job end to end on the virtual board.")
 @click.option("--mode", type=click.Choice(["redo", "cow"]), default="redo", show_default=True,
               help="Journal new data (redo) or pre-images (copy-on-write).")
 @click.option("--seed", type=int, default=1, show_default=True,
@@ -66,14 +67,14 @@ def demo_cmd(mode, seed, out, volume_mb, damage_mb, rate, steady_s, outage_s, de
     marked invalid and then reinstated, restores the volume to the bookmark in place and
     compares it byte for byte with the storage model's own record. Writes the pictures
     timeline.png and dpll.png, summary.json and everything it used to --out. Ctrl-C stops the
-    board and leaves what was written so far.
+    board and leaves what was written so far. 'make demo DEMO_ARGS="--mode cow"' passes options.
+
+    Examples:
 
     \b
-    Examples:
       portjournal demo
       portjournal demo --mode cow --seed 7
-      portjournal demo --quick --out /tmp/demo
-      make demo DEMO_ARGS="--mode cow"
+      portjournal demo --quick --out /tmp/demo     # the short run the tests use
     """
     from .demo import Demo, DemoConfig
 
@@ -92,11 +93,11 @@ def demo_cmd(mode, seed, out, volume_mb, damage_mb, rate, steady_s, outage_s, de
             result = demo.run()
     except KeyboardInterrupt:
         console.print(f"interrupted: the board is stopped; what was written so far is in {out}")
-        sys.exit(130)
+        sys.exit(exitcodes.INTERRUPTED)
     except (RuntimeError, TimeoutError, OSError) as exc:
         raise click.ClickException(f"the demo failed: {exc}; its files are in {out}") from exc
     console.print(summary_table(result))
     click.echo(f"demo: mode={result.mode} entries={sum(result.entries)} restored_mb={result.volume_mb} "
                f"restore_s={result.restore_s:.2f} verified={'yes' if result.verified else 'no'}")
     if not result.verified:
-        sys.exit(3)
+        sys.exit(exitcodes.CHECK_FAILED)

@@ -119,7 +119,8 @@ def export(journal: LocalJournal, out_path: Path, *, until_ns: int | None = None
     for _, name in marks:
         if len(name.encode()) > sectorsize - ENTRY.size - 1 or "\0" in name:
             raise DmLogError(f"bookmark {name!r} does not fit a MARK label of at most "
-                             f"{sectorsize - ENTRY.size - 1} bytes without NUL")
+                             f"{sectorsize - ENTRY.size - 1} bytes without NUL: rename it, or export with "
+                             "a larger --sector-bytes")
     # A mark at time t comes after every write stamped before t.
     cuts = np.searchsorted(times, np.array([t for t, _ in marks], dtype=np.uint64), side="left")
     record = np.dtype([("head", "<u8", 4), ("pad", "V", sectorsize - ENTRY.size), ("data", "u1", (block,))])
@@ -189,7 +190,8 @@ def read_super(data) -> tuple[int, int]:
         raise DmLogError(f"log of {len(data)} bytes is too short for a dm-log-writes super block")
     magic, version, nr_entries, sectorsize = SUPER.unpack_from(data)
     if magic != MAGIC:
-        raise DmLogError(f"bad magic {magic:#x}: not a dm-log-writes log (expected {MAGIC:#x})")
+        raise DmLogError(f"bad magic {magic:#x}: not a dm-log-writes log (expected {MAGIC:#x}); give a "
+                         "log that dm-log-writes or 'portjournal export' wrote")
     if version != VERSION:
         raise DmLogError(f"dm-log-writes version {version} is not supported (only {VERSION})")
     if sectorsize < 512 or sectorsize & (sectorsize - 1) or sectorsize > 1 << 24:
@@ -246,10 +248,10 @@ def import_log(log_path: Path, journal_folder: Path, *, block_bytes: int, volume
         base_bytes = os.stat(base).st_size
         if base_bytes % block_bytes:
             raise DmLogError(f"base image {base} of {base_bytes} bytes is not a whole number of "
-                             f"{block_bytes}-byte blocks")
+                             f"{block_bytes}-byte blocks: choose a --block-bytes that divides it")
         if volume_bytes is not None and volume_bytes != base_bytes:
             raise DmLogError(f"--volume-bytes {volume_bytes} differs from the base image's "
-                             f"{base_bytes} bytes")
+                             f"{base_bytes} bytes: leave --volume-bytes out to take the image's")
         volume_bytes = base_bytes
         nonzero = _nonzero_blocks(base, block_bytes)
     with open(log_path, "rb") as f:
@@ -324,7 +326,7 @@ def _plan(log: list[LogEntry], sectorsize: int, block: int, volume_bytes: int | 
         first, count = start // block, length // block
         if limit is not None and first + count > limit:
             raise DmLogError(f"entry {e.index} at byte {e.offset}: {what} of blocks {first}..{first + count} "
-                             f"runs past the volume's {limit} blocks")
+                             f"runs past the volume's {limit} blocks; give a larger --volume-bytes or --base")
         if e.flags & FLAG_DISCARD:
             if discard == "reject":
                 raise DmLogError(f"entry {e.index} at byte {e.offset}: the log discards blocks "

@@ -30,7 +30,7 @@ class Listen(click.ParamType):
         return host, int(port)
 
 
-@click.command()
+@click.command(short_help="Serve the volume as it was at --at, read-only over NBD.")
 @journal_option
 @click.option("--at", "at", required=True, help=AT_HELP)
 @click.option("--listen", type=Listen(), default="127.0.0.1:10809", show_default=True,
@@ -40,7 +40,18 @@ class Listen(click.ParamType):
 @click.option("--force", is_flag=True, help="Serve even an instant the journal cannot vouch for.")
 @click.option("--name", default="", help="Export name (the default export \"\" is served too).")
 def serve(folder, at, listen, storage, force, name):
-    """Serve the volume as it was at --at, read-only over NBD, until Ctrl-C."""
+    """Serve the volume as it was at --at, read-only over NBD, until Ctrl-C.
+
+    Any NBD client reads it: nbdcopy, nbdinfo, qemu-img or the kernel's nbd-client, e.g.
+    'nbdcopy nbd://127.0.0.1:10809 out.img' copies it out.
+
+    Examples:
+
+    \b
+      portjournal serve -j journal --at before-upgrade
+      portjournal serve -j journal --at -1h --listen [::1]:10810 --name hour-ago
+      portjournal serve -j cow-journal --at -5m --storage vol.img
+    """
     with open_journal(folder, readonly=True) as journal:
         at_ns = resolve_at(journal, at)
         try:
@@ -78,7 +89,7 @@ def progress_to(bar: Progress, task):
     return lambda done, total: bar.update(task, completed=done, total=total)
 
 
-@click.command("export")
+@click.command("export", short_help="Write the journal as a dm-log-writes log (bookmarks as marks).")
 @journal_option
 @click.option("--format", "fmt", type=FORMATS, required=True, help="Log format to write.")
 @click.option("--until", help="Only writes before this instant (bookmark name, time or ns; default: all).")
@@ -86,7 +97,16 @@ def progress_to(bar: Progress, task):
               help="The log's sector size (a power of two dividing the block size).")
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
 def export_cmd(folder, fmt, until, sector_bytes, out):
-    """Write the journal's writes and bookmarks to OUT as a dm-log-writes log."""
+    """Write the journal's writes and bookmarks to OUT as a dm-log-writes log.
+
+    Bookmarks become MARK entries; a redo journal only (copy-on-write entries hold old data).
+
+    Examples:
+
+    \b
+      portjournal export -j journal --format dm-log-writes writes.log
+      portjournal export -j journal --format dm-log-writes --until before-upgrade upto.log
+    """
     from . import dmlog
 
     with open_journal(folder, readonly=True) as journal:
@@ -104,7 +124,7 @@ def export_cmd(folder, fmt, until, sector_bytes, out):
                   f"({summary.log_bytes} bytes, {summary.sectorsize}-byte sectors)")
 
 
-@click.command("import")
+@click.command("import", short_help="Make a journal from a dm-log-writes log (marks as bookmarks).")
 @click.option("--format", "fmt", type=FORMATS, required=True, help="Log format to read.")
 @click.option("-j", "--journal", "folder", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="New journal folder to create.")
@@ -118,7 +138,16 @@ def export_cmd(folder, fmt, until, sector_bytes, out):
               help="What a logged DISCARD becomes: writes of zero blocks, or an error.")
 @click.argument("log", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def import_cmd(fmt, folder, block_bytes, volume_bytes, base, discard, log):
-    """Create a journal in --journal that replays the dm-log-writes log LOG (1 us per entry)."""
+    """Create a journal in --journal that replays the dm-log-writes log LOG (1 us per entry).
+
+    MARK entries become bookmarks, so 'portjournal restore --at MARK' restores to them.
+
+    Examples:
+
+    \b
+      portjournal import --format dm-log-writes -j imported --block-bytes 4096 writes.log
+      portjournal import --format dm-log-writes -j imported --block-bytes 512 --base t0.img w.log
+    """
     from . import dmlog
 
     with Progress(console=console, transient=True) as bar:

@@ -1,5 +1,6 @@
 """`portjournal journal …` and `portjournal ports …`: look after the primary journal."""
 
+import errno
 from pathlib import Path
 
 import click
@@ -9,8 +10,10 @@ from rich.table import Table
 
 from firmware.abi.entry import Mode
 
+from . import exitcodes
+from .clihelp import OrderedGroup
 from .journal.base import compact, resync, take_base_copy
-from .journal.store import NEVER, JournalError, LocalJournal
+from .journal.store import NEVER, JournalError, LocalJournal, not_a_journal
 from .journal.verify import verify
 from .storage import FileStorage, StorageError
 from .timefmt import format_ns, parse_duration
@@ -36,10 +39,25 @@ def resolve_at(journal: LocalJournal, text: str, option: str = "--at") -> int:
         raise click.BadParameter(str(exc), param_hint=option) from exc
 
 
+OS_FIXES = {
+    errno.ENOENT: "create its folder first, or check the path",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: check the path",
+    errno.EACCES: "choose a place you may write, or fix its permissions",
+    errno.EPERM: "choose a place you may write, or fix its permissions",
+    errno.EROFS: "that file system is read-only: choose another place",
+    errno.ENOSPC: "free some space, or choose another disk",
+    errno.EDQUOT: "free some space (disk quota), or choose another disk",
+    errno.EEXIST: "choose another name, or remove what is there",
+    errno.EISDIR: "that is a folder: give a file name",
+}
+
+
 def os_problem(what: str, path, exc: OSError) -> click.ClickException:
-    """An OSError as a one-line CLI error: `what` `path`, why, and the file it hit if another."""
+    """An OSError as a one-line CLI error: `what` `path`, why, the file it hit if another, and
+    what to do about it when the error number says."""
     hit = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(path) else ""
-    return click.ClickException(f"{what} {path}: {exc.strerror or exc}{hit}")
+    fix = f": {OS_FIXES[exc.errno]}" if exc.errno in OS_FIXES else ""
+    return click.ClickException(f"{what} {path}: {exc.strerror or exc}{hit}{fix}")
 
 
 class Duration(click.ParamType):
@@ -72,12 +90,24 @@ def open_storage(path: Path, block_bytes: int) -> FileStorage:
         raise click.ClickException(str(exc)) from exc
 
 
-@click.group("journal")
+@click.group("journal", cls=OrderedGroup,
+             short_help="The primary journal: create, info, verify, merge, compact, base.")
 def journal_cli():
-    """The primary journal: create, inspect, verify, merge, compact."""
+    """The primary journal: create, inspect, verify, repair, merge, compact, base copy.
+
+    Every subcommand takes the journal folder as -j/--journal (default ./journal, or set
+    PORTJOURNAL_JOURNAL).
+
+    Examples:
+
+    \b
+      portjournal journal create -j journal --ports 4
+      portjournal journal info -j journal
+      portjournal journal verify -j journal
+    """
 
 
-@journal_cli.command()
+@journal_cli.command(short_help="Create an empty journal.")
 @journal_option
 @click.option("--ports", type=click.IntRange(1, 64), required=True, help="Number of switch ports.")
 @click.option("--block-bytes", type=int, default=512, show_default=True, help="Block size of the volume.")
@@ -85,7 +115,14 @@ def journal_cli():
               help="What entries hold: new data (redo) or the pre-image (copy-on-write).")
 @click.option("--window", type=Duration(), default="100ms", show_default=True, help="Merge window length.")
 def create(folder, ports, block_bytes, mode, window):
-    """Create an empty journal in FOLDER."""
+    """Create an empty journal in the --journal folder ('portjournal collect' also creates one).
+
+    Examples:
+
+    \b
+      portjournal journal create -j journal --ports 4
+      portjournal journal create -j /srv/pj --ports 8 --block-bytes 4096 --mode cow --window 50ms
+    """
     try:
         LocalJournal.create(folder, block_bytes=block_bytes, ports=ports, window_ns=window,
                             mode=Mode.REDO if mode == "redo" else Mode.COPY_ON_WRITE).close()
@@ -97,10 +134,17 @@ def create(folder, ports, block_bytes, mode, window):
                   f"window {format_ns(window)}")
 
 
-@journal_cli.command()
+@journal_cli.command(short_help="Geometry, entries per port, horizon, merged portion, base copy.")
 @journal_option
 def info(folder):
-    """Geometry, entries per port, horizon, merged portion and base copy."""
+    """Geometry, entries per port, horizon, merged portion and base copy.
+
+    Examples:
+
+    \b
+      portjournal journal info -j journal
+      portjournal journal info -j /srv/pj
+    """
     with open_journal(folder, readonly=True) as j:
         st = j.state
         console.print(f"journal {folder}: {st.ports} ports, {st.block_bytes}-byte blocks, "
@@ -128,10 +172,21 @@ def ports_table(j: LocalJournal) -> Table:
     return table
 
 
-@journal_cli.command("verify")
+@journal_cli.command("verify", short_help="Check every CRC, the order and the merged index (exit 3 if bad).")
 @journal_option
 def verify_cmd(folder):
-    """Check every CRC, the ordering and the merged index; exit 1 on any problem."""
+    """Check every CRC, the ordering and the merged index; exit 3 on any problem.
+
+    Reads only: it changes nothing, and works on a journal that others refuse to open.
+
+    Examples:
+
+    \b
+      portjournal journal verify -j journal
+      portjournal journal verify -j /srv/pj && echo intact
+    """
+    if not (folder / "journal.json").exists():
+        raise click.ClickException(str(not_a_journal(folder)))
     report = verify(folder)
     for note in report.notes:
         console.print(f"[yellow]note[/] {note}")
@@ -140,13 +195,25 @@ def verify_cmd(folder):
     console.print(f"{report.records} records, {report.entries} entries, {report.merged} merged entries: "
                   + ("[green]ok[/]" if report.ok else f"[red]{len(report.problems)} problem(s)[/]"))
     if not report.ok:
-        raise SystemExit(1)
+        console.print(f"fix: 'portjournal journal repair -j {folder}' cuts damage at the tail of the newest "
+                      "segment (keeping its bytes under cuts/) and marks its port invalid; damage anywhere "
+                      "else needs that file back from a copy of the journal")
+        raise click.exceptions.Exit(exitcodes.CHECK_FAILED)
 
 
-@journal_cli.command("repair")
+@journal_cli.command("repair", short_help="Cut damaged records at the tail; mark their port invalid.")
 @journal_option
 def repair_cmd(folder):
-    """Cut damaged records at the tail (their bytes kept under cuts/) and mark their port invalid."""
+    """Cut damaged records at the tail (their bytes kept under cuts/) and mark their port invalid.
+
+    Damage before the tail is not repaired: 'portjournal journal verify' lists it.
+
+    Examples:
+
+    \b
+      portjournal journal repair -j journal
+      portjournal journal repair -j journal && portjournal ports -j journal
+    """
     with open_journal(folder, repair=True) as j:
         if not j.recovered:
             console.print("nothing to repair")
@@ -158,19 +225,32 @@ def repair_cmd(folder):
 @journal_cli.command("merge")
 @journal_option
 def merge_cmd(folder):
-    """Merge every whole window before the consistency horizon."""
+    """Merge every whole window before the consistency horizon.
+
+    Examples:
+
+    \b
+      portjournal journal merge -j journal
+    """
     with open_journal(folder) as j:
         rows = j.merge()
         console.print(f"merged {len(rows)} entries; merged portion now through {format_ns(j.merged_through)} "
                       f"(horizon {format_ns(j.horizon())})")
 
 
-@journal_cli.command("compact")
+@journal_cli.command("compact", short_help="Fold merged history older than --retention into the base copy.")
 @journal_option
 @click.option("--retention", type=Duration(), required=True,
               help="Keep merged history this long before the horizon (e.g. 1h); fold older into the base.")
 def compact_cmd(folder, retention):
-    """Fold merged history older than the retention period into the base copy."""
+    """Fold merged history older than the retention period into the base copy.
+
+    Examples:
+
+    \b
+      portjournal journal compact -j journal --retention 1h
+      portjournal journal compact -j /srv/pj --retention 7d
+    """
     with open_journal(folder) as j:
         try:
             summary = compact(j, retention)
@@ -188,7 +268,17 @@ def compact_cmd(folder, retention):
 @click.option("--at", "at_ns", type=click.IntRange(min=0, max=MAX_NS), required=True,
               help="Device time (ns) the copy stands for.")
 def base_cmd(folder, storage, at_ns):
-    """Take a base copy of the volume."""
+    """Take a base copy of the volume (redo journals restore from it).
+
+    Take it while nothing writes to the volume, or at a time --at every write before which has
+    reached the volume.
+
+    Examples:
+
+    \b
+      portjournal journal base -j journal --storage vol.img --at 0
+      portjournal journal base -j /srv/pj --storage /dev/sdb --at 1764201600000000000
+    """
     with open_journal(folder) as j, open_storage(storage, j.state.block_bytes) as vol:
         with Progress(console=console, transient=True) as bar:
             task = bar.add_task("base copy", total=vol.blocks)
@@ -196,11 +286,20 @@ def base_cmd(folder, storage, at_ns):
         console.print(f"base copy of {vol.blocks} blocks at {format_ns(at_ns)}")
 
 
-@click.group("ports", invoke_without_command=True)
+@click.group("ports", cls=OrderedGroup, invoke_without_command=True)
 @journal_option
 @click.pass_context
 def ports_cli(ctx, folder):
-    """Port validity: which ports count, since when, and why not."""
+    """Port validity: which ports count, since when, and why not.
+
+    With no subcommand, the table of ports.
+
+    Examples:
+
+    \b
+      portjournal ports -j journal
+      portjournal ports -j journal resync 2 --storage vol.img --at 1764201600000000000
+    """
     ctx.obj = folder
     if ctx.invoked_subcommand is None:
         with open_journal(folder, readonly=True) as j:
@@ -213,9 +312,19 @@ def ports_cli(ctx, folder):
               help="The primary storage to take the fresh base copy from.")
 @click.option("--at", "at_ns", type=click.IntRange(min=0, max=MAX_NS), required=True,
               help="Device time (ns) the fresh copy stands for.")
+@click.option("-j", "--journal", "own_folder", type=click.Path(file_okay=False, path_type=Path),
+              help="Journal folder (default: the one given to 'ports', else ./journal).")
 @click.pass_obj
-def resync_cmd(folder, port, storage, at_ns):
-    """Take a fresh base copy and count PORT again from --at on."""
+def resync_cmd(folder, port, storage, at_ns, own_folder):
+    """Take a fresh base copy and count PORT again from --at on.
+
+    Examples:
+
+    \b
+      portjournal ports resync 2 --storage vol.img --at 1764201600000000000
+      portjournal ports resync 0 -j /srv/pj --storage /dev/sdb --at 1764205200000000000
+    """
+    folder = own_folder or folder
     with open_journal(folder) as j, open_storage(storage, j.state.block_bytes) as vol:
         if not 0 <= port < j.state.ports:
             raise click.BadParameter(f"the journal has ports 0..{j.state.ports - 1}", param_hint="PORT")

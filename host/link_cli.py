@@ -76,12 +76,19 @@ def link_table(dev: Device, glob: dict[str, int]) -> Table:
     return table
 
 
-@click.command()
+@click.command(short_help="A board's identity, DPLL lock, ring fill and counters, per port.")
 @port_option
 @baud_option
 @timeout_option
 def status(path, baud, timeout):
-    """Identity, DPLL lock, ring fill and counters per port, and the link's error counters."""
+    """Identity, DPLL lock, ring fill and counters per port, and the link's error counters.
+
+    Examples:
+
+    \b
+      portjournal status --port /dev/ttyUSB0
+      portjournal status --port /dev/pts/3      # the pty 'portjournal sim' printed
+    """
     with open_device(path, baud, timeout) as dev:
         try:
             glob = dev.read_block()
@@ -115,7 +122,8 @@ def journal_for(folder: Path, dev: Device, window_ns: int) -> LocalJournal:
         raise click.ClickException(
             f"journal {folder} is for {st.ports} ports, {st.block_bytes}-byte blocks, "
             f"{Mode(st.mode).name.lower()}; the board has {ident.ports}, {ident.block_bytes}, "
-            f"{ident.mode.name.lower()}")
+            f"{ident.mode.name.lower()}: collect into a new folder (-j), or connect the board this journal "
+            "is for")
     for cut in journal.recovered:
         console.print(f"[yellow]recovery cut a torn tail:[/] {cut}")
     return journal
@@ -182,7 +190,7 @@ class Progress:
         return Group(*([self.headline] if self.headline else []), table, link)
 
 
-@click.command()
+@click.command(short_help="Collect the ports' journals into the journal until Ctrl-C.")
 @port_option
 @baud_option
 @timeout_option
@@ -198,7 +206,16 @@ def collect(path, baud, timeout, folder, duration, deadline, interval, window):
     """Collect the ports' journals into the primary journal until Ctrl-C (or --duration).
 
     Each round asks every valid port to flush, stores what arrives (fsync), then acknowledges
-    it: the board frees only what the journal holds. Ctrl-C ends the round under way first."""
+    it: the board frees only what the journal holds. Ctrl-C ends the round under way first
+    (exit 0). The journal is created with the board's geometry if the folder has none.
+
+    Examples:
+
+    \b
+      portjournal collect --port /dev/pts/3 -j journal      # until Ctrl-C
+      portjournal collect --port /dev/ttyUSB0 -j /srv/pj --duration 60
+      portjournal collect --port /dev/ttyUSB0 --baud 921600 --deadline 30 -j /srv/pj
+    """
     stop = {"now": False}
 
     def interrupted(signum, frame):
@@ -218,7 +235,10 @@ def collect(path, baud, timeout, folder, duration, deadline, interval, window):
                     if not any(p.entries for p in polls):
                         time.sleep(interval)
         except TransportError as exc:
-            raise click.ClickException(str(exc)) from exc
+            raise click.ClickException(
+                f"{exc}; the {sum(progress.stored)} entries acknowledged so far are stored in {folder}: "
+                "check the board and its cable, then run the same 'portjournal collect' again to go on"
+            ) from exc
         finally:
             signal.signal(signal.SIGINT, previous)
         total = sum(progress.stored)

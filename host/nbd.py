@@ -82,7 +82,8 @@ def _family(host: str, port: int) -> socket.AddressFamily:
     try:
         found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
-        raise NBDError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+        raise NBDError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (check the --listen "
+                       "host: an address or name of this machine)") from exc
     return found[0][0]
 
 
@@ -106,7 +107,8 @@ class NBDServer:
             if exc.errno == errno.EADDRINUSE:
                 raise NBDError(f"cannot listen on {host}:{port}: the address is already in use "
                                "(another server there? pick another --listen port)") from exc
-            raise NBDError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+            raise NBDError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (check --listen: an "
+                           "address of this machine, a port above 1023 unless root)") from exc
         self._listener.settimeout(POLL_S)
         self.host, self.port = self._listener.getsockname()[:2]
 

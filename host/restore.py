@@ -32,6 +32,10 @@ class RestoreError(OSError):
     """A restore could not be written or undone; nothing is left half done without saying so."""
 
 
+class RestoreCheckFailed(RestoreError):
+    """A committed restore did not read back as written."""
+
+
 @dataclass
 class RestoreSummary:
     blocks_from_journal: int
@@ -99,7 +103,8 @@ def commit(view: PointInTimeView, target: Path, undo_path: Path | None,
     after = 0                     # CRC-32C of the target once the commit is done
     with storage_mod.FileStorage(target, block) as current:
         if current.blocks != view.blocks:
-            raise RestoreError(f"{target} has {current.blocks} blocks, the view {view.blocks}")
+            raise RestoreError(f"{target} has {current.blocks} blocks, the view {view.blocks}: --commit "
+                               "must name the volume this journal is for")
         for lba in range(0, view.blocks, CHUNK_BLOCKS):
             count = min(CHUNK_BLOCKS, view.blocks - lba)
             want = np.frombuffer(view.read_blocks(lba, count), np.uint8).reshape(count, block)
@@ -125,8 +130,9 @@ def commit(view: PointInTimeView, target: Path, undo_path: Path | None,
     with storage_mod.FileStorage(target, block) as result:
         crc = _crc_of(result)
     if crc != after:
-        raise RestoreError(f"{target} changed while the restore was committed (CRC {crc:#010x}, "
-                           f"expected {after:#010x}); the undo file still holds what was there before")
+        raise RestoreCheckFailed(f"{target} changed while the restore was committed (CRC {crc:#010x}, "
+                                 f"expected {after:#010x}); the undo file still holds what was there "
+                                 "before: stop what writes to it and commit again")
     return RestoreSummary(len(view.lba), view.blocks - len(view.lba), len(lbas) * block, crc,
                           time.perf_counter() - started, _backing_name(view))
 
@@ -161,7 +167,8 @@ def undo(undo_path: Path, target: Path, *, force: bool = False) -> int:
     rec = records.read_at(data, 0)
     if isinstance(rec, records.Defect) or rec.kind != RecordKind.UNDO:
         reason = rec.reason if isinstance(rec, records.Defect) else f"record kind {rec.kind}"
-        raise RestoreError(f"{undo_path} is not a usable undo file: {reason}")
+        raise RestoreError(f"{undo_path} is not a usable undo file: {reason}; give the file "
+                           "'portjournal restore --commit' printed (under the journal's undo/)")
     block = rec.aux
     size, after = UNDO_HEADER.unpack_from(rec.payload)
     body = rec.payload[UNDO_HEADER.size:]
@@ -171,7 +178,7 @@ def undo(undo_path: Path, target: Path, *, force: bool = False) -> int:
     with storage_mod.FileStorage(target, block) as current:
         if current.blocks * block != size:
             raise RestoreError(f"{target} is {current.blocks * block} bytes; the commit this undoes wrote a "
-                               f"{size}-byte volume")
+                               f"{size}-byte volume: give the --storage the restore was committed to")
         if not force and _crc_of(current) != after:
             raise RestoreError(f"{target} has changed since the commit this undoes (--force puts the "
                                "old blocks back anyway)")

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 
-@click.command("sim")
+@click.command("sim", short_help="Run the virtual board until Ctrl-C; prints the pty to connect to.")
 @click.option("--volume", type=click.Path(dir_okay=False, path_type=Path), default="volume.img",
               show_default=True, help="Primary storage: a volume image file (created if missing).")
 @click.option("--blocks", type=int,
@@ -47,7 +47,15 @@ def sim_cmd(volume, blocks, log, ports, baud, rate, writes, status_s, **options)
     """Run the virtual board: print its pseudo-terminal, run until Ctrl-C.
 
     The board is the device image in Verilator with servers writing into every port and a
-    primary storage backed by VOLUME. Connect the host tool to the printed pty.
+    primary storage backed by VOLUME. Connect the host tool to the printed pty. The first run
+    builds the board (a minute or two); later runs reuse the build.
+
+    Examples:
+
+    \b
+      portjournal sim                       # 4 ports, ./volume.img; prints 'pty /dev/pts/N'
+      portjournal sim --volume vol.img --rate 50 --log storage.log
+      portjournal sim --ports 2 --writes 1000 --corrupt-tx 1e-4 --seed 7
     """
     from dataclasses import replace
 
@@ -69,7 +77,11 @@ def sim_cmd(volume, blocks, log, ports, baud, rate, writes, status_s, **options)
 
     previous = signal.signal(signal.SIGTERM, on_signal)
     try:
-        board.start()
+        try:
+            board.start()
+        except RuntimeError as exc:     # the harness refused its options, or did not start
+            raise click.ClickException(f"{exc}: check the option it names (e.g. --volume in a folder "
+                                       "you may write) and run 'portjournal sim' again") from exc
         click.echo(f"pty {board.tty}")
         click.echo(f"board {' '.join(f'{k}={v}' for k, v in board.board.items())}")
         click.echo("Ctrl-C stops the board", err=True)

@@ -32,15 +32,18 @@ class FileStorage:
         try:
             self._fd = os.open(self.path, os.O_RDONLY)
         except OSError as exc:
-            raise StorageError(f"cannot open primary storage {self.path}: {exc.strerror}") from exc
+            raise StorageError(f"cannot open primary storage {self.path}: {exc.strerror} "
+                               "(check the path, and that you may read it)") from exc
         info = os.fstat(self._fd)
         if not (stat.S_ISREG(info.st_mode) or stat.S_ISBLK(info.st_mode)):
             os.close(self._fd)
-            raise StorageError(f"{self.path} is neither a file nor a block device")
+            raise StorageError(f"{self.path} is neither a file nor a block device: give the volume's "
+                               "image file or its block device (e.g. /dev/sdb)")
         size = os.lseek(self._fd, 0, os.SEEK_END)
         if size % block_bytes:
             os.close(self._fd)
-            raise StorageError(f"{self.path}: size {size} is not a whole number of {block_bytes}-byte blocks")
+            raise StorageError(f"{self.path}: size {size} is not a whole number of {block_bytes}-byte "
+                               "blocks: is it the volume this journal is for?")
         self.blocks = size // block_bytes
 
     def read(self, lba: int, count: int) -> bytes:

@@ -117,17 +117,21 @@ def open_view(journal: LocalJournal, at_ns: int, *, storage: Path | None = None,
     problems: list[str] = []
     if at_ns < st.history_from_ns:
         raise ViewRefused(f"{format_ns(at_ns)} is before the journal's history, which starts at "
-                          f"{format_ns(st.history_from_ns)} (compacted)")
+                          f"{format_ns(st.history_from_ns)} (compacted): choose a later --at "
+                          "('portjournal journal info' shows the history)")
     if Mode(st.mode) == Mode.REDO:
         if st.base is None:
-            raise ViewRefused("a redo restore needs a base copy: take one with 'portjournal journal base'")
+            raise ViewRefused("a redo restore needs a base copy: take one with 'portjournal journal base "
+                              "--storage VOLUME --at NS'")
         if at_ns < st.base.time_ns:
-            raise ViewRefused(f"{format_ns(at_ns)} is before the base copy at {format_ns(st.base.time_ns)}")
+            raise ViewRefused(f"{format_ns(at_ns)} is before the base copy at {format_ns(st.base.time_ns)}: "
+                              "choose an --at from there on")
         backing = FileStorage(journal.folder / st.base.path, st.block_bytes)
         if backing.blocks != st.base.blocks:
             backing.close()
             raise ViewRefused(f"the base copy {st.base.path} holds {backing.blocks} blocks, the journal "
-                              f"recorded {st.base.blocks}: it was changed or truncated")
+                              f"recorded {st.base.blocks}: it was changed or truncated; put it back from "
+                              "a copy ('portjournal journal verify' checks it)")
     else:
         if storage is None:
             raise ViewRefused("a copy-on-write view reads the primary storage: give its path (--storage)")
@@ -149,7 +153,7 @@ def open_view(journal: LocalJournal, at_ns: int, *, storage: Path | None = None,
                             "writes before that are not in the journal")
     if problems and not force:
         backing.close()
-        raise ViewRefused("; ".join(problems) + " (--force to restore anyway)")
+        raise ViewRefused("; ".join(problems) + " (choose another --at, or --force to restore anyway)")
     view = PointInTimeView(journal, at_ns, backing, warnings=problems)
     view.refresh()
     return view

@@ -36,7 +36,7 @@ def take_base_copy(journal: LocalJournal, storage, time_ns: int,
     base = journal.state.base
     if base is not None and base.blocks != storage.blocks:
         raise JournalError(f"the volume has {storage.blocks} blocks, the journal's base copy {base.blocks}: "
-                           "is this the same volume?")
+                           "is this the same volume? Give the one this journal is for (--storage)")
     tmp = journal.folder / "base.tmp"
     with open(tmp, "wb") as out:
         for lba in range(0, storage.blocks, CHUNK_BLOCKS):
@@ -92,7 +92,8 @@ def compact(journal: LocalJournal, retention_ns: int) -> dict:
     if journal.state.mode == Mode.REDO:
         base = journal.state.base
         if base is None:
-            raise JournalError("redo compaction needs a base copy: take one first (resync)")
+            raise JournalError("redo compaction needs a base copy: take one first with 'portjournal journal "
+                               "base --storage VOLUME --at NS'")
         newer = old & (journal.merged["window_end"] > base.time_ns)
         summary["blocks_folded"] = _fold(journal, journal.merged[newer], max(base.time_ns, cutoff))
     journal.update_state(lambda state: setattr(state, "history_from_ns", max(state.history_from_ns, cutoff)))

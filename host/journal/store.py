@@ -40,6 +40,13 @@ class JournalError(Exception):
     """The journal cannot do what was asked; the message says why."""
 
 
+def not_a_journal(folder: Path) -> JournalError:
+    """The error for a folder without journal.json: what is wrong and the two ways on."""
+    return JournalError(f"{folder} is not a journal (no journal.json): check -j/--journal (or "
+                        f"PORTJOURNAL_JOURNAL), or create one with 'portjournal journal create -j {folder} "
+                        "--ports N' ('portjournal collect' creates it from the board)")
+
+
 class JournalCorrupt(JournalError):
     """A journal file is damaged somewhere other than a torn tail."""
 
@@ -96,7 +103,8 @@ class LocalJournal:
                **kwargs) -> "LocalJournal":
         folder = Path(folder)
         if (folder / "journal.json").exists():
-            raise JournalError(f"{folder} already holds a journal")
+            raise JournalError(f"{folder} already holds a journal: use it as it is ('portjournal journal "
+                               f"info -j {folder}') or choose a new folder")
         state = JournalState(block_bytes=block_bytes, ports=ports, mode=int(mode), window_ns=window_ns)
         (folder / "received").mkdir(parents=True, exist_ok=True)
         state.save(folder)
@@ -112,11 +120,11 @@ class LocalJournal:
         and their port is marked invalid from its last intact flush."""
         folder = Path(folder)
         if not (folder / "journal.json").exists():
-            raise JournalError(f"{folder} is not a journal (no journal.json): create one first")
+            raise not_a_journal(folder)
         try:
             state = JournalState.load(folder)
         except ValueError as exc:
-            raise JournalError(str(exc)) from exc
+            raise JournalError(f"{exc}; put journal.json back from a copy of the journal") from exc
         journal = cls(folder, state, **kwargs)
         if not readonly:
             journal._lock_for_writing()
@@ -135,8 +143,9 @@ class LocalJournal:
         except BlockingIOError:
             self._writer.close()
             self._writer = None
-            raise JournalBusy(f"{self.folder} is open for writing by another process (a collector?); "
-                              "read-only commands still work") from None
+            raise JournalBusy(f"{self.folder} is open for writing by another process (a collector?): "
+                              "stop it (Ctrl-C) first; read-only commands (info, verify, restore -o, "
+                              "serve) still work") from None
 
     def _load(self, readonly: bool, repair: bool) -> None:
         segments = self.segment_paths()

@@ -185,13 +185,15 @@ class Device:
         waited = f"{self.tries} tries of {self.timeout:g} s"
         if c.rx_bytes == 0:
             return (f"{self.transport.path}: no answer to {ftype.name} after {waited}: nothing was "
-                    "received (not a portjournal device, not running, or another baud rate?)")
+                    "received (not a portjournal device, not running, or another baud rate?): check "
+                    "--port and --baud, and that the board (or 'portjournal sim') is running")
         if c.rx_frames == 0:
             return (f"{self.transport.path}: no portjournal frame in answer to {ftype.name} after {waited}: "
                     f"{c.rx_bytes} bytes received, {c.rx_errors} of them runs that are not frames "
-                    "(not a portjournal device, or another baud rate?)")
+                    "(not a portjournal device, or another baud rate?): check --port and --baud")
         return (f"{self.transport.path}: no answer to {ftype.name} after {waited} "
-                f"({self.counters.naks} NAKs, {c.rx_errors} damaged frames received)")
+                f"({self.counters.naks} NAKs, {c.rx_errors} damaged frames received): the link is "
+                "too damaged; check the cable, or try a lower --baud or a longer --timeout")
 
     def identify(self) -> Identity:
         self.transport.drain()
@@ -199,10 +201,11 @@ class Device:
         identity = Identity.unpack(frame.payload)
         if identity.image_id != IMAGE_ID:
             raise DeviceError(f"{self.transport.path}: image id {identity.image_id:#010x} is not "
-                              f"portjournal's {IMAGE_ID:#010x}")
+                              f"portjournal's {IMAGE_ID:#010x}: check that --port is a portjournal board")
         if identity.version >> 16 != IMAGE_VERSION >> 16:
             raise DeviceError(f"{self.transport.path}: image version {identity.version_text} does not "
-                              f"speak this host's link ABI {IMAGE_VERSION >> 16}.x")
+                              f"speak this host's link ABI {IMAGE_VERSION >> 16}.x: load a board image "
+                              "and a host tool of the same version")
         if self.identity is None or self.identity.ports != identity.ports:
             self.streams = [PortStream() for _ in range(identity.ports)]
         self.identity = identity

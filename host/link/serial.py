@@ -85,17 +85,21 @@ def classify(wire: bytes) -> str:
     return "rx_type_errors"
 
 
+PORT_FIX = ("check the --port path: a board's serial device (/dev/ttyUSB0, /dev/ttyACM0) or the "
+            "pty a virtual board prints ('portjournal sim' shows 'pty /dev/pts/N')")
+
+
 def check_path(path: str) -> None:
     """Raise TransportError with a clear reason when `path` cannot be a serial port."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
         raise TransportError(f"{path}: no such device (is the board connected, or the virtual "
-                             "board running?)") from None
+                             f"board running?); {PORT_FIX}") from None
     except PermissionError:
         raise TransportError(f"{path}: permission denied (add yourself to the 'dialout' group?)") from None
     if not stat.S_ISCHR(st.st_mode):
-        raise TransportError(f"{path}: not a serial device (not a character device)")
+        raise TransportError(f"{path}: not a serial device (not a character device); {PORT_FIX}")
     if not os.access(path, os.R_OK | os.W_OK):
         raise TransportError(f"{path}: permission denied: need read and write access "
                              "(add yourself to the 'dialout' group?)")
@@ -111,12 +115,12 @@ class SerialTransport:
                                          timeout=0.05, write_timeout=5, xonxoff=False, rtscts=False,
                                          dsrdtr=False, exclusive=True)
         except serial.SerialException as exc:
-            raise TransportError(f"{path}: cannot open as a serial port: {exc}") from exc
+            raise TransportError(f"{path}: cannot open as a serial port: {exc}; {PORT_FIX}") from exc
         except (ValueError, OSError) as exc:
-            raise TransportError(f"{path}: cannot open as a serial port: {exc}") from exc
+            raise TransportError(f"{path}: cannot open as a serial port: {exc}; {PORT_FIX}") from exc
         if not os.isatty(self._serial.fileno()):
             self._serial.close()
-            raise TransportError(f"{path}: not a terminal device, so not a serial port")
+            raise TransportError(f"{path}: not a terminal device, so not a serial port; {PORT_FIX}")
         self.path, self.baud = path, baud
         self.counters = TransportCounters()
         self._frames: queue.SimpleQueue[Frame] = queue.SimpleQueue()

@@ -219,7 +219,7 @@ def test_cli_verify_exit_codes_and_reports(tmp_path):
     raw[len(raw) // 2] ^= 0x40
     seg.write_bytes(bytes(raw))
     bad = runner.invoke(cli, ["journal", "verify", "-j", str(folder)])
-    assert bad.exit_code == 1 and f"{seg}:" in bad.output and "problem" in bad.output
+    assert bad.exit_code == 3 and f"{seg}:" in bad.output and "problem" in bad.output    # check failed
     refused = runner.invoke(cli, ["journal", "info", "-j", str(folder)])
     assert refused.exit_code == 1 and "not served" in refused.output
     ports = runner.invoke(cli, ["ports", "-j", str(tmp_path / "nothing")])
