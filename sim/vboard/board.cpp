@@ -53,15 +53,18 @@
 //                    last write has been accepted. They count as the server's writes (status
 //                    writes=), but their data is garbage from a generator of (seed, port), not a
 //                    server block, and they take no write number: normal write n still carries
-//                    the block of (seed, port, n). The range must lie in the volume.
+//                    the block of (seed, port, n). The range must lie in the volume; one ransom
+//                    per port at a time.
 //   silence P        drop every host->device frame of port P of type FLUSH, ACK or RESEND (frames
-//                    are COBS-decoded and checked up to their 0x00; one that is not a well-formed
-//                    frame passes, for the image to refuse): the port stops answering the host, its
-//                    ring fills, its server is back-pressured. "event silence port=P time_ns=..";
-//                    dropped frames are counted in silenced_frames=. With no port silenced bytes
-//                    pass straight through, as without this feature.
+//                    are COBS-decoded and checked up to their 0x00, after the --corrupt-rx and
+//                    --drop-rx damage; one that is not a well-formed frame passes, for the image
+//                    to refuse): the port stops answering the host, its ring fills, its server is
+//                    back-pressured. "event silence port=P time_ns=.."; dropped frames are
+//                    counted in silenced_frames=. With no port silenced, bytes pass straight
+//                    through, as without this feature.
 //   speak P          end that: "event speak port=P time_ns=..".
-// A blank line is ignored; anything else gets "event error what=\"...\"" and changes nothing.
+// A blank line is ignored. A command that is malformed, unknown or cannot be done is refused
+// with an "event error what=..." line (the reason, double-quoted) and changes nothing.
 //
 // LOG FORMAT (little-endian): a 32-byte file header
 //     magic "PJVBLOG1", u32 version (1), u32 block_bytes, u32 ports, u32 record_bytes,

@@ -203,8 +203,8 @@ def test_pause_gives_a_quiet_instant(harness, tmp_path):
     from sim.vboard import KIND_READ, KIND_WRITE, VirtualBoard, apply_log
 
     volume, log = tmp_path / "volume.img", tmp_path / "storage.log"
-    with VirtualBoard(volume, binary=harness, blocks=BLOCKS, log=log, rate=-1, seed=SEED, write_latency=10_000,
-                      read_fail=0.2, report_ms=50) as board:
+    with VirtualBoard(volume, binary=harness, blocks=BLOCKS, log=log, rate=-1, seed=SEED,
+                      write_latency=10_000, read_fail=0.2, report_ms=50) as board:
         dev = Device.open(board.tty, flush_timeout=1)
         for p in (2, 3):
             dev.write("mode", Mode.COPY_ON_WRITE, p)
