@@ -2,10 +2,13 @@
 
 The one place the host imports `sim`: the board runs as its own process (`sim.vboard`, the C++
 Verilator harness), and the host tool talks to it over the printed pseudo-terminal exactly as
-to a real board's serial port.
+to a real board's serial port. Lines typed on stdin go to the board as commands; its answers
+(`event` lines) are printed.
 """
 
 import signal
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -50,6 +53,16 @@ def sim_cmd(volume, blocks, log, ports, baud, rate, writes, status_s, **options)
     primary storage backed by VOLUME. Connect the host tool to the printed pty. The first run
     builds the board (a minute or two); later runs reuse the build.
 
+    Type commands to the board, one per line; it answers with `event ...` lines:
+
+    \b
+      pause              servers start no new write; `event quiet time_ns=T` once every write
+                         is answered by storage: the volume at T is application-consistent
+      resume             servers go on
+      ransom P LBA N     server P overwrites blocks LBA..LBA+N-1 with garbage, back to back
+      silence P          the board drops the host's FLUSH, ACK and RESEND for port P
+      speak P            ... until this
+
     Examples:
 
     \b
@@ -84,10 +97,16 @@ def sim_cmd(volume, blocks, log, ports, baud, rate, writes, status_s, **options)
                                        "you may write) and run 'portjournal sim' again") from exc
         click.echo(f"pty {board.tty}")
         click.echo(f"board {' '.join(f'{k}={v}' for k, v in board.board.items())}")
-        click.echo("Ctrl-C stops the board", err=True)
-        shown = None
+        click.echo("Ctrl-C stops the board; type pause, resume, ransom P LBA N, silence P or speak P",
+                   err=True)
+        threading.Thread(target=forward_commands, args=(board,), daemon=True).start()
+        shown, lines = None, 0
         while board.running() and not stopping:
             time.sleep(0.2)
+            for line in board.lines[lines:]:
+                if line.startswith("event "):
+                    click.echo(line)
+                lines += 1
             if board.status and board.status is not shown:
                 shown = board.status
                 click.echo("status " + " ".join(f"{k}={shown[k]}" for k in
@@ -100,3 +119,13 @@ def sim_cmd(volume, blocks, log, ports, baud, rate, writes, status_s, **options)
         end = board.stop()
     if end:
         click.echo("exit " + " ".join(f"{k}={v}" for k, v in end.items()))
+
+
+def forward_commands(board) -> None:
+    """Our stdin's lines to the board's command channel, until EOF or the board stops."""
+    for line in sys.stdin:
+        if line.strip():
+            try:
+                board.command(line.strip())
+            except (RuntimeError, OSError):         # the board has stopped
+                return

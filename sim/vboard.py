@@ -5,6 +5,9 @@ with VirtualBoard(volume="vol.img", blocks=4096, rate=20, seed=1, corrupt_rx=1e-
                   corrupt_tx=1e-4, log="storage.log") as board:
     link = serial.Serial(board.tty, timeout=1)      # exactly as to a real board
     ...
+    board.command("pause")                          # servers quiesce ...
+    quiet = board.wait_event("quiet", timeout=30)   # ... {"kind": "quiet", "time_ns": "...", ...}
+    board.command("resume")
 records = read_storage_log("storage.log")           # what primary storage applied
 ```
 
@@ -15,10 +18,20 @@ subprocess, reads the pseudo-terminal path it prints and keeps its latest `statu
 after a timeout): the harness then syncs the volume and flushes the log, so the two agree — every
 write in the log with ok=1 is in the volume, and nothing else changed it.
 
+While it runs, `command(line)` writes a command to the harness's stdin (`pause`, `resume`,
+`ransom P LBA N`, `silence P`, `speak P`: the harness's header comment says what each does) and
+the harness answers with `event` lines, kept in `events` as dicts of their key=value fields (as
+strings, like `status`) plus `kind` ("pause", "quiet", "resume", "ransom", "ransom_done",
+"silence", "speak", "error" with `what`). `wait_event(kind)` returns the next one of a kind not
+yet returned; an `error` event not yet returned is raised as RuntimeError instead, since the
+harness answers commands in order and an error is the answer to one sent earlier.
+
 The storage log's format is in the harness's header comment; `read_storage_log` parses it and
 `apply_log` replays its writes onto a volume image.
 """
 
+import contextlib
+import shlex
 import signal
 import struct
 import subprocess
@@ -48,6 +61,12 @@ def build(config: SimBoardConfig = SIM_BOARD) -> Path:
 def parse_fields(line: str) -> dict[str, str]:
     """key=value pairs of a harness `status`/`exit`/`board` line."""
     return dict(item.split("=", 1) for item in line.split()[1:] if "=" in item)
+
+
+def parse_event(line: str) -> dict[str, str]:
+    """An `event KIND key=value ...` line (values may be double-quoted) as {"kind": KIND, key: value}."""
+    _, kind, *items = shlex.split(line)
+    return {"kind": kind, **dict(item.split("=", 1) for item in items if "=" in item)}
 
 
 @dataclass
@@ -104,6 +123,8 @@ class VirtualBoard:
         self.board: dict[str, str] = {}
         self.status: dict[str, str] = {}    # the latest status (or exit) line's fields
         self.exit: dict[str, str] | None = None
+        self.events: list[dict[str, str]] = []
+        self._returned: set[int] = set()    # indices into events that wait_event returned or raised
         self.lines: list[str] = []
         self._eof = False
         self._changed = threading.Condition()
@@ -111,8 +132,8 @@ class VirtualBoard:
     # --- life cycle ----------------------------------------------------------------------------
     def start(self, timeout: float = 600) -> "VirtualBoard":
         binary = self.binary or build(self.config)
-        self.proc = subprocess.Popen([str(binary), *self.opts.argv(self.config)], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, bufsize=1)
+        self.proc = subprocess.Popen([str(binary), *self.opts.argv(self.config)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
         threading.Thread(target=self._read_stdout, daemon=True).start()
         with self._changed:
             if not self._changed.wait_for(lambda: self.tty is not None or self._eof, timeout):
@@ -136,6 +157,8 @@ class VirtualBoard:
                     self.status = parse_fields(line)
                 elif line.startswith("exit "):
                     self.status = self.exit = parse_fields(line)
+                elif line.startswith("event "):
+                    self.events.append(parse_event(line))
                 self._changed.notify_all()
         with self._changed:
             self._eof = True
@@ -148,6 +171,33 @@ class VirtualBoard:
                                           timeout) or not (self.status and predicate(self.status)):
                 raise TimeoutError(f"no matching status in {timeout} s (last: {self.status})")
             return dict(self.status)
+
+    def command(self, line: str) -> None:
+        """Send one command line to the running harness (answered by `event` lines: `wait_event`)."""
+        if "\n" in line:
+            raise ValueError(f"one command per call, not {line!r}")
+        if not self.running():
+            raise RuntimeError("the virtual board is not running")
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def wait_event(self, kind: str, timeout: float = 60) -> dict[str, str]:
+        """The next event of `kind` not yet returned (RuntimeError for an `error` event not yet
+        returned, or if the board exits first; TimeoutError after `timeout` seconds)."""
+        def pending() -> int | None:
+            return next((i for i, e in enumerate(self.events)
+                         if i not in self._returned and e["kind"] in (kind, "error")), None)
+
+        with self._changed:
+            if not self._changed.wait_for(lambda: pending() is not None or self._eof, timeout):
+                raise TimeoutError(f"no {kind} event in {timeout} s (last status: {self.status})")
+            if (i := pending()) is None:
+                raise RuntimeError(f"the virtual board exited before a {kind} event ({self.exit})")
+            self._returned.add(i)
+            event = dict(self.events[i])
+        if event["kind"] != kind:
+            raise RuntimeError(f"the virtual board refused a command: {event.get('what')}")
+        return event
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -165,6 +215,8 @@ class VirtualBoard:
                 self.proc.wait()
         with self._changed:        # let the reader thread take the exit line
             self._changed.wait_for(lambda: self._eof, 5)
+        with contextlib.suppress(OSError):     # a command left in a broken pipe
+            self.proc.stdin.close()
         return self.exit
 
     def __enter__(self) -> "VirtualBoard":

@@ -32,6 +32,40 @@
 // the log and prints an "exit ..." line. Progress: a "status ..." line every --report-ms of
 // wall time. Both lines are key=value pairs: cycles, wall_s, sim_ns, rx_bytes, tx_bytes, ...
 //
+// COMMANDS: one per line on stdin, read (without blocking) once per batch, when the pty is
+// polled; EOF on stdin only ends the commands. Each is answered by "event KIND key=value ..."
+// lines on stdout (time_ns: the harness's time, the storage log's time base):
+//   pause            servers start no new write (Poisson arrivals meanwhile are discarded, writes
+//                    that arrived before wait; a write already offered to ingress completes):
+//                    "event pause time_ns=..", then, once every server is idle and every write
+//                    its port accepted has been answered by storage (a primary write each, or a
+//                    failed pre-image read in copy-on-write mode) for QUIET_CYCLES cycles,
+//                    "event quiet time_ns=T cycle=C" with T in the middle of that quiet: every
+//                    write whose header went in before T was answered before T, and none goes in
+//                    after T until `resume`. So the volume at T is the volume at start with the
+//                    log's ok writes of time_ns <= T applied. A server back-pressured by a full
+//                    ring (host not acknowledging, port silenced) keeps the quiet away.
+//   resume           servers go on: "event resume time_ns=..".
+//   ransom P LBA N   server P, after its current write, writes N blocks back to back (no --rate;
+//                    ingress back-pressure and `pause` still hold) to LBA, LBA+1, .., LBA+N-1,
+//                    then returns to its traffic: "event ransom port=P lba=LBA count=N time_ns=.."
+//                    when the first header goes in, "event ransom_done port=P time_ns=.." when the
+//                    last write has been accepted. They count as the server's writes (status
+//                    writes=), but their data is garbage from a generator of (seed, port), not a
+//                    server block, and they take no write number: normal write n still carries
+//                    the block of (seed, port, n). The range must lie in the volume; one ransom
+//                    per port at a time.
+//   silence P        drop every host->device frame of port P of type FLUSH, ACK or RESEND (frames
+//                    are COBS-decoded and checked up to their 0x00, after the --corrupt-rx and
+//                    --drop-rx damage; one that is not a well-formed frame passes, for the image
+//                    to refuse): the port stops answering the host, its ring fills, its server is
+//                    back-pressured. "event silence port=P time_ns=.."; dropped frames are
+//                    counted in silenced_frames=. With no port silenced, bytes pass straight
+//                    through, as without this feature.
+//   speak P          end that: "event speak port=P time_ns=..".
+// A blank line is ignored. A command that is malformed, unknown or cannot be done is refused
+// with an "event error what=..." line (the reason, double-quoted) and changes nothing.
+//
 // LOG FORMAT (little-endian): a 32-byte file header
 //     magic "PJVBLOG1", u32 version (1), u32 block_bytes, u32 ports, u32 record_bytes,
 //     u64 time_origin_ns
@@ -46,6 +80,7 @@
 // as it was at start gives the volume at exit.
 #include <fcntl.h>
 #include <getopt.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -57,11 +92,13 @@
 #include <cerrno>
 #include <cinttypes>
 #include <cmath>
+#include <cstdarg>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -78,6 +115,7 @@
 static constexpr int NPORTS = BOARD_PORTS;
 static constexpr int BLOCK = BOARD_BLOCK_BYTES;
 static constexpr int WORDS = BLOCK / 8;
+static constexpr uint64_t QUIET_CYCLES = 4096;   // a pause's quiet lasts this long before it is told
 
 static volatile sig_atomic_t g_stop = 0;
 static void on_signal(int) { g_stop = 1; }
@@ -104,6 +142,53 @@ struct Rng {
 // The block a server writes: a function of (seed, port, write number) only.
 static inline uint64_t data_word(uint64_t seed, int port, uint64_t n, int w) {
     return splitmix64(splitmix64(seed ^ (uint64_t(port) << 56)) ^ (n << 12) ^ uint64_t(w));
+}
+
+// --- events: the answers to commands, on stdout -----------------------------------------------
+__attribute__((format(printf, 1, 2))) static void event(const char* fmt, ...) {
+    std::fputs("event ", stdout);
+    va_list ap;
+    va_start(ap, fmt);
+    std::vprintf(fmt, ap);
+    va_end(ap);
+    std::fputc('\n', stdout);
+    std::fflush(stdout);
+}
+
+// A refused command; `what` is quoted, so quotes and control characters in it are replaced.
+static void event_error(std::string what) {
+    for (char& c : what)
+        if (c == '"' || c == '\\') c = '\'';
+        else if (uint8_t(c) < 0x20) c = '?';
+    event("error what=\"%s\"", what.c_str());
+}
+
+// --- silencing a port: host frames checked as firmware/abi/frames.py decodes them -------------
+static constexpr size_t FRAME_HEADER = 8, FRAME_CRC = 4;
+static constexpr size_t MAX_WIRE_FRAME = 8192;   // more than any frame's COBS bytes (payload <= 4096)
+enum : uint8_t { FRAME_FLUSH = 0x04, FRAME_ACK = 0x05, FRAME_RESEND = 0x06 };
+
+static uint32_t crc32c(const uint8_t* p, size_t n) {
+    uint32_t c = ~0u;
+    while (n--) {
+        c ^= *p++;
+        for (int k = 0; k < 8; ++k) c = (c >> 1) ^ (0x82F63B78u & (0u - (c & 1)));
+    }
+    return ~c;
+}
+
+static bool cobs_decode(const uint8_t* in, size_t n, std::vector<uint8_t>& out) {
+    out.clear();
+    for (size_t i = 0; i < n;) {
+        const size_t code = in[i++];
+        if (code == 0 || i + code - 1 > n) return false;
+        for (size_t k = 1; k < code; ++k) {
+            if (in[i] == 0) return false;
+            out.push_back(in[i++]);
+        }
+        if (code < 0xFF && i < n) out.push_back(0);
+    }
+    return true;
 }
 
 struct Options {
@@ -280,11 +365,17 @@ struct PortState {
     Rng gen_rng{1};
     double next_arrival = 0;   // cycle of the next write's arrival
     int64_t due = 0;           // writes arrived but not yet started
-    int64_t issued = 0;        // writes whose header beat went in
-    int64_t started = 0;       // writes wholly accepted
+    int64_t issued = 0;        // normal writes whose header beat went in: the next write's number
+    int64_t started = 0;       // writes wholly accepted (ransom ones too)
     uint64_t cur = 0;          // number of the write being sent
     int beat = -1;             // -1 idle; 0 header; 1..WORDS data
     uint64_t lba = 0;
+    // ransom (the `ransom` command): garbage writes to [ransom_first, ransom_end), the next to
+    // start at ransom_next; ransom_end 0 = none under way
+    uint64_t ransom_first = 0, ransom_next = 0, ransom_end = 0;
+    bool ransom_write = false; // the write being sent is one of them
+    Rng ransom_rng{3};
+    uint64_t ransom_block[WORDS];
     // storage
     Rng store_rng{2};
     std::deque<PendingWrite> writes;   // in issue order; front answers first
@@ -311,6 +402,42 @@ struct ByteQueue {
     void pop(size_t n = 1) { head = (head + n) % buf.size(); size -= n; }
     // contiguous readable span at the front
     size_t span() const { return std::min(size, buf.size() - head); }
+};
+
+// Host -> device bytes while some port is silenced: held until their frame's delimiter, then
+// passed to the image, or dropped if the frame is a FLUSH, ACK or RESEND for a silenced port.
+struct RxFilter {
+    uint32_t silenced = 0;            // one bit per port
+    std::vector<uint8_t> frame;       // the frame being received, not yet passed
+    std::vector<uint8_t> body;        // scratch: its decoded bytes
+    uint64_t dropped = 0;
+
+    void take(uint8_t b, ByteQueue& q) {
+        if (b != 0) {
+            frame.push_back(b);
+            if (frame.size() >= MAX_WIRE_FRAME) release(q);   // no frame: the image will refuse it
+        } else if (silencing()) {
+            ++dropped;
+            frame.clear();
+        } else {
+            frame.push_back(0);
+            release(q);
+        }
+    }
+    void release(ByteQueue& q) {
+        for (uint8_t x : frame) q.push(x);
+        frame.clear();
+    }
+    bool silencing() {   // is `frame` (up to its delimiter) a journal request of a silenced port?
+        if (!cobs_decode(frame.data(), frame.size(), body) || body.size() < FRAME_HEADER + FRAME_CRC) return false;
+        const size_t n = body.size() - FRAME_CRC;
+        uint32_t crc;
+        std::memcpy(&crc, &body[n], 4);
+        const size_t length = body[4] | size_t(body[5]) << 8;
+        const uint8_t type = body[0], port = body[1];
+        return crc32c(body.data(), n) == crc && length == n - FRAME_HEADER && port < 32 &&
+               (silenced >> port & 1) && (type == FRAME_FLUSH || type == FRAME_ACK || type == FRAME_RESEND);
+    }
 };
 
 static double wall_now() {
@@ -395,6 +522,7 @@ int main(int argc, char** argv) {
     for (int p = 0; p < NPORTS; ++p) {
         ports[p].gen_rng = Rng(o.seed * 1000003ull + p * 2 + 1);
         ports[p].store_rng = Rng(o.seed * 1000003ull + p * 2 + 2 + 0x5000);
+        ports[p].ransom_rng = Rng(o.seed * 1000003ull + p * 2 + 1 + 0xBAD0000);
     }
     Rng link_rng(o.seed ^ 0x11CC);
 
@@ -419,6 +547,7 @@ int main(int argc, char** argv) {
     }
 
     ByteQueue rxq(1 << 16), txq(1 << 16);
+    RxFilter filter;                      // rxq.size + filter.frame.size() <= rxq's capacity
     uint64_t rx_bytes = 0, tx_bytes = 0, rx_corrupted = 0, rx_dropped = 0, tx_corrupted = 0, tx_dropped = 0;
     uint64_t tx_backpressure = 0;
     std::vector<uint8_t> iobuf(1 << 16);
@@ -443,12 +572,74 @@ int main(int argc, char** argv) {
                     " write_failed=%" PRIu64 " reads=%" PRIu64 " read_failed=%" PRIu64
                     " ingress_stall_cycles=%" PRIu64 " rx_corrupted=%" PRIu64 " rx_dropped=%" PRIu64
                     " tx_corrupted=%" PRIu64 " tx_dropped=%" PRIu64 " tx_backpressure_cycles=%" PRIu64
-                    " log_records=%" PRIu64 "\n",
+                    " silenced_frames=%" PRIu64 " log_records=%" PRIu64 "\n",
                     what, cycle, wall_now() - wall_start, time_ns - uint64_t(o.time_origin), time_ns,
                     rx_bytes, tx_bytes, written, applied, failed, reads, rfailed, stalls, rx_corrupted,
-                    rx_dropped, tx_corrupted, tx_dropped, tx_backpressure, log.records);
+                    rx_dropped, tx_corrupted, tx_dropped, tx_backpressure, filter.dropped, log.records);
         std::fflush(stdout);
         if (log.f) std::fflush(log.f);
+    };
+
+    // The control channel (COMMANDS above): run once per batch, before the pty is polled.
+    bool paused = false, quiet_told = false, commands_open = true;
+    uint64_t quiet_cycles = 0, quiet_ns = 0, quiet_cycle = 0;   // the quiet so far; its middle
+    std::string commands;                                        // bytes of a line not yet whole
+    auto run_command = [&](const std::string& line) {
+        static const std::string usage = "pause, resume, ransom P LBA N, silence P, speak P";
+        std::istringstream in(line);
+        std::string verb;
+        std::vector<long long> args;
+        if (!(in >> verb)) return;
+        for (long long v; in >> v;) args.push_back(v);
+        const size_t arity = verb == "pause" || verb == "resume" ? 0 : verb == "ransom" ? 3
+                           : verb == "silence" || verb == "speak" ? 1 : SIZE_MAX;
+        if (arity == SIZE_MAX) {
+            event_error("'" + line + "' is not a command: " + usage);
+        } else if (!in.eof() || args.size() != arity) {
+            event_error("'" + line + "': wrong arguments (" + usage + ")");
+        } else if (arity && (args[0] < 0 || args[0] >= NPORTS)) {
+            event_error("'" + line + "': no port " + std::to_string(args[0]) + " (the board has " +
+                        std::to_string(NPORTS) + ")");
+        } else if (verb == "pause") {
+            paused = true;
+            quiet_told = false;
+            quiet_cycles = 0;
+            event("pause time_ns=%" PRIu64, time_ns);
+        } else if (verb == "resume") {
+            paused = false;
+            event("resume time_ns=%" PRIu64, time_ns);
+        } else if (verb == "ransom") {
+            PortState& s = ports[args[0]];
+            const long long lba = args[1], count = args[2];
+            if (s.ransom_end) {
+                event_error("'" + line + "': port " + std::to_string(args[0]) + " is under a ransom already");
+            } else if (lba < 0 || lba >= vol.blocks || count < 1 || count > vol.blocks - lba) {
+                event_error("'" + line + "': blocks outside the volume's " + std::to_string(vol.blocks));
+            } else {
+                s.ransom_first = s.ransom_next = uint64_t(lba);
+                s.ransom_end = uint64_t(lba + count);
+            }
+        } else {   // silence, speak
+            const uint32_t bit = 1u << args[0];
+            filter.silenced = verb == "silence" ? filter.silenced | bit : filter.silenced & ~bit;
+            if (!filter.silenced) filter.release(rxq);
+            event("%s port=%lld time_ns=%" PRIu64, verb.c_str(), args[0], time_ns);
+        }
+    };
+    auto read_commands = [&] {
+        pollfd in{0, POLLIN, 0};
+        if (poll(&in, 1, 0) <= 0) return;
+        char buf[4096];
+        const ssize_t n = read(0, buf, sizeof buf);
+        if (n < 0 && (errno == EINTR || errno == EAGAIN)) return;
+        if (n <= 0) { commands_open = false; return; }     // EOF (or no stdin): no more commands
+        commands.append(buf, size_t(n));
+        for (size_t eol; (eol = commands.find('\n')) != std::string::npos; commands.erase(0, eol + 1))
+            run_command(commands.substr(0, eol));
+        if (commands.size() > sizeof buf) {
+            event_error("a command line longer than " + std::to_string(sizeof buf) + " bytes");
+            commands.clear();
+        }
     };
 
     // A few idle cycles first (the image has no reset input: it starts at its init values).
@@ -463,11 +654,12 @@ int main(int argc, char** argv) {
 
     bool master_dead = false;
     while (!g_stop) {
-        // --- batch: poll the pty, then run poll_cycles cycles ---------------------------------
+        // --- batch: take commands, poll the pty, then run poll_cycles cycles ------------------
+        if (commands_open) read_commands();
         if (!master_dead) {
             // host -> device
-            while (rxq.room() > 0) {
-                ssize_t n = read(master, iobuf.data(), std::min(rxq.room(), iobuf.size()));
+            while (rxq.room() > filter.frame.size()) {
+                ssize_t n = read(master, iobuf.data(), std::min(rxq.room() - filter.frame.size(), iobuf.size()));
                 if (n <= 0) {
                     if (n < 0 && errno != EAGAIN && errno != EINTR && errno != EIO) master_dead = true;
                     break;
@@ -476,7 +668,8 @@ int main(int argc, char** argv) {
                     uint8_t b = iobuf[i];
                     if (link_rng.chance(o.drop_rx)) { ++rx_dropped; continue; }
                     if (link_rng.chance(o.corrupt_rx)) { b ^= uint8_t(1u << link_rng.below(8)); ++rx_corrupted; }
-                    rxq.push(b);
+                    if (filter.silenced) filter.take(b, rxq);
+                    else rxq.push(b);
                 }
             }
             // device -> host
@@ -499,29 +692,37 @@ int main(int argc, char** argv) {
             for (int p = 0; p < NPORTS; ++p) {
                 PortState& s = ports[p];
                 PortPins& q = pins[p];
-                // server: waits for the DPLL's lock; then arrivals, then the current write's beat
+                // server: waits for the DPLL's lock; then arrivals (none while paused), then the
+                // next write (a ransom one first, none while paused), then the current write's beat
                 if (!s.live && *q.locked) {
                     s.live = true;
                     s.next_arrival += double(cycle);
                 }
                 if (!s.live) {
                 } else if (o.rate < 0) {
-                    if (s.due == 0 && (o.writes == 0 || s.issued < o.writes)) s.due = 1;
+                    if (!paused && s.due == 0 && (o.writes == 0 || s.issued < o.writes)) s.due = 1;
                 } else if (o.rate > 0) {
                     while (double(cycle) >= s.next_arrival) {
-                        if (o.writes == 0 || s.issued + s.due < o.writes) ++s.due;
+                        if (!paused && (o.writes == 0 || s.issued + s.due < o.writes)) ++s.due;
                         s.next_arrival += -std::log(1.0 - s.gen_rng.uniform()) * cycles_per_write;
                     }
                 }
-                if (s.beat < 0 && s.due > 0) {
-                    s.beat = 0;
-                    s.lba = uint64_t(o.lba_min) + s.gen_rng.below(uint64_t(o.lba_max - o.lba_min));
+                if (s.beat < 0 && s.live && !paused) {
+                    s.ransom_write = s.ransom_next < s.ransom_end;
+                    if (s.ransom_write) {
+                        s.beat = 0;
+                        s.lba = s.ransom_next++;
+                        for (auto& word : s.ransom_block) word = s.ransom_rng.next();
+                    } else if (s.due > 0) {
+                        s.beat = 0;
+                        s.lba = uint64_t(o.lba_min) + s.gen_rng.below(uint64_t(o.lba_max - o.lba_min));
+                    }
                 }
                 *q.in_valid = s.beat >= 0;
                 if (s.beat == 0) {
                     *q.in_data = s.lba; *q.in_first = 1; *q.in_last = 0;
                 } else if (s.beat > 0) {
-                    *q.in_data = data_word(o.seed, p, s.cur, s.beat - 1);
+                    *q.in_data = s.ransom_write ? s.ransom_block[s.beat - 1] : data_word(o.seed, p, s.cur, s.beat - 1);
                     *q.in_first = 0; *q.in_last = s.beat == WORDS;
                 }
                 // storage: write completions (the front write answers once due)
@@ -581,12 +782,26 @@ int main(int argc, char** argv) {
                 PortState& s = ports[p];
                 PortPins& q = pins[p];
                 if (s.beat >= 0) {
-                    if (*q.in_ready) {
-                        if (s.beat == 0) { --s.due; s.cur = uint64_t(s.issued++); }
-                        if (s.beat == WORDS) { s.beat = -1; ++s.started; }
-                        else ++s.beat;
-                    } else {
+                    if (!*q.in_ready) {
                         ++s.stall_cycles;
+                    } else if (s.beat == 0 && s.ransom_write) {
+                        if (s.lba == s.ransom_first)
+                            event("ransom port=%d lba=%" PRIu64 " count=%" PRIu64 " time_ns=%" PRIu64, p,
+                                  s.ransom_first, s.ransom_end - s.ransom_first, time_ns);
+                        ++s.beat;
+                    } else if (s.beat == 0) {
+                        --s.due;
+                        s.cur = uint64_t(s.issued++);
+                        ++s.beat;
+                    } else if (s.beat < WORDS) {
+                        ++s.beat;
+                    } else {
+                        s.beat = -1;
+                        ++s.started;
+                        if (s.ransom_write && s.lba + 1 == s.ransom_end) {
+                            event("ransom_done port=%d time_ns=%" PRIu64, p, time_ns);
+                            s.ransom_first = s.ransom_next = s.ransom_end = 0;
+                        }
                     }
                 }
                 if (*q.wr_valid) {      // wr_ready is always 1
@@ -625,6 +840,19 @@ int main(int argc, char** argv) {
                 }
                 if (*q.rdata_valid && *q.rdata_ready) {
                     if (++s.read_beat == WORDS) s.reading = false;
+                }
+            }
+            // Paused: quiet while every server is idle and storage has answered every write its
+            // port accepted (a write is accepted after its pre-image read, so no read is left).
+            if (paused && !quiet_told) {
+                bool quiet = true;
+                for (auto& s : ports)
+                    quiet = quiet && s.beat < 0 && uint64_t(s.started) == s.applied + s.write_failed + s.read_failed;
+                quiet_cycles = quiet ? quiet_cycles + 1 : 0;
+                if (quiet_cycles == QUIET_CYCLES / 2) { quiet_ns = time_ns; quiet_cycle = cycle; }
+                if (quiet_cycles == QUIET_CYCLES) {
+                    event("quiet time_ns=%" PRIu64 " cycle=%" PRIu64, quiet_ns, quiet_cycle);
+                    quiet_told = true;
                 }
             }
             top->clk = 1;

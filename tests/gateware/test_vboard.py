@@ -5,9 +5,12 @@ with pyserial and `firmware.abi.frames`, and checks the journal against the harn
 and the volume file against that log. Device time comes from the image's DPLLs locked to the
 board's time base (the servers start once their port's DPLL has locked), so the entries'
 timestamps must agree with the harness's own record of simulated time to within microseconds.
+The harness's commands (pause, ransom, silence) are checked against the storage log and, for
+silence, against the host's device driver.
 """
 
 import struct
+import time
 
 import pytest
 import serial
@@ -38,8 +41,6 @@ class Link:
         return self.seq
 
     def frame(self, timeout=30.0):
-        import time
-
         deadline = time.monotonic() + timeout
         while 0 not in self.buf:
             if time.monotonic() > deadline:
@@ -85,6 +86,27 @@ class Link:
                 size = entry_bytes(int.from_bytes(payload[24:28], "little"))
                 entries.append(payload[:size])
                 payload = payload[size:]
+
+
+def drain(device, port):
+    """Flush `port` with the host's driver and acknowledge what came: the entries' seqs."""
+    raw, _ = device.flush(port)
+    seqs = []
+    while raw:
+        seqs.append(int.from_bytes(raw[:4], "little"))
+        raw = raw[entry_bytes(int.from_bytes(raw[24:28], "little")):]
+    if seqs:
+        device.ack(port, seqs[-1])
+    return seqs
+
+
+def drain_until(device, done, timeout=60):
+    """Keep every port's ring drained (so no server waits on a full ring) until `done()`."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "timed out"
+        for p in range(device.identity.ports):
+            drain(device, p)
 
 
 @pytest.fixture(scope="module")
@@ -174,3 +196,106 @@ def test_corruption_and_options(harness, tmp_path):
     with pytest.raises(RuntimeError, match="holds"):
         (tmp_path / "odd.img").write_bytes(b"x" * 1000)
         VirtualBoard(tmp_path / "odd.img", binary=harness, blocks=4).start()
+
+
+def test_pause_gives_a_quiet_instant(harness, tmp_path):
+    """Writes in flight at the pause are answered before the quiet time T; none is after T
+    until the resume. Slow storage (80 µs) keeps writes in flight; two ports in copy-on-write
+    with failing pre-image reads (a write that yields no primary write)."""
+    from host.link.device import Device
+    from sim.vboard import KIND_READ, KIND_WRITE, VirtualBoard, apply_log
+
+    volume, log = tmp_path / "volume.img", tmp_path / "storage.log"
+    with VirtualBoard(volume, binary=harness, blocks=BLOCKS, log=log, rate=-1, seed=SEED,
+                      write_latency=10_000, read_fail=0.2, report_ms=50) as board:
+        dev = Device.open(board.tty, flush_timeout=1)
+        for p in (2, 3):
+            dev.write("mode", Mode.COPY_ON_WRITE, p)
+        drain_until(dev, lambda: int(board.status.get("writes", 0)) >= 40)
+        board.command("pause")
+        drain_until(dev, lambda: any(e["kind"] == "quiet" for e in board.events))
+        paused, quiet = board.wait_event("pause"), board.wait_event("quiet", 0)
+        board.command("resume")
+        resumed = board.wait_event("resume")
+        writes = int(board.status["writes"])
+        drain_until(dev, lambda: int(board.status["writes"]) > writes + 20)
+        dev.close()
+
+    pause_ns, quiet_ns, resume_ns = int(paused["time_ns"]), int(quiet["time_ns"]), int(resumed["time_ns"])
+    assert pause_ns < quiet_ns < resume_ns
+    records = board.storage_log()
+    writes = [r for r in records if r.kind == KIND_WRITE]
+    assert any(pause_ns < r.time_ns < quiet_ns for r in writes)        # in flight at the pause
+    assert [r for r in writes if quiet_ns <= r.time_ns <= resume_ns] == []
+    assert any(r.time_ns > resume_ns for r in writes)
+    assert any(r.kind == KIND_READ and not r.ok for r in records)
+    assert volume.read_bytes() == apply_log(bytearray(BLOCKS * SIM_BOARD.block_bytes), records,
+                                            SIM_BOARD.block_bytes)
+
+
+def test_ransom_and_refused_commands(harness, tmp_path):
+    """A ransom is COUNT garbage writes of one server to consecutive blocks, back to back; the
+    servers' own writes keep their numbering. Bad commands get an error event and change nothing."""
+    from sim.vboard import KIND_WRITE, VirtualBoard, server_block
+
+    port, lba, count, normal_max = 1, 20, 5, 8
+    ports = SIM_BOARD.ports
+    with VirtualBoard(tmp_path / "v.img", binary=harness, blocks=BLOCKS, log=tmp_path / "storage.log", rate=5,
+                      writes=WRITES, lba_max=normal_max, seed=SEED, report_ms=50) as board:
+        board.command(f"ransom {port} 30 5")
+        with pytest.raises(RuntimeError, match="outside the volume"):
+            board.wait_event("ransom")
+        board.command("frobnicate 1")
+        assert "frobnicate" in board.wait_event("error")["what"]
+        board.wait_status(lambda s: int(s["writes"]) >= 4)
+        board.command(f"ransom {port} {lba} {count}")
+        started, done = board.wait_event("ransom"), board.wait_event("ransom_done")
+        status = board.wait_status(lambda s: int(s["applied"]) == ports * WRITES + count)
+    assert (started["port"], started["lba"], started["count"], done["port"]) == (str(port), str(lba),
+                                                                                  str(count), str(port))
+    assert int(status["writes"]) == ports * WRITES + count
+
+    records = [r for r in board.storage_log() if r.kind == KIND_WRITE]
+    assert len(records) == ports * WRITES + count
+    own = [r for r in records if r.port == port]
+    ransom = [r for r in own if r.lba >= normal_max]
+    assert [r.lba for r in ransom] == list(range(lba, lba + count))
+    first = own.index(ransom[0])
+    assert own[first:first + count] == ransom                          # back to back
+    assert int(started["time_ns"]) < ransom[0].time_ns and int(done["time_ns"]) < ransom[-1].time_ns
+    blocks = {server_block(SEED, p, n) for p in range(ports) for n in range(WRITES + count)}
+    assert len({r.data for r in ransom} - blocks) == count
+    for p in range(ports):
+        assert [r.data for r in records if r.port == p and r.lba < normal_max] == [
+            server_block(SEED, p, n) for n in range(WRITES)], p
+
+
+def test_silence_and_speak(harness, tmp_path):
+    """A silenced port drops the host's FLUSH and ACK (the driver gives up on it) while another
+    port answers; after speak the port's journal goes on, no entry lost or repeated."""
+    from host.link.device import Device, DeviceError
+    from sim.vboard import VirtualBoard
+
+    port, other, writes, depth = 1, 2, 24, SIM_BOARD.depth
+    with VirtualBoard(tmp_path / "v.img", binary=harness, blocks=BLOCKS, rate=-1, writes=writes, seed=SEED,
+                      report_ms=50) as board:
+        dev = Device.open(board.tty, timeout=0.2, tries=2, flush_timeout=0.3)
+        board.wait_status(lambda s: int(s["writes"]) == SIM_BOARD.ports * depth)     # every ring full
+        raw, _ = dev.flush(port)
+        assert len(raw) == depth * entry_bytes(SIM_BOARD.block_bytes)
+        board.command(f"silence {port}")
+        assert board.wait_event("silence")["port"] == str(port)
+        with pytest.raises(DeviceError):
+            dev.ack(port, depth - 1)
+        with pytest.raises(DeviceError):
+            dev.flush(port)
+        assert drain(dev, other) == list(range(depth))
+        assert dev.read("ring_fill", port) == depth                    # the ACK never arrived
+        board.command(f"speak {port}")
+        board.wait_event("speak")
+        got = []
+        while len(got) < writes:
+            got += drain(dev, port)
+        assert got == list(range(writes))
+        dev.close()
+    assert int(board.exit["silenced_frames"]) >= 4                      # two ACKs, two FLUSHes
