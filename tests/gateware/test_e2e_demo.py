@@ -54,7 +54,8 @@ def test_quick_demo(tmp_path, mode):
     # The outage: the silenced port was invalid from its last flush before the silence; while it
     # was, restores were held at that instant though the other ports had flushed well past it.
     since, back = summary["outage"]
-    assert summary["events"]["silence"] <= summary["events"]["invalid"] == since < back
+    events = summary["events"]
+    assert events["attack_done"] < events["invalid"] == since <= events["silence"] < back
     assert summary["horizon_during_outage"] == since < summary["flushed_during_outage"]
     assert "port 3 is invalid" in summary["refused_past_horizon"]
     with LocalJournal.open(out / "journal", readonly=True) as journal:

@@ -43,8 +43,8 @@ def test_collect_10000_blocks_over_a_damaged_link(tmp_path):
     assert config.ports == PORTS
     log = tmp_path / "storage.log"
     board = vboard.VirtualBoard(tmp_path / "volume.img", blocks=8192, rate=-1, writes=WRITES, seed=5,
-                                log=log, baud=config.clock_hz * 10, corrupt_rx=RATE, corrupt_tx=RATE,
-                                drop_rx=RATE, drop_tx=RATE)
+                                log=log, write_fail=0.01, baud=config.clock_hz * 10, corrupt_rx=RATE,
+                                corrupt_tx=RATE, drop_rx=RATE, drop_tx=RATE)
     injected = 0
     t0 = time.monotonic()
     with board:
@@ -91,9 +91,13 @@ def test_collect_10000_blocks_over_a_damaged_link(tmp_path):
             for row, block, rec in zip(index[ids], data, applied, strict=True):
                 assert (int(row["seq"]), int(row["lba"])) == (rec.index, rec.lba)
                 assert int(row["status"]) == (Status.OK if rec.ok else Status.PRIMARY_FAILED)
-                assert bytes(block) == rec.data
+                assert bytes(block) == rec.data == vboard.server_block(5, p, rec.index)   # server p's
+    assert any(not r.ok for r in records) and any(r.ok for r in records)   # both statuses journaled
 
     # The damage happened, both ways, and was recovered from.
+    end = board.exit
+    assert int(end["rx_corrupted"]) + int(end["rx_dropped"]) > 0, end       # host -> device, on the line
+    assert int(end["tx_corrupted"]) > 0 and int(end["tx_dropped"]) > 0, end  # device -> host
     device_rx_errors = sum(device[n] for n in ("rx_cobs_errors", "rx_crc_errors", "rx_length_errors",
                                                "rx_type_errors"))
     assert device_rx_errors >= injected > 0 and device["naks_sent"] >= injected
