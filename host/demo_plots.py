@@ -46,7 +46,9 @@ def timeline(path: Path, index: np.ndarray, flushes: list[tuple[int, int]], resu
         if port == silent_port:
             label += "\n(silenced)"
             since, back = result.outage
-            ax.axvspan(ms(since), ms(back), color="grey", alpha=0.3, label="invalid (outage)")
+            ax.axvspan(ms(since), ms(back), color="grey", alpha=0.3)
+            ax.annotate("invalid\n(silent)", ((ms(since) + ms(back)) / 2, 0.5),
+                        xycoords=("data", "axes fraction"), ha="center", va="center", fontsize="small")
         ax.set_ylabel(label, rotation=0, ha="right", va="center")
         ax.axvspan(ms(result.events["attack"]), ms(result.events["attack_done"]), color="red", alpha=0.12)
         ax.axvline(ms(result.bookmark_ns), color="green", linewidth=2)
