@@ -8,8 +8,10 @@ journal the demo left behind.
 
 import json
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,42 @@ from sim import vboard
 LAST_LINE = re.compile(r"^demo: mode=(redo|cow) entries=(\d+) restored_mb=(\d+) restore_s=([\d.]+) "
                        r"verified=(yes|no)$")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids whose command line contains `text`."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            pass
+    return found
+
+
+def test_ctrl_c_stops_the_board(tmp_path):
+    """Ctrl-C during collection: exit 130, the board process is gone, the journal is readable."""
+    out = tmp_path / "interrupted"
+    tool = Path(sys.executable).with_name("portjournal")
+    proc = subprocess.Popen([str(tool), "demo", "--quick", "--out", str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith("steady:"):
+                break
+        volume = str(out / "volume.img")
+        assert processes_mentioning(volume), "the board is not running"
+        time.sleep(1)
+        proc.send_signal(signal.SIGINT)
+        rest = proc.communicate(timeout=60)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, rest
+    assert "interrupted" in rest
+    assert processes_mentioning(volume) == []
+    with LocalJournal.open(out / "journal", readonly=True) as journal:   # what was stored stays
+        assert len(journal.index) > 0
 
 
 @pytest.mark.parametrize("mode", ["redo", "cow"])
