@@ -73,6 +73,7 @@ class DeviceCounters:
     naks: int = 0
     stale_responses: int = 0        # answers to a request already answered (a repeat's echo)
     unexpected_frames: int = 0
+    echoes: int = 0                 # frames of a request's type: the far end sends ours back
     flushes: int = 0
     resends: int = 0                # RESEND frames sent (gaps seen by the driver or the journal)
     gaps: int = 0                   # JOURNAL frames that skipped a missing entry
@@ -171,6 +172,8 @@ class Device:
                     return frame
                 elif frame.seq != seq and frame.type in RESPONSES.values():
                     self.counters.stale_responses += 1
+                elif not frame.type & 0x80:         # requests are 0x01-0x7F, answers 0x80 up
+                    self.counters.echoes += 1
                 else:
                     self.counters.unexpected_frames += 1
             else:
@@ -187,6 +190,10 @@ class Device:
             return (f"{self.transport.path}: no answer to {ftype.name} after {waited}: nothing was "
                     "received (not a portjournal device, not running, or another baud rate?): check "
                     "--port and --baud, and that the board (or 'portjournal sim') is running")
+        if self.counters.echoes:
+            return (f"{self.transport.path}: no answer to {ftype.name} after {waited}: the other end "
+                    f"sends back the host's own requests ({self.counters.echoes} of them): a loopback or "
+                    "an echoing terminal, not a portjournal device: check --port")
         if c.rx_frames == 0:
             return (f"{self.transport.path}: no portjournal frame in answer to {ftype.name} after {waited}: "
                     f"{c.rx_bytes} bytes received, {c.rx_errors} of them runs that are not frames "

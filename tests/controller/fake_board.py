@@ -8,7 +8,8 @@ whole entries and a FLUSH_MARK at the end of each drain, a NAK for every damaged
 Faults: `corrupt`/`drop` rates per byte in each direction (seeded), and scripted hooks:
 `tx_filter(frame_type, wire) -> wire` sees every frame the board sends (return b"" to lose it,
 other bytes to replace it), `rx_filter(frame) -> bool` may ignore a good request silently.
-`mode="silent"` answers nothing; `mode="garbage"` answers every byte run with random bytes.
+`mode="silent"` answers nothing; `mode="garbage"` answers every byte run with random bytes;
+`mode="echo"` sends back what it receives (a loopback plug, or a modem echoing).
 """
 
 import os
@@ -129,6 +130,9 @@ class FakeBoard:
                 continue                       # the host closed its end; wait for stop
             chunk = self._damage(chunk, self.corrupt_rx, self.drop_rx)
             if self.mode == "silent":
+                continue
+            if self.mode == "echo":
+                self._write(chunk)
                 continue
             if self.mode == "garbage":
                 self._write(bytes(self.rng.randrange(1, 256) for _ in range(64)) + b"\0")

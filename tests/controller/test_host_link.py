@@ -123,7 +123,8 @@ def test_pulse_write_is_not_repeated_after_silence():
 
 
 @pytest.mark.parametrize("mode, message", [("silent", "nothing was received"),
-                                           ("garbage", "no portjournal frame")])
+                                           ("garbage", "no portjournal frame"),
+                                           ("echo", "sends back the host's own requests")])
 def test_not_a_portjournal_device(mode, message):
     with FakeBoard(mode=mode) as board:
         t0 = time.monotonic()
