@@ -11,6 +11,7 @@ whose buffer fills never blocks both ends.
 import os
 import queue
 import stat
+import termios
 import threading
 import time
 from dataclasses import dataclass, fields
@@ -105,11 +106,26 @@ def check_path(path: str) -> None:
                              "(add yourself to the 'dialout' group?)")
 
 
+def terminal_mode(path: str) -> list | None:
+    """The terminal settings of `path` before we change them (None if it has none to read)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        return termios.tcgetattr(fd)
+    except termios.error:
+        return None
+    finally:
+        os.close(fd)
+
+
 class SerialTransport:
     """One serial port carrying link frames: `send` frames, `recv` good ones, count bad ones."""
 
     def __init__(self, path: str, *, baud: int = 115200, read_chunk: int = 65536):
         check_path(path)
+        self._saved_mode = terminal_mode(path)
         try:
             self._serial = serial.Serial(path, baudrate=baud, bytesize=8, parity="N", stopbits=1,
                                          timeout=0.05, write_timeout=5, xonxoff=False, rtscts=False,
@@ -216,8 +232,10 @@ class SerialTransport:
         self._stop.set()
         self._reader.join(timeout=1)
         try:
+            if self._saved_mode is not None:       # e.g. a terminal given by mistake: leave it usable
+                termios.tcsetattr(self._serial.fileno(), termios.TCSANOW, self._saved_mode)
             self._serial.close()
-        except (serial.SerialException, OSError):
+        except (serial.SerialException, OSError, termios.error):
             pass
 
     def __enter__(self):

@@ -3,6 +3,7 @@ requests and their repeats, damaged bytes either way, the journal stream and the
 
 import os
 import random
+import termios
 import time
 
 import pytest
@@ -141,6 +142,20 @@ def test_paths_that_are_not_serial_ports(tmp_path):
         SerialTransport(str(tmp_path / "file"))
     with pytest.raises(TransportError, match="serial port|terminal"):
         SerialTransport("/dev/null")
+
+
+def test_a_terminal_is_left_as_it_was():
+    """A terminal given by mistake (a pty in its default, cooked mode) gets its settings back."""
+    master, slave = os.openpty()
+    try:
+        before = termios.tcgetattr(slave)
+        transport = SerialTransport(os.ttyname(slave))
+        assert termios.tcgetattr(slave) != before            # pyserial made it raw
+        transport.close()
+        assert termios.tcgetattr(slave) == before
+    finally:
+        os.close(master)
+        os.close(slave)
 
 
 def test_flush_ack_resend_with_lost_frames():
