@@ -88,7 +88,8 @@ def sim_cmd(volume, blocks, log, ports, baud, rate, writes, status_s, **options)
         nonlocal stopping
         stopping = True
 
-    previous = signal.signal(signal.SIGTERM, on_signal)
+    # Our own handlers, for SIGINT too: a shell starts a background job with SIGINT ignored.
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         try:
             board.start()
@@ -112,10 +113,9 @@ def sim_cmd(volume, blocks, log, ports, baud, rate, writes, status_s, **options)
                 click.echo("status " + " ".join(f"{k}={shown[k]}" for k in
                                                 ("sim_ns", "writes", "applied", "tx_bytes", "rx_bytes")),
                            err=True)
-    except KeyboardInterrupt:
-        pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         end = board.stop()
     if end:
         click.echo("exit " + " ".join(f"{k}={v}" for k, v in end.items()))
