@@ -243,4 +243,6 @@ def collect(path, baud, timeout, folder, duration, deadline, interval, window):
             signal.signal(signal.SIGINT, previous)
         total = sum(progress.stored)
         how = " (interrupted)" if stop["now"] else ""
+        if not console.is_terminal:         # Live leaves its last frame without a line end there
+            console.line()
         console.print(f"stopped{how}: {total} entries stored in {folder}; everything acknowledged is durable")
