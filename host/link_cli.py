@@ -18,7 +18,7 @@ from .journal.store import NEVER, JournalError, LocalJournal
 from .journal_cli import Duration, journal_option
 from .link.device import Device, DeviceError
 from .link.serial import TransportError
-from .timefmt import format_ns
+from .timefmt import format_ns, time_of_day
 
 console = Console(soft_wrap=True)
 
@@ -151,7 +151,7 @@ class Progress:
     def update(self, polls) -> None:
         for poll in polls:
             self.stored[poll.port] += poll.entries
-            self.errors[poll.port] = poll.error[:60]
+            self.errors[poll.port] = poll.error.split(": ")[-1][:40]
         now, rx = time.monotonic(), self.dev.transport.counters.rx_bytes
         if now - self.last_rate[0] >= self.sample_s:
             self.rate = (rx - self.last_rate[1]) / (now - self.last_rate[0])
@@ -166,8 +166,8 @@ class Progress:
                     self.on_sample(now, p, self.blocks[p])
 
     def render(self) -> Group:
-        table = Table("port", "validity", "entries this run", "last seq", "ring fill", "DPLL",
-                      "flushed through", "last error")
+        table = Table("port", "validity", "entries", "last seq", "ring", "DPLL", "flushed through (UTC)",
+                      "last error")
         since = self.journal.invalid_since()
         depth = self.dev.identity.ring_depth
         for p, regs in enumerate(self.blocks):
@@ -181,7 +181,7 @@ class Progress:
                 dpll = "[yellow]unlocked[/]"
             table.add_row(str(p), "[green]valid[/]" if valid else "[red]invalid[/]", str(self.stored[p]),
                           str(int(self.journal.last_seq[p])), fill, dpll,
-                          format_ns(int(self.journal.flushed_through[p])), self.errors[p])
+                          time_of_day(int(self.journal.flushed_through[p])), self.errors[p])
         c = self.dev.link_counters()
         link = (f"link: {self.rate / 1e3:.1f} kB/s in, {c['rx_frames']} frames, "
                 f"{self.dev.transport.counters.rx_errors} damaged frames received, {c['naks']} NAKs, "
