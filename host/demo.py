@@ -215,37 +215,39 @@ class Demo:
         """Pause the servers, bookmark the quiet instant the board reports, go on."""
         self.step("bookmark", "pausing the servers for an application-consistent bookmark")
         self.board.command("pause")
-        quiet = self.collect_until_event("quiet", 60)
+        quiet = self.collect_until_event("quiet")
         at = int(quiet["time_ns"])
         self.journal.update_state(lambda state: state.bookmarks.__setitem__(BOOKMARK, at))
         self.result.bookmark_ns = self.result.events["bookmark"] = at
         self.board.command("resume")
-        self.collect_until_event("resume", 10)
+        self.collect_until_event("resume")
 
     def attack(self) -> None:
         count = round(self.cfg.damage_mb * 2**20) // self.block
         first = self.blocks // 4
         self.step("attack", f"server {RANSOM_PORT} overwrites {count} blocks from block {first} with garbage")
         self.board.command(f"ransom {RANSOM_PORT} {first} {count}")
-        self.result.events["attack"] = int(self.collect_until_event("ransom", 60)["time_ns"])
-        self.result.events["attack_done"] = int(self.collect_until_event("ransom_done", 900)["time_ns"])
+        self.result.events["attack"] = int(self.collect_until_event("ransom")["time_ns"])
+        self.result.events["attack_done"] = int(self.collect_until_event("ransom_done")["time_ns"])
         self.result.damaged_blocks = count
 
     def outage(self) -> None:
         """Silence a port's link: invalid after the deadline, horizon held; then reinstate it."""
         self.step("outage", f"port {SILENT_PORT}'s link goes quiet for {self.cfg.outage_s:g} s")
         self.board.command(f"silence {SILENT_PORT}")
-        self.result.events["silence"] = int(self.collect_until_event("silence", 10)["time_ns"])
+        self.result.events["silence"] = int(self.collect_until_event("silence")["time_ns"])
         self.collect_for(self.cfg.outage_s)
-        since = int(self.journal.invalid_since()[SILENT_PORT])
-        if since == NEVER:
-            raise RuntimeError(f"port {SILENT_PORT} stayed valid through its outage")
+        give_up = time.monotonic() + 60         # a loaded machine may take a few rounds longer
+        while (since := int(self.journal.invalid_since()[SILENT_PORT])) == NEVER:
+            if time.monotonic() > give_up:
+                raise RuntimeError(f"port {SILENT_PORT} stayed valid through its outage")
+            self.poll()
         self.result.events["invalid"] = since
         others = self.result.horizon_during_outage = self.journal.horizon()
         self.result.refused_past_invalid = self.refusal((since + others) // 2)
         self.result.refused_at_invalid = self.refusal(since)
         self.board.command(f"speak {SILENT_PORT}")
-        self.result.events["speak"] = int(self.collect_until_event("speak", 10)["time_ns"])
+        self.result.events["speak"] = int(self.collect_until_event("speak")["time_ns"])
         for _ in range(50):
             try:
                 self.result.outage = list(self.collector.reinstate(SILENT_PORT))
@@ -261,8 +263,8 @@ class Demo:
         """Pause the servers and empty every ring into the journal, then stop the board."""
         self.step("drain", "pausing the servers and draining every ring")
         self.board.command("pause")
-        self.result.events["drain"] = int(self.collect_until_event("quiet", 60)["time_ns"])
-        deadline = time.monotonic() + 30
+        self.result.events["drain"] = int(self.collect_until_event("quiet")["time_ns"])
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             self.poll()
             fills = [self.device.read("ring_fill", p) for p in range(self.board_config.ports)]
@@ -341,14 +343,19 @@ class Demo:
         while time.monotonic() < end:
             self.poll()
 
-    def collect_until_event(self, kind: str, timeout: float) -> dict[str, str]:
-        end = time.monotonic() + timeout
+    def collect_until_event(self, kind: str, stall_s: float = 60) -> dict[str, str]:
+        """Collect until the board reports `kind`; give up only when `stall_s` pass with neither
+        the event nor a single new entry stored (a loaded machine is slow, not stuck)."""
+        stored, last_progress = len(self.journal.index), time.monotonic()
         while True:
             try:
                 return self.board.wait_event(kind, timeout=0)
             except TimeoutError:
-                if time.monotonic() > end:
-                    raise TimeoutError(f"the board did not report {kind!r} within {timeout:g} s") from None
+                if len(self.journal.index) != stored:
+                    stored, last_progress = len(self.journal.index), time.monotonic()
+                elif time.monotonic() - last_progress > stall_s:
+                    raise TimeoutError(f"the board did not report {kind!r}, and nothing was collected, "
+                                       f"for {stall_s:g} s") from None
             self.poll()
 
     def _sample(self, _wall: float, port: int, regs: dict[str, int]) -> None:
