@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from .store import NEVER, JournalError, LocalJournal, SequenceGap
+from .primary import NEVER, JournalError, PrimaryJournal, SequenceGap
 
 
 class LinkFault(Exception):
@@ -43,7 +43,7 @@ class PortPoll:
 
 
 class Collector:
-    def __init__(self, journal: LocalJournal, link: PortLink, deadline_s: float,
+    def __init__(self, journal: PrimaryJournal, link: PortLink, deadline_s: float,
                  clock: Callable[[], float] = time.monotonic):
         self.journal, self.link, self.deadline_s, self.clock = journal, link, deadline_s, clock
         now = clock()
@@ -77,7 +77,7 @@ class Collector:
 
     def reinstate(self, port: int) -> tuple[int, int]:
         """Bring back a port that went silent and answers again: store its backlog, then count it
-        over the outage (`LocalJournal.reinstate`, which refuses if entries were lost). Returns
+        over the outage (`PrimaryJournal.reinstate`, which refuses if entries were lost). Returns
         the outage (since, until) in device time; raises LinkFault if the port still does not
         answer."""
         poll = self._poll(port)
