@@ -33,7 +33,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -55,7 +55,7 @@ from .state import JournalState
 REPLICAS = 3
 DEDUP_WINDOW_S = 600            # a resend within 10 minutes of the first try is recognised by its id
 MAX_MESSAGE_BYTES = 8 << 20     # the servers' max_payload (cluster/nats-N.conf)
-PUBLISH_DEADLINE_S = 60.0       # how long a publish keeps trying through a leader election
+DEADLINE_S = 60.0               # how long a request keeps trying through a leader election
 REQUEST_TIMEOUT_S = 2.0
 FLUSHED = "Pj-Flushed"          # header: the device time up to which the port has flushed
 THROUGH = "Pj-Through"          # header: merged-table messages, windows merged up to this time
@@ -119,6 +119,20 @@ class JetStreamJournal(JournalRules):
     def _run(self, coro):
         return self._loop.run(coro)
 
+    def _ask(self, make: Callable[[], Coroutine], what: str):
+        """Run the coroutine `make()` makes, again and again through a node's outage or a leader
+        election, for up to DEADLINE_S; then JournalError naming `what` was asked."""
+        deadline = time.monotonic() + DEADLINE_S
+        while True:
+            try:
+                return self._run(make())
+            except TRANSIENT as exc:
+                if time.monotonic() > deadline:
+                    raise JournalError(f"{self.url}: no answer from JetStream to {what} for "
+                                       f"{DEADLINE_S:g} s ({type(exc).__name__}): is a majority of "
+                                       "the cluster up?") from exc
+                time.sleep(0.1)
+
     # --- creating and opening -------------------------------------------------------------
 
     @classmethod
@@ -160,7 +174,8 @@ class JetStreamJournal(JournalRules):
 
     def _load(self) -> None:
         try:
-            first = self._run(self._js.get_last_msg(self.stream, self.state_subject))
+            self._ask(lambda: self._js.stream_info(self.stream), "a look at the stream")
+            first = self._ask(lambda: self._js.get_last_msg(self.stream, self.state_subject), "the state")
         except js_errors.NotFoundError:
             raise JournalError(f"{self.url} holds no journal: create one ('portjournal journal create -j "
                                f"{self.url} --ports N')") from None
@@ -218,13 +233,17 @@ class JetStreamJournal(JournalRules):
         finally:
             journal.close()
 
+    def cluster_info(self) -> api.ClusterInfo:
+        """Which server leads the volume's stream, and how its replicas stand."""
+        return self._ask(lambda: self._js.stream_info(self.stream), "a look at the stream").cluster
+
     # --- the small state ----------------------------------------------------------------------
 
     def update_state(self, change: Callable[[JournalState], None]) -> JournalState:
         """Apply `change` to the state as the cluster holds it, by compare-and-set on the state
         subject: another host's change made meanwhile is read again and kept."""
         while True:
-            last = self._run(self._js.get_last_msg(self.stream, self.state_subject))
+            last = self._ask(lambda: self._js.get_last_msg(self.stream, self.state_subject), "the state")
             fresh = self._state_of(last.data)
             change(fresh)
             self._tails[self.state_subject] = max(self._tails[self.state_subject], last.seq)
@@ -317,21 +336,13 @@ class JetStreamJournal(JournalRules):
         journal created again in an emptied stream does not collide with the one before."""
         headers = (headers or {}) | {"Nats-Msg-Id": msg_id,
                                      "Nats-Expected-Last-Subject-Sequence": str(self._tails[subject])}
-        deadline = time.monotonic() + PUBLISH_DEADLINE_S
-        while True:
-            try:
-                return self._run(self._js.publish(subject, payload, timeout=REQUEST_TIMEOUT_S,
-                                                  headers=headers)).seq
-            except js_errors.BadRequestError as exc:
-                if exc.err_code == WRONG_LAST_SEQUENCE:
-                    raise WrongLastSequence(f"{subject}: {exc.description}") from exc
-                raise JournalError(f"{subject}: JetStream refused the publish: {exc.description}") from exc
-            except TRANSIENT as exc:
-                if time.monotonic() > deadline:
-                    raise JournalError(f"{subject}: no acknowledgement from JetStream for "
-                                       f"{PUBLISH_DEADLINE_S:g} s ({type(exc).__name__}): is a majority "
-                                       "of the cluster up?") from exc
-                time.sleep(0.1)
+        try:
+            return self._ask(lambda: self._js.publish(subject, payload, timeout=REQUEST_TIMEOUT_S,
+                                                      headers=headers), f"a publish to {subject}").seq
+        except js_errors.BadRequestError as exc:
+            if exc.err_code == WRONG_LAST_SEQUENCE:
+                raise WrongLastSequence(f"{subject}: {exc.description}") from exc
+            raise JournalError(f"{subject}: JetStream refused the publish: {exc.description}") from exc
 
     def _take_own(self, seq: int, subject: str, payload: bytes, headers: dict[str, str]) -> None:
         """Take in a message this journal published, unless the reader has already (a deduplicated
@@ -345,7 +356,8 @@ class JetStreamJournal(JournalRules):
         """Read what every writer stored since this journal last looked, and the state; return how
         many entries came in."""
         before = len(self.index)
-        for seq, subject, data, headers in self._run(self._fetch(self._read_through + 1)):
+        news = self._ask(lambda: self._fetch(self._read_through + 1), "a read of the stream")
+        for seq, subject, data, headers in news:
             if seq in self._ahead:
                 self._ahead.discard(seq)
             else:
@@ -426,7 +438,8 @@ class JetStreamJournal(JournalRules):
     def _payload(self, seq: int) -> bytes:
         data = self._payloads.get(seq)
         if data is None:
-            data = self._payloads[seq] = self._run(self._js.get_msg(self.stream, seq)).data
+            data = self._ask(lambda: self._js.get_msg(self.stream, seq), f"message {seq}").data
+            self._payloads[seq] = data
         return data
 
     # --- the merged portion -----------------------------------------------------------------
