@@ -3,7 +3,6 @@
 import signal
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import click
 from rich.console import Console, Group
@@ -14,7 +13,8 @@ from firmware.abi import regmap
 from firmware.abi.entry import Mode
 
 from .journal.collector import Collector
-from .journal.store import NEVER, JournalError, LocalJournal
+from .journal.locate import Location, create_journal, journal_exists, open_journal
+from .journal.primary import NEVER, JournalError, PrimaryJournal
 from .journal_cli import Duration, journal_option
 from .link.device import Device, DeviceError
 from .link.serial import TransportError
@@ -104,16 +104,16 @@ def status(path, baud, timeout):
         console.print(link_table(dev, glob))
 
 
-def journal_for(folder: Path, dev: Device, window_ns: int) -> LocalJournal:
+def journal_for(folder: Location, dev: Device, window_ns: int) -> PrimaryJournal:
     """Open the journal, or create it with the board's geometry; refuse one of another geometry."""
     ident = dev.identity
     try:
-        if not (folder / "journal.json").exists():
+        if not journal_exists(folder):
             console.print(f"creating journal {folder}: {ident.ports} ports, {ident.block_bytes}-byte blocks, "
                           f"{ident.mode.name.lower()}, window {format_ns(window_ns)}")
-            return LocalJournal.create(folder, block_bytes=ident.block_bytes, ports=ident.ports,
-                                       mode=ident.mode, window_ns=window_ns)
-        journal = LocalJournal.open(folder)
+            return create_journal(folder, block_bytes=ident.block_bytes, ports=ident.ports,
+                                  mode=ident.mode, window_ns=window_ns)
+        journal = open_journal(folder)
     except JournalError as exc:
         raise click.ClickException(str(exc)) from exc
     st = journal.state
@@ -124,7 +124,7 @@ def journal_for(folder: Path, dev: Device, window_ns: int) -> LocalJournal:
             f"{Mode(st.mode).name.lower()}; the board has {ident.ports}, {ident.block_bytes}, "
             f"{ident.mode.name.lower()}: collect into a new folder (-j), or connect the board this journal "
             "is for")
-    for cut in journal.recovered:
+    for cut in getattr(journal, "recovered", []):
         console.print(f"[yellow]recovery cut a torn tail:[/] {cut}")
     return journal
 
@@ -136,7 +136,7 @@ class Progress:
     and DPLL state for the table, kept in `blocks` (and passed to `on_sample`) for whoever
     wants a record of them over the run."""
 
-    def __init__(self, dev: Device, journal: LocalJournal, *, sample_s: float = 1.0,
+    def __init__(self, dev: Device, journal: PrimaryJournal, *, sample_s: float = 1.0,
                  on_sample: Callable[[float, int, dict[str, int]], None] | None = None):
         self.dev, self.journal, self.sample_s, self.on_sample = dev, journal, sample_s, on_sample
         self.start = time.monotonic()

@@ -7,8 +7,10 @@ import time
 import nats.errors
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from firmware.abi.entry import Kind, Mode, Status, pack
+from host.cli import cli
 from host.journal.base import take_base_copy
 from host.journal.jetstream import JetStreamJournal, parse_url
 from host.journal.primary import JournalError
@@ -178,3 +180,37 @@ def test_node_killed_mid_ingest(volume, nats_cluster, tmp_path):
         with JetStreamJournal.open(volume) as elsewhere:     # another host: base copy from the cluster
             assert open_view(elsewhere, at).read(0, 64 * BLOCK) == want
     local.close()
+
+
+def test_cli_takes_a_journal_url(volume, tmp_path):
+    """-j nats://…/VOLUME: create, bookmark, info and restore on the cluster; the commands that
+    check the local store's files say they do not apply."""
+    runner = CliRunner()
+    made = runner.invoke(cli, ["journal", "create", "-j", volume, "--ports", "2", "--block-bytes", str(BLOCK),
+                               "--window", "1000ns"])
+    assert made.exit_code == 0, made.output
+    image = tmp_path / "zero.img"
+    image.write_bytes(bytes(64 * BLOCK))
+    based = runner.invoke(cli, ["journal", "base", "-j", volume, "--storage", str(image), "--at", "0"])
+    assert based.exit_code == 0, based.output
+    with JetStreamJournal.open(volume) as j:
+        for p in range(2):
+            j.append(p, entries(p, 0, 50), 600)
+        j.merge()
+    marked = runner.invoke(cli, ["bookmark", "add", "-j", volume, "mid", "--at", "300"])
+    assert marked.exit_code == 0, marked.output
+    info = runner.invoke(cli, ["journal", "info", "-j", volume])
+    assert info.exit_code == 0 and "100 entries in stream PJ_" in info.output, info.output
+    out = tmp_path / "r.img"
+    done = runner.invoke(cli, ["restore", "-j", volume, "--at", "mid", "-o", str(out)])
+    assert done.exit_code == 0, done.output
+    local = LocalJournal.create(tmp_path / "local", block_bytes=BLOCK, ports=2, mode=Mode.REDO,
+                                window_ns=WINDOW)
+    with FileStorage(image, BLOCK) as zero:
+        take_base_copy(local, zero, 0)
+    for p in range(2):
+        local.append(p, entries(p, 0, 50), 600)
+    assert out.read_bytes() == open_view(local, 300).read(0, 64 * BLOCK)
+    local.close()
+    refused = runner.invoke(cli, ["journal", "verify", "-j", volume])
+    assert refused.exit_code == 1 and "works on a journal folder" in refused.output
