@@ -13,7 +13,7 @@ SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 JOBS    ?= auto
 
 .PHONY: setup test test-host test-hdl lint demo clean distclean bench-dpll bench-merge bench-port bench-restore \
-	bench-link sim cluster cluster-stop
+	bench-link sim cluster cluster-stop bench-cluster
 
 setup: $(STAMP) $(DEBIAN)
 
@@ -70,6 +70,10 @@ distclean: clean
 
 bench-merge: $(STAMP)
 	$(BIN)/python bench/merge.py $(BENCH_ARGS)
+
+# The replicated journal: ingest into a 3-node cluster of its own against the local store, restore from it.
+bench-cluster: $(STAMP) $(DEBIAN)
+	$(BIN)/python bench/cluster.py $(BENCH_ARGS)
 
 bench-restore: $(STAMP)
 	$(BIN)/python bench/restore.py $(BENCH_ARGS)
