@@ -1,8 +1,8 @@
 """Fixtures of the host tests: the primary-journal stores the same tests run against.
 
 `new_journal` is parametrized over the stores: the local folder and JetStream on a 3-node
-cluster that this session starts on free loopback ports (sim.nats_cluster), so a test that
-takes it checks both stores by the same assertions.
+cluster that this session starts on free loopback ports (`nats_cluster`, tests/conftest.py),
+so a test that takes it checks both stores by the same assertions.
 """
 
 import itertools
@@ -12,15 +12,6 @@ import pytest
 
 from host.journal.jetstream import JetStreamJournal
 from host.journal.store import LocalJournal
-from sim.nats_cluster import make_cluster
-
-
-@pytest.fixture(scope="session")
-def nats_cluster(tmp_path_factory):
-    """A 3-node NATS cluster with JetStream for this test session, stopped at its end."""
-    cluster = make_cluster(tmp_path_factory.mktemp("nats")).start()
-    yield cluster
-    cluster.stop()
 
 
 class JetStreamMaker:
