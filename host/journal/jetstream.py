@@ -34,6 +34,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Coroutine
+from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -57,6 +58,7 @@ DEDUP_WINDOW_S = 600            # a resend within 10 minutes of the first try is
 MAX_MESSAGE_BYTES = 8 << 20     # the servers' max_payload (cluster/nats-N.conf)
 DEADLINE_S = 60.0               # how long a request keeps trying through a leader election
 REQUEST_TIMEOUT_S = 2.0
+CONNECT_DEADLINE_S = 10.0       # how long opening a journal waits for a first server to answer
 FLUSHED = "Pj-Flushed"          # header: the device time up to which the port has flushed
 THROUGH = "Pj-Through"          # header: merged-table messages, windows merged up to this time
 MERGED_KIND = "Pj-Merged"       # header: "append" (more windows) or "rewrite" (the whole portion)
@@ -107,13 +109,17 @@ class JetStreamJournal(JournalRules):
         self.state: JournalState | None = None
         self._loop = LoopThread(f"nats-{self.volume}")
         try:
-            self._nc = self._run(nats.connect(self.servers, connect_timeout=REQUEST_TIMEOUT_S,
-                                              reconnect_time_wait=0.2, max_reconnect_attempts=-1,
-                                              error_cb=_ignore))
+            # Reconnects go on for as long as it takes; the first connection gives up in time.
+            self._nc = self._run(asyncio.wait_for(
+                nats.connect(self.servers, connect_timeout=REQUEST_TIMEOUT_S, reconnect_time_wait=0.2,
+                             max_reconnect_attempts=-1, error_cb=_ignore), CONNECT_DEADLINE_S))
         except BaseException as exc:
             self._loop.close()
-            raise JournalError(f"cannot reach the NATS servers of {url}: {exc or type(exc).__name__} (is the "
-                               "cluster running? 'make cluster' starts one on 127.0.0.1:4222)") from exc
+            if self._own_cache:
+                shutil.rmtree(self.folder, ignore_errors=True)
+            why = str(exc) or type(exc).__name__
+            raise JournalError(f"cannot reach the NATS servers of {url}: {why} (is the cluster running? "
+                               "'make cluster' starts one on 127.0.0.1:4222)") from exc
         self._js = self._nc.jetstream(timeout=REQUEST_TIMEOUT_S)
 
     def _run(self, coro):
@@ -264,11 +270,13 @@ class JetStreamJournal(JournalRules):
         subject = self._base_subject(name)
         size = image.stat().st_size
         count = max(-(-size // CHUNK_BYTES), 1)
-        self._run(self._js.purge_stream(self.stream, subject=subject))    # a half-stored earlier try
+        self._ask(lambda: self._js.purge_stream(self.stream, subject=subject), "a purge")  # an earlier try
         with open(image, "rb") as f:
-            for _ in range(count):
-                self._run(self._js.publish(subject, f.read(CHUNK_BYTES), timeout=30,
-                                           headers={CHUNKS: str(count)}))
+            for n in range(count):
+                chunk = f.read(CHUNK_BYTES)
+                headers = {CHUNKS: str(count), "Nats-Msg-Id": f"{self._epoch}:base:{name}:{n}:{uuid.uuid4()}"}
+                self._ask(partial(self._js.publish, subject, chunk, timeout=30, headers=headers),
+                          f"a chunk of {name}")
         image.replace(self.folder / name)
 
     def drop_base(self, name: str) -> None:

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from firmware.abi.entry import Kind, Mode, Status, pack
 from host.cli import cli
+from host.journal import jetstream
 from host.journal.base import take_base_copy
 from host.journal.jetstream import JetStreamJournal, parse_url
 from host.journal.primary import JournalError
@@ -55,6 +56,12 @@ def test_url_names_servers_and_volume():
     for bad in ("nats://a:1/", "nats://a:1/x.y", "http://a:1/v", "nats:///v"):
         with pytest.raises(JournalError, match="not a journal URL"):
             parse_url(bad)
+
+
+def test_unreachable_cluster_is_named(monkeypatch):
+    monkeypatch.setattr(jetstream, "CONNECT_DEADLINE_S", 1.0)
+    with pytest.raises(JournalError, match="cannot reach the NATS servers of nats://127.0.0.1:1/v"):
+        JetStreamJournal.open("nats://127.0.0.1:1/v")
 
 
 def test_create_twice_and_open_nothing(volume, tmp_path):
