@@ -148,10 +148,10 @@ class JetStreamJournal(JournalRules):
         state = JournalState(block_bytes=block_bytes, ports=ports, mode=int(mode), window_ns=window_ns)
         journal = cls(url, cache=cache)
         try:
-            journal._ask(lambda: journal._js.add_stream(
-                name=journal.stream, subjects=[f"pj.{journal.volume}.>"], num_replicas=replicas,
-                storage=api.StorageType.FILE, duplicate_window=DEDUP_WINDOW_S, max_msg_size=MAX_MESSAGE_BYTES,
-                allow_direct=True), "making the stream")
+            config = api.StreamConfig(name=journal.stream, subjects=[f"pj.{journal.volume}.>"],
+                                      num_replicas=replicas, storage=api.StorageType.FILE,
+                                      duplicate_window=DEDUP_WINDOW_S, max_msg_size=MAX_MESSAGE_BYTES)
+            journal._ask(lambda: journal._js.add_stream(config), "making the stream")
             journal._tails = {journal.state_subject: 0}
             try:
                 journal._publish(journal.state_subject, state.to_json(), f"create:{uuid.uuid4()}")

@@ -87,14 +87,10 @@ def test_two_boards_two_collectors_one_cluster(tmp_path, nats_cluster):
             b.collect(tmp_path)
         leader = watchers[0].cluster_info().leader
         deadline = time.monotonic() + 600
+        seen = []                    # (seconds, entries per journal) at each look, for a failure's message
         while any(entries_in(w) < n for w, n in zip(watchers, total, strict=True)):
             assert time.monotonic() < deadline, [len(w.index) for w in watchers]
-            for b, w, n in zip(boards, watchers, total, strict=True):
-                if b.bookmark is None and len(w.index) >= n // 2:       # a quiet instant, bookmarked
-                    b.board.command("pause")
-                    b.bookmark = int(b.board.wait_event("quiet", 60)["time_ns"])
-                    w.update_state(lambda state, b=b: state.bookmarks.__setitem__("mid", b.bookmark))
-                    b.board.command("resume")
+            seen.append((round(time.monotonic() - deadline + 600, 1), [len(w.index) for w in watchers]))
             if killed is None and len(watchers[0].index) >= total[0] // 4:
                 killed = next(n for n in nats_cluster.nodes if n.name == leader)
                 killed.kill()
@@ -103,8 +99,14 @@ def test_two_boards_two_collectors_one_cluster(tmp_path, nats_cluster):
             if down and time.monotonic() - killed_at[1] > 5:              # back after 5 s
                 killed.start()
                 nats_cluster.wait_ready()
+            for b, w, n in zip(boards, watchers, total, strict=True):
+                if b.bookmark is None and len(w.index) >= n // 2:       # a quiet instant, bookmarked
+                    b.board.command("pause")
+                    b.bookmark = int(b.board.wait_event("quiet", 60)["time_ns"])
+                    w.update_state(lambda state, b=b: state.bookmarks.__setitem__("mid", b.bookmark))
+                    b.board.command("resume")
             time.sleep(0.2)
-        assert killed is not None and killed_at[0] < total[0], "the node was not killed mid-ingest"
+        assert killed is not None and killed_at[0] < total[0], f"not killed mid-ingest: {seen}"
         elapsed = time.monotonic() - deadline + 600
         for b in boards:
             assert b.stop_collector() == 0, (tmp_path / f"{b.name}.out").read_text()
