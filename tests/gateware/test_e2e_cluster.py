@@ -82,8 +82,9 @@ def test_two_boards_two_collectors_one_cluster(tmp_path, nats_cluster):
     total = [b.config.ports * WRITES for b in boards]
     killed = None
     try:
+        for b in boards:             # both boards up first: a board's writes wait on its collector
+            b.board.start()          # (its ring holds 16 entries), so neither runs ahead of the kill
         for b in boards:
-            b.board.start()
             b.collect(tmp_path)
         leader = watchers[0].cluster_info().leader
         deadline = time.monotonic() + 600
