@@ -312,13 +312,13 @@ class JetStreamJournal(JournalRules):
 
     # --- the received portion -------------------------------------------------------------
 
-    def append(self, port: int, raw: bytes, flushed_through: int) -> int:
+    def append(self, port: int, raw: bytes, flushed_through: int, *, device_port: int | None = None) -> int:
         """Publish a batch of `port`'s entries; return the highest sequence JetStream acknowledged.
 
         As LocalJournal.append: a resend is dropped, a gap raises SequenceGap. Entries another
         writer stored meanwhile are read and dropped from the batch before it goes out."""
         for _ in range(3):
-            rows, starts = self.fresh_entries(port, raw)
+            rows, starts = self.fresh_entries(port, raw, device_port)
             flushed = max(int(flushed_through), int(self.flushed_through[port]))
             if not len(rows) and flushed == int(self.flushed_through[port]):
                 return int(self.last_seq[port])
@@ -415,6 +415,7 @@ class JetStreamJournal(JournalRules):
             return
         port = int(subject.rsplit(".", 1)[1])
         rows, starts = parse(data, self.state.block_bytes)
+        rows["port"] = port                       # the volume's port (the device's may differ)
         if len(rows):
             rows["seg"], rows["offset"] = seq, starts
             self._chunks.append(rows)

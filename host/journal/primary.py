@@ -42,7 +42,8 @@ class PrimaryJournal(Protocol):
 
     @property
     def index(self) -> np.ndarray: ...
-    def append(self, port: int, raw: bytes, flushed_through: int) -> int: ...
+    def append(self, port: int, raw: bytes, flushed_through: int, *,
+               device_port: int | None = None) -> int: ...
     def catch_up(self) -> int: ...
     def read_at(self, segs: np.ndarray, offsets: np.ndarray) -> np.ndarray: ...
     def base_image(self) -> Path: ...
@@ -68,20 +69,26 @@ class JournalRules:
 
     # --- batches ------------------------------------------------------------------------------
 
-    def fresh_entries(self, port: int, raw) -> tuple[np.ndarray, np.ndarray]:
+    def fresh_entries(self, port: int, raw, device_port: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Index rows and batch offsets of the entries of `raw` not stored yet.
 
-        Entries already stored (a resend) are dropped if byte-identical; a gap in the sequence
-        raises SequenceGap; a damaged or foreign entry raises JournalError."""
+        The entries are those of the device's port `device_port` (default `port`), journaled as
+        the volume's port `port`: a volume protected by several devices numbers their ports one
+        after the other, and the rows carry the volume's number. Entries already stored (a
+        resend) are dropped if byte-identical; a gap in the sequence raises SequenceGap; a
+        damaged or foreign entry raises JournalError."""
         if not 0 <= port < self.state.ports:
             raise JournalError(f"port {port} is outside this journal's {self.state.ports} ports")
         try:
             rows, starts = parse(raw, self.state.block_bytes)
         except EntryError as exc:
             raise JournalError(f"port {port}: bad entry in batch: {exc}") from exc
-        strangers = rows["port"][rows["port"] != port]
+        own = port if device_port is None else device_port
+        strangers = rows["port"][rows["port"] != own]
         if len(strangers):
-            raise JournalError(f"port {port}: batch holds entries of port {int(strangers[0])}")
+            raise JournalError(f"port {port}: batch holds entries of device port {int(strangers[0])}, "
+                               f"expected {own}")
+        rows["port"] = port
         if len(rows) and np.any(np.diff(rows["seq"].astype(np.int64)) != 1):
             raise JournalError(f"port {port}: batch sequence numbers are not consecutive")
         fresh = rows["seq"].astype(np.int64) > self.last_seq[port]

@@ -245,14 +245,14 @@ class LocalJournal(JournalRules):
 
     # --- the received portion -------------------------------------------------------------
 
-    def append(self, port: int, raw: bytes, flushed_through: int) -> int:
+    def append(self, port: int, raw: bytes, flushed_through: int, *, device_port: int | None = None) -> int:
         """Store a batch of `port`'s entries durably; return the highest sequence now durable.
 
         Entries already stored (a resend) are dropped if byte-identical; a gap in the sequence
         raises SequenceGap and stores nothing. Returns only after fsync, so the caller may
-        acknowledge up to the returned sequence.
+        acknowledge up to the returned sequence. `device_port`: see `fresh_entries`.
         """
-        rows, starts = self.fresh_entries(port, raw)
+        rows, starts = self.fresh_entries(port, raw, device_port)
         payload = memoryview(raw)[int(starts[0]):] if len(rows) else b""
         flushed = max(int(flushed_through), int(self.flushed_through[port]))
         record = records.encode(RecordKind.ENTRIES, payload, port=port, aux=flushed)
@@ -308,7 +308,7 @@ class LocalJournal(JournalRules):
                                  "expected entries")
         self._tail = (seg, rec.end)
         rows, starts = parse(rec.payload, self.state.block_bytes)
-        port = rec.port
+        port = rows["port"] = rec.port          # the volume's port (the device's may differ)
         if len(rows):
             rows["seg"] = seg
             rows["offset"] = rec.offset + records.HEADER_BYTES + starts

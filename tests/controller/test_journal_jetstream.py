@@ -8,16 +8,19 @@ import nats.errors
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from test_journal_lifecycle import FakePorts
 
 from firmware.abi.entry import Kind, Mode, Status, pack
 from host.cli import cli
 from host.journal import jetstream
 from host.journal.base import take_base_copy
+from host.journal.collector import Collector
 from host.journal.jetstream import JetStreamJournal, parse_url
 from host.journal.primary import JournalError
 from host.journal.store import LocalJournal
 from host.storage import FileStorage
 from host.views import open_view
+from sim.workload import make_streams
 
 BLOCK = 16
 WINDOW = 1000
@@ -221,3 +224,53 @@ def test_cli_takes_a_journal_url(volume, tmp_path):
     local.close()
     refused = runner.invoke(cli, ["journal", "verify", "-j", volume])
     assert refused.exit_code == 1 and "works on a journal folder" in refused.output
+
+
+def test_two_devices_one_volume(volume, tmp_path):
+    """A volume protected by two devices (2 and 4 ports), each collected by its own collector
+    into one replicated journal: device B's ports are the volume's 2-5. Every entry is stored
+    once under the volume's port, and merge and a view equal a local store's given the same
+    batches."""
+    a = make_streams(ports=2, entries=300, block_bytes=BLOCK, blocks=64, span_ns=20 * WINDOW, seed=1)
+    b = make_streams(ports=4, entries=600, block_bytes=BLOCK, blocks=64, span_ns=20 * WINDOW, seed=2)
+    JetStreamJournal.create(volume, block_bytes=BLOCK, ports=6, mode=Mode.REDO, window_ns=WINDOW).close()
+    links = [FakePorts(a, batch=16), FakePorts(b, batch=16)]
+
+    def collect(link, first, count):
+        with JetStreamJournal.open(volume) as j:
+            collector = Collector(j, link, deadline_s=60, first_port=first, ports=count)
+            while any(link.acked[p] < len(link.streams[p].entries) - 1 for p in range(count)):
+                assert not any(poll.error for poll in collector.poll())
+
+    workers = [threading.Thread(target=collect, args=args) for args in ((links[0], 0, 2), (links[1], 2, 4))]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(120)
+    local = LocalJournal.create(tmp_path / "local", block_bytes=BLOCK, ports=6, mode=Mode.REDO,
+                                window_ns=WINDOW)
+    for first, streams in ((0, a), (2, b)):
+        for s in streams:
+            local.append(first + s.port, s.entries.tobytes(), int(s.entries["header"]["timestamp"][-1]) + 1,
+                         device_port=s.port)
+    with pytest.raises(JournalError, match="entries of device port 1, expected 0"):
+        local.append(2, b[1].entries.tobytes(), 0, device_port=0)
+    assert_once_each(volume, {p: len(s.entries) - 1 for p, s in enumerate(a + b)})
+    image = tmp_path / "zero.img"
+    image.write_bytes(bytes(64 * BLOCK))
+    with JetStreamJournal.open(volume) as j, FileStorage(image, BLOCK) as zero:
+        for journal in (local, j):
+            take_base_copy(journal, zero, 0)
+            journal.merge()
+        assert j.horizon() == local.horizon() and j.merged_through == local.merged_through > 0
+
+        def located(journal):
+            where = {(int(e["seg"]), int(e["offset"])): (int(e["port"]), int(e["seq"]))
+                     for e in journal.index}
+            return [(int(r["window_end"]), int(r["lba"]), int(r["port_mask"]),
+                     where[(int(r["seg"]), int(r["offset"]))]) for r in journal.merged]
+
+        assert located(j) == located(local)
+        at = local.horizon() - WINDOW // 2
+        assert open_view(j, at).read(0, 64 * BLOCK) == open_view(local, at).read(0, 64 * BLOCK)
+    local.close()
