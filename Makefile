@@ -6,19 +6,22 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.setup-stamp
 DEBIAN  := $(VENV)/.debian-stamp
-# Debian packages the tests drive as real clients: nbdinfo/nbdcopy (libnbd-bin), qemu-img (qemu-utils).
-DEBIAN_PACKAGES := libnbd-bin qemu-utils
+# Debian packages the tests drive as real clients: nbdinfo/nbdcopy (libnbd-bin), qemu-img (qemu-utils);
+# and the server the replicated primary journal runs on (nats-server, NATS with JetStream).
+DEBIAN_PACKAGES := libnbd-bin qemu-utils nats-server
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 JOBS    ?= auto
 
 .PHONY: setup test test-host test-hdl lint demo clean distclean bench-dpll bench-merge bench-port bench-restore \
-	bench-link sim
+	bench-link sim cluster cluster-stop bench-cluster
 
 setup: $(STAMP) $(DEBIAN)
 
-$(DEBIAN):
+# Depends on the Makefile so that a package added to the list is installed on machines set up before.
+$(DEBIAN): Makefile
 	@mkdir -p $(VENV)
-	if ! command -v nbdinfo >/dev/null || ! command -v nbdcopy >/dev/null || ! command -v qemu-img >/dev/null; then \
+	if ! command -v nbdinfo >/dev/null || ! command -v nbdcopy >/dev/null || ! command -v qemu-img >/dev/null \
+	   || ! command -v nats-server >/dev/null; then \
 	  $(SUDO) apt-get update && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(DEBIAN_PACKAGES); \
 	fi
@@ -68,5 +71,30 @@ distclean: clean
 bench-merge: $(STAMP)
 	$(BIN)/python bench/merge.py $(BENCH_ARGS)
 
+# The replicated journal: ingest into a 3-node cluster of its own against the local store, restore from it.
+bench-cluster: $(STAMP) $(DEBIAN)
+	$(BIN)/python bench/cluster.py $(BENCH_ARGS)
+
 bench-restore: $(STAMP)
 	$(BIN)/python bench/restore.py $(BENCH_ARGS)
+
+# A 3-node NATS cluster with JetStream on 127.0.0.1:4222-4224 (cluster/nats-N.conf, data under
+# build/cluster/) for 'portjournal ... -j nats://127.0.0.1:4222/VOLUME'; 'make cluster-stop' stops it.
+CLUSTER_NODES := 1 2 3
+
+cluster: $(DEBIAN)
+	@mkdir -p build/cluster
+	@for n in $(CLUSTER_NODES); do \
+	  if [ -f build/cluster/n$$n.pid ] && kill -0 $$(cat build/cluster/n$$n.pid) 2>/dev/null; then \
+	    echo "node $$n already running (pid $$(cat build/cluster/n$$n.pid))"; continue; fi; \
+	  nats-server -c cluster/nats-$$n.conf -l build/cluster/n$$n.log & \
+	done; sleep 1; for n in $(CLUSTER_NODES); do \
+	  kill -0 $$(cat build/cluster/n$$n.pid 2>/dev/null) 2>/dev/null \
+	    || { echo "node $$n did not start: see build/cluster/n$$n.log"; exit 1; }; done
+	@echo "cluster: nats://127.0.0.1:4222,nats://127.0.0.1:4223,nats://127.0.0.1:4224 (make cluster-stop)"
+
+cluster-stop:
+	@for n in $(CLUSTER_NODES); do \
+	  if [ -f build/cluster/n$$n.pid ]; then kill $$(cat build/cluster/n$$n.pid) 2>/dev/null || true; \
+	    rm -f build/cluster/n$$n.pid; fi; \
+	done; echo "cluster stopped"

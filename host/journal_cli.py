@@ -12,8 +12,11 @@ from firmware.abi.entry import Mode
 
 from . import exitcodes
 from .clihelp import OrderedGroup
+from .journal import locate
 from .journal.base import compact, resync, take_base_copy
-from .journal.store import NEVER, JournalError, LocalJournal, not_a_journal
+from .journal.locate import Location, create_journal, is_local, location
+from .journal.primary import NEVER, JournalError, PrimaryJournal
+from .journal.store import not_a_journal
 from .journal.verify import verify
 from .storage import FileStorage, StorageError
 from .timefmt import format_ns, parse_duration
@@ -21,16 +24,35 @@ from .timespec import MAX_NS, parse_at
 
 console = Console(soft_wrap=True)  # paths and offsets stay on one line, ready to copy
 
+
+
+class JournalLocation(click.ParamType):
+    """A journal folder, or a JetStream volume's URL nats://HOST:PORT[,HOST:PORT...]/VOLUME."""
+
+    name = "folder|nats://…/VOLUME"
+
+    def convert(self, value, param, ctx):
+        return value if isinstance(value, Path) else location(str(value))
+
+
 journal_option = click.option(
-    "-j", "--journal", "folder", type=click.Path(file_okay=False, path_type=Path), default="journal",
-    show_default=True, envvar="PORTJOURNAL_JOURNAL", help="Journal folder (or set PORTJOURNAL_JOURNAL).")
+    "-j", "--journal", "folder", type=JournalLocation(), default="journal", show_default=True,
+    envvar="PORTJOURNAL_JOURNAL",
+    help="Journal folder, or nats://HOST:PORT/VOLUME for a replicated one (or set PORTJOURNAL_JOURNAL).")
+
+
+def local_only(folder, what: str) -> None:
+    """Refuse a command that works on the local store's files for a JetStream journal."""
+    if not is_local(folder):
+        raise click.ClickException(f"{what} works on a journal folder; a JetStream journal ({folder}) is "
+                                   "checked and replicated by the cluster itself")
 
 
 AT_HELP = ("Point in time: a bookmark name, an ISO-8601 time, a time before the horizon like -5m, "
            "or device nanoseconds.")
 
 
-def resolve_at(journal: LocalJournal, text: str, option: str = "--at") -> int:
+def resolve_at(journal: PrimaryJournal, text: str, option: str = "--at") -> int:
     """A point-in-time option's value (`option`: its name, for the error) as device time, or a
     usage error that lists the accepted forms."""
     try:
@@ -72,12 +94,12 @@ class Duration(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
-def open_journal(folder: Path, **kwargs) -> LocalJournal:
+def open_journal(folder: Location, **kwargs) -> PrimaryJournal:
     try:
-        journal = LocalJournal.open(folder, **kwargs)
+        journal = locate.open_journal(folder, **kwargs)
     except JournalError as exc:
         raise click.ClickException(str(exc)) from exc
-    for cut in journal.recovered:
+    for cut in getattr(journal, "recovered", []):
         verb = "would cut" if kwargs.get("readonly") else "cut"
         console.print(f"[yellow]recovery {verb}[/] {cut}")
     return journal
@@ -124,8 +146,8 @@ def create(folder, ports, block_bytes, mode, window):
       portjournal journal create -j /srv/pj --ports 8 --block-bytes 4096 --mode cow --window 50ms
     """
     try:
-        LocalJournal.create(folder, block_bytes=block_bytes, ports=ports, window_ns=window,
-                            mode=Mode.REDO if mode == "redo" else Mode.COPY_ON_WRITE).close()
+        create_journal(folder, block_bytes=block_bytes, ports=ports, window_ns=window,
+                       mode=Mode.REDO if mode == "redo" else Mode.COPY_ON_WRITE).close()
     except (JournalError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     except OSError as exc:
@@ -149,8 +171,9 @@ def info(folder):
         st = j.state
         console.print(f"journal {folder}: {st.ports} ports, {st.block_bytes}-byte blocks, "
                       f"{Mode(st.mode).name.lower()}, window {format_ns(st.window_ns)}")
-        console.print(f"received: {len(j.index)} entries in {len(j.segment_paths())} segments; "
-                      f"horizon {format_ns(j.horizon())}")
+        kept = (f"{len(j.segment_paths())} segments" if is_local(folder)
+                else f"stream {j.stream} led by {j.cluster_info().leader}")
+        console.print(f"received: {len(j.index)} entries in {kept}; horizon {format_ns(j.horizon())}")
         console.print(f"merged: {len(j.merged)} entries through {format_ns(j.merged_through)}")
         base = st.base
         console.print("base copy: " + (f"{base.blocks} blocks at {format_ns(base.time_ns)} ({base.path})"
@@ -158,7 +181,7 @@ def info(folder):
         console.print(ports_table(j))
 
 
-def ports_table(j: LocalJournal) -> Table:
+def ports_table(j: PrimaryJournal) -> Table:
     table = Table("port", "validity", "entries", "last seq", "flushed through", "invalid since", "reason",
                   "outages ridden out")
     since = j.invalid_since()
@@ -185,6 +208,7 @@ def verify_cmd(folder):
       portjournal journal verify -j journal
       portjournal journal verify -j /srv/pj && echo intact
     """
+    local_only(folder, "verify")
     if not (folder / "journal.json").exists():
         raise click.ClickException(str(not_a_journal(folder)))
     report = verify(folder)
@@ -214,6 +238,7 @@ def repair_cmd(folder):
       portjournal journal repair -j journal
       portjournal journal repair -j journal && portjournal ports -j journal
     """
+    local_only(folder, "repair")
     with open_journal(folder, repair=True) as j:
         if not j.recovered:
             console.print("nothing to repair")
@@ -251,6 +276,7 @@ def compact_cmd(folder, retention):
       portjournal journal compact -j journal --retention 1h
       portjournal journal compact -j /srv/pj --retention 7d
     """
+    local_only(folder, "compact")
     with open_journal(folder) as j:
         try:
             summary = compact(j, retention)
@@ -312,8 +338,8 @@ def ports_cli(ctx, folder):
               help="The primary storage to take the fresh base copy from.")
 @click.option("--at", "at_ns", type=click.IntRange(min=0, max=MAX_NS), required=True,
               help="Device time (ns) the fresh copy stands for.")
-@click.option("-j", "--journal", "own_folder", type=click.Path(file_okay=False, path_type=Path),
-              help="Journal folder (default: the one given to 'ports', else ./journal).")
+@click.option("-j", "--journal", "own_folder", type=JournalLocation(),
+              help="Journal folder or nats:// URL (default: the one given to 'ports', else ./journal).")
 @click.pass_obj
 def resync_cmd(folder, port, storage, at_ns, own_folder):
     """Take a fresh base copy and count PORT again from --at on.

@@ -3,7 +3,6 @@
 import signal
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import click
 from rich.console import Console, Group
@@ -14,7 +13,8 @@ from firmware.abi import regmap
 from firmware.abi.entry import Mode
 
 from .journal.collector import Collector
-from .journal.store import NEVER, JournalError, LocalJournal
+from .journal.locate import Location, create_journal, journal_exists, open_journal
+from .journal.primary import NEVER, JournalError, PrimaryJournal
 from .journal_cli import Duration, journal_option
 from .link.device import Device, DeviceError
 from .link.serial import TransportError
@@ -104,27 +104,36 @@ def status(path, baud, timeout):
         console.print(link_table(dev, glob))
 
 
-def journal_for(folder: Path, dev: Device, window_ns: int) -> LocalJournal:
-    """Open the journal, or create it with the board's geometry; refuse one of another geometry."""
+def journal_for(folder: Location, dev: Device, window_ns: int,
+                first_port: int | None = None) -> PrimaryJournal:
+    """Open the journal, or create it with the board's geometry; refuse one of another geometry.
+
+    With `first_port` the board is one of several protecting the volume, its port 0 being the
+    volume's `first_port`: the journal must exist (created for all the volume's ports) and hold
+    the board's ports from there."""
     ident = dev.identity
     try:
-        if not (folder / "journal.json").exists():
+        if first_port is not None and not journal_exists(folder):
+            raise JournalError(f"{folder} holds no journal: with --first-port, create it first for all the "
+                               "volume's ports ('portjournal journal create -j ... --ports N')")
+        if not journal_exists(folder):
             console.print(f"creating journal {folder}: {ident.ports} ports, {ident.block_bytes}-byte blocks, "
                           f"{ident.mode.name.lower()}, window {format_ns(window_ns)}")
-            return LocalJournal.create(folder, block_bytes=ident.block_bytes, ports=ident.ports,
-                                       mode=ident.mode, window_ns=window_ns)
-        journal = LocalJournal.open(folder)
+            return create_journal(folder, block_bytes=ident.block_bytes, ports=ident.ports,
+                                  mode=ident.mode, window_ns=window_ns)
+        journal = open_journal(folder)
     except JournalError as exc:
         raise click.ClickException(str(exc)) from exc
     st = journal.state
-    if (st.ports, st.block_bytes, Mode(st.mode)) != (ident.ports, ident.block_bytes, ident.mode):
+    fits = st.ports == ident.ports if first_port is None else first_port + ident.ports <= st.ports
+    if not fits or (st.block_bytes, Mode(st.mode)) != (ident.block_bytes, ident.mode):
         journal.close()
         raise click.ClickException(
             f"journal {folder} is for {st.ports} ports, {st.block_bytes}-byte blocks, "
             f"{Mode(st.mode).name.lower()}; the board has {ident.ports}, {ident.block_bytes}, "
             f"{ident.mode.name.lower()}: collect into a new folder (-j), or connect the board this journal "
             "is for")
-    for cut in journal.recovered:
+    for cut in getattr(journal, "recovered", []):
         console.print(f"[yellow]recovery cut a torn tail:[/] {cut}")
     return journal
 
@@ -136,9 +145,10 @@ class Progress:
     and DPLL state for the table, kept in `blocks` (and passed to `on_sample`) for whoever
     wants a record of them over the run."""
 
-    def __init__(self, dev: Device, journal: LocalJournal, *, sample_s: float = 1.0,
-                 on_sample: Callable[[float, int, dict[str, int]], None] | None = None):
+    def __init__(self, dev: Device, journal: PrimaryJournal, *, sample_s: float = 1.0,
+                 on_sample: Callable[[float, int, dict[str, int]], None] | None = None, first_port: int = 0):
         self.dev, self.journal, self.sample_s, self.on_sample = dev, journal, sample_s, on_sample
+        self.first_port = first_port         # the volume's number of the board's port 0
         self.start = time.monotonic()
         ports = dev.identity.ports
         self.blocks: list[dict[str, int] | None] = [None] * ports
@@ -150,8 +160,8 @@ class Progress:
 
     def update(self, polls) -> None:
         for poll in polls:
-            self.stored[poll.port] += poll.entries
-            self.errors[poll.port] = poll.error.split(": ")[-1][:40]
+            self.stored[poll.port - self.first_port] += poll.entries
+            self.errors[poll.port - self.first_port] = poll.error.split(": ")[-1][:40]
         now, rx = time.monotonic(), self.dev.transport.counters.rx_bytes
         if now - self.last_rate[0] >= self.sample_s:
             self.rate = (rx - self.last_rate[1]) / (now - self.last_rate[0])
@@ -171,7 +181,8 @@ class Progress:
         since = self.journal.invalid_since()
         depth = self.dev.identity.ring_depth
         for p, regs in enumerate(self.blocks):
-            valid = since[p] == NEVER
+            v = p + self.first_port
+            valid = since[v] == NEVER
             fill = "?" if regs is None else f"{regs['ring_fill']}/{depth}"
             if regs is None:
                 dpll = "?"
@@ -179,9 +190,9 @@ class Progress:
                 dpll = f"[green]locked[/] {signed32(regs['dpll_phase_error']):+d} ns"
             else:
                 dpll = "[yellow]unlocked[/]"
-            table.add_row(str(p), "[green]valid[/]" if valid else "[red]invalid[/]", str(self.stored[p]),
-                          str(int(self.journal.last_seq[p])), fill, dpll,
-                          time_of_day(int(self.journal.flushed_through[p])), self.errors[p])
+            table.add_row(str(v), "[green]valid[/]" if valid else "[red]invalid[/]", str(self.stored[p]),
+                          str(int(self.journal.last_seq[v])), fill, dpll,
+                          time_of_day(int(self.journal.flushed_through[v])), self.errors[p])
         c = self.dev.link_counters()
         link = (f"link: {self.rate / 1e3:.1f} kB/s in, {c['rx_frames']} frames, "
                 f"{self.dev.transport.counters.rx_errors} damaged frames received, {c['naks']} NAKs, "
@@ -202,7 +213,10 @@ class Progress:
               help="Seconds to wait between rounds that brought nothing.")
 @click.option("--window", type=Duration(), default="100ms", show_default=True,
               help="Merge window, for a journal created here.")
-def collect(path, baud, timeout, folder, duration, deadline, interval, window):
+@click.option("--first-port", type=click.IntRange(0, 63), default=None,
+              help="The volume's port number of this board's port 0, when several boards protect one "
+                   "volume (each with its own collector, into one journal made for all their ports).")
+def collect(path, baud, timeout, folder, duration, deadline, interval, window, first_port):
     """Collect the ports' journals into the primary journal until Ctrl-C (or --duration).
 
     Each round asks every valid port to flush, stores what arrives (fsync), then acknowledges
@@ -215,15 +229,17 @@ def collect(path, baud, timeout, folder, duration, deadline, interval, window):
       portjournal collect --port /dev/pts/3 -j journal      # until Ctrl-C
       portjournal collect --port /dev/ttyUSB0 -j /srv/pj --duration 60
       portjournal collect --port /dev/ttyUSB0 --baud 921600 --deadline 30 -j /srv/pj
+      portjournal collect --port /dev/ttyUSB1 -j nats://127.0.0.1:4222/vol1 --first-port 4
     """
     stop = {"now": False}
 
     def interrupted(signum, frame):
         stop["now"] = True
 
-    with open_device(path, baud, timeout) as dev, journal_for(folder, dev, window) as journal:
-        collector = Collector(journal, dev, deadline_s=deadline)
-        progress = Progress(dev, journal)
+    with open_device(path, baud, timeout) as dev, journal_for(folder, dev, window, first_port) as journal:
+        collector = Collector(journal, dev, deadline_s=deadline, first_port=first_port or 0,
+                              ports=dev.identity.ports)
+        progress = Progress(dev, journal, first_port=first_port or 0)
         end = None if duration is None else time.monotonic() + duration
         previous = signal.signal(signal.SIGINT, interrupted)
         try:

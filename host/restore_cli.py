@@ -8,6 +8,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 
 from .clihelp import OrderedGroup
 from .exitcodes import CheckFailed
+from .journal.locate import is_local
 from .journal.store import JournalError
 from .journal_cli import AT_HELP, console, journal_option, open_journal, os_problem, resolve_at
 from .restore import RestoreCheckFailed, RestoreError, commit, restore_to_file, undo
@@ -69,7 +70,8 @@ def restore_cmd(folder, at_text, output, commit_to, storage, undo_file, force, s
                 else:
                     undo_path = None
                     if undo_file:
-                        undo_path = folder / "undo" / f"{time.strftime('%Y%m%dT%H%M%S')}-{at}.undo"
+                        kept_in = folder if is_local(folder) else Path.cwd()   # undo files stay local
+                        undo_path = kept_in / "undo" / f"{time.strftime('%Y%m%dT%H%M%S')}-{at}.undo"
                     summary = commit(view, commit_to, undo_path, report)
                     if undo_path:
                         console.print(f"undo file: {undo_path} ('portjournal undo {undo_path} "

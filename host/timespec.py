@@ -17,7 +17,7 @@ journal's 64-bit timestamps; `parse_at` refuses anything else, so every command 
 import re
 from datetime import UTC, datetime, timedelta
 
-from .journal.store import LocalJournal
+from .journal.primary import PrimaryJournal
 from .timefmt import parse_duration
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]*$")
@@ -25,7 +25,7 @@ MAX_NS = 2**64 - 1          # the latest device time a journal timestamp can hol
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def parse_at(text: str, journal: LocalJournal) -> int:
+def parse_at(text: str, journal: PrimaryJournal) -> int:
     """`text` as device time in [0, 2**64) ns; ValueError (saying why) for anything else."""
     at = _parse(text.strip(), journal)
     if not 0 <= at <= MAX_NS:
@@ -34,7 +34,7 @@ def parse_at(text: str, journal: LocalJournal) -> int:
     return at
 
 
-def _parse(text: str, journal: LocalJournal) -> int:
+def _parse(text: str, journal: PrimaryJournal) -> int:
     if text in journal.state.bookmarks:
         return journal.state.bookmarks[text]
     if text.isdigit():

@@ -24,7 +24,7 @@ import numpy as np
 from firmware.abi.entry import Mode
 
 from .journal.merge import pick_per_block, usable
-from .journal.store import NEVER, JournalError, LocalJournal
+from .journal.primary import NEVER, JournalError, PrimaryJournal
 from .storage import FileStorage
 from .timefmt import format_ns
 
@@ -35,7 +35,7 @@ class ViewRefused(JournalError):
 
 @dataclass
 class PointInTimeView:
-    journal: LocalJournal
+    journal: PrimaryJournal
     at_ns: int
     backing: FileStorage
     lba: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))      # sorted
@@ -110,7 +110,7 @@ class PointInTimeView:
         return stop
 
 
-def open_view(journal: LocalJournal, at_ns: int, *, storage: Path | None = None,
+def open_view(journal: PrimaryJournal, at_ns: int, *, storage: Path | None = None,
               force: bool = False) -> PointInTimeView:
     """The volume at `at_ns`. Copy-on-write journals need the primary `storage` to read from."""
     st = journal.state
@@ -126,7 +126,7 @@ def open_view(journal: LocalJournal, at_ns: int, *, storage: Path | None = None,
         if at_ns < st.base.time_ns:
             raise ViewRefused(f"{format_ns(at_ns)} is before the base copy at {format_ns(st.base.time_ns)}: "
                               "choose an --at from there on")
-        backing = FileStorage(journal.folder / st.base.path, st.block_bytes)
+        backing = FileStorage(journal.base_image(), st.block_bytes)
         if backing.blocks != st.base.blocks:
             backing.close()
             raise ViewRefused(f"the base copy {st.base.path} holds {backing.blocks} blocks, the journal "
@@ -159,7 +159,7 @@ def open_view(journal: LocalJournal, at_ns: int, *, storage: Path | None = None,
     return view
 
 
-def _redirects(journal: LocalJournal, at_ns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _redirects(journal: PrimaryJournal, at_ns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(lba, segment, offset) of every redirected block, sorted by lba."""
     index, st = journal.index, journal.state
     valid_from, since = journal.valid_from(), journal.invalid_since()

@@ -16,16 +16,16 @@ import numpy as np
 
 from firmware.abi.entry import Mode
 
-from ..durable import replace
+from .primary import JournalError, PrimaryJournal
 from .state import BaseCopy
-from .store import JournalError, LocalJournal
+from .store import LocalJournal
 
 CHUNK_BLOCKS = 4096
 
 Progress = Callable[[int, int], None]   # (blocks done, blocks in all)
 
 
-def take_base_copy(journal: LocalJournal, storage, time_ns: int,
+def take_base_copy(journal: PrimaryJournal, storage, time_ns: int,
                    progress: Progress | None = None) -> BaseCopy:
     """Copy the whole volume from `storage` into the journal folder as the base at `time_ns`."""
     if storage.block_bytes != journal.state.block_bytes:
@@ -49,7 +49,7 @@ def take_base_copy(journal: LocalJournal, storage, time_ns: int,
     return install_base(journal, tmp, time_ns, storage.blocks)
 
 
-def install_base(journal: LocalJournal, tmp: Path, time_ns: int, blocks: int) -> BaseCopy:
+def install_base(journal: PrimaryJournal, tmp: Path, time_ns: int, blocks: int) -> BaseCopy:
     """Make the fsynced image `tmp` the base copy at `time_ns`.
 
     Each base copy has its own file name, and the state is switched to it atomically before
@@ -57,11 +57,11 @@ def install_base(journal: LocalJournal, tmp: Path, time_ns: int, blocks: int) ->
     old = journal.state.base
     name = f"base-{time_ns}.img"
     crc = file_crc(tmp)
-    replace(tmp, journal.folder / name)
+    journal.keep_base(tmp, name)
     journal.update_state(lambda state: setattr(state, "base", BaseCopy(path=name, time_ns=time_ns,
                                                                         blocks=blocks, crc32c=crc)))
     if old is not None and old.path != name:
-        (journal.folder / old.path).unlink(missing_ok=True)
+        journal.drop_base(old.path)
     return journal.state.base
 
 
@@ -74,7 +74,8 @@ def file_crc(path: Path) -> int:
     return crc
 
 
-def resync(journal: LocalJournal, port: int, storage, time_ns: int, progress: Progress | None = None) -> None:
+def resync(journal: PrimaryJournal, port: int, storage, time_ns: int,
+           progress: Progress | None = None) -> None:
     """Take a fresh base copy at `time_ns` and count `port` again from then on."""
     take_base_copy(journal, storage, time_ns, progress)
     journal.revalidate(port, time_ns)

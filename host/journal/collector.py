@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from .store import NEVER, JournalError, LocalJournal, SequenceGap
+from .primary import NEVER, JournalError, PrimaryJournal, SequenceGap
 
 
 class LinkFault(Exception):
@@ -43,27 +43,41 @@ class PortPoll:
 
 
 class Collector:
-    def __init__(self, journal: LocalJournal, link: PortLink, deadline_s: float,
-                 clock: Callable[[], float] = time.monotonic):
+    """Collects one device's ports into the journal.
+
+    A volume protected by several devices (each with its own collector, possibly on its own
+    host, all into one replicated journal) numbers their ports one after the other: this
+    device's port 0 is the volume's `first_port`, and it has `ports` ports (default: all of the
+    journal's). Ports in `PortPoll`, `last_ok` and the journal are the volume's."""
+
+    def __init__(self, journal: PrimaryJournal, link: PortLink, deadline_s: float,
+                 clock: Callable[[], float] = time.monotonic, *, first_port: int = 0,
+                 ports: int | None = None):
         self.journal, self.link, self.deadline_s, self.clock = journal, link, deadline_s, clock
+        count = journal.state.ports - first_port if ports is None else ports
+        if first_port < 0 or count < 1 or first_port + count > journal.state.ports:
+            raise JournalError(f"ports {first_port}..{first_port + count - 1} are not all among the "
+                               f"journal's {journal.state.ports} ports")
+        self.ports = range(first_port, first_port + count)
         now = clock()
         self.last_ok = [now] * journal.state.ports
 
     def poll(self) -> list[PortPoll]:
-        """One round over all ports that are still valid."""
+        """One round over this device's ports that are still valid."""
         since = self.journal.invalid_since()
-        return [self._poll(port) for port in range(self.journal.state.ports) if since[port] == NEVER]
+        return [self._poll(port) for port in self.ports if since[port] == NEVER]
 
     def _poll(self, port: int) -> PortPoll:
         result = PortPoll(port)
         before = len(self.journal.index)
+        device_port = port - self.ports.start
         try:
-            raw, flushed_through = self.link.flush(port)
-            result.durable_seq = self.journal.append(port, raw, flushed_through)
-            self.link.ack(port, result.durable_seq)
+            raw, flushed_through = self.link.flush(device_port)
+            result.durable_seq = self.journal.append(port, raw, flushed_through, device_port=device_port)
+            self.link.ack(device_port, result.durable_seq)
         except (SequenceGap, JournalError) as exc:   # a gap or a damaged batch: nothing stored
             result.error = str(exc)
-            self._resend(port, result)
+            self._resend(device_port, result)
         except LinkFault as exc:
             result.error = str(exc)
         else:
@@ -78,7 +92,7 @@ class Collector:
 
     def reinstate(self, port: int) -> tuple[int, int]:
         """Bring back a port that went silent and answers again: store its backlog, then count it
-        over the outage (`LocalJournal.reinstate`, which refuses if entries were lost). Returns
+        over the outage (`PrimaryJournal.reinstate`, which refuses if entries were lost). Returns
         the outage (since, until) in device time; raises LinkFault if the port still does not
         answer."""
         poll = self._poll(port)
@@ -86,8 +100,8 @@ class Collector:
             raise LinkFault(f"port {port} does not answer yet: {poll.error}")
         return self.journal.reinstate(port)
 
-    def _resend(self, port: int, result: PortPoll) -> None:
+    def _resend(self, device_port: int, result: PortPoll) -> None:
         try:
-            self.link.resend(port)
+            self.link.resend(device_port)
         except LinkFault as exc:
             result.error += f"; resend failed: {exc}"

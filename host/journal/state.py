@@ -66,15 +66,26 @@ class JournalState:
         """Read the state; ValueError (naming the file) when it is not a readable state."""
         path = folder / STATE_FILE
         try:
-            raw = json.loads(path.read_text())
+            return cls.from_json(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path} is not a readable journal state: {exc}") from exc
+
+    @classmethod
+    def from_json(cls, text: bytes) -> "JournalState":
+        """The state from its JSON document (ValueError when it is not one)."""
+        try:
+            raw = json.loads(text)
             if raw.get("format") != FORMAT:
                 raise ValueError(f"unknown format {raw.get('format')!r}")
             base = BaseCopy(**raw.pop("base")) if raw.get("base") else None
             ports = [PortState(**p) for p in raw.pop("port_state")]
             raw.pop("base", None)
             return cls(**raw, base=base, port_state=ports)
-        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise ValueError(f"{path} is not a readable journal state: {exc}") from exc
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise ValueError(str(exc)) from exc
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), indent=2).encode()
 
     def save(self, folder: Path) -> None:
-        atomic_write(folder / STATE_FILE, json.dumps(asdict(self), indent=2).encode())
+        atomic_write(folder / STATE_FILE, self.to_json())

@@ -21,23 +21,21 @@ from pathlib import Path
 
 import numpy as np
 
-from firmware.abi.entry import HEADER_BYTES, EntryError, Kind, Mode
+from firmware.abi.entry import HEADER_BYTES, Mode
 
 from ..durable import fsync_dir, replace
 from . import records
 from .entries import INDEX_DTYPE, parse
-from .merge import MERGED_DTYPE, merge
+from .merge import MERGED_DTYPE
+from .primary import NEVER as NEVER  # re-exported: callers have always imported it from here
+from .primary import JournalError, JournalRules
+from .primary import SequenceGap as SequenceGap  # re-exported, as NEVER
 from .records import RecordKind
 from .state import JournalState
 
 SEGMENT_BYTES = 1 << 30
 WRITER_LOCK = "writer.lock"
 STATE_LOCK = "state.lock"
-NEVER = np.iinfo(np.uint64).max
-
-
-class JournalError(Exception):
-    """The journal cannot do what was asked; the message says why."""
 
 
 def not_a_journal(folder: Path) -> JournalError:
@@ -53,10 +51,6 @@ class JournalCorrupt(JournalError):
 
 class JournalBusy(JournalError):
     """Another process holds the journal open for writing."""
-
-
-class SequenceGap(JournalError):
-    """A port's batch does not continue its sequence: entries were lost on the way."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +69,7 @@ class Cut:
         return f"cut {self.bytes_cut} bytes at {self.file}:{self.offset}: {what} ({self.reason})"
 
 
-class LocalJournal:
+class LocalJournal(JournalRules):
     """Primary journal in a folder: received and merged portions, with their small state."""
 
     def __init__(self, folder: Path, state: JournalState, *, segment_bytes: int = SEGMENT_BYTES):
@@ -236,32 +230,29 @@ class LocalJournal:
     def __exit__(self, *exc):
         self.close()
 
+    # --- the base copy ----------------------------------------------------------------------
+
+    def keep_base(self, image: Path, name: str) -> None:
+        """Make the fsynced `image` the journal's base image file `name` (host.journal.base)."""
+        replace(image, self.folder / name)
+
+    def drop_base(self, name: str) -> None:
+        (self.folder / name).unlink(missing_ok=True)
+
+    def base_image(self) -> Path:
+        """The file of the current base copy."""
+        return self.folder / self.state.base.path
+
     # --- the received portion -------------------------------------------------------------
 
-    def append(self, port: int, raw: bytes, flushed_through: int) -> int:
+    def append(self, port: int, raw: bytes, flushed_through: int, *, device_port: int | None = None) -> int:
         """Store a batch of `port`'s entries durably; return the highest sequence now durable.
 
         Entries already stored (a resend) are dropped if byte-identical; a gap in the sequence
         raises SequenceGap and stores nothing. Returns only after fsync, so the caller may
-        acknowledge up to the returned sequence.
+        acknowledge up to the returned sequence. `device_port`: see `fresh_entries`.
         """
-        if not 0 <= port < self.state.ports:
-            raise JournalError(f"port {port} is outside this journal's {self.state.ports} ports")
-        try:
-            rows, starts = parse(raw, self.state.block_bytes)
-        except EntryError as exc:
-            raise JournalError(f"port {port}: bad entry in batch: {exc}") from exc
-        strangers = rows["port"][rows["port"] != port]
-        if len(strangers):
-            raise JournalError(f"port {port}: batch holds entries of port {int(strangers[0])}")
-        if len(rows) and np.any(np.diff(rows["seq"].astype(np.int64)) != 1):
-            raise JournalError(f"port {port}: batch sequence numbers are not consecutive")
-        fresh = rows["seq"].astype(np.int64) > self.last_seq[port]
-        self._check_resent(port, rows[~fresh])
-        rows, starts = rows[fresh], starts[fresh]
-        if len(rows) and rows["seq"][0] != self.last_seq[port] + 1:
-            raise SequenceGap(f"port {port}: expected sequence {self.last_seq[port] + 1}, "
-                              f"got {rows['seq'][0]}: entries were lost, ask for a resend")
+        rows, starts = self.fresh_entries(port, raw, device_port)
         payload = memoryview(raw)[int(starts[0]):] if len(rows) else b""
         flushed = max(int(flushed_through), int(self.flushed_through[port]))
         record = records.encode(RecordKind.ENTRIES, payload, port=port, aux=flushed)
@@ -274,16 +265,6 @@ class LocalJournal:
             self.last_seq[port] = rows["seq"][-1]
         self.flushed_through[port] = flushed
         return int(self.last_seq[port])
-
-    def _check_resent(self, port: int, again: np.ndarray) -> None:
-        if not len(again):
-            return
-        index = self.index
-        mine = index[index["port"] == port]
-        stored = mine[np.searchsorted(mine["seq"], again["seq"])]
-        if np.any(stored["crc"] != again["crc"]):
-            bad = int(again["seq"][stored["crc"] != again["crc"]][0])
-            raise JournalError(f"port {port}: resent entry {bad} differs from the stored one")
 
     def _write(self, record: bytes) -> tuple[int, int]:
         if self._fd is None:
@@ -327,7 +308,7 @@ class LocalJournal:
                                  "expected entries")
         self._tail = (seg, rec.end)
         rows, starts = parse(rec.payload, self.state.block_bytes)
-        port = rec.port
+        port = rows["port"] = rec.port          # the volume's port (the device's may differ)
         if len(rows):
             rows["seg"] = seg
             rows["offset"] = rec.offset + records.HEADER_BYTES + starts
@@ -352,29 +333,6 @@ class LocalJournal:
             mapped = self._maps.pop(seg, None)
             if mapped is not None:
                 mapped.close()
-
-    @property
-    def markers(self) -> np.ndarray:
-        """The PORT_INVALID marker entries, found once per change of the index."""
-        index = self.index
-        if self._markers is None or self._markers[0] is not index:
-            self._markers = (index, index[index["kind"] == Kind.PORT_INVALID])
-        return self._markers[1]
-
-    def received(self, until_ns: int | None = None) -> np.ndarray:
-        """Entry ids of the received portion in (timestamp, port, sequence) order."""
-        index = self.index
-        order = np.lexsort((index["seq"], index["port"], index["timestamp"]))
-        if until_ns is not None:
-            order = order[index["timestamp"][order] < until_ns]
-        return order
-
-    def read_data(self, ids) -> np.ndarray:
-        """The data blocks of entries `ids` (positions in `index`), as an (n, block_bytes) array."""
-        rows = self.index[np.asarray(ids, dtype=np.int64)]
-        if np.any(rows["kind"] != 0):
-            raise JournalError("asked for the data of a marker entry")
-        return self.read_at(rows["seg"], rows["offset"])
 
     def read_at(self, segs: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         """The data blocks of the entries stored at (segment, offset), e.g. merged rows."""
@@ -403,36 +361,6 @@ class LocalJournal:
             self._maps[seg] = m
         return m
 
-    # --- validity and the consistency horizon ----------------------------------------------
-
-    def invalid_since(self) -> np.ndarray:
-        """Per port, the device time from which its entries are ignored (NEVER if valid).
-
-        A port is invalid from the earlier of the host's verdict (missed flush deadline) and
-        the port's own PORT_INVALID marker (its ring filled), counting only markers after
-        the port was last made valid."""
-        since = np.full(self.state.ports, NEVER, dtype=np.uint64)
-        markers = self.markers
-        for port, st in enumerate(self.state.port_state):
-            if st.invalid_since_ns is not None:
-                since[port] = st.invalid_since_ns
-            counted = (markers["port"] == port) & (markers["timestamp"] >= st.valid_from_ns)
-            mine = markers["timestamp"][counted]
-            if len(mine):
-                since[port] = min(int(since[port]), int(mine.min()))
-        return since
-
-    def valid_from(self) -> np.ndarray:
-        return np.array([p.valid_from_ns for p in self.state.port_state], dtype=np.uint64)
-
-    def horizon(self) -> int:
-        """Latest device time up to which every valid port has flushed: history before it is final."""
-        since = self.invalid_since()
-        valid = since == NEVER
-        if not valid.any():
-            return int(self.flushed_through.max(initial=0))
-        return int(self.flushed_through[valid].min())
-
     def update_state(self, change: Callable[[JournalState], None]) -> JournalState:
         """Apply `change` to the state as it is on disk, under the folder's state lock.
 
@@ -449,75 +377,7 @@ class LocalJournal:
         self.state = fresh
         return fresh
 
-    def invalidate(self, port: int, since_ns: int, reason: str) -> None:
-        def mark(state: JournalState) -> None:
-            st = state.port_state[port]
-            if st.invalid_since_ns is None or since_ns < st.invalid_since_ns:
-                st.invalid_since_ns, st.reason = since_ns, reason
-
-        self.update_state(mark)
-
-    def revalidate(self, port: int, from_ns: int) -> None:
-        """Count `port` again from device time `from_ns` (after a fresh base copy)."""
-        if from_ns < 0:
-            raise JournalError(f"device time cannot be negative ({from_ns})")
-
-        def clear(state: JournalState) -> None:
-            st = state.port_state[port]
-            st.valid_from_ns, st.invalid_since_ns, st.reason = from_ns, None, ""
-
-        self.update_state(clear)
-
-    def reinstate(self, port: int) -> tuple[int, int]:
-        """Count `port` again after an outage its ring rode out; return the outage (since, until).
-
-        A port the host invalidated for missing its flush deadline (seed: "the invalid state may
-        be reset should the port return to a valid state, for example if a problem with a
-        communication medium has been corrected") lost nothing when its link came back with its
-        sequence unbroken: its ring never overwrites an unacknowledged entry, and `append` refuses
-        gaps. So once its backlog is stored past the verdict's time the port counts again over
-        the outage too, and merged windows from the verdict on are taken back to be merged again
-        with its entries. A port that marked itself invalid (PORT_INVALID: its ring overflowed)
-        did lose entries and needs a resync instead."""
-        if not 0 <= port < self.state.ports:
-            raise JournalError(f"port {port} is outside this journal's {self.state.ports} ports")
-        st = self.state.port_state[port]
-        if st.invalid_since_ns is None:
-            raise JournalError(f"port {port} is valid: nothing to reinstate")
-        markers = self.markers
-        own = (markers["port"] == port) & (markers["timestamp"] >= st.valid_from_ns)
-        if own.any():
-            raise JournalError(f"port {port} reported itself invalid (its ring overflowed, entries were "
-                               "lost): take a fresh base copy with 'portjournal ports resync' instead")
-        since, until = int(st.invalid_since_ns), int(self.flushed_through[port])
-        if until <= since:
-            raise JournalError(f"port {port} has not flushed past its outage (since {since} ns) yet: collect "
-                               "its backlog first")
-        back_to = min(self.merged_through, since // self.state.window_ns * self.state.window_ns)
-        if back_to < self.merged_through:
-            self.rewrite_merged(self.merged[self.merged["window_end"] <= back_to], back_to)
-
-        def clear(state: JournalState) -> None:
-            ps = state.port_state[port]
-            ps.outages.append([since, until])
-            ps.invalid_since_ns, ps.reason = None, ""
-
-        self.update_state(clear)
-        return since, until
-
     # --- the merged portion -----------------------------------------------------------------
-
-    def merge(self) -> np.ndarray:
-        """Merge every whole window between the last merge and the horizon; return the new rows."""
-        window = self.state.window_ns
-        end = self.horizon() // window * window
-        if end <= self.merged_through:
-            return np.zeros(0, MERGED_DTYPE)
-        table = merge(self.index, mode=Mode(self.state.mode), window_ns=window,
-                      start_ns=self.merged_through, end_ns=end, valid_from=self.valid_from(),
-                      invalid_since=self.invalid_since())
-        self.append_merged(table, end)
-        return table
 
     def rewrite_merged(self, rows: np.ndarray, through_ns: int) -> None:
         """Replace the merged portion with `rows` (merged through `through_ns`), atomically."""

@@ -13,8 +13,10 @@ BLOCKS = 12
 WINDOW = 100
 
 
-def build_journal(tmp_path, ports, writes, mode, silent=None, merge_at=None, *, block=BLOCK, blocks=BLOCKS):
-    """Run the writes through the storage model and ports, flush them into a journal.
+def build_journal(tmp_path, ports, writes, mode, silent=None, merge_at=None, *, block=BLOCK, blocks=BLOCKS,
+                  create=LocalJournal.create):
+    """Run the writes through the storage model and ports, flush them into a journal made by
+    `create` (a store's `create`, or the tests' `new_journal` fixture).
 
     `silent` = (port, t): that port's entries stamped at or after t never reach the host, and
     the collector marks it invalid from t. Returns the journal, model, volume path."""
@@ -26,7 +28,7 @@ def build_journal(tmp_path, ports, writes, mode, silent=None, merge_at=None, *, 
     volume = tmp_path / "volume.img"
     volume.write_bytes(bytes(model.image))          # primary storage now
     (tmp_path / "initial.img").write_bytes(initial)
-    journal = LocalJournal.create(tmp_path / "j", block_bytes=block, ports=ports, mode=mode,
+    journal = create(tmp_path / "j", block_bytes=block, ports=ports, mode=mode,
                                   window_ns=WINDOW)
     if mode == Mode.REDO:
         with FileStorage(tmp_path / "initial.img", block) as first:

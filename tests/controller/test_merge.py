@@ -51,13 +51,13 @@ def build_entries(ports, streams, marker_port, mode):
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(workloads())
-def test_merged_portion_equals_reference(tmp_path_factory, work):
+def test_merged_portion_equals_reference(tmp_path_factory, new_journal, work):
     ports, streams, batch, order, failed, marker_port, mode = work
     per_port = build_entries(ports, streams, marker_port, mode)
     failed = {port: per_port[port][k]["timestamp"] if k < len(per_port[port]) else 10**6
               for port, k in failed.items()}
     folder = tmp_path_factory.mktemp("merge")
-    journal = LocalJournal.create(folder / "j", block_bytes=BLOCK, ports=ports, mode=mode, window_ns=WINDOW)
+    journal = new_journal(folder / "j", block_bytes=BLOCK, ports=ports, mode=mode, window_ns=WINDOW)
     flushed = [0] * ports
     cursors = [0] * ports
     # Flush in rounds, ports in the drawn order; a failed port stops flushing at its failure time.

@@ -66,11 +66,12 @@ TWO_PORTS = [(50, 0, 1, OK), (99, 1, 2, OK), (100, 0, 3, OK), (100, 1, 5, OK), (
 @example((2, TWO_PORTS, Mode.REDO, (1, 100), None, 100))
 # Copy-on-write needs every write after Tx: a port silent at any time is refused.
 @example((2, [(50, 0, 1, OK), (120, 1, 2, OK), (150, 0, 4, OK)], Mode.COPY_ON_WRITE, (1, 151), None, 100))
-def test_view_and_restore_equal_the_shadow(tmp_path_factory, monkeypatch, scenario):
+def test_view_and_restore_equal_the_shadow(tmp_path_factory, monkeypatch, new_journal, scenario):
     ports, writes, mode, silent, merge_at, at = scenario
     monkeypatch.setattr(host.restore, "CHUNK_BLOCKS", 5)        # several chunks, the last one short
     tmp_path = tmp_path_factory.mktemp("restore")
-    journal, model, volume = build_journal(tmp_path, ports, writes, mode, silent, merge_at)
+    journal, model, volume = build_journal(tmp_path, ports, writes, mode, silent, merge_at,
+                                           create=new_journal)
     present = volume.read_bytes()
     refuse = expected_refusal(journal, mode, silent, at)
     try:
