@@ -61,7 +61,7 @@ class DmaRingWriter(wiring.Component):
         super().__init__({
             "flush": In(stream.Signature(beat_layout(DATA_BITS))).array(ports),
             "ack": Out(stream.Signature(AckLayout)).array(ports),
-            "ring": In(RingRegisters).array(ports),
+            "ring": Out(RingRegisters).array(ports),
             "wr": Out(stream.Signature(WriteBeat)),
             "busy": Out(1),
         })
