@@ -10,6 +10,7 @@ storage interfaces from the simulator directly.
 | `tx` | out | 8 | link bytes to the host (serial link) |
 | `bar` | in | `RegisterBus` | the register map as the DMA link's BAR (DMA link) |
 | `wr` | out | {addr: 64, data: 64, first, last} | memory writes into host memory (DMA link) |
+| `dma_busy` | out | 1 | `DmaRingWriter.busy`: an entry is being or could be written (DMA link) |
 | `rx_framing_errors` | in | 32 | the board UART's framing errors (register of that name; 0 without a UART) |
 | `timebase` | in | 1 | the time base's broadcast wire (`hdl.timebase`; only with `dpll=True`) |
 | `port[i].time` | in | 64 | the port's local time, ns (only with `dpll=False`: a test's stand-in clock) |
@@ -102,7 +103,7 @@ class DeviceImage(wiring.Component):
         if link == "serial":
             members = {"rx": In(stream.Signature(8)), "tx": Out(stream.Signature(8))}
         else:
-            members = {"bar": In(RegisterBus), "wr": Out(stream.Signature(WriteBeat))}
+            members = {"bar": In(RegisterBus), "wr": Out(stream.Signature(WriteBeat)), "dma_busy": Out(1)}
         members.update({
             "rx_framing_errors": In(32),
             "port": Out(DpllPortSignature if dpll else BoardPortSignature).array(ports),
@@ -138,6 +139,7 @@ class DeviceImage(wiring.Component):
         else:
             wiring.connect(m, wiring.flipped(self.bar), regs.bus)
             wiring.connect(m, link.wr, wiring.flipped(self.wr))
+            m.d.comb += self.dma_busy.eq(link.busy)
 
         for p in range(self.ports):
             jp = m.submodules[f"port{p}"] = JournalPort(port=p, block_bytes=self.block_bytes,
