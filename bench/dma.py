@@ -5,7 +5,7 @@ opens it with `host.link.dma.DmaDevice` and runs the real host stack — `Collec
 port, `LocalJournal` storing and fsyncing before each acknowledge (doorbell) — until `--entries`
 entries are durable. Then the same host stack over the serial link at its best line rate (a
 byte per clock cycle each way: baud = 10 × clock) until `--serial-entries` are durable, for the
-comparison. Prints, last:
+comparison; both boards have `--depth` entries per port ring. Prints, last:
 
     dma: entries=N bus_util=U host_entries_per_s=H
 
@@ -13,7 +13,10 @@ comparison. Prints, last:
 (`dma_beats` / `dma_busy_cycles` from the harness's exit line: data beats per cycle while
 draining); `host_entries_per_s` = entries made durable per wall second, from the first poll to
 the last entry stored (board start-up and DPLL lock not counted). The line before it gives the
-serial link's rate measured the same way and the ratio.
+serial link's rate measured the same way and the ratio. Both are bounded by the journal's fsync
+per flush (the Collector acknowledges a port's batch only once it is on disk), and a port can
+have at most its ring's depth of entries unacknowledged, so a deeper ring means fewer fsyncs
+per entry.
 """
 
 import argparse
@@ -32,8 +35,6 @@ from host.journal.store import LocalJournal  # noqa: E402
 from host.link.device import Device  # noqa: E402
 from host.link.dma import DmaDevice  # noqa: E402
 from sim.vboard import VirtualBoard, build  # noqa: E402
-
-DMA_BOARD = dataclasses.replace(SIM_BOARD, link="dma")
 
 
 def collect(dev, folder: Path, entries: int, timeout: float) -> float:
@@ -57,15 +58,19 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=20000, help="entries to collect over DMA")
     parser.add_argument("--serial-entries", type=int, default=2000, help="entries to collect over serial")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--depth", type=int, default=SIM_BOARD.depth,
+                        help="entries per port's partial-journal ring, both boards (a new depth builds both)")
     parser.add_argument("--timeout", type=float, default=600, help="wall seconds before giving up")
     args = parser.parse_args()
 
+    serial_board = dataclasses.replace(SIM_BOARD, depth=args.depth)
+    dma_board = dataclasses.replace(serial_board, link="dma")
     started = time.monotonic()
-    dma_binary, serial_binary = build(DMA_BOARD), build(SIM_BOARD)
+    dma_binary, serial_binary = build(dma_board), build(serial_board)
     print(f"harnesses ready in {time.monotonic() - started:.1f} s")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        board = VirtualBoard(tmp / "volume.img", config=DMA_BOARD, binary=dma_binary, blocks=4096, rate=-1,
+        board = VirtualBoard(tmp / "volume.img", config=dma_board, binary=dma_binary, blocks=4096, rate=-1,
                              seed=args.seed, report_ms=2000, host_mem=tmp / "host-mem.bin")
         with board:
             with DmaDevice.open(board.host_mem) as dev:
@@ -76,8 +81,8 @@ def main() -> None:
         print(f"dma: {beats} memory-write beats in {busy} busy cycles of {end['cycles']}; host {counters}")
 
         baud = SIM_BOARD.clock_hz * 10
-        board = VirtualBoard(tmp / "volume2.img", binary=serial_binary, blocks=4096, rate=-1, seed=args.seed,
-                             baud=baud, report_ms=2000)
+        board = VirtualBoard(tmp / "volume2.img", config=serial_board, binary=serial_binary, blocks=4096,
+                             rate=-1, seed=args.seed, baud=baud, report_ms=2000)
         with board:
             dev = Device.open(board.tty, timeout=0.2, flush_timeout=0.5, tries=8)
             try:

@@ -1,4 +1,5 @@
-"""`portjournal status` and `portjournal collect`: a board on a serial port (or the virtual board's pty)."""
+"""`portjournal status` and `portjournal collect`: a board on a serial port (or the virtual board's pty),
+or on the DMA link (`--link dma`: journal rings in host memory; the virtual board's host-memory file)."""
 
 import signal
 import time
@@ -17,22 +18,30 @@ from .journal.collector import Collector
 from .journal.store import NEVER, JournalError, LocalJournal
 from .journal_cli import Duration, journal_option
 from .link.device import Device, DeviceError
+from .link.dma import DmaDevice
 from .link.serial import TransportError
 from .timefmt import format_ns
 
 console = Console(soft_wrap=True)
 
 port_option = click.option("--port", "path", required=True, envvar="PORTJOURNAL_PORT",
-                           help="Serial device of the board, e.g. /dev/ttyUSB0 or the virtual board's pty "
-                                "(or set PORTJOURNAL_PORT).")
+                           help="Serial device of the board, e.g. /dev/ttyUSB0 or the virtual board's pty; "
+                                "with --link dma its host-memory file (or set PORTJOURNAL_PORT).")
+link_option = click.option("--link", type=click.Choice(["serial", "dma"]), default="serial",
+                           show_default=True, envvar="PORTJOURNAL_LINK",
+                           help="serial: frames over --port; dma: journal rings in host memory, BAR "
+                                "registers ('portjournal sim --link dma' prints its file; or set "
+                                "PORTJOURNAL_LINK).")
 baud_option = click.option("--baud", type=click.IntRange(300, 12_000_000), default=115200, show_default=True,
                            help="Baud rate (a pseudo-terminal ignores it).")
 timeout_option = click.option("--timeout", type=click.FloatRange(0.01, 60), default=0.5, show_default=True,
                               help="Seconds to wait for an answer before asking again (3 tries).")
 
 
-def open_device(path: str, baud: int, timeout: float) -> Device:
+def open_device(path: str, baud: int, timeout: float, link: str = "serial") -> Device | DmaDevice:
     try:
+        if link == "dma":
+            return DmaDevice.open(path, timeout=timeout, flush_timeout=max(2.0, 4 * timeout))
         return Device.open(path, baud=baud, timeout=timeout, flush_timeout=max(2.0, 4 * timeout))
     except (TransportError, DeviceError) as exc:
         raise click.ClickException(str(exc)) from exc
@@ -78,9 +87,10 @@ def link_table(dev: Device, glob: dict[str, int]) -> Table:
 
 @click.command(short_help="A board's identity, DPLL lock, ring fill and counters, per port.")
 @port_option
+@link_option
 @baud_option
 @timeout_option
-def status(path, baud, timeout):
+def status(path, link, baud, timeout):
     """Identity, DPLL lock, ring fill and counters per port, and the link's error counters.
 
     Examples:
@@ -88,8 +98,9 @@ def status(path, baud, timeout):
     \b
       portjournal status --port /dev/ttyUSB0
       portjournal status --port /dev/pts/3      # the pty 'portjournal sim' printed
+      portjournal status --link dma --port host-mem.bin   # 'portjournal sim --link dma'
     """
-    with open_device(path, baud, timeout) as dev:
+    with open_device(path, baud, timeout, link) as dev:
         try:
             glob = dev.read_block()
             blocks = [dev.read_block(p) for p in range(dev.identity.ports)]
@@ -152,7 +163,7 @@ class Progress:
         for poll in polls:
             self.stored[poll.port] += poll.entries
             self.errors[poll.port] = poll.error[:60]
-        now, rx = time.monotonic(), self.dev.transport.counters.rx_bytes
+        now, rx = time.monotonic(), self.dev.bytes_received()
         if now - self.last_rate[0] >= self.sample_s:
             self.rate = (rx - self.last_rate[1]) / (now - self.last_rate[0])
             self.last_rate = (now, rx)
@@ -182,16 +193,14 @@ class Progress:
             table.add_row(str(p), "[green]valid[/]" if valid else "[red]invalid[/]", str(self.stored[p]),
                           str(int(self.journal.last_seq[p])), fill, dpll,
                           format_ns(int(self.journal.flushed_through[p])), self.errors[p])
-        c = self.dev.link_counters()
-        link = (f"link: {self.rate / 1e3:.1f} kB/s in, {c['rx_frames']} frames, "
-                f"{self.dev.transport.counters.rx_errors} damaged frames received, {c['naks']} NAKs, "
-                f"{c['retries']} retries, {c['resends']} resends, {c['duplicates']} duplicate entries; "
+        link = (f"link: {self.rate / 1e3:.1f} kB/s in, {self.dev.link_summary()}; "
                 f"{time.monotonic() - self.start:.0f} s")
         return Group(*([self.headline] if self.headline else []), table, link)
 
 
 @click.command(short_help="Collect the ports' journals into the journal until Ctrl-C.")
 @port_option
+@link_option
 @baud_option
 @timeout_option
 @journal_option
@@ -202,7 +211,7 @@ class Progress:
               help="Seconds to wait between rounds that brought nothing.")
 @click.option("--window", type=Duration(), default="100ms", show_default=True,
               help="Merge window, for a journal created here.")
-def collect(path, baud, timeout, folder, duration, deadline, interval, window):
+def collect(path, link, baud, timeout, folder, duration, deadline, interval, window):
     """Collect the ports' journals into the primary journal until Ctrl-C (or --duration).
 
     Each round asks every valid port to flush, stores what arrives (fsync), then acknowledges
@@ -215,13 +224,14 @@ def collect(path, baud, timeout, folder, duration, deadline, interval, window):
       portjournal collect --port /dev/pts/3 -j journal      # until Ctrl-C
       portjournal collect --port /dev/ttyUSB0 -j /srv/pj --duration 60
       portjournal collect --port /dev/ttyUSB0 --baud 921600 --deadline 30 -j /srv/pj
+      portjournal collect --link dma --port host-mem.bin -j journal
     """
     stop = {"now": False}
 
     def interrupted(signum, frame):
         stop["now"] = True
 
-    with open_device(path, baud, timeout) as dev, journal_for(folder, dev, window) as journal:
+    with open_device(path, baud, timeout, link) as dev, journal_for(folder, dev, window) as journal:
         collector = Collector(journal, dev, deadline_s=deadline)
         progress = Progress(dev, journal)
         end = None if duration is None else time.monotonic() + duration

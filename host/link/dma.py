@@ -40,6 +40,7 @@ from .device import DeviceError, Identity
 
 MAILBOX_BYTES = 4096
 MB_REQ, MB_OP, MB_ADDR, MB_WDATA, MB_DONE, MB_RDATA = range(6)
+SPINS = 100                     # mailbox polls before the driver starts sleeping between them
 RING_LOG_SIZE = 10              # slots per port ring: 1024
 RING_AGAIN_S = 0.05             # a flush waiting this long rings the doorbell again
 
@@ -67,12 +68,15 @@ class BarMailbox:
         deadline = time.monotonic() + self.timeout
         spins = 0
         while self._word(MB_DONE) != self.req:
+            # The board answers within ~16 cycles of its simulation: spin a little, then sleep, so
+            # the host does not take a core from the simulator on a small machine.
             spins += 1
-            if spins > 200:
-                time.sleep(20e-6)
-                if time.monotonic() > deadline:
-                    raise DeviceError(f"{self.path}: the board did not answer a register access in "
-                                      f"{self.timeout:g} s: is the virtual board (link dma) running?")
+            if spins < SPINS:
+                continue
+            time.sleep(20e-6)
+            if time.monotonic() > deadline:
+                raise DeviceError(f"{self.path}: the board did not answer a register access in "
+                                  f"{self.timeout:g} s: is the virtual board (link dma) running?")
         return self._word(MB_RDATA) if value is None else 0
 
 
@@ -98,6 +102,7 @@ class DmaCounters:
     doorbells: int = 0
     flushes: int = 0
     entries: int = 0
+    entry_bytes: int = 0
     resends: int = 0
     timeouts: int = 0
 
@@ -119,7 +124,8 @@ class DmaDevice:
 
     @classmethod
     def open(cls, path: str, **kwargs) -> "DmaDevice":
-        """Map the virtual board's host-memory file `path`, identify the device, program its rings."""
+        """Map the virtual board's host-memory file `path` and identify the device. The rings are
+        programmed at the first flush, so a look at the registers (`status`) leaves them alone."""
         if not os.path.isfile(path):
             raise DeviceError(f"{path}: not a virtual board's host-memory file. The DMA link needs a BAR "
                               "mapping and DMA-able memory: the virtual board gives both in one file "
@@ -133,7 +139,6 @@ class DmaDevice:
         dev = cls(mem, path, **kwargs)
         try:
             dev.identify()
-            dev.setup_rings()
         except Exception:
             dev.close()
             raise
@@ -225,6 +230,7 @@ class DmaDevice:
                 ring.first_seq = int.from_bytes(self.mem[at:at + 4], "little") - ring.consumed
             ring.consumed += 1
             taken += 1
+            self.counters.entry_bytes += entry_bytes(int.from_bytes(self.mem[at + 24:at + 28], "little"))
         return taken
 
     def device_time(self, port: int) -> int:
@@ -237,6 +243,8 @@ class DmaDevice:
 
     def flush(self, port: int) -> tuple[bytes, int]:
         """PortLink: the port's entries not yet acknowledged, and the device time they are complete to."""
+        if not self.rings:
+            self.setup_rings()
         if not 0 <= port < len(self.rings):
             raise DeviceError(f"port {port} is outside the device's {len(self.rings)} ports")
         self.counters.flushes += 1
@@ -291,6 +299,16 @@ class DmaDevice:
 
     def link_counters(self) -> dict[str, int]:
         return self.counters.as_dict()
+
+    def bytes_received(self) -> int:
+        """Entry bytes taken from the rings so far (for a rate)."""
+        return self.counters.entry_bytes
+
+    def link_summary(self) -> str:
+        """One line on the link's health, for a progress display."""
+        c = self.counters
+        return (f"DMA: {c.entries} entries from host rings, {c.doorbells} doorbells, {c.timeouts} flush "
+                f"timeouts, {c.resends} resends, {c.register_reads + c.register_writes} register accesses")
 
 
 __all__ = ["BarMailbox", "DmaDevice", "HostRing"]
