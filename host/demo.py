@@ -88,9 +88,9 @@ class DemoResult:
     merge_windows: int = 0
     merged_entries: int = 0
     outage: list[int] = field(default_factory=list)             # [invalid since, reinstated at]
-    horizon_during_outage: int = 0                              # restores held here meanwhile
-    flushed_during_outage: int = 0                              # though the others flushed this far
-    refused_past_horizon: str = ""
+    horizon_during_outage: int = 0          # the valid ports' horizon, past the silent port's verdict
+    refused_past_invalid: str = ""          # why a restore between the verdict and that horizon failed
+    refused_at_invalid: str = ""            # same at the verdict itself ("" = allowed: redo only)
     port_validity: list[str] = field(default_factory=list)
     damaged_blocks: int = 0
     differing_before_restore: int = 0                           # blocks unlike the bookmark's
@@ -255,12 +255,9 @@ class Demo:
         if since == NEVER:
             raise RuntimeError(f"port {SILENT_PORT} stayed valid through its outage")
         self.result.events["invalid"] = since
-        self.result.horizon_during_outage = min(self.journal.horizon(), since)
-        latest = self.result.flushed_during_outage = int(self.journal.flushed_through.max())
-        try:
-            open_view(self.journal, latest, storage=self.paths["volume"]).backing.close()
-        except ViewRefused as exc:
-            self.result.refused_past_horizon = str(exc)
+        others = self.result.horizon_during_outage = self.journal.horizon()
+        self.result.refused_past_invalid = self.refusal((since + others) // 2)
+        self.result.refused_at_invalid = self.refusal(since)
         self.board.command(f"speak {SILENT_PORT}")
         self.result.events["speak"] = int(self.collect_until_event("speak", 10)["time_ns"])
         for _ in range(50):
@@ -312,6 +309,14 @@ class Demo:
         self.result.restore_s = time.perf_counter() - t0
         self.result.blocks_changed_by_restore = summary.bytes_written // self.block
         self.say(f"restored: {summary}")
+
+    def refusal(self, at_ns: int) -> str:
+        """Why a restore to `at_ns` is refused now ("" if it is not)."""
+        try:
+            open_view(self.journal, at_ns, storage=self.paths["volume"]).backing.close()
+        except ViewRefused as exc:
+            return str(exc)
+        return ""
 
     def differing(self, shadow: np.ndarray) -> int:
         """Blocks of the volume file unlike `shadow`'s (all of them if the sizes differ)."""

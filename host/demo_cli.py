@@ -20,12 +20,14 @@ def summary_table(r) -> Table:
     table = Table("", "", title=f"portjournal demo: {r.mode}, seed {r.seed}", show_header=False)
     table.add_row("entries journaled", f"{sum(r.entries)} (per port: {', '.join(map(str, r.entries))})")
     table.add_row("journal bytes", f"{r.journal_bytes / 2**20:.1f} MiB")
-    table.add_row("merge windows", f"{r.merge_windows} ({r.merged_entries} merged entries)")
+    table.add_row("merge windows", f"{r.merge_windows} ({r.merged_entries} entries; the last few, after the "
+                                   "last whole window, wait for the next merge)")
     table.add_row("bookmark", f"{format_ns(r.bookmark_ns)}")
     table.add_row("attack", f"{r.damaged_blocks} blocks overwritten with garbage")
-    table.add_row("outage", f"port invalid from {format_ns(r.outage[0])}; restores held to "
+    table.add_row("outage", f"port 3 invalid from {format_ns(r.outage[0])} while the others flushed to "
                             f"{format_ns(r.horizon_during_outage)}; reinstated at {format_ns(r.outage[1])}")
-    table.add_row("refused meanwhile", r.refused_past_horizon or "-")
+    table.add_row("refused meanwhile", r.refused_past_invalid or "-")
+    table.add_row("  at the verdict", r.refused_at_invalid or "allowed (redo: writes up to it are all in)")
     table.add_row("port validity", ", ".join(f"{p}: {v}" for p, v in enumerate(r.port_validity)))
     table.add_row("restore", f"{r.volume_mb} MiB to the bookmark in {r.restore_s:.2f} s")
     verdict = "[green]identical to the storage model's volume at the bookmark[/]" if r.verified else \
@@ -84,6 +86,12 @@ def demo_cmd(mode, link, seed, out, volume_mb, damage_mb, rate, steady_s, outage
 
     if quick:
         volume_mb, damage_mb, steady_s, outage_s, deadline = 16, 1, 3, 3, 1
+    if damage_mb > volume_mb / 2:
+        raise click.BadParameter(f"at most half of --volume-mb ({volume_mb / 2:g} MiB)",
+                                 param_hint="--damage-mb")
+    if outage_s <= deadline:
+        raise click.BadParameter(f"must outlast --deadline ({deadline:g} s), or the port is never found "
+                                 "invalid", param_hint="--outage-s")
     try:
         config = DemoConfig(mode=Mode.REDO if mode == "redo" else Mode.COPY_ON_WRITE, seed=seed, out=out,
                             volume_mb=volume_mb, damage_mb=damage_mb, rate=rate, steady_s=steady_s,

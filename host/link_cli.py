@@ -20,7 +20,7 @@ from .journal_cli import Duration, journal_option
 from .link.device import Device, DeviceError
 from .link.dma import DmaDevice
 from .link.serial import TransportError
-from .timefmt import format_ns
+from .timefmt import format_ns, time_of_day
 
 console = Console(soft_wrap=True)
 
@@ -162,7 +162,7 @@ class Progress:
     def update(self, polls) -> None:
         for poll in polls:
             self.stored[poll.port] += poll.entries
-            self.errors[poll.port] = poll.error[:60]
+            self.errors[poll.port] = poll.error.split(": ")[-1][:40]
         now, rx = time.monotonic(), self.dev.bytes_received()
         if now - self.last_rate[0] >= self.sample_s:
             self.rate = (rx - self.last_rate[1]) / (now - self.last_rate[0])
@@ -177,8 +177,8 @@ class Progress:
                     self.on_sample(now, p, self.blocks[p])
 
     def render(self) -> Group:
-        table = Table("port", "validity", "entries this run", "last seq", "ring fill", "DPLL",
-                      "flushed through", "last error")
+        table = Table("port", "validity", "entries", "last seq", "ring", "DPLL", "flushed through (UTC)",
+                      "last error")
         since = self.journal.invalid_since()
         depth = self.dev.identity.ring_depth
         for p, regs in enumerate(self.blocks):
@@ -192,7 +192,7 @@ class Progress:
                 dpll = "[yellow]unlocked[/]"
             table.add_row(str(p), "[green]valid[/]" if valid else "[red]invalid[/]", str(self.stored[p]),
                           str(int(self.journal.last_seq[p])), fill, dpll,
-                          format_ns(int(self.journal.flushed_through[p])), self.errors[p])
+                          time_of_day(int(self.journal.flushed_through[p])), self.errors[p])
         link = (f"link: {self.rate / 1e3:.1f} kB/s in, {self.dev.link_summary()}; "
                 f"{time.monotonic() - self.start:.0f} s")
         return Group(*([self.headline] if self.headline else []), table, link)
@@ -253,4 +253,6 @@ def collect(path, link, baud, timeout, folder, duration, deadline, interval, win
             signal.signal(signal.SIGINT, previous)
         total = sum(progress.stored)
         how = " (interrupted)" if stop["now"] else ""
+        if not console.is_terminal:         # Live leaves its last frame without a line end there
+            console.line()
         console.print(f"stopped{how}: {total} entries stored in {folder}; everything acknowledged is durable")

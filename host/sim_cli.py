@@ -98,7 +98,8 @@ def sim_cmd(volume, blocks, log, ports, baud, link, host_mem, rate, writes, stat
         nonlocal stopping
         stopping = True
 
-    previous = signal.signal(signal.SIGTERM, on_signal)
+    # Our own handlers, for SIGINT too: a shell starts a background job with SIGINT ignored.
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         try:
             board.start()
@@ -123,10 +124,9 @@ def sim_cmd(volume, blocks, log, ports, baud, link, host_mem, rate, writes, stat
                                                 ("sim_ns", "writes", "applied", "tx_bytes", "rx_bytes",
                                                  "dma_beats")),
                            err=True)
-    except KeyboardInterrupt:
-        pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         end = board.stop()
     if end:
         click.echo("exit " + " ".join(f"{k}={v}" for k, v in end.items()))

@@ -32,3 +32,9 @@ def format_ns(ns: int | None) -> str:
         if abs(ns) >= UNITS_NS[unit]:
             return f"{ns / UNITS_NS[unit]:.6g} {unit}"
     return f"{ns} ns"
+
+
+def time_of_day(ns: int) -> str:
+    """A device instant as its UTC time of day (for live displays), anything else as format_ns."""
+    text = format_ns(ns)
+    return text[11:-1] if ns >= EPOCH_TIMES_FROM else text

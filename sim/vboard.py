@@ -141,8 +141,11 @@ class VirtualBoard:
     # --- life cycle ----------------------------------------------------------------------------
     def start(self, timeout: float = 600) -> "VirtualBoard":
         binary = self.binary or build(self.config)
+        # Its own session: a terminal's Ctrl-C reaches the launcher, which stops the board in
+        # order (the board dies with the launcher anyway: PR_SET_PDEATHSIG).
         self.proc = subprocess.Popen([str(binary), *self.opts.argv(self.config)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
+                                     start_new_session=True)
         threading.Thread(target=self._read_stdout, daemon=True).start()
         with self._changed:
             if not self._changed.wait_for(lambda: self.tty or self.host_mem or self._eof, timeout):

@@ -71,7 +71,8 @@ class Collector:
         result.entries = len(self.journal.index) - before
         if result.error and self.clock() - self.last_ok[port] > self.deadline_s:
             self.journal.invalidate(port, int(self.journal.flushed_through[port]),
-                                    f"missed flush deadline of {self.deadline_s:g} s: {result.error}")
+                                    f"missed its flush deadline of {self.deadline_s:g} s "
+                                    f"(last error: {result.error})")
             result.invalidated = True
         return result
 

@@ -8,6 +8,7 @@ journal the demo left behind.
 """
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -40,11 +41,12 @@ def processes_mentioning(text: str) -> list[int]:
 
 
 def test_ctrl_c_stops_the_board(tmp_path):
-    """Ctrl-C during collection: exit 130, the board process is gone, the journal is readable."""
+    """Ctrl-C during collection (SIGINT to the whole process group, as a terminal sends it): exit
+    130 with a clear message, the board process is gone, the journal is readable."""
     out = tmp_path / "interrupted"
     tool = Path(sys.executable).with_name("portjournal")
     proc = subprocess.Popen([str(tool), "demo", "--quick", "--out", str(out)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         for line in proc.stdout:
             if line.startswith("steady:"):
@@ -52,7 +54,7 @@ def test_ctrl_c_stops_the_board(tmp_path):
         volume = str(out / "volume.img")
         assert processes_mentioning(volume), "the board is not running"
         time.sleep(1)
-        proc.send_signal(signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGINT)
         rest = proc.communicate(timeout=60)[0]
     finally:
         proc.kill()
@@ -98,8 +100,16 @@ def test_quick_demo(tmp_path, mode, link):
     events = summary["events"]
     assert events["attack_done"] < events["invalid"] == since < back
     assert since <= events["silence"] or link == "dma"
-    assert summary["horizon_during_outage"] == since < summary["flushed_during_outage"]
-    assert "port 3 is invalid" in summary["refused_past_horizon"]
+    # While it was invalid, the other ports flushed past its verdict, yet a restore between the two
+    # was refused for port 3 alone; at the verdict itself redo could restore (every write up to
+    # it is in), copy-on-write could not (it needs every write after the restore point).
+    assert summary["horizon_during_outage"] > since
+    refused = summary["refused_past_invalid"]
+    assert "port 3 is invalid" in refused and "horizon" not in refused, refused
+    if mode == "redo":
+        assert summary["refused_at_invalid"] == ""
+    else:
+        assert "port 3 is invalid" in summary["refused_at_invalid"]
     with LocalJournal.open(out / "journal", readonly=True) as journal:
         assert list(journal.invalid_since()) == [NEVER] * 4          # reinstated, nothing lost
         assert journal.state.port_state[3].outages == [[since, back]]
@@ -107,12 +117,13 @@ def test_quick_demo(tmp_path, mode, link):
         assert list(seqs) == list(range(len(seqs)))
         assert journal.state.bookmarks["before-attack"] == at
 
-    for name in ("timeline.png", "dpll.png"):
-        raw = (out / name).read_bytes()
-        assert raw.startswith(PNG_MAGIC) and len(raw) > 20_000, name
-        import matplotlib.image
+    # The pictures hold data: strongly coloured pixels (the ports' bars and lines) cover far more
+    # than the axes, labels and marker lines of an empty chart would (~0.2 %).
+    import matplotlib.image
 
-        pixels = matplotlib.image.imread(out / name)
+    for name, least in (("timeline.png", 0.04), ("dpll.png", 0.007)):
+        assert (out / name).read_bytes().startswith(PNG_MAGIC), name
+        pixels = (matplotlib.image.imread(out / name)[..., :3] * 255).astype(np.int16)
         assert pixels.shape[0] > 400 and pixels.shape[1] > 800
-        colours = np.unique((pixels[..., :3] * 255).astype(np.uint8).reshape(-1, 3), axis=0)
-        assert len(colours) > 50, f"{name} looks blank"
+        coloured = (pixels.max(axis=-1) - pixels.min(axis=-1)) > 60
+        assert coloured.mean() > least, (name, coloured.mean())

@@ -9,8 +9,12 @@ The harness's commands (pause, ransom, silence) are checked against the storage 
 silence, against the host's device driver.
 """
 
+import signal
 import struct
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import serial
@@ -299,3 +303,21 @@ def test_silence_and_speak(harness, tmp_path):
         assert got == list(range(writes))
         dev.close()
     assert int(board.exit["silenced_frames"]) >= 4                      # two ACKs, two FLUSHes
+
+
+def test_portjournal_sim_stops_on_sigint_even_as_a_background_job(harness, tmp_path):
+    """`portjournal sim` started the way a shell starts `cmd &` (SIGINT ignored) still stops
+    cleanly on SIGINT: the board exits, its volume synced, and the exit line is printed."""
+    tool = Path(sys.executable).with_name("portjournal")
+    proc = subprocess.Popen([str(tool), "sim", "--volume", str(tmp_path / "vol.img"), "--blocks", "256"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        assert proc.stdout.readline().startswith("pty /dev/")
+        time.sleep(1)
+        proc.send_signal(signal.SIGINT)
+        rest = proc.communicate(timeout=30)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 0
+    assert "exit cycles=" in rest
