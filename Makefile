@@ -13,7 +13,7 @@ SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 JOBS    ?= auto
 
 .PHONY: setup test test-host test-hdl lint demo clean distclean bench-dpll bench-merge bench-port bench-restore \
-	bench-link sim cluster cluster-stop bench-cluster
+	bench-link bench-dma sim cluster cluster-stop bench-cluster
 
 setup: $(STAMP) $(DEBIAN)
 
@@ -50,6 +50,9 @@ bench-port: $(STAMP)
 
 bench-link: $(STAMP)
 	$(BIN)/python bench/link.py $(BENCH_ARGS)
+
+bench-dma: $(STAMP)
+	$(BIN)/python bench/dma.py $(BENCH_ARGS)
 
 # The virtual board: prints the pty to connect to, runs until Ctrl-C (SIM_ARGS="--rate 50 ...").
 sim: $(STAMP)

@@ -22,6 +22,16 @@ the harness at start: the Unix-epoch time of the first clock edge. Its ports are
 | `p{i}_rcmd_valid/ready/lba` | out | 64 | copy-on-write pre-image reads |
 | `p{i}_rdata_valid/ready/data/last/ok` | in | 64 | the pre-image beats |
 
+With `link="dma"` (`SimBoardConfig.link`) the image's link is the DMA ring writer
+(`hdl/dma.py`) and the byte streams give way to:
+
+| signal | dir | width | meaning |
+|---|---|---:|---|
+| `bar_r_addr`, `bar_r_data` | in, out | 16, 32 | register read: `bar_r_data` is the register a cycle later |
+| `bar_w_en/addr/data` | in | 1, 16, 32 | register write, taking effect at the edge |
+| `dma_valid/ready/addr/data/first/last` | out | 64 | memory writes into host memory (`DeviceImage.wr`) |
+| `dma_busy` | out | 1 | the ring writer has an entry to write (`bus_util` = beats per busy cycle) |
+
 Every stream crosses a small FIFO (`SyncFIFOBuffered`, registered outputs), `time_origin` is
 only read into a register on the first cycle, and the clock domain has no reset (registers
 start at their init values), so no output depends combinationally on an input and no input fans
@@ -69,6 +79,7 @@ class SimBoardConfig:
     # Each port's oscillator offset (see `DeviceImage`'s `port_ppm`); None: PPM_PATTERN's first
     # `ports`, so the DPLLs have real offsets to find (the DESIGN's "own clock with a ppm offset").
     port_ppm: tuple[float, ...] | None = None
+    link: str = "serial"            # or "dma": journal rings in host memory (hdl/dma.py)
 
     @property
     def ppm(self) -> tuple[float, ...]:
@@ -83,7 +94,7 @@ class SimBoardConfig:
         """The `DeviceImage` (and `SimBoard`) arguments: what changes the gateware."""
         d = asdict(self)
         return {**{k: d[k] for k in ("ports", "block_bytes", "depth", "mode", "clock_hz", "interval_ns",
-                                     "unit_ns")}, "port_ppm": self.ppm}
+                                     "unit_ns", "link")}, "port_ppm": self.ppm}
 
 
 SIM_BOARD = SimBoardConfig()
@@ -109,18 +120,25 @@ class SimBoard(wiring.Component):
     def __init__(self, *, ports: int = SIM_BOARD.ports, block_bytes: int = SIM_BOARD.block_bytes,
                  depth: int = SIM_BOARD.depth, mode: Mode = SIM_BOARD.mode,
                  clock_hz: int = SIM_BOARD.clock_hz, interval_ns: int = SIM_BOARD.interval_ns,
-                 unit_ns: int = SIM_BOARD.unit_ns, port_ppm: tuple[float, ...] = ()):
+                 unit_ns: int = SIM_BOARD.unit_ns, port_ppm: tuple[float, ...] = (), link: str = "serial"):
         if not 1 <= ports <= MAX_PORTS:
             self._MustUse__silence = True
             raise ValueError(f"the virtual board has 1..{MAX_PORTS} ports (got {ports})")
         self.image = DeviceImage(ports=ports, block_bytes=block_bytes, depth=depth, mode=mode,
                                  clk_hz=clock_hz, interval_ns=interval_ns, unit_ns=unit_ns,
-                                 port_ppm=port_ppm)
+                                 port_ppm=port_ppm, link=link)
+        self.link = link
         self.timebase = TimeBase(ref_hz=clock_hz, interval_ns=interval_ns, unit_ns=unit_ns)
         self.ports = ports
-        members = {"clk": In(1), "time_origin": In(8 * PAYLOAD_BYTES),
-                   "rx_valid": In(1), "rx_ready": Out(1), "rx_data": In(8),
-                   "tx_valid": Out(1), "tx_ready": In(1), "tx_data": Out(8)}
+        members = {"clk": In(1), "time_origin": In(8 * PAYLOAD_BYTES)}
+        if link == "serial":
+            members.update({"rx_valid": In(1), "rx_ready": Out(1), "rx_data": In(8),
+                            "tx_valid": Out(1), "tx_ready": In(1), "tx_data": Out(8)})
+        else:
+            members.update({"bar_r_addr": In(16), "bar_r_data": Out(32), "bar_w_en": In(1),
+                            "bar_w_addr": In(16), "bar_w_data": In(32),
+                            "dma_valid": Out(1), "dma_ready": In(1), "dma_addr": Out(64), "dma_data": Out(64),
+                            "dma_first": Out(1), "dma_last": Out(1), "dma_busy": Out(1)})
         for p in range(ports):
             members.update(_port_members(p))
         super().__init__(members)
@@ -154,8 +172,15 @@ class SimBoard(wiring.Component):
                          fifo.r_en.eq(getattr(self, f"{name}_ready")),
                          Cat(*(getattr(self, f"{name}_{f}") for f in fields)).eq(fifo.r_data)]
 
-        into("rx", image.rx, ["data"])
-        out_of("tx", image.tx, ["data"])
+        if self.link == "serial":
+            into("rx", image.rx, ["data"])
+            out_of("tx", image.tx, ["data"])
+        else:
+            bar = image.bar
+            m.d.comb += [bar.r_addr.eq(self.bar_r_addr), self.bar_r_data.eq(bar.r_data),
+                         bar.w_en.eq(self.bar_w_en), bar.w_addr.eq(self.bar_w_addr),
+                         bar.w_data.eq(self.bar_w_data), self.dma_busy.eq(image.dma_busy)]
+            out_of("dma", image.wr, ["addr", "data", "first", "last"])
         for p in range(self.ports):
             board = image.port[p]
             m.d.comb += getattr(self, f"p{p}_locked").eq(board.locked)

@@ -6,8 +6,11 @@ storage interfaces from the simulator directly.
 
 | member | dir | payload | meaning |
 |---|---|---|---|
-| `rx` | in | 8 | link bytes from the host (COBS frames, `firmware.abi.frames`) |
-| `tx` | out | 8 | link bytes to the host |
+| `rx` | in | 8 | link bytes from the host (COBS frames, `firmware.abi.frames`; serial link) |
+| `tx` | out | 8 | link bytes to the host (serial link) |
+| `bar` | in | `RegisterBus` | the register map as the DMA link's BAR (DMA link) |
+| `wr` | out | {addr: 64, data: 64, first, last} | memory writes into host memory (DMA link) |
+| `dma_busy` | out | 1 | `DmaRingWriter.busy`: an entry is being or could be written (DMA link) |
 | `rx_framing_errors` | in | 32 | the board UART's framing errors (register of that name; 0 without a UART) |
 | `timebase` | in | 1 | the time base's broadcast wire (`hdl.timebase`; only with `dpll=True`) |
 | `port[i].time` | in | 64 | the port's local time, ns (only with `dpll=False`: a test's stand-in clock) |
@@ -22,6 +25,12 @@ Inside: `JournalPort` i (`hdl/journal_port.py`) with its `flush`/`ack`/`flush_cm
 wired to `LinkController.port[i]` (`hdl/link.py`), its control inputs driven and its counters
 read by `RegisterBlock.port[i]` (`firmware/registers.py`, built from `firmware/abi/regmap.py`),
 which the link reaches over its register bus.
+
+With `link="dma"` the link is `DmaRingWriter` (`hdl/dma.py`) instead: each port's flush stream
+goes into its ring in host memory over `wr` and the port's doorbell register acknowledges; the
+host reaches the registers through `bar`, a board's PCIe endpoint turning BAR accesses into
+register-bus cycles (register `r` at BAR byte offset `4*r`). Ports start with `watermark` 1, so
+an entry is flushed as soon as it is complete; the link counters and `max_payload` read 0.
 
 With `dpll=True` (the default) each port has a `DigitalPLL` (`hdl/dpll.py`) locked to the
 `timebase` wire: its integer `time` is the port's local time (the JournalPort's timestamps and
@@ -42,11 +51,12 @@ from amaranth.lib.wiring import In, Out
 
 from firmware.abi.entry import Mode
 from firmware.abi.frames import IDENTITY, IMAGE_ID, IMAGE_VERSION
-from firmware.abi.regmap import COUNTERS, DPLL_WORDS, PORT
+from firmware.abi.regmap import COUNTERS, DMA_REGISTERS, DPLL_WORDS, PORT
 from firmware.registers import RegisterBlock
+from hdl.dma import DmaRingWriter, WriteBeat
 from hdl.dpll import DigitalPLL
 from hdl.journal_port import JournalPort
-from hdl.link import DATAPATH_BITS, LinkController
+from hdl.link import DATAPATH_BITS, LinkController, RegisterBus
 from hdl.timebase import DEFAULT_BIT_RATE, DEFAULT_INTERVAL_NS, DEFAULT_UNIT_NS
 from hdl.timestamper import TIME_BITS
 from hdl.write_path import port_io_members
@@ -65,11 +75,12 @@ class DeviceImage(wiring.Component):
                  mode: Mode = Mode.REDO, max_payload: int | None = None, dpll: bool = True,
                  clk_hz: float = 125e6, interval_ns: int = DEFAULT_INTERVAL_NS,
                  unit_ns: int = DEFAULT_UNIT_NS, bit_rate: int = DEFAULT_BIT_RATE,
-                 port_ppm: tuple[float, ...] = ()):
-        if not 1 <= ports <= 255 or depth > 0xFFFF or len(port_ppm) not in (0, ports):
+                 port_ppm: tuple[float, ...] = (), link: str = "serial"):
+        if not 1 <= ports <= 255 or depth > 0xFFFF or len(port_ppm) not in (0, ports) \
+                or link not in ("serial", "dma"):
             self._MustUse__silence = True  # a rejected core is not an unused one
-            raise ValueError(f"need 1..255 ports, a depth below 65536 and a ppm offset per port or none "
-                             f"(got {ports}, {depth}, {len(port_ppm)})")
+            raise ValueError(f"need 1..255 ports, a depth below 65536, a ppm offset per port or none and "
+                             f"a serial or dma link (got {ports}, {depth}, {len(port_ppm)}, {link!r})")
         self.ports = ports
         self.block_bytes = block_bytes
         self.depth = depth
@@ -81,17 +92,22 @@ class DeviceImage(wiring.Component):
             if dpll:        # check the DPLLs' arguments now, not at elaboration
                 for args in self.dpll_args:
                     DigitalPLL(**args)._MustUse__silence = True
-            self.link = LinkController(ports=ports, block_bytes=block_bytes, identity=self.identity(),
-                                       max_payload=max_payload)
+            if link == "serial":
+                self.link = LinkController(ports=ports, block_bytes=block_bytes, identity=self.identity(),
+                                           max_payload=max_payload)
+            else:
+                self.link = DmaRingWriter(ports=ports, block_bytes=block_bytes)
         except ValueError:
             self._MustUse__silence = True
             raise
-        members = {
-            "rx": In(stream.Signature(8)),
-            "tx": Out(stream.Signature(8)),
+        if link == "serial":
+            members = {"rx": In(stream.Signature(8)), "tx": Out(stream.Signature(8))}
+        else:
+            members = {"bar": In(RegisterBus), "wr": Out(stream.Signature(WriteBeat)), "dma_busy": Out(1)}
+        members.update({
             "rx_framing_errors": In(32),
             "port": Out(DpllPortSignature if dpll else BoardPortSignature).array(ports),
-        }
+        })
         if dpll:
             members["timebase"] = In(1, init=1)     # idle high
         super().__init__(members)
@@ -104,25 +120,31 @@ class DeviceImage(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         link = m.submodules.link = self.link
+        serial = isinstance(link, LinkController)
         regs = m.submodules.regs = RegisterBlock(
             ports=self.ports,
             constants={"image_id": IMAGE_ID, "version": IMAGE_VERSION, "ports": self.ports,
                        "ring_depth": self.depth, "block_bytes": self.block_bytes,
                        "datapath_bits": DATAPATH_BITS, "mode": self.mode,
-                       "max_payload": link.max_payload},
-            port_init={"mode": self.mode})
-        wiring.connect(m, wiring.flipped(self.rx), link.rx)
-        wiring.connect(m, link.tx, wiring.flipped(self.tx))
-        wiring.connect(m, link.bus, regs.bus)
+                       "max_payload": link.max_payload if serial else 0},
+            port_init={"mode": self.mode, **({} if serial else {"watermark": 1})})
         m.d.comb += regs.rx_framing_errors.eq(self.rx_framing_errors)
-        for name, member in regs.signature.members.items():     # the link's counters
-            if name not in ("bus", "port", "rx_framing_errors") and member.flow == In:
-                m.d.comb += getattr(regs, name).eq(getattr(link, name))
+        if serial:
+            wiring.connect(m, wiring.flipped(self.rx), link.rx)
+            wiring.connect(m, link.tx, wiring.flipped(self.tx))
+            wiring.connect(m, link.bus, regs.bus)
+            for name, member in regs.signature.members.items():     # the link's counters
+                if name not in ("bus", "port", "rx_framing_errors") and member.flow == In:
+                    m.d.comb += getattr(regs, name).eq(getattr(link, name))
+        else:
+            wiring.connect(m, wiring.flipped(self.bar), regs.bus)
+            wiring.connect(m, link.wr, wiring.flipped(self.wr))
+            m.d.comb += self.dma_busy.eq(link.busy)
 
         for p in range(self.ports):
             jp = m.submodules[f"port{p}"] = JournalPort(port=p, block_bytes=self.block_bytes,
                                                         datapath_bits=DATAPATH_BITS, depth=self.depth)
-            board, lp, rp = self.port[p], link.port[p], regs.port[p]
+            board, rp = self.port[p], regs.port[p]
             if self.dpll:
                 dpll = m.submodules[f"dpll{p}"] = DigitalPLL(**self.dpll_args[p])
                 m.d.comb += [dpll.wire.eq(self.timebase), board.locked.eq(dpll.locked)]
@@ -131,18 +153,26 @@ class DeviceImage(wiring.Component):
                     m.d.comb += getattr(rp, reg).eq(getattr(dpll, output)[lsb:lsb + width])
             else:
                 time = board.time       # the DPLL registers read 0
-            m.d.comb += [jp.time.eq(time), lp.time.eq(time)]
+            m.d.comb += jp.time.eq(time)
             wiring.connect(m, wiring.flipped(board.ingress), jp.ingress)
             wiring.connect(m, jp.pri_write, wiring.flipped(board.pri_write))
             wiring.connect(m, wiring.flipped(board.pri_wresp), jp.pri_wresp)
             wiring.connect(m, jp.pri_rcmd, wiring.flipped(board.pri_rcmd))
             wiring.connect(m, wiring.flipped(board.pri_rdata), jp.pri_rdata)
 
-            wiring.connect(m, jp.flush, lp.flush)
-            wiring.connect(m, lp.ack, jp.ack)
-            m.d.comb += [jp.flush_cmd.eq(lp.flush_cmd), jp.resend.eq(lp.resend),
-                         lp.draining.eq(jp.draining), lp.entries_written.eq(jp.entries_written),
-                         lp.flushed.eq(jp.flushed)]
+            if serial:
+                lp = link.port[p]
+                wiring.connect(m, jp.flush, lp.flush)
+                wiring.connect(m, lp.ack, jp.ack)
+                m.d.comb += [lp.time.eq(time), jp.flush_cmd.eq(lp.flush_cmd), jp.resend.eq(lp.resend),
+                             lp.draining.eq(jp.draining), lp.entries_written.eq(jp.entries_written),
+                             lp.flushed.eq(jp.flushed)]
+            else:       # the host ring: entries in order, never resent
+                wiring.connect(m, jp.flush, link.flush[p])
+                wiring.connect(m, link.ack[p], jp.ack)
+                for name, _, access, _ in DMA_REGISTERS:
+                    ring, reg = getattr(link.ring[p], name), getattr(rp, name)
+                    m.d.comb += reg.eq(ring) if access == "RO" else ring.eq(reg)
 
             for name in CONTROLS:
                 m.d.comb += getattr(jp, name).eq(getattr(rp, name))

@@ -5,11 +5,13 @@ The whole mission in one run, each step shown live and marked on the timeline pi
 1. *volume*: a volume image of seeded random blocks, its base copy in a new journal;
 2. *board*: the virtual board (its own process: the device image in Verilator, the time base,
    one server per port writing random blocks, primary storage on the volume, a storage log),
-   reached over its pseudo-terminal exactly as a real board's serial port;
+   reached over its pseudo-terminal exactly as a real board's serial port (`--link dma`:
+   through journal rings in a host-memory file and BAR registers, `host/link/dma.py`);
 3. *steady*: the collector stores every port's journal durably (fsync before each ack);
 4. *bookmark*: the servers pause, the board reports a quiet instant, the bookmark goes there;
 5. *attack*: one server overwrites a run of blocks with garbage (a ransomware-like event);
-6. *outage*: one port stops answering: it misses its flush deadline and is marked invalid, the
+6. *outage*: one port stops answering (on the DMA link: its doorbells are dropped, so its
+   small host ring and then the port's ring fill): it misses its flush deadline and is marked invalid, the
    consistency horizon stops at it (a restore past it is refused); when its link is back, its
    backlog arrives with the sequence unbroken and the port is reinstated;
 7. *drain*: the servers pause, every ring empties into the journal, the board stops;
@@ -37,12 +39,14 @@ from .journal.base import take_base_copy
 from .journal.collector import Collector, LinkFault
 from .journal.store import NEVER, LocalJournal
 from .link.device import Device
+from .link.dma import DmaDevice
 from .restore import commit
 from .storage import FileStorage
 from .views import ViewRefused, open_view
 
 RANSOM_PORT = 1           # the server that turns into ransomware
 SILENT_PORT = 3           # the port whose link goes quiet
+DEMO_RING_LOG_SIZE = 4    # DMA link: 16-slot host rings, filled within the outage
 BOOKMARK = "before-attack"
 
 
@@ -59,6 +63,7 @@ class DemoConfig:
     deadline_s: float = 2         # a port that has not flushed for this long is invalid
     window_ms: float = 1          # merge window, device time
     sample_s: float = 0.25        # register (DPLL, ring fill) samples
+    link: str = "serial"          # or "dma": journal rings in host memory (host/link/dma.py)
 
     def __post_init__(self):
         self.mode, self.out = Mode(self.mode), Path(self.out)
@@ -125,7 +130,7 @@ class Demo:
         from boards.sim import SIM_BOARD
 
         self.cfg = config
-        self.board_config = replace(SIM_BOARD, mode=config.mode, depth=64)
+        self.board_config = replace(SIM_BOARD, mode=config.mode, depth=64, link=config.link)
         self.say, self.live = say, live
         out = config.out
         self.paths = {"volume": out / "volume.img", "log": out / "storage.log", "journal": out / "journal",
@@ -193,11 +198,16 @@ class Demo:
         self.board = VirtualBoard(self.paths["volume"], config=self.board_config, binary=binary,
                                   blocks=self.blocks, log=self.paths["log"], rate=self.cfg.rate,
                                   seed=self.cfg.seed, baud=self.board_config.clock_hz * 10,
-                                  time_origin=self.origin, report_ms=200)
+                                  time_origin=self.origin, report_ms=200, **self.link_options())
         with self.board:
-            self.say(f"virtual board on {self.board.tty}: {self.board_config.ports} ports, "
-                     f"{self.blocks} blocks of {self.block} bytes")
-            self.device = Device.open(self.board.tty, timeout=0.2, flush_timeout=0.3, tries=3)
+            self.say(f"virtual board on {self.board.tty or self.board.host_mem}: {self.board_config.ports} "
+                     f"ports, {self.blocks} blocks of {self.block} bytes")
+            if self.cfg.link == "dma":
+                # A small host ring: a silenced doorbell fills it (and the port) within the outage.
+                self.device = DmaDevice.open(self.board.host_mem, timeout=0.2, flush_timeout=0.3,
+                                             ring_log_size=DEMO_RING_LOG_SIZE)
+            else:
+                self.device = Device.open(self.board.tty, timeout=0.2, flush_timeout=0.3, tries=3)
             try:
                 self.collector = Collector(self.journal, self.device, deadline_s=self.cfg.deadline_s)
                 self.progress = Progress(self.device, self.journal, sample_s=self.cfg.sample_s,
@@ -205,6 +215,10 @@ class Demo:
                 yield
             finally:
                 self.device.close()
+
+    def link_options(self) -> dict:
+        """The board's options for the link: the DMA link's host-memory file beside the journal."""
+        return {"host_mem": self.cfg.out / "host-mem.bin"} if self.cfg.link == "dma" else {}
 
     def steady(self) -> None:
         self.step("steady", f"collecting: {self.board_config.ports} servers writing, "

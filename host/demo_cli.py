@@ -41,6 +41,8 @@ def summary_table(r) -> Table:
 @click.command("demo", short_help="The main job end to end on the virtual board.")
 @click.option("--mode", type=click.Choice(["redo", "cow"]), default="redo", show_default=True,
               help="Journal new data (redo) or pre-images (copy-on-write).")
+@click.option("--link", type=click.Choice(["serial", "dma"]), default="serial", show_default=True,
+              help="How the host reaches the board: its pty, or journal rings in host memory (DMA).")
 @click.option("--seed", type=int, default=1, show_default=True,
               help="Seed of the volume, traffic and attack.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default="demo-out",
@@ -60,11 +62,12 @@ def summary_table(r) -> Table:
               help="Seconds a port may fail to flush before it is marked invalid.")
 @click.option("--quick", is_flag=True,
               help="A short run for tests: 16 MiB volume, 1 MiB damage, 3 s phases, 1 s deadline.")
-def demo_cmd(mode, seed, out, volume_mb, damage_mb, rate, steady_s, outage_s, deadline, quick):
+def demo_cmd(mode, link, seed, out, volume_mb, damage_mb, rate, steady_s, outage_s, deadline, quick):
     """Protect a volume on the virtual board, damage it, and bring it back.
 
     Starts the virtual board (4 ports, time base, 4 servers writing to a volume of seeded random
-    blocks), collects the journals over its pseudo-terminal, bookmarks a quiet instant, lets one
+    blocks), collects the journals over its pseudo-terminal (or --link dma: from journal rings
+    in host memory), bookmarks a quiet instant, lets one
     server overwrite part of the volume with garbage, silences one port's link until it is
     marked invalid and then reinstated, restores the volume to the bookmark in place and
     compares it byte for byte with the storage model's own record. Writes the pictures
@@ -76,6 +79,7 @@ def demo_cmd(mode, seed, out, volume_mb, damage_mb, rate, steady_s, outage_s, de
     \b
       portjournal demo
       portjournal demo --mode cow --seed 7
+      portjournal demo --link dma                  # journal rings in host memory, not the pty
       portjournal demo --quick --out /tmp/demo     # the short run the tests use
     """
     from .demo import Demo, DemoConfig
@@ -91,7 +95,7 @@ def demo_cmd(mode, seed, out, volume_mb, damage_mb, rate, steady_s, outage_s, de
     try:
         config = DemoConfig(mode=Mode.REDO if mode == "redo" else Mode.COPY_ON_WRITE, seed=seed, out=out,
                             volume_mb=volume_mb, damage_mb=damage_mb, rate=rate, steady_s=steady_s,
-                            outage_s=outage_s, deadline_s=deadline)
+                            outage_s=outage_s, deadline_s=deadline, link=link)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     live = Live(console=console, refresh_per_second=4, transient=True)

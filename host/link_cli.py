@@ -1,4 +1,5 @@
-"""`portjournal status` and `portjournal collect`: a board on a serial port (or the virtual board's pty)."""
+"""`portjournal status` and `portjournal collect`: a board on a serial port (or the virtual board's pty),
+or on the DMA link (`--link dma`: journal rings in host memory; the virtual board's host-memory file)."""
 
 import signal
 import time
@@ -17,22 +18,30 @@ from .journal.locate import Location, create_journal, journal_exists, open_journ
 from .journal.primary import NEVER, JournalError, PrimaryJournal
 from .journal_cli import Duration, journal_option
 from .link.device import Device, DeviceError
+from .link.dma import DmaDevice
 from .link.serial import TransportError
 from .timefmt import format_ns, time_of_day
 
 console = Console(soft_wrap=True)
 
 port_option = click.option("--port", "path", required=True, envvar="PORTJOURNAL_PORT",
-                           help="Serial device of the board, e.g. /dev/ttyUSB0 or the virtual board's pty "
-                                "(or set PORTJOURNAL_PORT).")
+                           help="Serial device of the board, e.g. /dev/ttyUSB0 or the virtual board's pty; "
+                                "with --link dma its host-memory file (or set PORTJOURNAL_PORT).")
+link_option = click.option("--link", type=click.Choice(["serial", "dma"]), default="serial",
+                           show_default=True, envvar="PORTJOURNAL_LINK",
+                           help="serial: frames over --port; dma: journal rings in host memory, BAR "
+                                "registers ('portjournal sim --link dma' prints its file; or set "
+                                "PORTJOURNAL_LINK).")
 baud_option = click.option("--baud", type=click.IntRange(300, 12_000_000), default=115200, show_default=True,
                            help="Baud rate (a pseudo-terminal ignores it).")
 timeout_option = click.option("--timeout", type=click.FloatRange(0.01, 60), default=0.5, show_default=True,
                               help="Seconds to wait for an answer before asking again (3 tries).")
 
 
-def open_device(path: str, baud: int, timeout: float) -> Device:
+def open_device(path: str, baud: int, timeout: float, link: str = "serial") -> Device | DmaDevice:
     try:
+        if link == "dma":
+            return DmaDevice.open(path, timeout=timeout, flush_timeout=max(2.0, 4 * timeout))
         return Device.open(path, baud=baud, timeout=timeout, flush_timeout=max(2.0, 4 * timeout))
     except (TransportError, DeviceError) as exc:
         raise click.ClickException(str(exc)) from exc
@@ -78,9 +87,10 @@ def link_table(dev: Device, glob: dict[str, int]) -> Table:
 
 @click.command(short_help="A board's identity, DPLL lock, ring fill and counters, per port.")
 @port_option
+@link_option
 @baud_option
 @timeout_option
-def status(path, baud, timeout):
+def status(path, link, baud, timeout):
     """Identity, DPLL lock, ring fill and counters per port, and the link's error counters.
 
     Examples:
@@ -88,8 +98,9 @@ def status(path, baud, timeout):
     \b
       portjournal status --port /dev/ttyUSB0
       portjournal status --port /dev/pts/3      # the pty 'portjournal sim' printed
+      portjournal status --link dma --port host-mem.bin   # 'portjournal sim --link dma'
     """
-    with open_device(path, baud, timeout) as dev:
+    with open_device(path, baud, timeout, link) as dev:
         try:
             glob = dev.read_block()
             blocks = [dev.read_block(p) for p in range(dev.identity.ports)]
@@ -162,7 +173,7 @@ class Progress:
         for poll in polls:
             self.stored[poll.port - self.first_port] += poll.entries
             self.errors[poll.port - self.first_port] = poll.error.split(": ")[-1][:40]
-        now, rx = time.monotonic(), self.dev.transport.counters.rx_bytes
+        now, rx = time.monotonic(), self.dev.bytes_received()
         if now - self.last_rate[0] >= self.sample_s:
             self.rate = (rx - self.last_rate[1]) / (now - self.last_rate[0])
             self.last_rate = (now, rx)
@@ -193,16 +204,14 @@ class Progress:
             table.add_row(str(v), "[green]valid[/]" if valid else "[red]invalid[/]", str(self.stored[p]),
                           str(int(self.journal.last_seq[v])), fill, dpll,
                           time_of_day(int(self.journal.flushed_through[v])), self.errors[p])
-        c = self.dev.link_counters()
-        link = (f"link: {self.rate / 1e3:.1f} kB/s in, {c['rx_frames']} frames, "
-                f"{self.dev.transport.counters.rx_errors} damaged frames received, {c['naks']} NAKs, "
-                f"{c['retries']} retries, {c['resends']} resends, {c['duplicates']} duplicate entries; "
+        link = (f"link: {self.rate / 1e3:.1f} kB/s in, {self.dev.link_summary()}; "
                 f"{time.monotonic() - self.start:.0f} s")
         return Group(*([self.headline] if self.headline else []), table, link)
 
 
 @click.command(short_help="Collect the ports' journals into the journal until Ctrl-C.")
 @port_option
+@link_option
 @baud_option
 @timeout_option
 @journal_option
@@ -216,7 +225,7 @@ class Progress:
 @click.option("--first-port", type=click.IntRange(0, 63), default=None,
               help="The volume's port number of this board's port 0, when several boards protect one "
                    "volume (each with its own collector, into one journal made for all their ports).")
-def collect(path, baud, timeout, folder, duration, deadline, interval, window, first_port):
+def collect(path, link, baud, timeout, folder, duration, deadline, interval, window, first_port):
     """Collect the ports' journals into the primary journal until Ctrl-C (or --duration).
 
     Each round asks every valid port to flush, stores what arrives (fsync), then acknowledges
@@ -230,13 +239,15 @@ def collect(path, baud, timeout, folder, duration, deadline, interval, window, f
       portjournal collect --port /dev/ttyUSB0 -j /srv/pj --duration 60
       portjournal collect --port /dev/ttyUSB0 --baud 921600 --deadline 30 -j /srv/pj
       portjournal collect --port /dev/ttyUSB1 -j nats://127.0.0.1:4222/vol1 --first-port 4
+      portjournal collect --link dma --port host-mem.bin -j journal
     """
     stop = {"now": False}
 
     def interrupted(signum, frame):
         stop["now"] = True
 
-    with open_device(path, baud, timeout) as dev, journal_for(folder, dev, window, first_port) as journal:
+    with (open_device(path, baud, timeout, link) as dev,
+          journal_for(folder, dev, window, first_port) as journal):
         collector = Collector(journal, dev, deadline_s=deadline, first_port=first_port or 0,
                               ports=dev.identity.ports)
         progress = Progress(dev, journal, first_port=first_port or 0)

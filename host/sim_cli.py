@@ -2,8 +2,9 @@
 
 The one place the host imports `sim`: the board runs as its own process (`sim.vboard`, the C++
 Verilator harness), and the host tool talks to it over the printed pseudo-terminal exactly as
-to a real board's serial port. Lines typed on stdin go to the board as commands; its answers
-(`event` lines) are printed.
+to a real board's serial port — or, with `--link dma`, through the printed host-memory file
+(journal rings and the BAR's mailbox, `host/link/dma.py`). Lines typed on stdin go to the board
+as commands; its answers (`event` lines) are printed.
 """
 
 import signal
@@ -24,6 +25,11 @@ import click
               help="Write the storage log (every read and write storage answered) here.")
 @click.option("--ports", type=int, default=4, show_default=True, help="Journal ports (servers, one each).")
 @click.option("--baud", type=float, help="Link line rate (default: the board's, 250 Mbaud).")
+@click.option("--link", type=click.Choice(["serial", "dma"]), default="serial", show_default=True,
+              help="serial: a pty; dma: journal rings in a host-memory file (--host-mem), the BAR in its "
+                   "first page.")
+@click.option("--host-mem", type=click.Path(dir_okay=False, path_type=Path), default="host-mem.bin",
+              show_default=True, help="With --link dma: the host-memory file (created, zeroed).")
 @click.option("--rate", type=float, default=10, show_default=True,
               help="Writes per ms of simulated time per server (negative: back to back; 0: none).")
 @click.option("--writes", type=int, default=0, show_default=True,
@@ -46,7 +52,7 @@ import click
 @click.option("--wait-lock", type=click.IntRange(0, 1),
               help="1 (default): servers start once their port's DPLL has locked (~1.5 ms simulated).")
 @click.option("--status-s", type=float, default=5, show_default=True, help="Print a status line this often.")
-def sim_cmd(volume, blocks, log, ports, baud, rate, writes, status_s, **options):
+def sim_cmd(volume, blocks, log, ports, baud, link, host_mem, rate, writes, status_s, **options):
     """Run the virtual board: print its pseudo-terminal, run until Ctrl-C.
 
     The board is the device image in Verilator with servers writing into every port and a
@@ -61,6 +67,7 @@ def sim_cmd(volume, blocks, log, ports, baud, rate, writes, status_s, **options)
       resume             servers go on
       ransom P LBA N     server P overwrites blocks LBA..LBA+N-1 with garbage, back to back
       silence P          the board drops the host's FLUSH, ACK and RESEND for port P
+                         (--link dma: port P's doorbell writes)
       speak P            ... until this
 
     Examples:
@@ -69,14 +76,17 @@ def sim_cmd(volume, blocks, log, ports, baud, rate, writes, status_s, **options)
       portjournal sim                       # 4 ports, ./volume.img; prints 'pty /dev/pts/N'
       portjournal sim --volume vol.img --rate 50 --log storage.log
       portjournal sim --ports 2 --writes 1000 --corrupt-tx 1e-4 --seed 7
+      portjournal sim --link dma            # prints 'dma host-mem.bin'
     """
     from dataclasses import replace
 
     from boards.sim import SIM_BOARD
     from sim.vboard import VirtualBoard
 
-    config = replace(SIM_BOARD, ports=ports)
+    config = replace(SIM_BOARD, ports=ports, link=link)
     options = {k: v for k, v in options.items() if v is not None}
+    if link == "dma":
+        options["host_mem"] = host_mem
     if baud is not None:
         options["baud"] = baud
     click.echo(f"building the virtual board ({ports} ports; cached after the first build)...", err=True)
@@ -96,7 +106,7 @@ def sim_cmd(volume, blocks, log, ports, baud, rate, writes, status_s, **options)
         except RuntimeError as exc:     # the harness refused its options, or did not start
             raise click.ClickException(f"{exc}: check the option it names (e.g. --volume in a folder "
                                        "you may write) and run 'portjournal sim' again") from exc
-        click.echo(f"pty {board.tty}")
+        click.echo(f"pty {board.tty}" if link == "serial" else f"dma {board.host_mem}")
         click.echo(f"board {' '.join(f'{k}={v}' for k, v in board.board.items())}")
         click.echo("Ctrl-C stops the board; type pause, resume, ransom P LBA N, silence P or speak P",
                    err=True)
@@ -111,7 +121,8 @@ def sim_cmd(volume, blocks, log, ports, baud, rate, writes, status_s, **options)
             if board.status and board.status is not shown:
                 shown = board.status
                 click.echo("status " + " ".join(f"{k}={shown[k]}" for k in
-                                                ("sim_ns", "writes", "applied", "tx_bytes", "rx_bytes")),
+                                                ("sim_ns", "writes", "applied", "tx_bytes", "rx_bytes",
+                                                 "dma_beats")),
                            err=True)
     finally:
         for sig, handler in previous.items():

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from boards.sim import SIM_BOARD, SimBoard, SimBoardConfig
+from firmware.abi import regmap
 from sim.image import build_harness
 
 HARNESS_SOURCES = [Path(__file__).resolve().parent / "vboard" / "board.cpp"]
@@ -48,6 +49,7 @@ LOG_MAGIC = b"PJVBLOG1"
 LOG_HEADER = struct.Struct("<8sIIIIQ")
 RECORD_HEADER = struct.Struct("<QQQIBBBx")
 KIND_WRITE, KIND_READ = 1, 2
+DOORBELL_OFFSET = regmap.register("dma_doorbell", 0).offset     # the harness drops it when silenced
 
 
 def build(config: SimBoardConfig = SIM_BOARD) -> Path:
@@ -55,7 +57,10 @@ def build(config: SimBoardConfig = SIM_BOARD) -> Path:
     return build_harness("vboard", lambda: SimBoard(**config.image_args()), HARNESS_SOURCES,
                          build_args=("-MAKEFLAGS", "OPT_FAST=-O3", "-CFLAGS", "-O2",
                                      "-CFLAGS", "-march=native", "-CFLAGS", f"-DBOARD_PORTS={config.ports}",
-                                     "-CFLAGS", f"-DBOARD_BLOCK_BYTES={config.block_bytes}"))
+                                     "-CFLAGS", f"-DBOARD_BLOCK_BYTES={config.block_bytes}",
+                                     "-CFLAGS", f"-DBOARD_DMA={int(config.link == 'dma')}",
+                                     "-CFLAGS", f"-DBOARD_PORT_STRIDE={regmap.PORT_STRIDE}",
+                                     "-CFLAGS", f"-DBOARD_DOORBELL_OFFSET={DOORBELL_OFFSET}"))
 
 
 def parse_fields(line: str) -> dict[str, str]:
@@ -96,6 +101,8 @@ class HarnessOptions:
     poll_cycles: int | None = None
     report_ms: int | None = None
     max_cycles: int | None = None
+    host_mem: Path | None = None       # DMA link: the host-memory file (default host-mem.bin)
+    host_mem_bytes: int | None = None
 
     def argv(self, config: SimBoardConfig) -> list[str]:
         args = ["--ports", str(config.ports), "--clock-hz", str(config.clock_hz),
@@ -109,7 +116,8 @@ class HarnessOptions:
 
 
 class VirtualBoard:
-    """A running virtual board (a context manager): `tty` is the pseudo-terminal to open.
+    """A running virtual board (a context manager): `tty` is the pseudo-terminal to open, or with
+    a `config` of `link="dma"`, `host_mem` the host-memory file (`host.link.dma.DmaDevice.open`).
 
     `options` are `HarnessOptions` fields (rate, seed, writes, log, corrupt_rx, ...)."""
 
@@ -119,7 +127,8 @@ class VirtualBoard:
         self.opts = HarnessOptions(volume=Path(volume), **options)
         self.binary = binary
         self.proc: subprocess.Popen | None = None
-        self.tty: str | None = None
+        self.tty: str | None = None         # the serial link's pty
+        self.host_mem: str | None = None    # the DMA link's host-memory file (host/link/dma.py)
         self.board: dict[str, str] = {}
         self.status: dict[str, str] = {}    # the latest status (or exit) line's fields
         self.exit: dict[str, str] | None = None
@@ -139,10 +148,10 @@ class VirtualBoard:
                                      start_new_session=True)
         threading.Thread(target=self._read_stdout, daemon=True).start()
         with self._changed:
-            if not self._changed.wait_for(lambda: self.tty is not None or self._eof, timeout):
+            if not self._changed.wait_for(lambda: self.tty or self.host_mem or self._eof, timeout):
                 self.stop()
-                raise RuntimeError("the virtual board did not print its pty")
-        if self.tty is None:
+                raise RuntimeError("the virtual board did not print its pty or host memory")
+        if self.tty is None and self.host_mem is None:
             self.proc.wait()
             raise RuntimeError(f"the virtual board failed: {self.proc.stderr.read().strip()}")
         return self
@@ -154,6 +163,8 @@ class VirtualBoard:
                 self.lines.append(line)
                 if line.startswith("pty "):
                     self.tty = line.split(None, 1)[1]
+                elif line.startswith("dma "):
+                    self.host_mem = line.split(None, 1)[1]
                 elif line.startswith("board "):
                     self.board = parse_fields(line)
                 elif line.startswith("status "):

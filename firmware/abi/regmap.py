@@ -39,7 +39,7 @@ class Register:
     description: str
     const: bool = False     # RO, fixed when the image is built
     init: int = 0           # RW: value after reset (an image may override it)
-    group: str = "global"   # "global", or what drives it in a port block: "control", "port", "dpll"
+    group: str = "global"   # "global", or what drives it in a port block: "control", "port", "dma", "dpll"
 
 
 # (name, width, access, description): the journal port's counters and status, outputs of JournalPort.
@@ -89,6 +89,21 @@ DPLL_OUTPUTS = [
     ("time", 64, "RO", "local time, integer ns (the Timestamper's input)"),
 ]
 DPLL_OFFSET = 0x30      # first `dpll` register of a port's block
+
+# (name, width, access, description): the port's journal ring in host memory on the DMA link
+# (`hdl.dma.DmaRingWriter`; unused on the serial link). A slot is `firmware.abi.dma.slot_bytes`
+# bytes: the entry's bytes, then at the slot's last 8 bytes a word whose bit 0 is the phase.
+DMA_REGISTERS = [
+    ("dma_ring_base_lo", 32, "RW", "host ring's bus address, bits 31:0 (8-byte aligned)"),
+    ("dma_ring_base_hi", 32, "RW", "host ring's bus address, bits 63:32"),
+    ("dma_ring_log_size", 5, "RW", "the host ring holds 2**value slots"),
+    ("dma_enable", 1, "RW", "1: write entries into the host ring (program base and size first)"),
+    ("dma_doorbell", 32, "RW", "host's consumer index (slots consumed, free-running): frees slots "
+                               "and acknowledges the entries in them"),
+    ("dma_produced", 32, "RO", "producer index: slots written, free-running"),
+    ("dma_full_cycles", 32, "RO", "cycles an entry waited because the host ring was full"),
+]
+DMA_OFFSET = 0x20       # first `dma` register of a port's block
 REGISTER_BITS = 32
 
 
@@ -142,6 +157,8 @@ PORT = [
     Register("reenable", 0x04, 1, "W1P", "write 1: an invalid port journals again", group="control"),
     *(Register(name, 0x10 + i, width, access, desc, group="port") for i, (name, width, access, desc)
       in enumerate(COUNTERS)),
+    *(Register(name, DMA_OFFSET + i, width, access, desc, group="dma") for i, (name, width, access, desc)
+      in enumerate(DMA_REGISTERS)),
     *(_dpll_register(DPLL_OFFSET + i, *word) for i, word in enumerate(DPLL_WORDS)),
 ]
 
@@ -226,6 +243,9 @@ def markdown() -> str:
         f"port 1 at `{port_base(1):#06x}`, …)",
         "",
         "Offsets `0x10`-`0x1f` are the journal port's counters (`COUNTERS`); "
+        f"`{DMA_OFFSET:#04x}`-`{DMA_OFFSET + len(DMA_REGISTERS) - 1:#04x}` its ring in host memory on "
+        "the DMA link",
+        "(`DMA_REGISTERS`, see `hdl/dma.py`; unused on the serial link); "
         f"`{min(dpll):#04x}`-`{max(dpll):#04x}` belong to",
         "the port's DPLL (`DPLL_OUTPUTS`; 0 in an image built without DPLLs). A DPLL output wider than 32",
         "bits is split into `_lo` (bits 31:0) and `_hi` (the bits above) at consecutive offsets; the",

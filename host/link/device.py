@@ -423,5 +423,16 @@ class Device:
         """Host-side counters: the transport's and the driver's, in one mapping."""
         return {**self.transport.counters.as_dict(), **self.counters.as_dict()}
 
+    def bytes_received(self) -> int:
+        """Bytes in from the device so far (for a rate)."""
+        return self.transport.counters.rx_bytes
+
+    def link_summary(self) -> str:
+        """One line on the link's health, for a progress display."""
+        c = self.link_counters()
+        return (f"{c['rx_frames']} frames, {self.transport.counters.rx_errors} damaged frames received, "
+                f"{c['naks']} NAKs, {c['retries']} retries, {c['resends']} resends, "
+                f"{c['duplicates']} duplicate entries")
+
 
 __all__ = ["Device", "DeviceCounters", "DeviceError", "Identity", "PortStream"]

@@ -28,6 +28,18 @@
 //   - the storage log (--log): every read and write storage answered, in the order it
 //     answered them (see LOG FORMAT below), so a test can check the journal against it.
 //
+// THE DMA LINK (built with -DBOARD_DMA=1, from SimBoard(link="dma")): no pty; the host's memory
+// is a file the harness creates and mmaps (--host-mem PATH, --host-mem-bytes N, zeroed at start),
+// announced by a "dma PATH" line. Bus address A is file offset A: every beat of the image's
+// memory-write stream (dma_*) is stored at its address (beats outside the file are counted in
+// dma_errors=). The file's first 4 KiB page is the BAR mailbox, the host's way to the register
+// map (host/link/dma.py): little-endian u32 words [0] request number, [1] op (0 read, 1 write),
+// [2] register, [3] value to write, [4] number of the last request done, [5] value read. The
+// host fills [1]-[3], then bumps [0]; the harness notices within 16 cycles, runs one register-bus
+// cycle, stores [5] and then [4] = [0]. `silence P` drops port P's doorbell writes (its host ring
+// fills, its port back-pressures) until `speak P`. status/exit lines add dma_beats= (memory-write
+// beats) and dma_busy_cycles= (cycles the ring writer had an entry to write).
+//
 // Runs until SIGINT/SIGTERM (or --max-cycles), then writes the volume back (msync), flushes
 // the log and prints an "exit ..." line. Progress: a "status ..." line every --report-ms of
 // wall time. Both lines are key=value pairs: cycles, wall_s, sim_ns, rx_bytes, tx_bytes, ...
@@ -107,6 +119,9 @@
 
 #ifndef BOARD_PORTS
 #define BOARD_PORTS 4
+#endif
+#ifndef BOARD_DMA
+#define BOARD_DMA 0
 #endif
 #ifndef BOARD_BLOCK_BYTES
 #define BOARD_BLOCK_BYTES 512
@@ -208,6 +223,8 @@ struct Options {
     int64_t report_ms = 1000;
     int64_t max_cycles = 0;
     int ports = NPORTS;
+    std::string host_mem = "host-mem.bin";   // the DMA link's host memory (BOARD_DMA builds)
+    int64_t host_mem_bytes = 16 << 20;
 };
 
 static void usage(const char* argv0) {
@@ -216,12 +233,13 @@ static void usage(const char* argv0) {
         "  [--rate W_PER_MS] [--writes N] [--lba-min A] [--lba-max B] [--seed S]\n"
         "  [--write-latency CYC] [--read-latency CYC] [--write-fail P] [--read-fail P]\n"
         "  [--corrupt-rx P] [--corrupt-tx P] [--drop-rx P] [--drop-tx P] [--time-origin NS]\n"
-        "  [--unit-ns NS] [--wait-lock 0|1] [--poll-cycles N] [--report-ms MS] [--max-cycles N] [--ports N]\n", argv0);
+        "  [--unit-ns NS] [--wait-lock 0|1] [--poll-cycles N] [--report-ms MS] [--max-cycles N] [--ports N]\n"
+        "  [--host-mem PATH] [--host-mem-bytes N]   (DMA link builds)\n", argv0);
 }
 
 static bool parse(int argc, char** argv, Options& o) {
     enum { VOLUME = 1, BLOCKS, LOG, CLOCK, BAUD, RATE, WRITES, LBA_MIN, LBA_MAX, SEED, WLAT, RLAT, WFAIL,
-           RFAIL, CRX, CTX, DRX, DTX, ORIGIN, POLL, REPORT, MAXC, PORTS, UNIT, WAITLOCK };
+           RFAIL, CRX, CTX, DRX, DTX, ORIGIN, POLL, REPORT, MAXC, PORTS, UNIT, WAITLOCK, HOSTMEM, HOSTMEMBYTES };
     static const option longopts[] = {
         {"volume", 1, nullptr, VOLUME}, {"blocks", 1, nullptr, BLOCKS}, {"log", 1, nullptr, LOG},
         {"clock-hz", 1, nullptr, CLOCK}, {"baud", 1, nullptr, BAUD}, {"rate", 1, nullptr, RATE},
@@ -232,6 +250,7 @@ static bool parse(int argc, char** argv, Options& o) {
         {"drop-tx", 1, nullptr, DTX}, {"time-origin", 1, nullptr, ORIGIN}, {"poll-cycles", 1, nullptr, POLL},
         {"report-ms", 1, nullptr, REPORT}, {"max-cycles", 1, nullptr, MAXC}, {"ports", 1, nullptr, PORTS},
         {"unit-ns", 1, nullptr, UNIT}, {"wait-lock", 1, nullptr, WAITLOCK},
+        {"host-mem", 1, nullptr, HOSTMEM}, {"host-mem-bytes", 1, nullptr, HOSTMEMBYTES},
         {nullptr, 0, nullptr, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "", longopts, nullptr)) != -1) {
@@ -262,6 +281,8 @@ static bool parse(int argc, char** argv, Options& o) {
             case PORTS: o.ports = std::atoi(a); break;
             case UNIT: o.unit_ns = std::atoll(a); break;
             case WAITLOCK: o.wait_lock = std::atoi(a) != 0; break;
+            case HOSTMEM: o.host_mem = a; break;
+            case HOSTMEMBYTES: o.host_mem_bytes = std::atoll(a); break;
             default: return false;
         }
     }
@@ -272,6 +293,10 @@ static bool parse(int argc, char** argv, Options& o) {
     }
     if (o.unit_ns <= 0 || (o.time_origin >= 0 && o.time_origin % o.unit_ns)) {
         std::fprintf(stderr, "need unit-ns > 0 and a time-origin that is a whole number of units\n");
+        return false;
+    }
+    if (BOARD_DMA && (o.host_mem_bytes < 8192 || o.host_mem_bytes % 4096)) {
+        std::fprintf(stderr, "need host-mem-bytes >= 8192, a multiple of 4096\n");
         return false;
     }
     if (o.clock_hz <= 0 || o.baud <= 0 || o.baud / 10 > o.clock_hz || o.poll_cycles < 1) {
@@ -501,6 +526,18 @@ int main(int argc, char** argv) {
         std::fflush(log.f);
     }
 
+#if BOARD_DMA
+    // The host's memory: a file both processes map; its first page is the BAR mailbox.
+    const int hm_fd = open(o.host_mem.c_str(), O_RDWR | O_CREAT | O_TRUNC, 0644);
+    if (hm_fd < 0 || ftruncate(hm_fd, o.host_mem_bytes) != 0) { std::perror(o.host_mem.c_str()); return 2; }
+    uint8_t* const hm = static_cast<uint8_t*>(mmap(nullptr, size_t(o.host_mem_bytes), PROT_READ | PROT_WRITE,
+                                                   MAP_SHARED, hm_fd, 0));
+    if (hm == MAP_FAILED) { std::perror("mmap host memory"); return 2; }
+    uint32_t* const mailbox = reinterpret_cast<uint32_t*>(hm);
+    enum { MB_REQ = 0, MB_OP = 1, MB_ADDR = 2, MB_WDATA = 3, MB_DONE = 4, MB_RDATA = 5 };
+    int mb_step = 0;                      // 0 idle, 1 a register-bus cycle is under way
+    uint32_t mb_req = 0;
+#else
     // The pseudo-terminal: we keep the slave open too, so the master never sees a hang-up
     // between two host sessions (bytes left over are flushed by the next opener, as pyserial does).
     int master = posix_openpt(O_RDWR | O_NOCTTY);
@@ -513,6 +550,7 @@ int main(int argc, char** argv) {
     cfmakeraw(&tio);
     tcsetattr(slave, TCSANOW, &tio);
     fcntl(master, F_SETFL, fcntl(master, F_GETFL) | O_NONBLOCK);
+#endif
 
     auto ctx = new VerilatedContext;
     auto top = new Vvboard{ctx};
@@ -549,10 +587,14 @@ int main(int argc, char** argv) {
     ByteQueue rxq(1 << 16), txq(1 << 16);
     RxFilter filter;                      // rxq.size + filter.frame.size() <= rxq's capacity
     uint64_t rx_bytes = 0, tx_bytes = 0, rx_corrupted = 0, rx_dropped = 0, tx_corrupted = 0, tx_dropped = 0;
-    uint64_t tx_backpressure = 0;
+    uint64_t tx_backpressure = 0, dma_beats = 0, dma_busy_cycles = 0, dma_errors = 0;
     std::vector<uint8_t> iobuf(1 << 16);
 
+#if BOARD_DMA
+    std::printf("dma %s\n", o.host_mem.c_str());
+#else
     std::printf("pty %s\n", slave_path);
+#endif
     std::printf("board ports=%d block_bytes=%d clock_hz=%.0f baud=%.0f blocks=%lld time_origin_ns=%lld "
                 "unit_ns=%lld wait_lock=%d volume=%s log=%s\n", NPORTS, BLOCK, o.clock_hz, o.baud,
                 (long long)o.blocks, (long long)o.time_origin, (long long)o.unit_ns, int(o.wait_lock), o.volume.c_str(), o.log.empty() ? "-" : o.log.c_str());
@@ -572,10 +614,12 @@ int main(int argc, char** argv) {
                     " write_failed=%" PRIu64 " reads=%" PRIu64 " read_failed=%" PRIu64
                     " ingress_stall_cycles=%" PRIu64 " rx_corrupted=%" PRIu64 " rx_dropped=%" PRIu64
                     " tx_corrupted=%" PRIu64 " tx_dropped=%" PRIu64 " tx_backpressure_cycles=%" PRIu64
-                    " silenced_frames=%" PRIu64 " log_records=%" PRIu64 "\n",
+                    " silenced_frames=%" PRIu64 " log_records=%" PRIu64 " dma_beats=%" PRIu64
+                    " dma_busy_cycles=%" PRIu64 " dma_errors=%" PRIu64 "\n",
                     what, cycle, wall_now() - wall_start, time_ns - uint64_t(o.time_origin), time_ns,
                     rx_bytes, tx_bytes, written, applied, failed, reads, rfailed, stalls, rx_corrupted,
-                    rx_dropped, tx_corrupted, tx_dropped, tx_backpressure, filter.dropped, log.records);
+                    rx_dropped, tx_corrupted, tx_dropped, tx_backpressure, filter.dropped, log.records,
+                    dma_beats, dma_busy_cycles, dma_errors);
         std::fflush(stdout);
         if (log.f) std::fflush(log.f);
     };
@@ -643,8 +687,13 @@ int main(int argc, char** argv) {
     };
 
     // A few idle cycles first (the image has no reset input: it starts at its init values).
+#if BOARD_DMA
+    top->dma_ready = 1;
+    top->bar_w_en = 0;
+#else
     top->rx_valid = 0;
     top->tx_ready = 0;
+#endif
     // Edge 0 is at time_origin; time_ns stays the time of the last edge.
     for (int i = 0; i < 4; ++i) {
         top->clk = 0; top->eval();
@@ -652,10 +701,13 @@ int main(int argc, char** argv) {
         if (i > 0) advance();
     }
 
+#if !BOARD_DMA
     bool master_dead = false;
+#endif
     while (!g_stop) {
         // --- batch: take commands, poll the pty, then run poll_cycles cycles ------------------
         if (commands_open) read_commands();
+#if !BOARD_DMA
         if (!master_dead) {
             // host -> device
             while (rxq.room() > filter.frame.size()) {
@@ -679,16 +731,40 @@ int main(int argc, char** argv) {
                 txq.pop(size_t(n));
             }
         }
+#endif
         const uint64_t batch_end = cycle + uint64_t(o.poll_cycles);
         for (; cycle < batch_end; ++cycle) {
-            const uint64_t now16 = cycle << 16;
             // Inputs for this cycle.
+#if BOARD_DMA
+            // BAR mailbox: a register-bus cycle per request; r_data is there an edge later.
+            if (mb_step == 1) {
+                if (__atomic_load_n(&mailbox[MB_OP], __ATOMIC_RELAXED) == 0)
+                    __atomic_store_n(&mailbox[MB_RDATA], uint32_t(top->bar_r_data), __ATOMIC_RELAXED);
+                top->bar_w_en = 0;
+                __atomic_store_n(&mailbox[MB_DONE], mb_req, __ATOMIC_RELEASE);
+                mb_step = 0;
+            } else if ((cycle & 15) == 0 && __atomic_load_n(&mailbox[MB_REQ], __ATOMIC_ACQUIRE) != mb_req) {
+                mb_req = __atomic_load_n(&mailbox[MB_REQ], __ATOMIC_ACQUIRE);
+                const uint32_t addr = mailbox[MB_ADDR], port_block = addr / BOARD_PORT_STRIDE;
+                const bool silenced_doorbell = mailbox[MB_OP] == 1 && port_block >= 1 && port_block <= uint32_t(NPORTS)
+                    && addr % BOARD_PORT_STRIDE == BOARD_DOORBELL_OFFSET
+                    && (filter.silenced >> (port_block - 1) & 1);
+                top->bar_r_addr = addr;
+                top->bar_w_addr = addr;
+                top->bar_w_data = mailbox[MB_WDATA];
+                top->bar_w_en = mailbox[MB_OP] == 1 && !silenced_doorbell;
+                if (silenced_doorbell) ++filter.dropped;
+                mb_step = 1;
+            }
+#else
+            const uint64_t now16 = cycle << 16;
             const bool rx_on = rxq.size && now16 >= rx_next;
             top->rx_valid = rx_on;
             if (rx_on) top->rx_data = rxq.front();
             const bool tx_on = now16 >= tx_next && txq.room() > 0;
             top->tx_ready = tx_on;
             if (!tx_on && now16 >= tx_next) ++tx_backpressure;
+#endif
             for (int p = 0; p < NPORTS; ++p) {
                 PortState& s = ports[p];
                 PortPins& q = pins[p];
@@ -762,6 +838,15 @@ int main(int argc, char** argv) {
             top->clk = 0;
             top->eval();
             // Transfers this cycle (valid & ready before the edge).
+#if BOARD_DMA
+            dma_busy_cycles += top->dma_busy;
+            if (top->dma_valid) {       // dma_ready is always 1
+                const uint64_t addr = top->dma_addr, word = top->dma_data;
+                ++dma_beats;
+                if (addr >= 4096 && addr + 8 <= uint64_t(o.host_mem_bytes)) std::memcpy(hm + addr, &word, 8);
+                else ++dma_errors;
+            }
+#else
             if (rx_on && top->rx_ready) {
                 rxq.pop();
                 ++rx_bytes;
@@ -778,6 +863,7 @@ int main(int argc, char** argv) {
                     txq.push(b);
                 }
             }
+#endif
             for (int p = 0; p < NPORTS; ++p) {
                 PortState& s = ports[p];
                 PortPins& q = pins[p];
@@ -874,18 +960,25 @@ int main(int argc, char** argv) {
     munmap(vol.base, vol_bytes);
     close(vol.fd);
     if (log.f) { std::fflush(log.f); fsync(fileno(log.f)); }
+#if BOARD_DMA
+    munmap(hm, size_t(o.host_mem_bytes));
+    close(hm_fd);
+#else
     // Hand the host what the device had sent (best effort, never blocking).
     while (txq.size) {
         ssize_t n = write(master, &txq.buf[txq.head], txq.span());
         if (n <= 0) break;
         txq.pop(size_t(n));
     }
+#endif
     report("exit");
     if (log.f) std::fclose(log.f);
     top->final();
     delete top;
     delete ctx;
+#if !BOARD_DMA
     close(slave);
     close(master);
+#endif
     return 0;
 }

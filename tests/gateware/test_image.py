@@ -40,3 +40,13 @@ def test_dpll_or_time_seam():
     assert "dpll0" not in rtlil.convert(seam)
     with pytest.raises(ValueError, match="cycles per bit"):
         DeviceImage(ports=1, block_bytes=64, clk_hz=20e6)
+
+
+def test_dma_link_seam():
+    """`link="dma"`: the register bus as the BAR and the memory-write stream, no byte streams."""
+    dma = DeviceImage(ports=1, block_bytes=64, depth=4, dpll=False, link="dma")
+    members = dma.signature.members
+    assert {"bar", "wr", "dma_busy"} <= set(members) and not {"rx", "tx"} & set(members)
+    assert "dma_produced" in rtlil.convert(dma)
+    with pytest.raises(ValueError, match="serial or dma"):
+        DeviceImage(ports=1, block_bytes=64, link="pcie")
