@@ -29,25 +29,11 @@ from host.restore import restore_to_file
 from host.storage import FileStorage
 from host.views import open_view
 from sim.nats_cluster import make_cluster
-from sim.workload import make_streams
+from sim.workload import make_streams, round_robin
 
 ROOT = Path(__file__).resolve().parents[1]
 WINDOW_NS = 100 * 10**6
 SPAN_NS = 60 * 10**9
-
-
-def batches(streams, size: int, ports=None):
-    """(port, raw, newest) flush batches of `ports` (all by default), round-robin as a collector
-    polls them."""
-    cursors = {s.port: s.batches(size) for s in streams if ports is None or s.port in ports}
-    while cursors:
-        for port, it in list(cursors.items()):
-            try:
-                raw, newest = next(it)
-            except StopIteration:
-                del cursors[port]
-                continue
-            yield port, raw, newest
 
 
 def ingest_local(folder: Path, streams, batch: int, base: Path) -> tuple[LocalJournal, float]:
@@ -57,7 +43,7 @@ def ingest_local(folder: Path, streams, batch: int, base: Path) -> tuple[LocalJo
     with FileStorage(base, journal.state.block_bytes) as volume:
         take_base_copy(journal, volume, 0)
     start = time.perf_counter()
-    for port, raw, newest in batches(streams, batch):
+    for port, raw, newest in round_robin(streams, batch):
         journal.append(port, raw, newest + 1)
     seconds = time.perf_counter() - start
     return journal, len(journal.index) / seconds
@@ -70,7 +56,7 @@ def collector(url: str, streams, batch: int, ports: list[int], ready, go, result
         go.wait()
         start = time.perf_counter()
         count = 0
-        for port, raw, newest in batches(streams, batch, set(ports)):
+        for port, raw, newest in round_robin(streams, batch, set(ports)):
             journal.append(port, raw, newest + 1)
             count += len(raw) // streams[port].entries.itemsize
         results.put((start, time.perf_counter(), count))

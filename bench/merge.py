@@ -20,25 +20,12 @@ import numpy as np
 from firmware.abi.entry import Mode
 from host.journal.merge import merge, merge_reference
 from host.journal.store import NEVER, LocalJournal
-from sim.workload import make_streams
+from sim.workload import make_streams, round_robin
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 WINDOW_NS = 100 * 10**6
-
-
-def batches(streams, size):
-    """(port, raw, newest) flush batches of all ports, round-robin as a collector receives them."""
-    cursors = {s.port: s.batches(size) for s in streams}
-    while cursors:
-        for port, it in list(cursors.items()):
-            try:
-                raw, newest = next(it)
-            except StopIteration:
-                del cursors[port]
-                continue
-            yield port, raw, newest
 
 
 def ingest_against_raw(folder: Path, streams, batch: int) -> tuple[LocalJournal, float, float]:
@@ -50,7 +37,7 @@ def ingest_against_raw(folder: Path, streams, batch: int) -> tuple[LocalJournal,
                                   ports=len(streams), mode=Mode.REDO, window_ns=WINDOW_NS)
     fd = os.open(folder / "raw.bin", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     total = raw_s = journal_s = 0.0
-    for port, raw, newest in batches(streams, batch):
+    for port, raw, newest in round_robin(streams, batch):
         start = time.perf_counter()
         view = memoryview(raw)
         while view:

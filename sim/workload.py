@@ -56,3 +56,17 @@ def make_streams(*, ports: int, entries: int, block_bytes: int, blocks: int, spa
         seal(e)
         streams.append(PortStream(port, e))
     return streams
+
+
+def round_robin(streams: list[PortStream], size: int, ports=None):
+    """(port, raw, newest) flush batches of `ports` (all by default), round-robin as a collector
+    polls them."""
+    cursors = {s.port: s.batches(size) for s in streams if ports is None or s.port in ports}
+    while cursors:
+        for port, it in list(cursors.items()):
+            try:
+                raw, newest = next(it)
+            except StopIteration:
+                del cursors[port]
+                continue
+            yield port, raw, newest
