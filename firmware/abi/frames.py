@@ -44,7 +44,8 @@ MAX_PAYLOAD = 4096
 # image id, version, ports, mode, ring depth, block bytes, datapath bits, reserved
 IDENTITY = struct.Struct("<IIBBHHBB")
 IMAGE_ID = 0x504A524E                   # "PJRN"
-IMAGE_VERSION = 0x00010000              # major << 16 | minor: the link and register ABI
+IMAGE_VERSION = 0x00020000              # major << 16 | minor: the link and register ABI (2: the
+#                                         register map gained the DMA block and moved the dpll block)
 FLUSH_MARK = struct.Struct("<QI")
 
 

@@ -10,7 +10,7 @@ import pytest
 from fake_board import FakeBoard
 
 from firmware.abi.entry import Mode, unpack
-from firmware.abi.frames import IMAGE_ID, FrameType
+from firmware.abi.frames import IMAGE_ID, IMAGE_VERSION, FrameType
 from firmware.abi.frames import encode as encode_frame
 from host.journal.collector import Collector
 from host.journal.store import LocalJournal
@@ -256,7 +256,8 @@ def test_status_command():
         board.write_blocks(1, blocks(random.Random(1), 3))
         result = CliRunner().invoke(cli, ["status", "--port", board.path, "--timeout", "0.2"])
         assert result.exit_code == 0, result.output
-        assert "portjournal image 0x504a524e version 1.0, 2 ports, redo" in result.output
+        major, minor = IMAGE_VERSION >> 16, IMAGE_VERSION & 0xFFFF
+        assert f"portjournal image 0x504a524e version {major}.{minor}, 2 ports, redo" in result.output
         for name in ("dpll_locked", "ring_fill", "entries_written", "rx_crc_errors", "host rx_frames"):
             assert name in result.output
         assert "3/64" in result.output                 # port 1's ring holds 3 of 64 entries
