@@ -47,7 +47,7 @@ from nats.js import errors as js_errors
 from firmware.abi.entry import HEADER_BYTES
 
 from .base import file_crc
-from .entries import INDEX_DTYPE, parse
+from .entries import parse
 from .event_loop import LoopThread
 from .merge import MERGED_DTYPE
 from .primary import JournalError, JournalRules
@@ -418,19 +418,11 @@ class JetStreamJournal(JournalRules):
         rows["port"] = port                       # the volume's port (the device's may differ)
         if len(rows):
             rows["seg"], rows["offset"] = seq, starts
-            self._chunks.append(rows)
-            self._index = None
+            self._add_rows(rows)
             self._payloads[seq] = data
             self.last_seq[port] = max(int(self.last_seq[port]), int(rows["seq"][-1]))
         self.flushed_through[port] = max(int(self.flushed_through[port]), int(headers[FLUSHED]))
 
-    @property
-    def index(self) -> np.ndarray:
-        """Every stored entry, in stream order (per port: sequence order)."""
-        if self._index is None:
-            self._index = np.concatenate(self._chunks) if self._chunks else np.zeros(0, INDEX_DTYPE)
-            self._chunks = [self._index]
-        return self._index
 
     def read_at(self, segs: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         """The data blocks of the entries at (stream sequence, offset in the batch)."""

@@ -16,7 +16,7 @@ import numpy as np
 
 from firmware.abi.entry import EntryError, Kind, Mode
 
-from .entries import parse
+from .entries import INDEX_DTYPE, parse
 from .merge import MERGED_DTYPE, merge
 from .state import JournalState
 
@@ -62,10 +62,28 @@ class PrimaryJournal(Protocol):
 class JournalRules:
     """Validity, horizon, batch checks and merging over a store's index, merged rows and state.
 
-    A store provides `state`, `index`, `last_seq`, `flushed_through`, `merged`,
-    `merged_through`, `read_at`, `update_state`, `append_merged` and `rewrite_merged`."""
+    A store provides `state`, `last_seq`, `flushed_through`, `merged`, `merged_through`,
+    `read_at`, `update_state`, `append_merged` and `rewrite_merged`, and fills `index` through
+    `_add_rows` (starting from `_chunks = []`)."""
 
     _markers: tuple[np.ndarray, np.ndarray] | None = None
+    _chunks: list[np.ndarray]
+    _index: np.ndarray | None = None
+
+    # --- the index of stored entries ----------------------------------------------------------
+
+    def _add_rows(self, rows: np.ndarray) -> None:
+        """Index rows of newly stored entries; joined into one array on the next `index` read."""
+        self._chunks.append(rows)
+        self._index = None
+
+    @property
+    def index(self) -> np.ndarray:
+        """Every stored entry, in the order stored (per port: sequence order)."""
+        if self._index is None:
+            self._index = np.concatenate(self._chunks) if self._chunks else np.zeros(0, INDEX_DTYPE)
+            self._chunks = [self._index]
+        return self._index
 
     # --- batches ------------------------------------------------------------------------------
 

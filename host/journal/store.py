@@ -25,7 +25,7 @@ from firmware.abi.entry import HEADER_BYTES, Mode
 
 from ..durable import fsync_dir, replace
 from . import records
-from .entries import INDEX_DTYPE, parse
+from .entries import parse
 from .merge import MERGED_DTYPE
 from .primary import NEVER as NEVER  # re-exported: callers have always imported it from here
 from .primary import JournalError, JournalRules
@@ -260,8 +260,7 @@ class LocalJournal(JournalRules):
         if len(rows):
             rows["seg"] = seg
             rows["offset"] = offset + records.HEADER_BYTES + (starts - starts[0])
-            self._chunks.append(rows)
-            self._index = None
+            self._add_rows(rows)
             self.last_seq[port] = rows["seq"][-1]
         self.flushed_through[port] = flushed
         return int(self.last_seq[port])
@@ -312,18 +311,9 @@ class LocalJournal(JournalRules):
         if len(rows):
             rows["seg"] = seg
             rows["offset"] = rec.offset + records.HEADER_BYTES + starts
-            self._chunks.append(rows)
+            self._add_rows(rows)
             self.last_seq[port] = rows["seq"][-1]
-        self._index = None
         self.flushed_through[port] = max(int(self.flushed_through[port]), rec.aux)
-
-    @property
-    def index(self) -> np.ndarray:
-        """Every stored entry, in the order stored (per port: sequence order)."""
-        if self._index is None:
-            self._index = np.concatenate(self._chunks) if self._chunks else np.zeros(0, INDEX_DTYPE)
-            self._chunks = [self._index]
-        return self._index
 
     def forget_segments(self, segs: list[int]) -> None:
         """Drop the index rows of received segments that compaction removed."""
