@@ -26,6 +26,7 @@ host reaches into `sim`): the board runs as its own process either way.
 
 import contextlib
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -176,7 +177,6 @@ class Demo:
         for name in ("volume", "log", "timeline", "dpll", "summary", "undo"):
             self.paths[name].unlink(missing_ok=True)
         if self.paths["journal"].exists():
-            import shutil
             shutil.rmtree(self.paths["journal"])
         self.say(f"writing a {self.cfg.volume_mb} MiB volume of seeded random blocks: {self.paths['volume']}")
         initial_volume(self.cfg.seed, self.blocks * self.block).tofile(self.paths["volume"])
