@@ -11,6 +11,7 @@ from rich.table import Table
 from firmware.abi.entry import Mode
 
 from . import exitcodes
+from .demo import SILENT_PORT
 from .timefmt import format_ns
 
 console = Console(soft_wrap=True)
@@ -24,8 +25,9 @@ def summary_table(r) -> Table:
                                    "last whole window, wait for the next merge)")
     table.add_row("bookmark", f"{format_ns(r.bookmark_ns)}")
     table.add_row("attack", f"{r.damaged_blocks} blocks overwritten with garbage")
-    table.add_row("outage", f"port 3 invalid from {format_ns(r.outage[0])} while the others flushed to "
-                            f"{format_ns(r.horizon_during_outage)}; reinstated at {format_ns(r.outage[1])}")
+    table.add_row("outage", f"port {SILENT_PORT} invalid from {format_ns(r.outage[0])} while the others "
+                            f"flushed to {format_ns(r.horizon_during_outage)}; reinstated at "
+                            f"{format_ns(r.outage[1])}")
     table.add_row("refused meanwhile", r.refused_past_invalid or "-")
     table.add_row("  at the verdict", r.refused_at_invalid or "allowed (redo: writes up to it are all in)")
     table.add_row("port validity", ", ".join(f"{p}: {v}" for p, v in enumerate(r.port_validity)))
