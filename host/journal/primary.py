@@ -8,9 +8,9 @@ this module decides port validity, the consistency horizon, what a batch adds, a
 work on either.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -31,6 +31,17 @@ class SequenceGap(JournalError):
     """A port's batch does not continue its sequence: entries were lost on the way."""
 
 
+class Batch(NamedTuple):
+    """One port's flush as the collector hands it to a store: `raw` entries of the device's port
+    `device_port` (None: the same number), journaled as the volume's `port`, complete up to the
+    device time `flushed_through`."""
+
+    port: int
+    raw: bytes
+    flushed_through: int
+    device_port: int | None = None
+
+
 class PrimaryJournal(Protocol):
     """The primary journal as the collector, merge, views and restore see it."""
 
@@ -39,11 +50,13 @@ class PrimaryJournal(Protocol):
     merged: np.ndarray            # MERGED_DTYPE rows in window order
     merged_through: int           # device time up to which every window is merged
     flushed_through: np.ndarray   # per port, the device time up to which it has flushed
+    last_seq: np.ndarray          # per port, the highest sequence stored
 
     @property
     def index(self) -> np.ndarray: ...
     def append(self, port: int, raw: bytes, flushed_through: int, *,
                device_port: int | None = None) -> int: ...
+    def append_round(self, batches: Sequence[Batch]) -> list[int | JournalError]: ...
     def catch_up(self) -> int: ...
     def read_at(self, segs: np.ndarray, offsets: np.ndarray) -> np.ndarray: ...
     def base_image(self) -> Path: ...
@@ -63,8 +76,8 @@ class JournalRules:
     """Validity, horizon, batch checks and merging over a store's index, merged rows and state.
 
     A store provides `state`, `last_seq`, `flushed_through`, `merged`, `merged_through`,
-    `read_at`, `update_state`, `append_merged` and `rewrite_merged`, and fills `index` through
-    `_add_rows` (starting from `_chunks = []`)."""
+    `append_round`, `read_at`, `update_state`, `append_merged` and `rewrite_merged`, and fills
+    `index` through `_add_rows` (starting from `_chunks = []`)."""
 
     _markers: tuple[np.ndarray, np.ndarray] | None = None
     _chunks: list[np.ndarray]
@@ -86,6 +99,24 @@ class JournalRules:
         return self._index
 
     # --- batches ------------------------------------------------------------------------------
+
+    def append(self, port: int, raw: bytes, flushed_through: int, *, device_port: int | None = None) -> int:
+        """Store one batch of `port`'s entries durably; return the highest sequence now durable.
+
+        A round of one (`append_round`): a gap raises SequenceGap, a damaged batch JournalError,
+        and nothing of the batch is stored then."""
+        [outcome] = self.append_round([Batch(port, raw, flushed_through, device_port)])
+        if isinstance(outcome, JournalError):
+            raise outcome
+        return outcome
+
+    @staticmethod
+    def check_round(batches: Sequence[Batch]) -> None:
+        """A round holds at most one batch per port: a port's next batch is checked against (and,
+        in the cluster, fenced by) what its previous one stored."""
+        ports = [b.port for b in batches]
+        if len(set(ports)) != len(ports):
+            raise JournalError(f"a round holds one batch per port, got ports {ports}")
 
     def fresh_entries(self, port: int, raw, device_port: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Index rows and batch offsets of the entries of `raw` not stored yet.

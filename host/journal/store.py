@@ -15,7 +15,7 @@ after it is served.
 import fcntl
 import mmap
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from . import records
 from .entries import parse
 from .merge import MERGED_DTYPE
 from .primary import NEVER as NEVER  # re-exported: callers have always imported it from here
-from .primary import JournalError, JournalRules
+from .primary import Batch, JournalError, JournalRules
 from .primary import SequenceGap as SequenceGap  # re-exported, as NEVER
 from .records import RecordKind
 from .state import JournalState
@@ -245,41 +245,68 @@ class LocalJournal(JournalRules):
 
     # --- the received portion -------------------------------------------------------------
 
-    def append(self, port: int, raw: bytes, flushed_through: int, *, device_port: int | None = None) -> int:
-        """Store a batch of `port`'s entries durably; return the highest sequence now durable.
+    def append_round(self, batches: Sequence[Batch]) -> list[int | JournalError]:
+        """Store a round of batches (one per port) with one fsync; per batch, the highest sequence
+        of its port now durable, or the JournalError that kept that batch out while the others
+        were stored (SequenceGap: entries were lost on the way; a damaged batch).
 
-        Entries already stored (a resend) are dropped if byte-identical; a gap in the sequence
-        raises SequenceGap and stores nothing. Returns only after fsync, so the caller may
-        acknowledge up to the returned sequence. `device_port`: see `fresh_entries`.
-        """
-        rows, starts = self.fresh_entries(port, raw, device_port)
-        payload = memoryview(raw)[int(starts[0]):] if len(rows) else b""
-        flushed = max(int(flushed_through), int(self.flushed_through[port]))
-        record = records.encode(RecordKind.ENTRIES, payload, port=port, aux=flushed)
-        seg, offset = self._write(record)
-        if len(rows):
-            rows["seg"] = seg
-            rows["offset"] = offset + records.HEADER_BYTES + (starts - starts[0])
-            self._add_rows(rows)
-            self.last_seq[port] = rows["seq"][-1]
-        self.flushed_through[port] = flushed
-        return int(self.last_seq[port])
+        Entries already stored (a resend) are dropped if byte-identical. Every batch's record
+        is written, the segment fsynced once, and only then are the entries indexed: when this
+        returns, the caller may acknowledge each port up to its sequence; when it raises (a
+        write or the fsync failed), nothing of the round may be acknowledged."""
+        self.check_round(batches)
+        refused: list[JournalError | None] = []
+        written = []            # (port, rows, starts, flushed) of each record, in writing order
+        for port, raw, flushed_through, device_port in batches:
+            try:
+                rows, starts = self.fresh_entries(port, raw, device_port)
+            except JournalError as exc:
+                refused.append(exc)
+                continue
+            refused.append(None)
+            flushed = max(int(flushed_through), int(self.flushed_through[port]))
+            if len(rows) or flushed > int(self.flushed_through[port]):
+                payload = memoryview(raw)[int(starts[0]):] if len(rows) else b""
+                written.append((port, rows, starts,
+                                records.encode(RecordKind.ENTRIES, payload, port=port, aux=flushed), flushed))
+        places = self._write([w[3] for w in written])
+        for (port, rows, starts, _, flushed), (seg, offset) in zip(written, places, strict=True):
+            if len(rows):
+                rows["seg"] = seg
+                rows["offset"] = offset + records.HEADER_BYTES + (starts - starts[0])
+                self._add_rows(rows)
+                self.last_seq[port] = rows["seq"][-1]
+            self.flushed_through[port] = flushed
+        return [exc or int(self.last_seq[b.port]) for exc, b in zip(refused, batches, strict=True)]
 
-    def _write(self, record: bytes) -> tuple[int, int]:
+    def _write(self, recs: list[bytes]) -> list[tuple[int, int]]:
+        """Append `recs` to the received segments and fsync once (twice where they reach into a
+        new segment); return the (segment, offset) of each."""
+        if not recs:
+            return []
         if self._fd is None:
             self._open_segment(self._segment)
         offset = os.lseek(self._fd, 0, os.SEEK_END)
-        if offset and offset + len(record) > self.segment_bytes:
-            os.close(self._fd)
-            self._segment += 1
-            self._open_segment(self._segment)
-            offset = 0
-        view = memoryview(record)
+        places, run = [], []
+        for record in recs:
+            if offset and offset + len(record) > self.segment_bytes:
+                self._write_out(run)
+                os.close(self._fd)
+                self._segment += 1
+                self._open_segment(self._segment)
+                offset, run = 0, []
+            places.append((self._segment, offset))
+            run.append(record)
+            offset += len(record)
+        self._write_out(run)
+        self._tail = (self._segment, offset)
+        return places
+
+    def _write_out(self, run: list[bytes]) -> None:
+        view = memoryview(b"".join(run))
         while view:
             view = view[os.write(self._fd, view):]
         os.fsync(self._fd)
-        self._tail = (self._segment, offset + len(record))
-        return self._segment, offset
 
     def _open_segment(self, n: int) -> None:
         path = self.folder / "received" / f"{n:06d}.seg"
