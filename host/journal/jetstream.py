@@ -23,8 +23,10 @@ Nats-Expected-Last-Subject-Sequence naming the port subject's last message this 
 A publish whose acknowledgement was lost is retried as it was and deduplicated by its id; a
 batch that would follow another writer's (a collector restarted after a crash, a zombie one)
 is refused by JetStream, the journal reads what was stored and sends only what is new.
-`append` returns only once JetStream has acknowledged the publish, i.e. once a majority of
-the replicas has it: only then may the collector acknowledge to the port.
+`append_round` publishes a round's batches (one per port, each on its own subject, so their
+fences are independent) all at once and returns only once JetStream has acknowledged them,
+i.e. once a majority of the replicas has each: only then may the collector acknowledge to the
+port.
 """
 
 import asyncio
@@ -33,9 +35,10 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from functools import partial
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import nats
@@ -50,7 +53,7 @@ from .base import file_crc
 from .entries import parse
 from .event_loop import LoopThread
 from .merge import MERGED_DTYPE
-from .primary import JournalError, JournalRules
+from .primary import Batch, JournalError, JournalRules
 from .state import JournalState
 
 REPLICAS = 3
@@ -74,6 +77,11 @@ TRANSIENT = (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.error
 
 async def _ignore(exc: Exception) -> None:
     """The client's own reports of lost servers: a publish that meets one retries (or says so)."""
+
+
+async def _all_of(coros: list[Coroutine]) -> list:
+    """Each coroutine's result or exception, all run at once on the journal's loop."""
+    return await asyncio.gather(*coros, return_exceptions=True)
 
 
 class WrongLastSequence(JournalError):
@@ -312,45 +320,91 @@ class JetStreamJournal(JournalRules):
 
     # --- the received portion -------------------------------------------------------------
 
-    def append(self, port: int, raw: bytes, flushed_through: int, *, device_port: int | None = None) -> int:
-        """Publish a batch of `port`'s entries; return the highest sequence JetStream acknowledged.
+    def append_round(self, batches: Sequence[Batch]) -> list[int | JournalError]:
+        """Publish a round of batches (one per port) all at once and wait for every acknowledgement;
+        per batch, the highest sequence of its port JetStream acknowledged, or the JournalError
+        that kept that batch out while the others were stored.
 
-        As LocalJournal.append: a resend is dropped, a gap raises SequenceGap. Entries another
-        writer stored meanwhile are read and dropped from the batch before it goes out."""
+        As LocalJournal.append_round: a resend is dropped, a gap is a SequenceGap. Each publish
+        is fenced by its own port subject's last sequence, so the ports' publishes are
+        independent of each other; a batch refused because another writer published to its
+        subject meanwhile is cut, after reading what was stored, to what is new and sent again."""
+        self.check_round(batches)
+        outcomes: list[int | JournalError | None] = [None] * len(batches)
+        todo = list(range(len(batches)))
         for _ in range(3):
-            rows, starts = self.fresh_entries(port, raw, device_port)
-            flushed = max(int(flushed_through), int(self.flushed_through[port]))
-            if not len(rows) and flushed == int(self.flushed_through[port]):
-                return int(self.last_seq[port])
-            payload = bytes(memoryview(raw)[int(starts[0]):]) if len(rows) else b""
-            span = f"{rows['seq'][0]}-{rows['seq'][-1]}" if len(rows) else "none"
-            subject = f"{self.subject}.port.{port}"
-            try:
-                seq = self._publish(subject, payload, f"{self._epoch}:{port}:{span}:{flushed}",
-                                    {FLUSHED: str(flushed)})
-            except WrongLastSequence:
-                self.catch_up()
-                continue
-            self._take_own(seq, subject, payload, {FLUSHED: str(flushed)})
-            return int(self.last_seq[port])
-        raise JournalError(f"port {port}: other writers keep publishing to {subject}: is a second collector "
-                           "collecting this port?")
+            sends = {}
+            for i in todo:
+                port, raw, flushed_through, device_port = batches[i]
+                try:
+                    rows, starts = self.fresh_entries(port, raw, device_port)
+                except JournalError as exc:
+                    outcomes[i] = exc
+                    continue
+                flushed = max(int(flushed_through), int(self.flushed_through[port]))
+                if not len(rows) and flushed == int(self.flushed_through[port]):
+                    outcomes[i] = int(self.last_seq[port])
+                    continue
+                payload = bytes(memoryview(raw)[int(starts[0]):]) if len(rows) else b""
+                span = f"{rows['seq'][0]}-{rows['seq'][-1]}" if len(rows) else "none"
+                sends[i] = (f"{self.subject}.port.{port}", payload, f"{self._epoch}:{port}:{span}:{flushed}",
+                            {FLUSHED: str(flushed)})
+            acks = self._run(_all_of([self._publish_async(*m) for m in sends.values()]))
+            todo, crash = [], None
+            for (i, (subject, payload, _, headers)), ack in zip(sends.items(), acks, strict=True):
+                if isinstance(ack, WrongLastSequence):
+                    todo.append(i)
+                elif isinstance(ack, JournalError):
+                    outcomes[i] = ack
+                elif isinstance(ack, BaseException):
+                    crash = crash or ack
+                else:
+                    self._take_own(ack, subject, payload, headers)
+                    outcomes[i] = int(self.last_seq[batches[i].port])
+            if crash is not None:
+                raise crash
+            if not todo:
+                return outcomes
+            self.catch_up()
+        for i in todo:
+            outcomes[i] = JournalError(f"port {batches[i].port}: other writers keep publishing to its "
+                                       "subject: is a second collector collecting this port?")
+        return outcomes
 
     def _publish(self, subject: str, payload: bytes, msg_id: str, headers: dict | None = None) -> int:
-        """Publish until JetStream acknowledges (retrying through outages); return the stream sequence.
+        """Publish until JetStream acknowledges (retrying through outages); return the stream sequence."""
+        return self._run(self._publish_async(subject, payload, msg_id, headers))
+
+    def _publish_async(self, subject: str, payload: bytes, msg_id: str,
+                       headers: dict | None = None) -> Coroutine[Any, Any, int]:
+        """A publish, retried through a node's outage or a leader election for up to DEADLINE_S.
 
         `msg_id` names the message for deduplication: a retry of the same publish is stored once.
         Ids start with the journal's epoch (the sequence of its first state message), so a
-        journal created again in an emptied stream does not collide with the one before."""
+        journal created again in an emptied stream does not collide with the one before. The
+        expected last sequence of `subject` is this journal's, taken now (before any await)."""
         headers = (headers or {}) | {"Nats-Msg-Id": msg_id,
                                      "Nats-Expected-Last-Subject-Sequence": str(self._tails[subject])}
-        try:
-            return self._ask(lambda: self._js.publish(subject, payload, timeout=REQUEST_TIMEOUT_S,
-                                                      headers=headers), f"a publish to {subject}").seq
-        except js_errors.BadRequestError as exc:
-            if exc.err_code == WRONG_LAST_SEQUENCE:
-                raise WrongLastSequence(f"{subject}: {exc.description}") from exc
-            raise JournalError(f"{subject}: JetStream refused the publish: {exc.description}") from exc
+
+        async def publish() -> int:
+            deadline = time.monotonic() + DEADLINE_S
+            while True:
+                try:
+                    return (await self._js.publish(subject, payload, timeout=REQUEST_TIMEOUT_S,
+                                                   headers=headers)).seq
+                except TRANSIENT as exc:
+                    if time.monotonic() > deadline:
+                        raise JournalError(f"{self.url}: no answer from JetStream to a publish to {subject} "
+                                           f"for {DEADLINE_S:g} s ({type(exc).__name__}): is a majority of "
+                                           "the cluster up?") from exc
+                    await asyncio.sleep(0.1)
+                except js_errors.BadRequestError as exc:
+                    if exc.err_code == WRONG_LAST_SEQUENCE:
+                        raise WrongLastSequence(f"{subject}: {exc.description}") from exc
+                    raise JournalError(f"{subject}: JetStream refused the publish: "
+                                       f"{exc.description}") from exc
+
+        return publish()
 
     def _take_own(self, seq: int, subject: str, payload: bytes, headers: dict[str, str]) -> None:
         """Take in a message this journal published, unless the reader has already (a deduplicated
