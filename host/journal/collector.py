@@ -1,11 +1,13 @@
 """The collector loop: polls every port for its partial journal and keeps port validity.
 
-Each poll asks a port to flush, stores what comes back durably, then acknowledges it, so a
-port's ring only frees what is on disk. A port that has not flushed successfully within the
-flush deadline is marked invalid from the device time up to which it had last flushed (seed:
-"from this point on, the process may ignore any partial journal entries coming from that
-port"); it stays invalid until an explicit resync, or an explicit `reinstate` once it answers
-again with nothing lost.
+Each poll is a round over the ports: it asks every port to flush, stores what came back with
+one durable sync for the whole round (group commit: `PrimaryJournal.append_round`), then
+acknowledges each port whose batch was stored, so a port's ring only frees what is durable,
+and one port's lost or damaged batch does not hold the others back. A port that has not flushed
+successfully within the flush deadline is marked invalid from the device time up to which it
+had last flushed (seed: "from this point on, the process may ignore any partial journal entries
+coming from that port"); it stays invalid until an explicit resync, or an explicit `reinstate`
+once it answers again with nothing lost.
 """
 
 import time
@@ -13,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from .primary import NEVER, JournalError, PrimaryJournal, SequenceGap
+from .primary import NEVER, Batch, JournalError, PrimaryJournal
 
 
 class LinkFault(Exception):
@@ -65,37 +67,55 @@ class Collector:
     def poll(self) -> list[PortPoll]:
         """One round over this device's ports that are still valid."""
         since = self.journal.invalid_since()
-        return [self._poll(port) for port in self.ports if since[port] == NEVER]
+        return self._round([port for port in self.ports if since[port] == NEVER])
 
-    def _poll(self, port: int) -> PortPoll:
-        result = PortPoll(port)
-        before = len(self.journal.index)
-        device_port = port - self.ports.start
+    def _round(self, ports: list[int]) -> list[PortPoll]:
+        """Flush `ports`, store their batches together, acknowledge each one stored.
+
+        A failed store of the round (a write or sync error) raises before any acknowledgement."""
+        polls = {port: PortPoll(port) for port in ports}
+        batches = []
+        for port in ports:
+            try:
+                raw, flushed_through = self.link.flush(port - self.ports.start)
+            except LinkFault as exc:
+                polls[port].error = str(exc)
+            else:
+                batches.append(Batch(port, raw, flushed_through, port - self.ports.start))
+        before = {b.port: int(self.journal.last_seq[b.port]) for b in batches}
+        for batch, outcome in zip(batches, self.journal.append_round(batches), strict=True):
+            self._acknowledge(polls[batch.port], outcome)
+            polls[batch.port].entries = int(self.journal.last_seq[batch.port]) - before[batch.port]
+        for poll in polls.values():
+            if poll.error and self.clock() - self.last_ok[poll.port] > self.deadline_s:
+                self.journal.invalidate(poll.port, int(self.journal.flushed_through[poll.port]),
+                                        f"missed its flush deadline of {self.deadline_s:g} s "
+                                        f"(last error: {poll.error})")
+                poll.invalidated = True
+        return list(polls.values())
+
+    def _acknowledge(self, poll: PortPoll, outcome: int | JournalError) -> None:
+        """Acknowledge to the port what its batch made durable, or ask for a resend of a batch
+        that had a gap or was damaged (nothing of it stored)."""
+        device_port = poll.port - self.ports.start
+        if isinstance(outcome, JournalError):
+            poll.error = str(outcome)
+            self._resend(device_port, poll)
+            return
+        poll.durable_seq = outcome
         try:
-            raw, flushed_through = self.link.flush(device_port)
-            result.durable_seq = self.journal.append(port, raw, flushed_through, device_port=device_port)
-            self.link.ack(device_port, result.durable_seq)
-        except (SequenceGap, JournalError) as exc:   # a gap or a damaged batch: nothing stored
-            result.error = str(exc)
-            self._resend(device_port, result)
+            self.link.ack(device_port, outcome)
         except LinkFault as exc:
-            result.error = str(exc)
+            poll.error = str(exc)
         else:
-            self.last_ok[port] = self.clock()
-        result.entries = len(self.journal.index) - before
-        if result.error and self.clock() - self.last_ok[port] > self.deadline_s:
-            self.journal.invalidate(port, int(self.journal.flushed_through[port]),
-                                    f"missed its flush deadline of {self.deadline_s:g} s "
-                                    f"(last error: {result.error})")
-            result.invalidated = True
-        return result
+            self.last_ok[poll.port] = self.clock()
 
     def reinstate(self, port: int) -> tuple[int, int]:
         """Bring back a port that went silent and answers again: store its backlog, then count it
         over the outage (`PrimaryJournal.reinstate`, which refuses if entries were lost). Returns
         the outage (since, until) in device time; raises LinkFault if the port still does not
         answer."""
-        poll = self._poll(port)
+        [poll] = self._round([port])
         if poll.error:
             raise LinkFault(f"port {port} does not answer yet: {poll.error}")
         return self.journal.reinstate(port)
