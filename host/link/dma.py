@@ -13,13 +13,16 @@ register map) and memory the device can write to (with the bus addresses to prog
   implemented: `DmaDevice.open` names what is missing for any other path.
 
 On top of that the driver is the Collector's `PortLink`, like the serial `Device`:
-`flush(port)` reads the device time and the port's `entries_written`, then takes entries from
-the ring (by phase, without register reads) until it holds every entry allocated before that
-time, and returns them with that time as `flushed_through` (or, when the host ring fills first,
-what it holds, complete up to its last entry's timestamp); `ack(port, seq)` writes the
-consumer index of the slot holding `seq` to the doorbell (the device frees the port's
-partial-journal ring that far; a flush left waiting rings it again, in case the device missed
-it — the doorbell holds an index, not an increment, so ringing twice is harmless);
+`flush(port)` takes the entries that are in the ring (by phase, without a register read) and
+returns them, complete up to the newest one's timestamp as `flushed_through`; it does not wait
+for entries still on their way (the next flush takes them: waiting would leave the port's
+partial journal full of entries the host holds but has not acknowledged, and the device
+idle). Only when the ring holds nothing new does it read the device time and the port's
+`entries_written`, to return that time when every entry before it is in, or to wait for the
+next one when one is on its way; `ack(port, seq)` writes the consumer index of the slot
+holding `seq` to the doorbell (the device frees the port's partial-journal ring that far; a
+flush left waiting rings it again, in case the device missed it — the doorbell holds an index,
+not an increment, so ringing twice is harmless);
 `resend(port)` goes back to the oldest slot not yet acknowledged — still in host memory, since
 the device never writes a slot the host has not freed.
 """
@@ -218,11 +221,11 @@ class DmaDevice:
         length = int.from_bytes(self.mem[at + 24:at + 28], "little")
         return self.mem[at:at + min(entry_bytes(length), slot - SLOT_WORD_BYTES)]
 
-    def _take(self, port: int, until_seq: int) -> int:
+    def _take(self, port: int) -> int:
         """Move the consumer index over the slots whose phase says they are new (no register read)."""
         ring, slot = self.rings[port], slot_bytes(self.identity.block_bytes)
         taken = 0
-        while ring.first_seq is None or ring.first_seq + ring.consumed < until_seq:
+        while True:
             at = ring.offset + (ring.consumed % ring.size) * slot
             if self.mem[at + slot - SLOT_WORD_BYTES] & 1 != phase(ring.consumed, ring.log_size):
                 break
@@ -248,34 +251,49 @@ class DmaDevice:
         if not 0 <= port < len(self.rings):
             raise DeviceError(f"port {port} is outside the device's {len(self.rings)} ports")
         self.counters.flushes += 1
+        ring = self.rings[port]
+        taken = self._take(port)
+        if not taken:
+            through, taken = self._wait(port)
+        else:
+            through = self._last_time(port)
+        self.counters.entries += taken
+        # Every slot read and not yet acknowledged (an earlier flush's too, if it was not acked).
+        return b"".join(self._entry(port, index) for index in range(ring.acked, ring.consumed)), through
+
+    def _last_time(self, port: int) -> int:
+        """The timestamp of the newest entry taken: what the ring holds is complete up to it (a
+        port's entries are in time order, and the ring is read in order)."""
+        return int.from_bytes(self._entry(port, self.rings[port].consumed - 1)[8:16], "little")
+
+    def _wait(self, port: int) -> tuple[int, int]:
+        """Nothing new in the ring: ask the device whether anything is on its way, and wait for it.
+
+        Returns the device time the port is complete to, and how many entries were taken."""
         through = self.device_time(port)
         written = self.read("entries_written", port)    # every entry stamped before `through`
         ring = self.rings[port]
         started = self.clock()
         rung_again = False
+        taken = 0
         while True:
-            self.counters.entries += self._take(port, written)
+            taken += self._take(port)
             if ring.first_seq is not None and ring.first_seq + ring.consumed >= written:
-                break
+                return through, taken
             if ring.first_seq is None and written == self.read("acknowledged", port):
-                break                       # nothing unacknowledged: nothing comes
-            if ring.consumed - ring.acked == ring.size:
-                # The ring is full until acknowledged: what it holds is complete up to its last
-                # entry's time (a port's entries are in time order).
-                last = self._entry(port, ring.consumed - 1)
-                through = min(through, int.from_bytes(last[8:16], "little"))
-                break
+                return through, taken       # nothing unacknowledged: nothing comes
+            if taken or ring.consumed - ring.acked == ring.size:
+                # More is on its way (or cannot come until the full ring is acknowledged).
+                return min(through, self._last_time(port)), taken
             waited = self.clock() - started
             if waited > RING_AGAIN_S and not rung_again and ring.acked:
                 self._ring(port)            # a doorbell the device missed: its ring is full
                 rung_again = True
             if waited > self.flush_timeout:
                 self.counters.timeouts += 1
-                raise DeviceError(f"{self.path}: port {port}'s entries before seq {written} did not all "
-                                  f"reach host memory within {self.flush_timeout:g} s")
+                raise DeviceError(f"{self.path}: none of port {port}'s entries before seq {written} still "
+                                  f"to come reached host memory within {self.flush_timeout:g} s")
             time.sleep(50e-6)
-        # Every slot read and not yet acknowledged (an earlier flush's too, if it was not acked).
-        return b"".join(self._entry(port, index) for index in range(ring.acked, ring.consumed)), through
 
     def ack(self, port: int, seq: int) -> None:
         """PortLink: everything of `port` up to `seq` is durable: ring the doorbell past its slot."""
