@@ -58,15 +58,25 @@ def make_streams(*, ports: int, entries: int, block_bytes: int, blocks: int, spa
     return streams
 
 
-def round_robin(streams: list[PortStream], size: int, ports=None):
-    """(port, raw, newest) flush batches of `ports` (all by default), round-robin as a collector
-    polls them."""
+def rounds(streams: list[PortStream], size: int, ports=None):
+    """Lists of (port, raw, newest) flush batches of `ports` (all by default), one per port that
+    still has entries, as a collector's rounds take them."""
     cursors = {s.port: s.batches(size) for s in streams if ports is None or s.port in ports}
     while cursors:
+        batches = []
         for port, it in list(cursors.items()):
             try:
                 raw, newest = next(it)
             except StopIteration:
                 del cursors[port]
                 continue
-            yield port, raw, newest
+            batches.append((port, raw, newest))
+        if batches:
+            yield batches
+
+
+def round_robin(streams: list[PortStream], size: int, ports=None):
+    """(port, raw, newest) flush batches of `ports` (all by default), round-robin as a collector
+    polls them."""
+    for batches in rounds(streams, size, ports):
+        yield from batches
