@@ -7,7 +7,7 @@ The whole mission in one run, each step shown live and marked on the timeline pi
    one server per port writing random blocks, primary storage on the volume, a storage log),
    reached over its pseudo-terminal exactly as a real board's serial port (`--link dma`:
    through journal rings in a host-memory file and BAR registers, `host/link/dma.py`);
-3. *steady*: the collector stores every port's journal durably (fsync before each ack);
+3. *steady*: the collector stores every port's journal durably (a round's fsync before its acks);
 4. *bookmark*: the servers pause, the board reports a quiet instant, the bookmark goes there;
 5. *attack*: one server overwrites a run of blocks with garbage (a ransomware-like event);
 6. *outage*: one port stops answering (on the DMA link: its doorbells are dropped, so its

@@ -228,8 +228,9 @@ class Progress:
 def collect(path, link, baud, timeout, folder, duration, deadline, interval, window, first_port):
     """Collect the ports' journals into the primary journal until Ctrl-C (or --duration).
 
-    Each round asks every valid port to flush, stores what arrives (fsync), then acknowledges
-    it: the board frees only what the journal holds. Ctrl-C ends the round under way first
+    Each round asks every valid port to flush, stores what arrives with one fsync (or one wait
+    for the cluster's acknowledgements), then acknowledges each port: the board frees only what
+    the journal holds. Ctrl-C ends the round under way first
     (exit 0). The journal is created with the board's geometry if the folder has none.
 
     Examples:
