@@ -349,7 +349,7 @@ class JetStreamJournal(JournalRules):
                 span = f"{rows['seq'][0]}-{rows['seq'][-1]}" if len(rows) else "none"
                 sends[i] = (f"{self.subject}.port.{port}", payload, f"{self._epoch}:{port}:{span}:{flushed}",
                             {FLUSHED: str(flushed)})
-            acks = self._run(_all_of([self._publish_async(*m) for m in sends.values()]))
+            acks = self._run(_all_of([self._publish_async(*m) for m in sends.values()])) if sends else []
             todo, crash = [], None
             for (i, (subject, payload, _, headers)), ack in zip(sends.items(), acks, strict=True):
                 if isinstance(ack, WrongLastSequence):

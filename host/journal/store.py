@@ -256,7 +256,7 @@ class LocalJournal(JournalRules):
         write or the fsync failed), nothing of the round may be acknowledged."""
         self.check_round(batches)
         refused: list[JournalError | None] = []
-        written = []            # (port, rows, starts, flushed) of each record, in writing order
+        written = []            # (port, rows, starts, record, flushed), in writing order
         for port, raw, flushed_through, device_port in batches:
             try:
                 rows, starts = self.fresh_entries(port, raw, device_port)
