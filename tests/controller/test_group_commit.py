@@ -158,3 +158,33 @@ def test_jetstream_round_publishes_at_once_and_stores_lost_acks_once(nats_cluste
             assert all(stored_seqs(fresh, p) == list(range(30)) for p in range(4))
     finally:
         JetStreamJournal.delete(url)
+
+
+def test_jetstream_round_that_fails_acknowledges_nobody(nats_cluster, monkeypatch):
+    """One publish of the round fails in a way the journal does not know: the poll raises, no port
+    is acknowledged, and a collector opened afresh stores every entry once."""
+    url = nats_cluster.journal_url("group_commit_crash")
+    streams = streams_of(3, entries=300)
+    link = FakePorts(streams, batch=10)
+    try:
+        with JetStreamJournal.create(url, block_bytes=BLOCK, ports=3, mode=Mode.REDO, window_ns=WINDOW) as j:
+            collector = Collector(j, link, deadline_s=60)
+            collector.poll()
+            real = j._js.publish
+
+            async def publish(subject, *args, **kwargs):
+                if subject.endswith(".port.1"):
+                    raise RuntimeError("the client broke")
+                return await real(subject, *args, **kwargs)
+
+            monkeypatch.setattr(j._js, "publish", publish)
+            with pytest.raises(RuntimeError, match="client broke"):
+                collector.poll()
+            assert link.acked == [9, 9, 9]
+        with JetStreamJournal.open(url) as j:
+            collector = Collector(j, link, deadline_s=60)
+            for _ in range(12):
+                collector.poll()
+            assert all(stored_seqs(j, p) == list(range(len(s.entries))) for p, s in enumerate(streams))
+    finally:
+        JetStreamJournal.delete(url)
