@@ -24,7 +24,7 @@ acknowledgement, and the port resends everything unacknowledged anyway. What bou
 then the servers' work per byte: every batch is written by the stream leader and both
 followers (each to its Raft log and its stream), and on this 2-core machine (shared with other
 jobs) the three servers use about 1.4 CPU-seconds per 100,000 entries of 512 B, so 1, 2 and 3
-collectors all measure 84,000-105,000 entries/s; larger messages cost less per entry (batches
+collectors all measure 65,000-105,000 entries/s; larger messages cost less per entry (batches
 of 1,024 entries ran ~40% faster than 256). More nodes do not speed up one volume (only its 3 replicas take
 part) but carry more volumes, each stream led by a different node; with nodes on machines of
 their own, one volume is bound by its leader's CPU and network.
