@@ -11,9 +11,10 @@ DEBIAN  := $(VENV)/.debian-stamp
 DEBIAN_PACKAGES := libnbd-bin qemu-utils libusb-1.0-0 libftdi1-2
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 JOBS    ?= auto
+BOARD   ?= ulx3s
 
 .PHONY: setup test test-host test-hdl lint demo clean distclean bench-dpll bench-merge bench-port bench-restore \
-	bench-link sim
+	bench-link sim bitstream bitstream-all flash
 
 setup: $(STAMP) $(DEBIAN)
 
@@ -53,6 +54,16 @@ bench-link: $(STAMP)
 # The virtual board: prints the pty to connect to, runs until Ctrl-C (SIM_ARGS="--rate 50 ...").
 sim: $(STAMP)
 	$(BIN)/portjournal sim $(SIM_ARGS)
+
+# Dev boards (boards/build.py): BOARD=ulx3s|icebreaker; cached under build/boards/.
+bitstream: $(STAMP)
+	$(BIN)/python -m boards.build $(BOARD)
+
+bitstream-all: $(STAMP)
+	$(BIN)/python -m boards.build ulx3s icebreaker
+
+flash: $(STAMP) $(DEBIAN)
+	$(BIN)/python -m boards.build $(BOARD) --flash
 
 bench-dpll: $(STAMP)
 	$(BIN)/python bench/dpll.py $(BENCH_ARGS)
