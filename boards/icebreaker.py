@@ -1,14 +1,15 @@
 """iCEBreaker (Lattice iCE40UP5K, SG48): the device image on a small iCE40 board.
 
-The UP5K has 5280 logic cells, 30 block RAMs of 4 Kbit and 8 DSPs: one port's logic (64-bit
-datapath, 64.32-bit DPLL time, CRC-32C) and the link already fill most of it, so this board is
-the slow, small target (the ULX3S is the one that carries the 4-port image):
+The UP5K has 5280 logic cells, 30 block RAMs of 4 Kbit and 8 DSPs. One port's logic (64-bit
+datapath, 64.32-bit DPLL time, CRC-32C) and the link took ~9,100 LUT4s in a 1-port ECP5 build,
+so this image does not fit yet (nextpnr stops at its utilisation check); the sizes below are
+the smallest sensible, for when the port logic shrinks:
 
 | what | value | why |
 |---|---|---|
-| ports | 1 | what fits in 5280 logic cells |
+| ports | 1 | the fewest |
 | ring depth | 8 entries | 8 x 64 B of ring (the block RAMs also hold the link frame buffers) |
-| block size | 64 B | the smallest block the entry format takes, to save block RAM |
+| block size | 64 B | a small block, to save block RAM |
 | port clock | 24 MHz | the 12 MHz oscillator x 2 through an `SB_PLL40_PAD` (VCO 768 MHz) |
 | time base | on board: 1 ms broadcasts at 6 Mbit/s, 4 cycles per bit (the DPLL's minimum) | T in ms |
 | link | 3 Mbaud 8N1 on the FT2232H's second channel (8 cycles per bit, exact) | |
