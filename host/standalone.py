@@ -26,6 +26,7 @@ import numpy as np
 from firmware.abi import regmap
 from firmware.abi.entry import Status
 
+from .journal.collector import LinkFault
 from .link.device import Device, DeviceError
 
 
@@ -132,3 +133,30 @@ class HostTraffic:
         with open(path, "wb") as f:
             for w in self.record:
                 f.write(struct.pack("<QQIB3x", w.time_ns, w.lba, w.seq, w.port) + w.data)
+
+
+class HostSilence:
+    """The Collector's `PortLink` with the host's side of chosen ports cut: for a port in
+    `silenced`, flush, ack and resend fail at once (LinkFault), as if its link were down, so it
+    misses its flush deadline; its ring keeps what it holds. For a standalone board, which has no
+    harness to drop frames, this is the demo's port outage."""
+
+    def __init__(self, link):
+        self.link = link
+        self.silenced: set[int] = set()
+
+    def _check(self, port: int) -> None:
+        if port in self.silenced:
+            raise LinkFault(f"port {port}: the host's link to it is cut (outage)")
+
+    def flush(self, port: int) -> tuple[bytes, int]:
+        self._check(port)
+        return self.link.flush(port)
+
+    def ack(self, port: int, seq: int) -> None:
+        self._check(port)
+        self.link.ack(port, seq)
+
+    def resend(self, port: int) -> None:
+        self._check(port)
+        self.link.resend(port)
