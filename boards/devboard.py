@@ -13,11 +13,13 @@ it only what the board has instead of a simulator:
 - **Time base.** `hdl.timebase.TimeBase` runs on the board's clock and drives the image's
   `timebase` wire, as on the virtual board. There is no wall clock on the board: T counts
   `unit_ns` from power-up (origin 0), so device times read as 1970 plus the uptime.
-- **Traffic and storage.** A dev board has no servers and no storage network: a push button per
-  port writes one block (`boards.traffic.ButtonWrites`), and `boards.storage.AcceptingStorage`
-  completes every primary write as OK and reads back zero blocks.
+- **Traffic and storage.** A dev board has no servers and no storage network, so it runs the
+  *standalone* image (`DeviceImage(store_blocks=…)`, as the virtual board's standalone variant
+  does): its primary storage is `boards.storage.BlockStore`, a volume of `store_blocks` blocks in
+  block RAM, and its write traffic is injected by the host over the link (INJECT_WRITE), which
+  reads the volume back with READ_BLOCK (`portjournal demo --port`).
 - **LEDs** (`leds`, in the board's order): one per port lit while its DPLL is locked, then link
-  activity (a byte in either direction) and write activity (an ingress beat on any port),
+  activity (a byte in either direction) and write activity (a primary-write beat on any port),
   stretched to `BLINK_S` so a single byte shows.
 """
 
@@ -25,17 +27,15 @@ from dataclasses import dataclass
 
 from amaranth.hdl import Cat, ClockDomain, ClockSignal, Elaboratable, Module, Signal
 from amaranth.lib import io, wiring
-from amaranth.lib.cdc import FFSynchronizer, ResetSynchronizer
+from amaranth.lib.cdc import ResetSynchronizer
 
-from boards.storage import AcceptingStorage
-from boards.traffic import ButtonWrites
+from boards.storage import STANDALONE_BLOCKS, BlockStore, connect_store
 from firmware.abi.entry import Mode
 from firmware.image import DeviceImage
 from hdl.timebase import DEFAULT_BIT_RATE, DEFAULT_INTERVAL_NS, DEFAULT_UNIT_NS, TimeBase
 from hdl.uart import UART
 
 BLINK_S = 0.02          # an activity pulse is stretched to 20 ms, visible to the eye
-DEBOUNCE_S = 0.005      # push buttons are sampled every 5 ms
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,7 @@ class DevBoardConfig:
     interval_ns: int = DEFAULT_INTERVAL_NS
     unit_ns: int = DEFAULT_UNIT_NS
     timebase_bit_rate: int = DEFAULT_BIT_RATE
+    store_blocks: int = STANDALONE_BLOCKS     # the on-chip volume, blocks of `block_bytes`
 
     @property
     def uart_divisor(self) -> int:
@@ -65,7 +66,8 @@ class DevBoardConfig:
     def image(self) -> DeviceImage:
         return DeviceImage(ports=self.ports, block_bytes=self.block_bytes, depth=self.depth,
                            mode=self.mode, clk_hz=self.clock_hz, interval_ns=self.interval_ns,
-                           unit_ns=self.unit_ns, bit_rate=self.timebase_bit_rate)
+                           unit_ns=self.unit_ns, bit_rate=self.timebase_bit_rate,
+                           store_blocks=self.store_blocks)
 
 
 class DevBoardTop(Elaboratable):
@@ -104,23 +106,15 @@ class DevBoardTop(Elaboratable):
         wiring.connect(m, uart.o_stream, image.rx)
         wiring.connect(m, image.tx, uart.i_stream)
 
-        ticks_per_sample = round(cfg.clock_hz * DEBOUNCE_S)
-        writes = m.submodules.writes = ButtonWrites(ports=cfg.ports, block_bytes=cfg.block_bytes,
-                                                    ticks_per_sample=ticks_per_sample)
-        for p, (name, number) in enumerate(self.buttons(platform)):
-            button = m.submodules[f"button{p}_buf"] = io.Buffer("i", platform.request(name, number, dir="-"))
-            m.submodules[f"button{p}_sync"] = FFSynchronizer(button.i, writes.buttons[p])
+        store = m.submodules.store = BlockStore(ports=cfg.ports, block_bytes=cfg.block_bytes,
+                                                blocks=cfg.store_blocks)
+        wiring.connect(m, image.store_rcmd, store.link_rcmd)
+        wiring.connect(m, store.link_rdata, image.store_rdata)
         for p in range(cfg.ports):
-            storage = m.submodules[f"storage{p}"] = AcceptingStorage(block_bytes=cfg.block_bytes)
-            port = image.port[p]
-            wiring.connect(m, writes.ingress[p], port.ingress)
-            wiring.connect(m, port.pri_write, storage.write)
-            wiring.connect(m, storage.wresp, port.pri_wresp)
-            wiring.connect(m, port.pri_rcmd, storage.rcmd)
-            wiring.connect(m, storage.rdata, port.pri_rdata)
+            connect_store(m, image.port[p], store.port[p])
 
         link_busy = ~rx_pin.i | ~uart.tx
-        write_busy = Cat(image.port[p].ingress.valid & image.port[p].ingress.ready
+        write_busy = Cat(image.port[p].pri_write.valid & image.port[p].pri_write.ready
                          for p in range(cfg.ports)).any()
         leds = []
         for n, (name, number) in enumerate(self.leds(platform)):
@@ -142,10 +136,6 @@ class DevBoardTop(Elaboratable):
         with m.Elif(left != 0):
             m.d.sync += left.eq(left - 1)
         return left != 0
-
-    def buttons(self, platform) -> list[tuple[str, int]]:
-        """One push button per port, in port order: (resource name, number)."""
-        raise NotImplementedError
 
     def leds(self, platform) -> list[tuple[str, int]]:
         """The board's LEDs (resource name, number) in order: port locks first, then link and

@@ -13,7 +13,7 @@ the smallest sensible, for when the port logic shrinks:
 | port clock | 24 MHz | the 12 MHz oscillator x 2 through an `SB_PLL40_PAD` (VCO 768 MHz) |
 | time base | on board: 1 ms broadcasts at 6 Mbit/s, 4 cycles per bit (the DPLL's minimum) | T in ms |
 | link | 3 Mbaud 8N1 on the FT2232H's second channel (8 cycles per bit, exact) | |
-| button | the user button writes one block on port 0 | `boards.traffic.ButtonWrites` |
+| volume | 64 blocks of 64 B (4 KiB) in block RAM, for the host's injected writes | `BlockStore` |
 | LEDs | green: DPLL locked; red: link bytes; break-off PMOD LED2: block writes | `boards.devboard` |
 
 Build with `make bitstream BOARD=icebreaker` (and `make bitstream-all`), program with
@@ -30,7 +30,7 @@ VCO_HZ = (533e6, 1066e6)           # the SB_PLL40's VCO range
 PFD_HZ = (10e6, 133e6)             # and its phase detector's
 
 CONFIG = DevBoardConfig(name="icebreaker", ports=1, depth=8, block_bytes=64, clock_hz=24_000_000,
-                        baud=3_000_000, timebase_bit_rate=6_000_000)
+                        baud=3_000_000, timebase_bit_rate=6_000_000, store_blocks=64)
 
 
 def sb_pll40_dividers(f_in: int, f_out: int) -> dict:
@@ -68,9 +68,6 @@ class ICEBreakerBoard(DevBoardTop):
             io_PACKAGEPIN=clk12.io, i_RESETB=1, i_BYPASS=0,
             o_PLLOUTGLOBAL=clk, o_LOCK=locked)
         return clk, locked
-
-    def buttons(self, platform):
-        return [("button", p) for p in range(self.config.ports)]
 
     def leds(self, platform):
         platform.add_resources(platform.break_off_pmod)

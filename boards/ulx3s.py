@@ -8,7 +8,7 @@
 | port clock | 30 MHz | 25 MHz x 6 / 5 (`EHXPLLL`, VCO 600 MHz): what the 4-port image meets (below) |
 | link | 2 Mbaud 8N1, FT231X USB-UART | 15 cycles per bit, exact; the FT231X divides 3 MHz by 1.5 |
 | time base | on board: 1 ms broadcasts of T (ms from power-up), 7.5 Mbit/s | 4 cycles per bit (the minimum) |
-| buttons | F1, F2, UP, DOWN: one block write on port 0, 1, 2, 3 | `boards.traffic.ButtonWrites` |
+| volume | 256 blocks of 512 B (128 KiB: 64 of the 208 DP16KD), for injected writes | `BlockStore` |
 | LEDs | D0-D3: port 0-3 DPLL locked; D4: link bytes; D5: block writes | `boards.devboard` |
 
 The goal is a 100 MHz port clock. nextpnr's critical paths run through control logic written
@@ -69,9 +69,6 @@ class ULX3SBoard(DevBoardTop):
             i_PHASEDIR=1, i_PHASESTEP=1, i_PHASELOADREG=1, i_PLLWAKESYNC=0, i_ENCLKOP=0,
             o_CLKOP=clk, o_LOCK=locked)
         return clk, locked
-
-    def buttons(self, platform):
-        return [("button", p) for p in range(self.config.ports)]
 
     def leds(self, platform):
         return [("led", n) for n in range(self.config.ports + 2)]
