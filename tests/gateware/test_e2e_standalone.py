@@ -13,6 +13,7 @@ copy-on-write pre-images are checked against a model in `test_inject.py`.)
 import random
 
 import numpy as np
+import pytest
 
 from firmware.abi.entry import Mode
 from host.journal.base import install_base
@@ -36,6 +37,9 @@ def test_injected_writes_journaled_stored_and_restored(tmp_path):
     with board, Device.open(board.tty, timeout=0.2, flush_timeout=0.3, tries=8) as dev:
         ident = dev.identity
         assert ident.standalone and dev.store_blocks() == config.store_blocks
+        board.command("ransom 1 0 4")            # the host is the traffic: no servers to command
+        with pytest.raises(RuntimeError, match="no servers"):
+            board.wait_event("ransom", timeout=30)
         wait_locked(dev)
         journal = LocalJournal.create(tmp_path / "journal", block_bytes=ident.block_bytes, ports=ident.ports,
                                       mode=Mode.REDO, window_ns=10**5)
