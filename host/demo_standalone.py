@@ -51,6 +51,7 @@ class StandaloneDemo(Demo):
             self.board_config = SIM_STANDALONE
         else:
             self.board_config = None        # a real board: its clock and oscillators are its own
+            self.paths.pop("dpll")
         self.paths.pop("log")
         self.paths["record"] = config.out / "writes.bin"
         self.result.paths = {k: str(v) for k, v in self.paths.items()}
@@ -87,7 +88,8 @@ class StandaloneDemo(Demo):
         out = self.cfg.out
         out.mkdir(parents=True, exist_ok=True)
         for name in ("volume", "record", "timeline", "dpll", "summary", "undo"):
-            self.paths[name].unlink(missing_ok=True)
+            if name in self.paths:
+                self.paths[name].unlink(missing_ok=True)
         if self.paths["journal"].exists():
             shutil.rmtree(self.paths["journal"])
 
@@ -117,9 +119,7 @@ class StandaloneDemo(Demo):
                 self.device.write("mode", self.cfg.mode, p)
             self.origin = device_time(self.device)
             self.result.time_origin_ns = self.origin
-            self.journal = LocalJournal.create(self.paths["journal"], block_bytes=ident.block_bytes,
-                                               ports=ident.ports, mode=self.cfg.mode,
-                                               window_ns=round(self.cfg.window_ms * 1e6))
+            self.journal = self.new_journal()
             self.silence = HostSilence(self.device)
             self.collector = Collector(self.journal, self.silence, deadline_s=self.cfg.deadline_s)
             self.traffic = HostTraffic(self.device, seed=self.cfg.seed, make_room=self._make_room)
@@ -128,6 +128,26 @@ class StandaloneDemo(Demo):
             self.progress = Progress(self.device, self.journal, sample_s=self.cfg.sample_s,
                                      on_sample=self._sample)
             yield
+
+    def new_journal(self) -> LocalJournal:
+        """A journal for the board as it is: a board used before (not powered off since) numbers
+        its ports' entries on from the last run, so each port's history here starts at its
+        ring's tail (entries before it were acknowledged to another journal, or none)."""
+        ident = self.device.identity
+        folder = self.paths["journal"]
+        journal = LocalJournal.create(folder, block_bytes=ident.block_bytes, ports=ident.ports,
+                                      mode=self.cfg.mode, window_ns=round(self.cfg.window_ms * 1e6))
+        tails = [self.device.read("acknowledged", p) for p in range(ident.ports)]
+        if not any(tails):
+            return journal
+
+        def start_at_tails(state) -> None:
+            for port, tail in enumerate(tails):
+                state.port_state[port].compacted_seq = tail - 1
+
+        journal.update_state(start_at_tails)
+        journal.close()
+        return LocalJournal.open(folder)
 
     def fill_volume(self) -> None:
         """Seeded random blocks everywhere, then the base copy (READ_BLOCK) at the board's time."""
