@@ -25,8 +25,8 @@ def connect_store(m, port, store_port) -> None:
 class BlockStore(wiring.Component):
     """A standalone board's primary storage: a volume of `blocks` blocks in on-chip RAM.
 
-    Every port's primary writes and copy-on-write pre-image reads (`port[i]`, the same streams
-    as `AcceptingStorage`'s) and the link's READ_BLOCK reads (`link_rcmd`/`link_rdata`) share one
+    Every port's primary writes and copy-on-write pre-image reads (`port[i]`: a `DeviceImage`
+    port's `pri_*` streams) and the link's READ_BLOCK reads (`link_rcmd`/`link_rdata`) share one
     `amaranth.lib.memory.Memory` of 64-bit words with one write and one synchronous read port,
     so it maps to block RAM. One request is served at a time, whole: an arbiter takes the next
     requester in round-robin order — port 0's write, port 0's read, port 1's write, …, the
