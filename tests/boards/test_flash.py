@@ -16,11 +16,24 @@ from fake_ecp5 import BITSTREAM_BURST, IDCODE_PUB, ISC_DISABLE, ISC_ENABLE, Fake
 from boards.build import build, flash, openfpgaloader
 
 PREAMBLE = bytes([0xBD, 0xB3])
+# The tests needing the bitstream run on one worker (`make test` distributes by group), so one
+# worker builds it while the others run everything else.
+pytestmark = pytest.mark.xdist_group("ulx3s")
 
 
 @pytest.fixture(scope="session")
 def ulx3s():
     return build("ulx3s")
+
+
+def test_ulx3s_meets_timing(ulx3s):
+    """The port clock (the PLL's output, the only clock) meets the board's constraint, and the
+    report line states the board's image."""
+    cfg = ulx3s.top.config
+    assert [c.met for c in ulx3s.clocks] == [True]
+    assert ulx3s.port_clock.target_mhz == pytest.approx(cfg.clock_hz / 1e6, abs=0.01)
+    assert ulx3s.summary_line().startswith(
+        f"bitstream: board=ulx3s ports={cfg.ports} ring_entries={cfg.depth} block_bytes={cfg.block_bytes} ")
 
 
 def payload(bitstream: bytes) -> bytes:
