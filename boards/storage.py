@@ -30,11 +30,13 @@ class BlockStore(wiring.Component):
     `amaranth.lib.memory.Memory` of 64-bit words with one write and one synchronous read port,
     so it maps to block RAM. One request is served at a time, whole: an arbiter takes the next
     requester in round-robin order — port 0's write, port 0's read, port 1's write, …, the
-    link's read — after the one it served last. A write takes its header beat (lba) and its data
-    beats, one a cycle, into the block, then owes its port a completion (`ok`); a port's next
-    write waits until that completion is taken. A read streams the block's words out, the last
-    one marked. A block outside the volume is neither written nor read: the write completes with
-    `ok` = 0, the read returns zero beats with `ok` = 0. The volume starts as zeros.
+    link's read — after the one it served last, and takes its header the next cycle (the choice
+    is registered, so the ports' handshakes do not chain through the arbiter). A write takes its
+    header beat (lba) and its data beats, one a cycle, into the block, then owes its port a
+    completion (`ok`); a port's next write waits until that completion is taken. A read streams
+    the block's words out, the last one marked. A block outside the volume is neither written
+    nor read: the write completes with `ok` = 0, the read returns zero beats with `ok` = 0. The
+    volume starts as zeros.
     """
 
     def __init__(self, *, ports: int, block_bytes: int, blocks: int):
@@ -100,12 +102,16 @@ class BlockStore(wiring.Component):
             with m.State("IDLE"):
                 with m.If(found):
                     m.d.sync += [grant.eq(chosen), last.eq(chosen), word.eq(0)]
-                    for q, (_, source, _, owed, _) in enumerate(requests):
-                        with m.If(chosen == q):
-                            m.d.comb += source.ready.eq(1)
-                            header = source.payload.data if owed is not None else source.payload.lba
-                            m.d.sync += [lba.eq(header), in_range.eq(header < self.blocks)]
-                    m.next = "DISPATCH"
+                    m.next = "ACCEPT"
+            with m.State("ACCEPT"):
+                # The header is taken a cycle after the choice, from the granted requester alone
+                # (its valid holds until then): no port's ready depends on another port's valid.
+                for q, (_, source, _, owed, _) in enumerate(requests):
+                    with m.If(grant == q):
+                        m.d.comb += source.ready.eq(1)
+                        header = source.payload.data if owed is not None else source.payload.lba
+                        m.d.sync += [lba.eq(header), in_range.eq(header < self.blocks)]
+                m.next = "DISPATCH"
             with m.State("DISPATCH"):
                 # One cycle: the read port fetches the block's first word meanwhile.
                 for q, (_, _, _, owed, _) in enumerate(requests):
