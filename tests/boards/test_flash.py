@@ -58,9 +58,8 @@ def test_flash_ulx3s_into_fake_ecp5(ulx3s):
 
 def test_flash_without_board_says_so(ulx3s):
     """No cable on the machine: openFPGALoader fails and the error says what to check."""
-    closed = FakeECP5()
-    port = closed.port
-    closed.__exit__(None, None, None)       # nobody listens there any more
+    with FakeECP5() as closed:
+        port = closed.port          # nobody listens there once the block is left
     with pytest.raises(Exception, match="is the board plugged in"):
         flash(ulx3s, cable_args=["-c", "remote-bitbang", "--ip", "127.0.0.1", "--port", str(port)])
 
