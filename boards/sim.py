@@ -38,6 +38,14 @@ start at their init values), so no output depends combinationally on an input an
 out to every register: Verilator's input-combinational region (run on every `eval()`, twice per
 cycle) stays tiny instead of re-running most of the image's logic (here 0.7 → 1.3 M cycles/s).
 
+**Standalone** (`SimBoardConfig.store_blocks` > 0, `SIM_STANDALONE`): the board variant a dev
+board runs. The image is `DeviceImage(store_blocks=…)` — the same RTL with the host's
+INJECT_WRITE/READ_BLOCK path (`hdl/inject.py`, `hdl/link.py`) — on a `BlockStore`
+(`boards/storage.py`, the volume in on-chip RAM) inside the top, exactly as `boards/devboard.py`
+builds it for a real board. The ports' streams stay inside: of the per-port signals only
+`p{i}_locked` remains, and the harness runs no servers and no file volume; the host is the
+traffic source (`portjournal demo --port`, `--standalone`).
+
 `SIM_BOARD` holds the board's parameters in one place; the harness gets the ones it needs
 (ports, block size, clock, time unit) on its command line from `sim/vboard.py`.
 """
@@ -49,6 +57,7 @@ from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
+from boards.storage import STANDALONE_BLOCKS, BlockStore, connect_store
 from firmware.abi.entry import Mode
 from firmware.image import DeviceImage
 from hdl.timebase import PAYLOAD_BYTES, TimeBase
@@ -80,6 +89,13 @@ class SimBoardConfig:
     # `ports`, so the DPLLs have real offsets to find (the DESIGN's "own clock with a ppm offset").
     port_ppm: tuple[float, ...] | None = None
     link: str = "serial"            # or "dma": journal rings in host memory (hdl/dma.py)
+    # > 0: the standalone variant, a volume of this many blocks in on-chip RAM and the host's
+    # injected writes instead of the harness's servers and file volume
+    store_blocks: int = 0
+
+    @property
+    def standalone(self) -> bool:
+        return self.store_blocks > 0
 
     @property
     def ppm(self) -> tuple[float, ...]:
@@ -94,13 +110,16 @@ class SimBoardConfig:
         """The `DeviceImage` (and `SimBoard`) arguments: what changes the gateware."""
         d = asdict(self)
         return {**{k: d[k] for k in ("ports", "block_bytes", "depth", "mode", "clock_hz", "interval_ns",
-                                     "unit_ns", "link")}, "port_ppm": self.ppm}
+                                     "unit_ns", "link", "store_blocks")}, "port_ppm": self.ppm}
 
 
 SIM_BOARD = SimBoardConfig()
+SIM_STANDALONE = SimBoardConfig(store_blocks=STANDALONE_BLOCKS)
 
 
-def _port_members(p: int) -> dict:
+def _port_members(p: int, standalone: bool) -> dict:
+    if standalone:
+        return {f"p{p}_locked": Out(1)}
     return {
         f"p{p}_locked": Out(1),
         f"p{p}_in_valid": In(1), f"p{p}_in_ready": Out(1), f"p{p}_in_data": In(64),
@@ -120,13 +139,16 @@ class SimBoard(wiring.Component):
     def __init__(self, *, ports: int = SIM_BOARD.ports, block_bytes: int = SIM_BOARD.block_bytes,
                  depth: int = SIM_BOARD.depth, mode: Mode = SIM_BOARD.mode,
                  clock_hz: int = SIM_BOARD.clock_hz, interval_ns: int = SIM_BOARD.interval_ns,
-                 unit_ns: int = SIM_BOARD.unit_ns, port_ppm: tuple[float, ...] = (), link: str = "serial"):
+                 unit_ns: int = SIM_BOARD.unit_ns, port_ppm: tuple[float, ...] = (), link: str = "serial",
+                 store_blocks: int = 0):
         if not 1 <= ports <= MAX_PORTS:
             self._MustUse__silence = True
             raise ValueError(f"the virtual board has 1..{MAX_PORTS} ports (got {ports})")
         self.image = DeviceImage(ports=ports, block_bytes=block_bytes, depth=depth, mode=mode,
                                  clk_hz=clock_hz, interval_ns=interval_ns, unit_ns=unit_ns,
-                                 port_ppm=port_ppm, link=link)
+                                 port_ppm=port_ppm, link=link, store_blocks=store_blocks)
+        self.store = (BlockStore(ports=ports, block_bytes=block_bytes, blocks=store_blocks)
+                      if store_blocks else None)
         self.link = link
         self.timebase = TimeBase(ref_hz=clock_hz, interval_ns=interval_ns, unit_ns=unit_ns)
         self.ports = ports
@@ -140,7 +162,7 @@ class SimBoard(wiring.Component):
                             "dma_valid": Out(1), "dma_ready": In(1), "dma_addr": Out(64), "dma_data": Out(64),
                             "dma_first": Out(1), "dma_last": Out(1), "dma_busy": Out(1)})
         for p in range(ports):
-            members.update(_port_members(p))
+            members.update(_port_members(p, self.store is not None))
         super().__init__(members)
 
     def elaborate(self, platform):
@@ -181,9 +203,16 @@ class SimBoard(wiring.Component):
                          bar.w_en.eq(self.bar_w_en), bar.w_addr.eq(self.bar_w_addr),
                          bar.w_data.eq(self.bar_w_data), self.dma_busy.eq(image.dma_busy)]
             out_of("dma", image.wr, ["addr", "data", "first", "last"])
+        if self.store is not None:
+            store = m.submodules.store = self.store
+            wiring.connect(m, image.store_rcmd, store.link_rcmd)
+            wiring.connect(m, store.link_rdata, image.store_rdata)
         for p in range(self.ports):
             board = image.port[p]
             m.d.comb += getattr(self, f"p{p}_locked").eq(board.locked)
+            if self.store is not None:
+                connect_store(m, board, store.port[p])
+                continue
             into(f"p{p}_in", board.ingress, ["data", "first", "last"])
             out_of(f"p{p}_wr", board.pri_write, ["data", "first", "last"])
             into(f"p{p}_wresp", board.pri_wresp, ["ok"])

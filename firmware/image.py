@@ -20,6 +20,8 @@ storage interfaces from the simulator directly.
 | `port[i].pri_wresp` | in | {ok} | their completions, in order |
 | `port[i].pri_rcmd` | out | {lba: 64} | copy-on-write pre-image reads |
 | `port[i].pri_rdata` | in | {data: 64, last, ok} | the pre-image beats |
+| `store_rcmd` | out | {lba: 64} | READ_BLOCK's read of the on-chip volume (only with `store_blocks`) |
+| `store_rdata` | in | {data: 64, last, ok} | its beats |
 
 Inside: `JournalPort` i (`hdl/journal_port.py`) with its `flush`/`ack`/`flush_cmd`/`resend`
 wired to `LinkController.port[i]` (`hdl/link.py`), its control inputs driven and its counters
@@ -43,6 +45,14 @@ increment is off by that much and its loop must find and cancel the offset — t
 problem as a port oscillator that far off, with the same clock edges. With
 `dpll=False` the board drives `port[i].time` itself and the `dpll` registers read 0
 (`sim/device_top.py`, the link tests).
+
+With `store_blocks` > 0 the image is *standalone*: its board has no servers and no storage
+network, and keeps a volume of `store_blocks` blocks in on-chip RAM (`boards.storage.BlockStore`,
+on the ports' primary-storage streams and on `store_rcmd`/`store_rdata`). The host injects the
+write traffic over the link (INJECT_WRITE) and reads the volume back (READ_BLOCK): an `Injector`
+(`hdl/inject.py`) is every port's ingress, so `port[i]` has no `ingress` member. The
+`store_blocks` register and IDENTITY's `FEATURE_INJECTION` bit tell the host. Only on the serial
+link.
 """
 
 from amaranth.hdl import Module
@@ -50,20 +60,27 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from firmware.abi.entry import Mode
-from firmware.abi.frames import IDENTITY, IMAGE_ID, IMAGE_VERSION
+from firmware.abi.frames import FEATURE_INJECTION, IDENTITY, IMAGE_ID, IMAGE_VERSION
 from firmware.abi.regmap import COUNTERS, DMA_REGISTERS, DPLL_WORDS, PORT
 from firmware.registers import RegisterBlock
 from hdl.dma import DmaRingWriter, WriteBeat
 from hdl.dpll import DigitalPLL
+from hdl.inject import Injector, inject_port_watch
 from hdl.journal_port import JournalPort
 from hdl.link import DATAPATH_BITS, LinkController, RegisterBus
 from hdl.timebase import DEFAULT_BIT_RATE, DEFAULT_INTERVAL_NS, DEFAULT_UNIT_NS
 from hdl.timestamper import TIME_BITS
-from hdl.write_path import port_io_members
+from hdl.write_path import ReadCommand, port_io_members, read_beat_layout
 
-BoardPortSignature = wiring.Signature({"time": In(TIME_BITS), **port_io_members(DATAPATH_BITS)})
-# With DPLLs: no `time` in (the DPLL makes it), the DPLL's `locked` out (for a board's LED or harness).
-DpllPortSignature = wiring.Signature({"locked": Out(1), **port_io_members(DATAPATH_BITS)})
+
+def board_port_signature(dpll: bool, injection: bool) -> wiring.Signature:
+    """A port as the board sees it: with a DPLL, its `locked` out (for a board's LED or harness),
+    else its `time` in; its ingress unless the host injects the writes; its storage streams."""
+    members = {"locked": Out(1)} if dpll else {"time": In(TIME_BITS)}
+    members.update({name: member for name, member in port_io_members(DATAPATH_BITS).items()
+                    if not (injection and name == "ingress")})
+    return wiring.Signature(members)
+
 
 CONTROLS = [r.name for r in PORT if r.group == "control"]
 
@@ -75,17 +92,20 @@ class DeviceImage(wiring.Component):
                  mode: Mode = Mode.REDO, max_payload: int | None = None, dpll: bool = True,
                  clk_hz: float = 125e6, interval_ns: int = DEFAULT_INTERVAL_NS,
                  unit_ns: int = DEFAULT_UNIT_NS, bit_rate: int = DEFAULT_BIT_RATE,
-                 port_ppm: tuple[float, ...] = (), link: str = "serial"):
+                 port_ppm: tuple[float, ...] = (), link: str = "serial", store_blocks: int = 0):
         if not 1 <= ports <= 255 or depth > 0xFFFF or len(port_ppm) not in (0, ports) \
-                or link not in ("serial", "dma"):
+                or link not in ("serial", "dma") or not 0 <= store_blocks < 2**32 \
+                or (store_blocks and link != "serial"):
             self._MustUse__silence = True  # a rejected core is not an unused one
-            raise ValueError(f"need 1..255 ports, a depth below 65536, a ppm offset per port or none and "
-                             f"a serial or dma link (got {ports}, {depth}, {len(port_ppm)}, {link!r})")
+            raise ValueError(f"need 1..255 ports, a depth below 65536, a ppm offset per port or none, "
+                             f"a serial or dma link and an on-chip volume only on the serial link (got "
+                             f"{ports}, {depth}, {len(port_ppm)}, {link!r}, {store_blocks})")
         self.ports = ports
         self.block_bytes = block_bytes
         self.depth = depth
         self.mode = Mode(mode)
         self.dpll = dpll
+        self.store_blocks = store_blocks
         self.dpll_args = [dict(clk_hz=clk_hz / (1 + ppm * 1e-6), interval_ns=interval_ns, unit_ns=unit_ns,
                                bit_rate=bit_rate) for ppm in (port_ppm or (0,) * ports)]
         try:
@@ -94,7 +114,7 @@ class DeviceImage(wiring.Component):
                     DigitalPLL(**args)._MustUse__silence = True
             if link == "serial":
                 self.link = LinkController(ports=ports, block_bytes=block_bytes, identity=self.identity(),
-                                           max_payload=max_payload)
+                                           max_payload=max_payload, store_blocks=store_blocks)
             else:
                 self.link = DmaRingWriter(ports=ports, block_bytes=block_bytes)
         except ValueError:
@@ -106,8 +126,11 @@ class DeviceImage(wiring.Component):
             members = {"bar": In(RegisterBus), "wr": Out(stream.Signature(WriteBeat)), "dma_busy": Out(1)}
         members.update({
             "rx_framing_errors": In(32),
-            "port": Out(DpllPortSignature if dpll else BoardPortSignature).array(ports),
+            "port": Out(board_port_signature(dpll, bool(store_blocks))).array(ports),
         })
+        if store_blocks:
+            members.update({"store_rcmd": Out(stream.Signature(ReadCommand)),
+                            "store_rdata": In(stream.Signature(read_beat_layout(DATAPATH_BITS)))})
         if dpll:
             members["timebase"] = In(1, init=1)     # idle high
         super().__init__(members)
@@ -115,7 +138,7 @@ class DeviceImage(wiring.Component):
     def identity(self) -> bytes:
         """The IDENTITY response's payload (`firmware.abi.frames.IDENTITY`)."""
         return IDENTITY.pack(IMAGE_ID, IMAGE_VERSION, self.ports, self.mode, self.depth,
-                             self.block_bytes, DATAPATH_BITS, 0)
+                             self.block_bytes, DATAPATH_BITS, FEATURE_INJECTION if self.store_blocks else 0)
 
     def elaborate(self, platform):
         m = Module()
@@ -126,7 +149,7 @@ class DeviceImage(wiring.Component):
             constants={"image_id": IMAGE_ID, "version": IMAGE_VERSION, "ports": self.ports,
                        "ring_depth": self.depth, "block_bytes": self.block_bytes,
                        "datapath_bits": DATAPATH_BITS, "mode": self.mode,
-                       "max_payload": link.max_payload if serial else 0},
+                       "max_payload": link.max_payload if serial else 0, "store_blocks": self.store_blocks},
             port_init={"mode": self.mode, **({} if serial else {"watermark": 1})})
         m.d.comb += regs.rx_framing_errors.eq(self.rx_framing_errors)
         if serial:
@@ -136,6 +159,11 @@ class DeviceImage(wiring.Component):
             for name, member in regs.signature.members.items():     # the link's counters
                 if name not in ("bus", "port", "rx_framing_errors") and member.flow == In:
                     m.d.comb += getattr(regs, name).eq(getattr(link, name))
+            if self.store_blocks:
+                injector = m.submodules.injector = Injector(ports=self.ports, block_bytes=self.block_bytes)
+                wiring.connect(m, link.inject, injector.control)
+                wiring.connect(m, link.store_rcmd, wiring.flipped(self.store_rcmd))
+                wiring.connect(m, wiring.flipped(self.store_rdata), link.store_rdata)
         else:
             wiring.connect(m, wiring.flipped(self.bar), regs.bus)
             wiring.connect(m, link.wr, wiring.flipped(self.wr))
@@ -154,7 +182,11 @@ class DeviceImage(wiring.Component):
             else:
                 time = board.time       # the DPLL registers read 0
             m.d.comb += jp.time.eq(time)
-            wiring.connect(m, wiring.flipped(board.ingress), jp.ingress)
+            if self.store_blocks:
+                wiring.connect(m, injector.port[p].ingress, jp.ingress)
+                inject_port_watch(m, injector.port[p], jp)
+            else:
+                wiring.connect(m, wiring.flipped(board.ingress), jp.ingress)
             wiring.connect(m, jp.pri_write, wiring.flipped(board.pri_write))
             wiring.connect(m, wiring.flipped(board.pri_wresp), jp.pri_wresp)
             wiring.connect(m, jp.pri_rcmd, wiring.flipped(board.pri_rcmd))

@@ -8,13 +8,18 @@ whose members are named after the per-port registers. The bus is `RegisterBus` f
 `hdl.link`: reads take one cycle (`r_data` follows `r_addr` a cycle later), writes (`w_addr`,
 `w_data`, `w_en`) take effect at the end of the cycle `w_en` is high, so a read issued in the
 next cycle sees the new value. Unmapped addresses read 0 and ignore writes.
+
+The read data is a binary tree of 2:1 multiplexers over the address bits (the register's offset
+in its block, then the block), with empty subtrees cut off as zeros: a decoder written as one
+case per address becomes an AND-OR of every register (5,000 LUT4s for four ports on an ECP5,
+all of them pulled to one spot of the chip); the tree takes a third of that.
 """
 
-from amaranth.hdl import Module
+from amaranth.hdl import Const, Module, Mux, Value
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from firmware.abi.regmap import GLOBAL, PORT, address
+from firmware.abi.regmap import GLOBAL, PORT, PORT_STRIDE, address
 from hdl.link import RegisterBus
 
 
@@ -22,6 +27,18 @@ def _member(reg, init: dict):
     if reg.access == "RO":
         return In(reg.width)
     return Out(reg.width, init=init.get(reg.name, reg.init) if reg.access == "RW" else 0)
+
+
+def _mux_tree(select: Value, options: list) -> Value | int:
+    """`options[select]` as a tree of 2:1 multiplexers, low select bit first; a subtree whose
+    options are all 0 is the constant 0. A `select` beyond the options is the caller's to rule out."""
+    if not any(isinstance(o, Value) or o for o in options):
+        return 0
+    if len(options) == 1:
+        return options[0]
+    bit = (len(options) - 1).bit_length() - 1
+    low, high = options[:1 << bit], options[1 << bit:]
+    return Mux(select[bit], _mux_tree(select, high), _mux_tree(select, low))
 
 
 def port_signature(init: dict | None = None) -> wiring.Signature:
@@ -60,12 +77,7 @@ class RegisterBlock(wiring.Component):
             for reg in PORT:
                 sources.append((address(reg.name, p), reg, getattr(self.port[p], reg.name)))
 
-        m.d.sync += bus.r_data.eq(0)
-        with m.Switch(bus.r_addr):
-            for addr, reg, value in sources:
-                if reg.access != "W1P":
-                    with m.Case(addr):
-                        m.d.sync += bus.r_data.eq(value)
+        m.d.sync += bus.r_data.eq(self._read_data(sources))
 
         for _, reg, value in sources:
             if reg.access == "W1P":
@@ -77,3 +89,18 @@ class RegisterBlock(wiring.Component):
                         with m.Case(addr):
                             m.d.sync += value.eq(bus.w_data[:reg.width])
         return m
+
+    def _read_data(self, sources) -> Value:
+        """What a read of `bus.r_addr` returns: a register's value, or 0 where nothing is mapped."""
+        slot_bits = max(r.offset for r in (*GLOBAL, *PORT)).bit_length()
+        block_bits = (PORT_STRIDE - 1).bit_length()
+        blocks = [[0] * (1 << slot_bits) for _ in range(self.ports + 1)]
+        for addr, reg, value in sources:
+            if reg.access != "W1P":
+                block, offset = divmod(addr, PORT_STRIDE)
+                blocks[block][offset] = value
+        addr = self.bus.r_addr
+        offset, block = addr[:slot_bits], addr[block_bits:]
+        words = [_mux_tree(offset, row) for row in blocks]
+        mapped = (addr[slot_bits:block_bits] == 0) & (block <= self.ports)
+        return Mux(mapped, Value.cast(_mux_tree(block, words)), Const(0, 32))

@@ -19,8 +19,9 @@ a bad start/stop bit or a gap inside it is rejected: `rejected` counts it and no
 changes (no step, no phase or frequency update).
 
 **Loop filter** (in the spirit of linuxptp's `pi.c`). The phase error is spread over one
-nominal interval, `s = e / N` (N = cycles per interval; a constant multiply), i.e. the
-increment change that would remove e by the next marker. Then, per state:
+nominal interval, `s = e / N` (N = cycles per interval; a constant multiply, done bit-serially
+over 33 cycles), i.e. the increment change that would remove e by the next marker. Then, per
+state:
 
 - `UNLOCKED`: the first good frame's e is remembered (no correction) → `ACQUIRE`.
 - `ACQUIRE`: at the frame ACQUIRE_FRAMES intervals later (by T; if that frame is lost the
@@ -225,12 +226,21 @@ class DigitalPLL(wiring.Component):
         payload = frame[:8 * PAYLOAD_BYTES]
         reject = Signal()
         good = Signal()
+        # T·unit, also bit by bit: each payload bit that is set adds unit_ns << its index, so no
+        # multiplier and no chain of wide adders sits in one cycle before the phase error (on an
+        # ECP5 they held the port clock far below 100 MHz); target = T·unit + compensation,
+        # registered at CHECK, leaves one 98-bit subtraction for the cycle of `good`.
+        full_bits = TIME_BITS + FRAC_BITS + 2
+        t_units = Signal(8 * PAYLOAD_BYTES + self.unit_ns.bit_length())
+        t_addend = Signal.like(t_units)
+        target = Signal(unsigned(full_bits))
 
         with m.FSM(name="rx"):
             with m.State("IDLE"):
                 with m.If(fall & (idle == idle_bits)):
                     m.d.sync += [captured.eq(local), byte_index.eq(0), bit_index.eq(0),
-                                 timer.eq(first_sample), crc.eq(CRC_INIT)]
+                                 timer.eq(first_sample), crc.eq(CRC_INIT),
+                                 t_units.eq(0), t_addend.eq(self.unit_ns)]
                     m.next = "BITS"
             with m.State("WAIT_START"):
                 # The next start bit follows the stop bit without a gap; allow two bit times.
@@ -261,8 +271,11 @@ class DigitalPLL(wiring.Component):
                     with m.Else():                       # data bit, LSB first
                         m.d.sync += frame.eq(Cat(frame[1:], sync2))
                         with m.If(byte_index < PAYLOAD_BYTES):
-                            m.d.sync += crc.eq((crc >> 1) ^ Mux(crc_bit, POLY_REFLECTED, 0))
-            with m.State("CHECK"):                  # (the parallel CRC core's cycle, kept)
+                            m.d.sync += [crc.eq((crc >> 1) ^ Mux(crc_bit, POLY_REFLECTED, 0)),
+                                         t_units.eq(t_units + Mux(sync2, t_addend, 0)),
+                                         t_addend.eq(t_addend << 1)]
+            with m.State("CHECK"):
+                m.d.sync += target.eq((t_units << FRAC_BITS) + self.compensation)
                 m.next = "VERIFY"
             with m.State("VERIFY"):
                 with m.If((crc ^ CRC_XOROUT) == frame[8 * PAYLOAD_BYTES:]):
@@ -275,17 +288,10 @@ class DigitalPLL(wiring.Component):
             m.d.sync += self.rejected.eq(self.rejected + 1)
 
         # --- phase detector: e = T·unit + compensation − captured ----------------------------
-        full_bits = TIME_BITS + FRAC_BITS + 2
-        target = Signal(unsigned(full_bits))
-        # T·unit from two narrow products (one wide multiplier costs the simulation ~6 %).
-        t_low = payload[:32] * self.unit_ns
-        t_high = payload[32:] * self.unit_ns
-        m.d.comb += target.eq((t_low + (t_high << 32)) << FRAC_BITS)
         err_full = Signal(signed(full_bits))        # fixed point, FRAC_BITS
         err = Signal(signed(ERR_BITS))              # saturated, ERR_FRAC fractional bits
         err_first = Signal(signed(ERR_BITS))
         spread_in = Signal(signed(ERR_BITS + 1))
-        spread = Signal(signed(ERR_BITS + 1 + 40))  # e / N in increment units
         drift = Signal(signed(INC_BITS))
         prop = Signal(signed(INC_BITS))
         prop_left = Signal(range(self.interval_cycles + 1))
@@ -296,6 +302,7 @@ class DigitalPLL(wiring.Component):
         in_range = Signal(range(LOCK_FRAMES + 1))
         since_good = Signal(range(self.holdover_cycles + 1))
         pipe = Signal(3)                            # one-hot stages after a good frame
+        update = Signal()                           # the loop update, once the multiply is done
         state = Signal(2)
         m.d.comb += self.state.eq(state)
 
@@ -306,10 +313,10 @@ class DigitalPLL(wiring.Component):
         with m.Else():
             m.d.sync += prop.eq(0)
 
-        m.d.sync += pipe.eq(Cat(good, pipe[:2]))
+        m.d.sync += [pipe.eq(Cat(good, pipe[:2])), update.eq(0)]
         with m.If(good):
             m.d.sync += [
-                err_full.eq(target + self.compensation - captured),
+                err_full.eq(target - captured),
                 t_frame.eq(payload),
                 self.frames.eq(self.frames + 1),
             ]
@@ -318,13 +325,28 @@ class DigitalPLL(wiring.Component):
             m.d.sync += [
                 err.eq(e_err),
                 self.phase_error.eq(_saturate(err_full >> FRAC_BITS, PHASE_BITS)),
-                spread_in.eq(Mux(state == ACQUIRE, e_err - err_first, e_err)),
             ]
         with m.If(pipe[1]):
-            m.d.sync += spread.eq((spread_in * self.reciprocal) >> SPREAD_SHIFT)
+            m.d.sync += spread_in.eq(Mux(state == ACQUIRE, err - err_first, err))
+
+        # spread = e / N in increment units = spread_in x reciprocal >> SPREAD_SHIFT, multiplied
+        # serially, MSB first (Horner: acc = 2·acc + bit·reciprocal, the sign bit weighing −1):
+        # ERR_BITS + 1 cycles once per frame instead of a 33 x 25-bit multiplier in one cycle.
+        mul_x = Signal(ERR_BITS + 1)
+        mul_acc = Signal(signed(ERR_BITS + 2 + self.reciprocal.bit_length()))
+        mul_left = Signal(range(ERR_BITS + 2))
+        spread = mul_acc >> SPREAD_SHIFT
+        with m.If(pipe[2]):
+            m.d.sync += [mul_x.eq(spread_in), mul_acc.eq(0), mul_left.eq(ERR_BITS + 1)]
+        with m.Elif(mul_left != 0):
+            weight = Mux(mul_left == ERR_BITS + 1, -self.reciprocal, self.reciprocal)
+            m.d.sync += [mul_acc.eq((mul_acc << 1) + Mux(mul_x[-1], weight, 0)),
+                         mul_x.eq(mul_x << 1), mul_left.eq(mul_left - 1)]
+            with m.If(mul_left == 1):
+                m.d.sync += update.eq(1)
 
         drift_sum = Signal(signed(INC_BITS + 2))
-        with m.If(pipe[2]):
+        with m.If(update):
             m.d.sync += since_good.eq(0)
             with m.Switch(state):
                 with m.Case(UNLOCKED):
@@ -366,9 +388,10 @@ class DigitalPLL(wiring.Component):
                 m.d.sync += since_good.eq(since_good + 1)
 
         # --- increment: nominal + drift + proportional, clamped ---------------------------
+        # (the sum registered first: one cycle later, and no sum, clamp and add in one cycle)
         adj = Signal(signed(INC_BITS + 2))
-        m.d.comb += adj.eq(drift + Mux(prop_left != 0, prop, 0))
-        m.d.sync += inc.eq(inc_nom + _saturate_to(adj, max_adj))
+        m.d.sync += [adj.eq(drift + Mux(prop_left != 0, prop, 0)),
+                     inc.eq(inc_nom + _saturate_to(adj, max_adj))]
         return m
 
 

@@ -13,9 +13,11 @@ ring's tail (`acked`) moves only on an acknowledge from the host (`ack`, "every 
 including `seq` is stored"), and `resend` rewinds to the oldest unacknowledged entry
 (go-back-N) at the next entry boundary.
 
-Datapath: a two-stage pipeline (issue the RAM reads / choose the word; then assemble the word,
-update the CRC and push it into a small FIFO whose read side is the output stream), so an entry
-follows the previous one with no idle cycle while the output is ready.
+Datapath: a three-stage pipeline (choose the word and register its RAM addresses; the RAMs
+read; then assemble the word, update the CRC and push it into a small FIFO whose read side is
+the output stream), so an entry follows the previous one with no idle cycle while the output
+is ready. The registered addresses keep the choice and the RAMs' address setup in separate
+cycles (on an ECP5 the two together were the image's longest path).
 """
 
 import enum
@@ -113,7 +115,7 @@ class FlushEngine(wiring.Component):
         cur = Signal(SEQ_BITS)        # seq being sent
         in_entry = Signal()
         k = Signal(range(last_k + 1))
-        can_issue = fifo.level < OUT_FIFO_DEPTH - 2
+        can_issue = fifo.level < OUT_FIFO_DEPTH - 3     # room for the words still in flight
 
         behind = (self.acked - send)[:SEQ_BITS]
         eff_send = Signal(SEQ_BITS)
@@ -169,11 +171,15 @@ class FlushEngine(wiring.Component):
         with m.If(start):
             m.d.comb += word_k.eq(0)
         slot = word_seq[:self.slot_bits]
-        m.d.comb += [
-            self.meta_r.addr.eq(slot), self.meta_r.en.eq(1),
+        # The RAM addresses are registered before the RAMs' own read registers: the choice of
+        # the next word (acknowledges, triggers, resend) and the address arithmetic then take
+        # one cycle and the RAM's address setup another, so the words come out two cycles after
+        # their issue (stage B below, after a register stage A2).
+        m.d.sync += [
+            self.meta_r.addr.eq(slot),
             self.data_r.addr.eq(slot * bw + (word_k - hw)[:len(self.data_r.addr)]),
-            self.data_r.en.eq(1),
         ]
+        m.d.comb += [self.meta_r.en.eq(1), self.data_r.en.eq(1)]
 
         marker = self.meta_r.data.kind == Kind.PORT_INVALID
         with m.If(start):
@@ -195,10 +201,11 @@ class FlushEngine(wiring.Component):
             m.d.comb += self.hold.eq(cur)
 
         # --- stage B: assemble the word, CRC in flight, into the output FIFO -------------------
-        b_valid = Signal()
-        b_k = Signal.like(k)
-        b_slot = Signal(self.slot_bits)
-        m.d.sync += [b_valid.eq(issue), b_k.eq(word_k), b_slot.eq(slot)]
+        a2_valid, b_valid = Signal(), Signal()
+        a2_k, b_k = Signal.like(k), Signal.like(k)
+        a2_slot, b_slot = Signal(self.slot_bits), Signal(self.slot_bits)
+        m.d.sync += [a2_valid.eq(issue), a2_k.eq(word_k), a2_slot.eq(slot),
+                     b_valid.eq(a2_valid), b_k.eq(a2_k), b_slot.eq(a2_slot)]
         m.d.comb += self.status_addr.eq(b_slot)
 
         meta = self.meta_r.data

@@ -36,7 +36,7 @@ from amaranth.lib.wiring import In, Out
 from firmware.abi.regmap import COUNTERS
 from hdl.flush import AckLayout, FlushEngine
 from hdl.journal_ring import JournalRing, check_geometry
-from hdl.timestamper import TIME_BITS, Timestamper
+from hdl.timestamper import SEQ_BITS, TIME_BITS, Timestamper
 from hdl.write_path import WritePath, beat_layout, port_io_members
 
 
@@ -85,11 +85,16 @@ class JournalPort(wiring.Component):
         ring = m.submodules.ring = JournalRing(**geometry)
         flush = m.submodules.flush = FlushEngine(port=self.port, **geometry)
 
+        # The ring's tail a cycle after the flush engine moves it: `hold` only grows, so the ring
+        # frees a slot a cycle late, never early; the acknowledge's compare and the write path's
+        # room check are then separate cycles (together they were the ECP5 build's longest path).
+        tail = Signal(SEQ_BITS)
+        m.d.sync += tail.eq(flush.hold)
         m.d.comb += [
             stamper.time.eq(self.time), stamper.take.eq(writes.take), writes.stamp.eq(stamper.stamp),
             writes.mode.eq(self.mode), writes.policy.eq(self.policy),
             writes.reenable.eq(self.reenable), writes.fill.eq(ring.fill),
-            ring.alloc.eq(writes.alloc), ring.tail.eq(flush.hold),
+            ring.alloc.eq(writes.alloc), ring.tail.eq(tail),
             flush.done.eq(ring.done), flush.fill.eq(ring.fill), flush.status.eq(ring.status),
             ring.status_addr.eq(flush.status_addr),
             flush.watermark.eq(self.watermark), flush.timer_period.eq(self.timer_period),

@@ -15,6 +15,19 @@ answered by a NAK frame (payload: `NakReason`); nothing else happens. A good req
 | FLUSH | pulse the port's `flush_cmd` | the drain's JOURNAL frames and a FLUSH_MARK |
 | ACK seq | the port's `ack` stream gets {seq} | ACKED: the port's `acknowledged` register |
 | RESEND | pulse the port's `resend` | the resent entries in JOURNAL frames |
+| INJECT_WRITE lba, block | `inject.start` (the block is in its buffer) | WRITTEN once the write ended |
+| READ_BLOCK lba | a read on `store_rcmd`/`store_rdata` | BLOCK: lba, the block |
+
+INJECT_WRITE and READ_BLOCK exist only with `store_blocks` > 0 (a standalone image: the port
+writes go to a volume of that many blocks in on-chip RAM, `boards.storage.BlockStore`; without
+it they are unknown types). While an INJECT_WRITE frame arrives, its block's bytes go straight
+into the `Injector`'s buffer (`hdl/inject.py`); only a frame that passes every check starts the
+injector, so a damaged frame changes nothing. Refused with a NAK: a port or lba out of range
+(BAD_PORT, BAD_LBA), an INJECT_WRITE while the injector is busy, a READ_BLOCK while one is
+pending (BUSY). The WRITTEN response (`firmware.abi.frames.WRITTEN`) is queued when the
+injector is done and releases it once sent. READ_BLOCK's block is read through the store's
+read stream into a frame buffer, like journal data, and sent as a BLOCK frame with the
+request's seq.
 
 Transmit: responses wait in a small queue and go out between frames, before anything else.
 Journal data is collected from the ports' `flush` streams (64-bit beats of whole entries,
@@ -44,13 +57,14 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from firmware.abi.entry import entry_bytes
-from firmware.abi.frames import CRC_BYTES, HEADER_BYTES, MAX_PAYLOAD, FrameType, NakReason
+from firmware.abi.frames import CRC_BYTES, HEADER_BYTES, INJECT, MAX_PAYLOAD, WRITTEN, FrameType, NakReason
 from firmware.abi.regmap import ADDRESS_BITS, LINK_COUNTERS, address
 from hdl.cobs import COBSDecoder, COBSEncoder, FrameByte
 from hdl.crc import CRC32C
 from hdl.flush import AckLayout
+from hdl.inject import InjectorControl
 from hdl.timestamper import SEQ_BITS, TIME_BITS
-from hdl.write_path import beat_layout
+from hdl.write_path import ReadCommand, beat_layout, read_beat_layout
 
 CRC_RESIDUE = crc32c.crc32c(b"\0" + crc32c.crc32c(b"\0").to_bytes(4, "little"))
 IDENTITY_BYTES = 16
@@ -77,14 +91,16 @@ LinkPortSignature = wiring.Signature({
 })
 
 # Payload sources of a frame being sent.
-SRC_IDENTITY, SRC_REGS, SRC_NAK, SRC_BUF = range(4)
+SRC_IDENTITY, SRC_REGS, SRC_NAK, SRC_BUF, SRC_WRITTEN = range(5)
 
 Response = data.StructLayout({
-    "src": 2, "ftype": 8, "port": 8, "seq": 16, "addr": ADDRESS_BITS, "count": 16, "prefix": 1,
+    "src": 3, "ftype": 8, "port": 8, "seq": 16, "addr": ADDRESS_BITS, "count": 16, "prefix": 1,
     "reason": 8,
 })
 
-_PARSE_BYTES = HEADER_BYTES + 8 + CRC_BYTES   # the longest request (REG_WRITE is 6 payload bytes)
+_PARSE_BYTES = HEADER_BYTES + 8 + CRC_BYTES   # the longest request but INJECT_WRITE, whose block
+#                                               goes to the injector's buffer
+_BLOCK_AT = HEADER_BYTES + INJECT.size        # INJECT_WRITE: frame offset of the block's first byte
 _REQUEST_PAYLOAD = {FrameType.IDENTIFY: 0, FrameType.REG_READ: 4, FrameType.REG_WRITE: 6,
                     FrameType.FLUSH: 0, FrameType.ACK: 4, FrameType.RESEND: 0}
 _MAX_READ = (MAX_PAYLOAD - 4) // 4
@@ -95,7 +111,8 @@ _GRACE = 4                 # cycles a JOURNAL frame waits at an entry boundary f
 class LinkController(wiring.Component):
     """Requests in on `rx`, responses and journal data out on `tx`; `port[i]` per journal port."""
 
-    def __init__(self, *, ports: int, block_bytes: int, identity: bytes, max_payload: int | None = None):
+    def __init__(self, *, ports: int, block_bytes: int, identity: bytes, max_payload: int | None = None,
+                 store_blocks: int = 0):
         entry = entry_bytes(block_bytes)
         if max_payload is None:
             max_payload = MAX_PAYLOAD // entry * entry
@@ -107,25 +124,38 @@ class LinkController(wiring.Component):
         self.block_bytes = block_bytes
         self.identity = identity
         self.max_payload = max_payload
+        self.store_blocks = store_blocks
+        self.requests = dict(_REQUEST_PAYLOAD)
         members = {
             "rx": In(stream.Signature(8)),
             "tx": Out(stream.Signature(8)),
             "bus": Out(RegisterBus),
             "port": Out(LinkPortSignature).array(ports),
         }
+        if store_blocks:
+            self.requests.update({FrameType.INJECT_WRITE: INJECT.size + block_bytes,
+                                  FrameType.READ_BLOCK: INJECT.size})
+            members.update({
+                "inject": Out(InjectorControl(ports, block_bytes)),
+                "store_rcmd": Out(stream.Signature(ReadCommand)),
+                "store_rdata": In(stream.Signature(read_beat_layout(DATAPATH_BITS))),
+            })
         members.update({name: Out(width) for name, width, _, _ in LINK_COUNTERS})
         super().__init__(members)
 
     def elaborate(self, platform):
         m = Module()
         resp_fifo = m.submodules.resp_fifo = SyncFIFO(width=Response.size, depth=4)
-        self._receive(m, resp_fifo)
-        frames = self._collect(m)
-        self._send(m, resp_fifo, frames)
+        # A READ_BLOCK taken by the receiver and not yet read into a frame buffer.
+        reading = {"pending": Signal(), "lba": Signal(64), "seq": Signal(16)}
+        written_sent = Signal()         # the send path finished a WRITTEN frame
+        self._receive(m, resp_fifo, reading, written_sent)
+        frames = self._collect(m, reading)
+        self._send(m, resp_fifo, frames, written_sent)
         return m
 
     # --- receive: deframe, check, act, queue the response --------------------------------------
-    def _receive(self, m, resp_fifo):
+    def _receive(self, m, resp_fifo, reading, written_sent):
         n = self.ports
         dec = m.submodules.cobs_dec = COBSDecoder()
         wiring.connect(m, wiring.flipped(self.rx), dec.i_stream)
@@ -142,6 +172,18 @@ class LinkController(wiring.Component):
         reg_addr, reg_count = u16(8), u16(10)
         reg_value = Cat(buf[10], buf[11], buf[12], buf[13])
         ack_seq = Cat(buf[8], buf[9], buf[10], buf[11])
+        lba = Cat(*(buf[8 + i] for i in range(INJECT.size)))
+        injects = ftype == FrameType.INJECT_WRITE
+        reads = ftype == FrameType.READ_BLOCK
+        store = bool(self.store_blocks)
+        blocked = Signal()              # the injector was busy while this frame's block arrived
+        written_queued = Signal()       # the injector's WRITTEN response is in the queue
+        inject_seq, inject_port = Signal(16), Signal(8)     # the INJECT_WRITE under way
+        if store:
+            self._load_block(m, dec, count, ftype, blocked)
+            m.d.comb += self.inject.release.eq(written_sent)
+            with m.If(written_sent):
+                m.d.sync += [written_queued.eq(0), self.injected_writes.eq(self.injected_writes + 1)]
 
         resp = Signal(Response)
         m.d.comb += resp_fifo.w_data.eq(resp)
@@ -153,6 +195,12 @@ class LinkController(wiring.Component):
         with m.FSM(name="rx"):
             with m.State("RECV"):
                 m.d.comb += dec.o_stream.ready.eq(1)
+                if store:       # the injector's result goes out as WRITTEN (CHECK queues the others)
+                    with m.If(self.inject.done & ~written_queued & resp_fifo.w_rdy):
+                        m.d.comb += [resp_fifo.w_en.eq(1), resp.src.eq(SRC_WRITTEN),
+                                     resp.ftype.eq(FrameType.WRITTEN), resp.seq.eq(inject_seq),
+                                     resp.port.eq(inject_port)]
+                        m.d.sync += written_queued.eq(1)
                 index = Signal(16)
                 m.d.comb += index.eq(Cat(count)[:16])
                 with m.If(byte.first):
@@ -171,11 +219,11 @@ class LinkController(wiring.Component):
                 expected = Signal(16)
                 is_request = Signal()
                 with m.Switch(ftype):
-                    for kind, size in _REQUEST_PAYLOAD.items():
+                    for kind, size in self.requests.items():
                         with m.Case(kind):
                             m.d.comb += [expected.eq(size), is_request.eq(1)]
                 needs_port = ((ftype == FrameType.FLUSH) | (ftype == FrameType.ACK)
-                              | (ftype == FrameType.RESEND))
+                              | (ftype == FrameType.RESEND) | injects)
                 with m.If(cobs_error):
                     m.d.comb += reason.eq(NakReason.BAD_COBS)
                 with m.Elif(count < HEADER_BYTES + CRC_BYTES):
@@ -191,8 +239,15 @@ class LinkController(wiring.Component):
                     m.d.comb += reason.eq(NakReason.BAD_LENGTH)
                 with m.Elif(needs_port & (port >= n)):
                     m.d.comb += reason.eq(NakReason.BAD_PORT)
+                if store:
+                    with m.Elif((injects | reads) & (lba >= self.store_blocks)):
+                        m.d.comb += reason.eq(NakReason.BAD_LBA)
+                    with m.Elif((injects & (self.inject.busy | blocked)) | (reads & reading["pending"])):
+                        m.d.comb += reason.eq(NakReason.BUSY)
 
-                responds = (reason != 0) | ((ftype != FrameType.FLUSH) & (ftype != FrameType.RESEND))
+                # FLUSH and RESEND are answered by journal data, INJECT_WRITE and READ_BLOCK later.
+                responds = (reason != 0) | ((ftype != FrameType.FLUSH) & (ftype != FrameType.RESEND)
+                                            & ~injects & ~reads)
                 with m.If(reason != 0):
                     m.d.comb += [resp.src.eq(SRC_NAK), resp.ftype.eq(FrameType.NAK), resp.reason.eq(reason)]
                 with m.Else():
@@ -220,7 +275,9 @@ class LinkController(wiring.Component):
                                 NakReason.BAD_CRC: self.rx_crc_errors,
                                 NakReason.BAD_LENGTH: self.rx_length_errors,
                                 NakReason.UNKNOWN_TYPE: self.rx_type_errors,
-                                NakReason.BAD_PORT: self.rx_port_errors}
+                                NakReason.BAD_PORT: self.rx_port_errors,
+                                NakReason.BAD_LBA: self.rx_lba_errors,
+                                NakReason.BUSY: self.rx_busy}
                     with m.Switch(reason):
                         for code, counter in counters.items():
                             with m.Case(code):
@@ -232,6 +289,14 @@ class LinkController(wiring.Component):
                         with m.If(ftype == FrameType.REG_WRITE):
                             m.d.comb += [self.bus.w_en.eq(1), self.bus.w_addr.eq(reg_addr),
                                          self.bus.w_data.eq(reg_value)]
+                        if store:
+                            with m.If(injects):
+                                m.d.comb += [self.inject.start.eq(1), self.inject.start_port.eq(port),
+                                             self.inject.start_lba.eq(lba)]
+                                m.d.sync += [inject_seq.eq(seq), inject_port.eq(port)]
+                            with m.If(reads):
+                                m.d.sync += [reading["pending"].eq(1), reading["lba"].eq(lba),
+                                             reading["seq"].eq(seq)]
                         for p in range(n):
                             lp = self.port[p]
                             with m.If(port == p):
@@ -244,8 +309,26 @@ class LinkController(wiring.Component):
                                         m.d.sync += [lp.ack.valid.eq(1), lp.ack.payload.seq.eq(ack_seq)]
 
 
+    def _load_block(self, m, dec, count, ftype, blocked):
+        """INJECT_WRITE's block bytes into the injector's buffer as they arrive (if it is idle)."""
+        inj = self.inject
+        taken = dec.o_stream.valid & dec.o_stream.ready
+        byte = dec.o_stream.payload
+        index = Mux(byte.first, 0, count)           # this byte's offset in the frame
+        offset = Signal(16)
+        m.d.comb += offset.eq(index - _BLOCK_AT)
+        with m.If(taken):
+            with m.If(byte.first):
+                m.d.sync += blocked.eq(inj.busy)
+            with m.Elif(inj.busy):
+                m.d.sync += blocked.eq(1)
+        in_block = (index >= _BLOCK_AT) & (index < _BLOCK_AT + self.block_bytes)
+        m.d.comb += [inj.load_en.eq(taken & in_block & (ftype == FrameType.INJECT_WRITE) & ~inj.busy),
+                     inj.load_addr.eq(offset[3:]), inj.load_lane.eq(offset[:3]),
+                     inj.load_data.eq(byte.data)]
+
     # --- collect: journal entries and flush marks into the two frame buffers --------------------
-    def _collect(self, m):
+    def _collect(self, m, reading):
         n = self.ports
         max_words = self.max_payload // 8
         entry_words = entry_bytes(self.block_bytes) // 8
@@ -259,6 +342,7 @@ class LinkController(wiring.Component):
             "ftype": Array([Signal(8, name=f"buf_type{i}") for i in range(2)]),
             "port": Array([Signal(8, name=f"buf_port{i}") for i in range(2)]),
             "length": Array([Signal(16, name=f"buf_len{i}") for i in range(2)]),
+            "seq": Array([Signal(16, name=f"buf_seq{i}") for i in range(2)]),
         }
         full = frames["full"]
         wsel = Signal()
@@ -319,10 +403,16 @@ class LinkController(wiring.Component):
         grace = Signal(range(_GRACE + 1))
         m.d.comb += [wp.addr.eq(Cat(widx[:frames["half_bits"]], wsel)), wp.data.eq(beat.data)]
 
-        def close(ftype, length):
+        def close(ftype, length, seq=0):
+            """The buffer being filled is a whole frame: hand it to the sender, fill the other."""
             m.d.sync += [full.bit_select(wsel, 1).eq(1), frames["ftype"][wsel].eq(ftype),
                          frames["port"][wsel].eq(cur), frames["length"][wsel].eq(length),
-                         wsel.eq(~wsel), widx.eq(0), rr.eq(Cat(cur + 1)[:len(rr)])]
+                         frames["seq"][wsel].eq(seq), wsel.eq(~wsel), widx.eq(0)]
+
+        def close_port(ftype, length):
+            """`close`, a frame of port `cur`'s stream: the next port's turn comes."""
+            close(ftype, length)
+            m.d.sync += rr.eq(Cat(cur + 1)[:len(rr)])
             if n & (n - 1):
                 with m.If(cur == n - 1):
                     m.d.sync += rr.eq(0)
@@ -330,8 +420,13 @@ class LinkController(wiring.Component):
         mark_value = Signal(TIME_BITS)
         with m.FSM(name="collect"):
             with m.State("IDLE"):
+                block_first = reading["pending"] if self.store_blocks else Const(0)
                 with m.If(~full.bit_select(wsel, 1)):
-                    with m.If(any_mark):
+                    with m.If(block_first):     # a READ_BLOCK's block (only with a store)
+                        if self.store_blocks:
+                            m.d.sync += cur.eq(0)
+                            m.next = "BLOCK_CMD"
+                    with m.Elif(any_mark):
                         m.d.sync += cur.eq(mark_port)
                         m.next = "MARK_TIME"
                     with m.Elif(any_data):
@@ -344,7 +439,7 @@ class LinkController(wiring.Component):
                     m.d.comb += stop.eq(mark_ready.bit_select(cur, 1) | ((grace == 0) & ~valid))
                     with m.If(stop):
                         with m.If(widx != 0):
-                            close(FrameType.JOURNAL, Cat(Const(0, 3), widx))
+                            close_port(FrameType.JOURNAL, Cat(Const(0, 3), widx))
                         m.next = "IDLE"
                 with m.If(~stop):
                     for p in range(n):
@@ -366,7 +461,7 @@ class LinkController(wiring.Component):
                                 with m.If(cur == p):
                                     m.d.sync += [link_next[p].eq(e_seq + 1), last_stamp[p].eq(e_stamp)]
                             with m.If(widx + 1 + entry_words > max_words):
-                                close(FrameType.JOURNAL, Cat(Const(0, 3), widx + 1))
+                                close_port(FrameType.JOURNAL, Cat(Const(0, 3), widx + 1))
                                 m.next = "IDLE"
             with m.State("MARK_TIME"):
                 for p in range(n):
@@ -380,12 +475,33 @@ class LinkController(wiring.Component):
                     with m.If(cur == p):
                         m.d.comb += [wp.data.eq(mark_seq[p]), mark_taken[p].eq(1)]
                 m.d.comb += wp.en.eq(1)
-                close(FrameType.FLUSH_MARK, 12)
+                close_port(FrameType.FLUSH_MARK, 12)
                 m.next = "IDLE"
+            if self.store_blocks:
+                self._read_block(m, reading, wp, widx, close)
         return frames
 
+    def _read_block(self, m, reading, wp, widx, close):
+        """READ_BLOCK: the lba, then the block's words from the store, into a BLOCK frame."""
+        cmd, rdata = self.store_rcmd, self.store_rdata
+        with m.State("BLOCK_CMD"):
+            m.d.comb += [cmd.valid.eq(1), cmd.payload.lba.eq(reading["lba"]), wp.data.eq(reading["lba"])]
+            with m.If(cmd.ready):
+                m.d.comb += wp.en.eq(1)
+                m.d.sync += widx.eq(widx + 1)
+                m.next = "BLOCK_DATA"
+        with m.State("BLOCK_DATA"):
+            m.d.comb += [rdata.ready.eq(1), wp.data.eq(rdata.payload.data)]
+            with m.If(rdata.valid):
+                m.d.comb += wp.en.eq(1)
+                m.d.sync += widx.eq(widx + 1)
+                with m.If(rdata.payload.last):
+                    close(FrameType.BLOCK, INJECT.size + self.block_bytes, reading["seq"])
+                    m.d.sync += reading["pending"].eq(0)
+                    m.next = "IDLE"
+
     # --- send: header, payload, CRC into the COBS encoder ---------------------------------------
-    def _send(self, m, resp_fifo, frames):
+    def _send(self, m, resp_fifo, frames, written_sent):
         enc = m.submodules.cobs_enc = COBSEncoder()
         wiring.connect(m, enc.o_stream, wiring.flipped(self.tx))
         out = m.submodules.tx_fifo = SyncFIFO(width=FrameByte.size, depth=_OUT_FIFO_DEPTH)
@@ -414,12 +530,14 @@ class LinkController(wiring.Component):
                             m.d.sync += length.eq((head.count + head.prefix) * 4)
                         with m.Case(SRC_NAK):
                             m.d.sync += length.eq(1)
+                        with m.Case(SRC_WRITTEN):
+                            m.d.sync += length.eq(WRITTEN.size)
                     m.d.sync += i.eq(0)
                     m.next = "SEND"
                 with m.Elif(full.bit_select(rsel, 1)):
                     m.d.sync += [desc.eq(0), desc.src.eq(SRC_BUF), desc.ftype.eq(frames["ftype"][rsel]),
-                                 desc.port.eq(frames["port"][rsel]), length.eq(frames["length"][rsel]),
-                                 i.eq(0)]
+                                 desc.port.eq(frames["port"][rsel]), desc.seq.eq(frames["seq"][rsel]),
+                                 length.eq(frames["length"][rsel]), i.eq(0)]
                     m.next = "SEND"
             with m.State("SEND"):
                 m.d.comb += issue.eq(out.level < _OUT_FIFO_DEPTH - 1)
@@ -429,6 +547,8 @@ class LinkController(wiring.Component):
                         m.d.sync += self.tx_frames.eq(self.tx_frames + 1)
                         with m.If(desc.src == SRC_BUF):
                             m.d.sync += [full.bit_select(rsel, 1).eq(0), rsel.eq(~rsel)]
+                        with m.If(desc.src == SRC_WRITTEN):
+                            m.d.comb += written_sent.eq(1)
                         m.next = "IDLE"
 
         # Stage A: address the payload's source for byte i (buffer word, register).
@@ -458,6 +578,11 @@ class LinkController(wiring.Component):
                     m.d.comb += byte.eq(identity.word_select(b_j[:4], 8))
                 with m.Case(SRC_NAK):
                     m.d.comb += byte.eq(desc.reason)
+                if self.store_blocks:
+                    inj = self.inject
+                    written = Cat(inj.time, inj.seq, inj.status, Const(0, 24))
+                    with m.Case(SRC_WRITTEN):
+                        m.d.comb += byte.eq(written.word_select(b_j[:4], 8))
                 with m.Case(SRC_REGS):
                     with m.If(desc.prefix & (b_j < 4)):
                         m.d.comb += byte.eq(Cat(desc.addr, desc.count).word_select(b_j[:2], 8))

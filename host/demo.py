@@ -98,11 +98,14 @@ class DemoResult:
     blocks_changed_by_restore: int = 0
     restore_s: float = 0.0
     mismatched_blocks: int = -1
+    # A standalone board: blocks of its volume (read back at the end) unlike the host's record of
+    # its writes (-1: not a standalone board, the storage log is the record)
+    record_mismatched_blocks: int = -1
     paths: dict[str, str] = field(default_factory=dict)
 
     @property
     def verified(self) -> bool:
-        return self.mismatched_blocks == 0
+        return self.mismatched_blocks == 0 and self.record_mismatched_blocks <= 0
 
 
 def initial_volume(seed: int, size: int) -> np.ndarray:
@@ -167,8 +170,11 @@ class Demo:
         self.step("verify", "comparing the volume with the storage model's record at the bookmark")
         self.result.mismatched_blocks = self.differing(shadow)
         self.draw()
-        self.paths["summary"].write_text(json.dumps(asdict(self.result), indent=2))
+        self.write_summary()
         return self.result
+
+    def write_summary(self) -> None:
+        self.paths["summary"].write_text(json.dumps(asdict(self.result), indent=2))
 
     def prepare(self) -> None:
         """A fresh output folder: the initial volume and a journal with its base copy."""
@@ -290,7 +296,7 @@ class Demo:
 
     def finish_journal(self) -> None:
         j = self.journal
-        self.result.entries = [int((j.index["port"] == p).sum()) for p in range(self.board_config.ports)]
+        self.result.entries = [int((j.index["port"] == p).sum()) for p in range(j.state.ports)]
         self.result.journal_bytes = sum(p.stat().st_size for p in j.segment_paths())
         rows = j.merge()
         self.result.merged_entries = len(j.merged)
@@ -331,8 +337,9 @@ class Demo:
         from . import demo_plots
 
         demo_plots.timeline(self.paths["timeline"], self.journal.index, self.flushes, self.result,
-                            ports=self.board_config.ports, silent_port=SILENT_PORT, ransom_port=RANSOM_PORT)
-        demo_plots.dpll(self.paths["dpll"], self.samples, self.board_config, self.result.time_origin_ns)
+                            ports=self.journal.state.ports, silent_port=SILENT_PORT, ransom_port=RANSOM_PORT)
+        if self.board_config is not None:       # a real board's oscillators are not known
+            demo_plots.dpll(self.paths["dpll"], self.samples, self.board_config, self.result.time_origin_ns)
 
     # --- the collection loop -----------------------------------------------------------------
     def step(self, name: str, text: str) -> None:
@@ -347,7 +354,7 @@ class Demo:
         self.progress.update(polls)
         if self.live is not None:
             self.live.update(self.progress.render())
-        if not self.board.running():
+        if self.board is not None and not self.board.running():
             raise RuntimeError(f"the virtual board stopped: {self.board.status}")
         if not any(p.entries for p in polls):
             time.sleep(0.02)

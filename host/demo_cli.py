@@ -32,8 +32,12 @@ def summary_table(r) -> Table:
     table.add_row("  at the verdict", r.refused_at_invalid or "allowed (redo: writes up to it are all in)")
     table.add_row("port validity", ", ".join(f"{p}: {v}" for p, v in enumerate(r.port_validity)))
     table.add_row("restore", f"{r.volume_mb} MiB to the bookmark in {r.restore_s:.2f} s")
-    verdict = "[green]identical to the storage model's volume at the bookmark[/]" if r.verified else \
-        f"[red]{r.mismatched_blocks} blocks differ from the storage model's volume at the bookmark[/]"
+    model = "the storage model's volume" if r.record_mismatched_blocks < 0 else "the host's record"
+    if r.record_mismatched_blocks >= 0:
+        table.add_row("board's volume", "as the host's record of its writes" if not r.record_mismatched_blocks
+                      else f"[red]{r.record_mismatched_blocks} blocks unlike the host's record[/]")
+    verdict = f"[green]identical to {model} at the bookmark[/]" if r.mismatched_blocks == 0 else \
+        f"[red]{r.mismatched_blocks} blocks differ from {model} at the bookmark[/]"
     table.add_row("verdict", verdict)
     for name, path in r.paths.items():
         table.add_row(f"  {name}", path)
@@ -64,7 +68,16 @@ def summary_table(r) -> Table:
               help="Seconds a port may fail to flush before it is marked invalid.")
 @click.option("--quick", is_flag=True,
               help="A short run for tests: 16 MiB volume, 1 MiB damage, 3 s phases, 1 s deadline.")
-def demo_cmd(mode, link, seed, out, volume_mb, damage_mb, rate, steady_s, outage_s, deadline, quick):
+@click.option("--port", "port", metavar="PATH",
+              help="A standalone board on this serial port (a dev board, or a standalone virtual "
+                   "board's pty): the host injects the traffic; the volume is the board's.")
+@click.option("--baud", type=click.IntRange(300, 12_000_000), default=115200, show_default=True,
+              help="With --port: the serial line rate (the ULX3S image: 2000000).")
+@click.option("--standalone", is_flag=True,
+              help="Start the virtual board's standalone variant (the dev boards' image) and run the "
+                   "--port demo against it.")
+def demo_cmd(mode, link, seed, out, volume_mb, damage_mb, rate, steady_s, outage_s, deadline, quick, port,
+             baud, standalone):
     """Protect a volume on the virtual board, damage it, and bring it back.
 
     Starts the virtual board (4 ports, time base, 4 servers writing to a volume of seeded random
@@ -76,6 +89,13 @@ def demo_cmd(mode, link, seed, out, volume_mb, damage_mb, rate, steady_s, outage
     timeline.png and dpll.png, summary.json and everything it used to --out. Ctrl-C stops the
     board and leaves what was written so far. 'make demo DEMO_ARGS="--mode cow"' passes options.
 
+    With --port (a dev board running a standalone image) or --standalone (the virtual board's
+    standalone variant) the host is the traffic: it fills the board's on-chip volume, injects
+    random writes through every port, attacks a quarter of the volume through port 1, stops
+    collecting port 3 for the outage, reads the volume back and restores it into volume.img,
+    checked against its own record of the writes (--volume-mb, --damage-mb, --rate and --link
+    do not apply).
+
     Examples:
 
     \b
@@ -83,8 +103,16 @@ def demo_cmd(mode, link, seed, out, volume_mb, damage_mb, rate, steady_s, outage
       portjournal demo --mode cow --seed 7
       portjournal demo --link dma                  # journal rings in host memory, not the pty
       portjournal demo --quick --out /tmp/demo     # the short run the tests use
+      portjournal demo --port /dev/ttyUSB0 --baud 2000000      # a ULX3S with its standalone image
+      portjournal demo --standalone --quick        # the same on the virtual board
     """
     from .demo import Demo, DemoConfig
+    from .demo_standalone import StandaloneDemo
+
+    if (port or standalone) and link != "serial":
+        raise click.UsageError("--port and --standalone run over the serial link")
+    if port and standalone:
+        raise click.UsageError("--port names a board, --standalone starts one: give one of them")
 
     if quick:
         volume_mb, damage_mb, steady_s, outage_s, deadline = 16, 1, 3, 3, 1
@@ -101,7 +129,11 @@ def demo_cmd(mode, link, seed, out, volume_mb, damage_mb, rate, steady_s, outage
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     live = Live(console=console, refresh_per_second=4, transient=True)
-    demo = Demo(config, say=lambda text: console.print(text, highlight=False), live=live)
+    say = lambda text: console.print(text, highlight=False)  # noqa: E731
+    if port or standalone:
+        demo = StandaloneDemo(config, port=port, baud=baud, say=say, live=live)
+    else:
+        demo = Demo(config, say=say, live=live)
     try:
         with live:
             result = demo.run()

@@ -111,6 +111,9 @@ def status(path, link, baud, timeout):
                       f"{ident.ports} ports, {ident.mode.name.lower()}, ring of {ident.ring_depth} entries, "
                       f"{ident.block_bytes}-byte blocks, {ident.datapath_bits}-bit datapath, "
                       f"frames up to {glob['max_payload']} bytes")
+        if ident.standalone:
+            console.print(f"standalone: a volume of {glob['store_blocks']} blocks on chip; the host injects "
+                          "the writes ('portjournal demo --port')")
         console.print(port_table(dev, blocks))
         console.print(link_table(dev, glob))
 

@@ -52,7 +52,11 @@ import click
 @click.option("--wait-lock", type=click.IntRange(0, 1),
               help="1 (default): servers start once their port's DPLL has locked (~1.5 ms simulated).")
 @click.option("--status-s", type=float, default=5, show_default=True, help="Print a status line this often.")
-def sim_cmd(volume, blocks, log, ports, baud, link, host_mem, rate, writes, status_s, **options):
+@click.option("--standalone", is_flag=True,
+              help="The dev boards' image instead: a volume in on-chip RAM and no servers; the host injects "
+                   "the writes ('portjournal demo --port PTY'). Volume, server and storage options do not "
+                   "apply.")
+def sim_cmd(volume, blocks, log, ports, baud, link, host_mem, rate, writes, status_s, standalone, **options):
     """Run the virtual board: print its pseudo-terminal, run until Ctrl-C.
 
     The board is the device image in Verilator with servers writing into every port and a
@@ -77,13 +81,16 @@ def sim_cmd(volume, blocks, log, ports, baud, link, host_mem, rate, writes, stat
       portjournal sim --volume vol.img --rate 50 --log storage.log
       portjournal sim --ports 2 --writes 1000 --corrupt-tx 1e-4 --seed 7
       portjournal sim --link dma            # prints 'dma host-mem.bin'
+      portjournal sim --standalone          # the dev boards' standalone image, for 'demo --port'
     """
     from dataclasses import replace
 
-    from boards.sim import SIM_BOARD
+    from boards.sim import SIM_BOARD, SIM_STANDALONE
     from sim.vboard import VirtualBoard
 
-    config = replace(SIM_BOARD, ports=ports, link=link)
+    if standalone and link != "serial":
+        raise click.UsageError("the standalone board has the serial link only")
+    config = replace(SIM_STANDALONE if standalone else SIM_BOARD, ports=ports, link=link)
     options = {k: v for k, v in options.items() if v is not None}
     if link == "dma":
         options["host_mem"] = host_mem

@@ -59,6 +59,7 @@ def build(config: SimBoardConfig = SIM_BOARD) -> Path:
                                      "-CFLAGS", "-march=native", "-CFLAGS", f"-DBOARD_PORTS={config.ports}",
                                      "-CFLAGS", f"-DBOARD_BLOCK_BYTES={config.block_bytes}",
                                      "-CFLAGS", f"-DBOARD_DMA={int(config.link == 'dma')}",
+                                     "-CFLAGS", f"-DBOARD_STANDALONE={int(config.standalone)}",
                                      "-CFLAGS", f"-DBOARD_PORT_STRIDE={regmap.PORT_STRIDE}",
                                      "-CFLAGS", f"-DBOARD_DOORBELL_OFFSET={DOORBELL_OFFSET}"))
 
@@ -109,7 +110,7 @@ class HarnessOptions:
                 "--unit-ns", str(config.unit_ns),
                 "--baud", str(self.baud if self.baud is not None else config.baud)]
         for name, value in vars(self).items():
-            if value is None or name == "baud":
+            if value is None or name == "baud" or (config.standalone and name == "volume"):
                 continue
             args += ["--" + name.replace("_", "-"), str(value)]
         return args

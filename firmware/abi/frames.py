@@ -22,6 +22,17 @@ Requests (host → device) and their responses (device → host, same `seq`):
 | FLUSH | — (for `port`) | the port drains: JOURNAL frames, then a FLUSH_MARK |
 | ACK | seq u32 (entry sequence, for `port`) | ACKED: seq u32 — the ring's tail now |
 | RESEND | — (for `port`) | the port rewinds to its oldest unacknowledged entry and drains |
+| INJECT_WRITE | lba u64, block (for `port`) | WRITTEN: `WRITTEN` struct, once primary storage answered |
+| READ_BLOCK | lba u64 | BLOCK: lba u64, the block as primary storage holds it |
+
+INJECT_WRITE's block enters the port's ingress as a server's write would: stamped, journaled,
+written to primary storage. INJECT_WRITE and READ_BLOCK are for a standalone image, one whose
+primary storage is a small volume in on-chip RAM (`store_blocks` register > 0, IDENTITY's
+`features` bit `FEATURE_INJECTION`); another image refuses them as an unknown type. The device
+handles one INJECT_WRITE at a time: one that arrives while the last is still under way (its
+port's ring full, say) is refused with NAK BUSY. A repeated INJECT_WRITE (a lost WRITTEN)
+writes the block again: the host sends the next one only after its WRITTEN, so the repeat
+lands right after the first with the same data.
 
 Device → host without a request (seq 0): JOURNAL (payload: one or more whole entries of
 `port`, in sequence order, exactly `firmware.abi.entry` bytes), FLUSH_MARK (time u64, next
@@ -41,12 +52,18 @@ HEADER = struct.Struct("<BBHHH")
 HEADER_BYTES = HEADER.size
 CRC_BYTES = 4
 MAX_PAYLOAD = 4096
-# image id, version, ports, mode, ring depth, block bytes, datapath bits, reserved
+# image id, version, ports, mode, ring depth, block bytes, datapath bits, features
 IDENTITY = struct.Struct("<IIBBHHBB")
+FEATURE_INJECTION = 0x01                # IDENTITY features: INJECT_WRITE and READ_BLOCK are served
 IMAGE_ID = 0x504A524E                   # "PJRN"
-IMAGE_VERSION = 0x00020000              # major << 16 | minor: the link and register ABI (2: the
-#                                         register map gained the DMA block and moved the dpll block)
+IMAGE_VERSION = 0x00020001              # major << 16 | minor: the link and register ABI (2: the
+#                                         register map gained the DMA block and moved the dpll block;
+#                                         2.1: INJECT_WRITE/READ_BLOCK, the store_blocks register)
 FLUSH_MARK = struct.Struct("<QI")
+INJECT = struct.Struct("<Q")            # INJECT_WRITE's and READ_BLOCK's lba; BLOCK's too
+# WRITTEN: the entry's timestamp (the port's time when the write went in), the entry's seq (the
+# port's entries_written then), `firmware.abi.entry.Status` of the write, 3 zero bytes
+WRITTEN = struct.Struct("<QIB3x")
 
 
 class FrameType(IntEnum):
@@ -56,11 +73,15 @@ class FrameType(IntEnum):
     FLUSH = 0x04
     ACK = 0x05
     RESEND = 0x06
+    INJECT_WRITE = 0x07
+    READ_BLOCK = 0x08
     IDENTITY = 0x81
     REG_VALUES = 0x82
     JOURNAL = 0x83
     FLUSH_MARK = 0x84
     ACKED = 0x85
+    WRITTEN = 0x86
+    BLOCK = 0x87
     NAK = 0x8F
 
 
@@ -69,7 +90,9 @@ class NakReason(IntEnum):
     BAD_COBS = 2
     BAD_LENGTH = 3
     UNKNOWN_TYPE = 4
-    BAD_PORT = 5        # FLUSH, ACK or RESEND for a port the image does not have
+    BAD_PORT = 5        # FLUSH, ACK, RESEND or INJECT_WRITE for a port the image does not have
+    BAD_LBA = 6         # INJECT_WRITE or READ_BLOCK outside the standalone image's volume
+    BUSY = 7            # INJECT_WRITE while one is under way, READ_BLOCK while one is pending
 
 
 class FrameError(ValueError):

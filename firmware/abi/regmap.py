@@ -73,6 +73,9 @@ LINK_COUNTERS = [
     ("naks_sent", 32, "RO", "NAK frames sent (one per dropped frame)"),
     ("tx_frames", 32, "RO", "frames sent (responses, JOURNAL, FLUSH_MARK, NAK)"),
     ("tx_journal_entries", 32, "RO", "entries sent in JOURNAL frames (first sends and resends)"),
+    ("rx_lba_errors", 32, "RO", "frames dropped: INJECT_WRITE or READ_BLOCK outside the volume"),
+    ("rx_busy", 32, "RO", "frames dropped: INJECT_WRITE or READ_BLOCK while the last is under way"),
+    ("injected_writes", 32, "RO", "INJECT_WRITEs done (WRITTEN sent)"),
 ]
 
 # (name, width, access, description): the DPLL's register view, outputs of `hdl.dpll.DigitalPLL`
@@ -143,6 +146,8 @@ GLOBAL = [
              const=True),
     Register("scratch", 0x08, 32, "RW", "free for the host (link and register-bus check)"),
     Register("rx_framing_errors", 0x09, 32, "RO", "UART bytes with a bad stop bit (0 without a UART)"),
+    Register("store_blocks", 0x0A, 32, "RO", "blocks of the standalone image's on-chip volume "
+             "(INJECT_WRITE, READ_BLOCK); 0: primary storage is outside the image", const=True),
     *(Register(name, 0x10 + i, width, access, desc) for i, (name, width, access, desc)
       in enumerate(LINK_COUNTERS)),
 ]

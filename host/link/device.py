@@ -15,6 +15,17 @@ how far a port's history is complete. On top of this the driver is the Collector
 mark's `next seq` is in hand, `ack(port, seq)` sends ACK and drops what the device freed, and
 `resend(port)` sends RESEND. The Collector acknowledges only what `LocalJournal.append` made
 durable, so the ring never frees an entry the journal does not hold.
+
+A standalone board (IDENTITY's `FEATURE_INJECTION`: a dev board, or the virtual board's
+standalone variant) keeps its volume in on-chip RAM and takes its write traffic from the host:
+`inject_write(port, lba, data)` sends INJECT_WRITE and returns the WRITTEN response (the
+entry's timestamp and seq, the write's status) once the board's primary storage has the block;
+`read_stored_block(lba)` reads a block of that volume (READ_BLOCK → BLOCK). Both are requests
+like the others (same seq on a repeat). A repeated INJECT_WRITE whose first try did land writes
+the same block again right after it (the caller sends its next write only after this one's
+WRITTEN), so the volume is as if once; the journal then holds the write twice, the same data.
+The device refuses an INJECT_WRITE with NAK BUSY while its last one is still stuck in a full
+ring: collect the port first (`store_room` says how many writes a port's ring has room for).
 """
 
 import struct
@@ -26,15 +37,26 @@ import crc32c
 
 from firmware.abi import regmap
 from firmware.abi.entry import HEADER_BYTES as ENTRY_HEADER_BYTES
-from firmware.abi.entry import Mode, entry_bytes
-from firmware.abi.frames import FLUSH_MARK, IDENTITY, IMAGE_ID, IMAGE_VERSION, MAX_PAYLOAD, FrameType
+from firmware.abi.entry import Mode, Status, entry_bytes
+from firmware.abi.frames import (
+    FEATURE_INJECTION,
+    FLUSH_MARK,
+    IDENTITY,
+    IMAGE_ID,
+    IMAGE_VERSION,
+    INJECT,
+    MAX_PAYLOAD,
+    WRITTEN,
+    FrameType,
+)
 
 from ..journal.collector import LinkFault
 from .serial import Frame, SerialTransport
 
 MAX_READ = (MAX_PAYLOAD - 4) // 4        # registers in one REG_VALUES response
 RESPONSES = {FrameType.IDENTIFY: FrameType.IDENTITY, FrameType.REG_READ: FrameType.REG_VALUES,
-             FrameType.REG_WRITE: FrameType.REG_VALUES, FrameType.ACK: FrameType.ACKED}
+             FrameType.REG_WRITE: FrameType.REG_VALUES, FrameType.ACK: FrameType.ACKED,
+             FrameType.INJECT_WRITE: FrameType.WRITTEN, FrameType.READ_BLOCK: FrameType.BLOCK}
 
 
 class DeviceError(LinkFault):
@@ -52,15 +74,30 @@ class Identity:
     ring_depth: int
     block_bytes: int
     datapath_bits: int
+    features: int = 0
 
     @classmethod
     def unpack(cls, payload: bytes) -> "Identity":
-        image_id, version, ports, mode, depth, block, bits, _ = IDENTITY.unpack(payload)
-        return cls(image_id, version, ports, Mode(mode), depth, block, bits)
+        image_id, version, ports, mode, depth, block, bits, features = IDENTITY.unpack(payload)
+        return cls(image_id, version, ports, Mode(mode), depth, block, bits, features)
+
+    @property
+    def standalone(self) -> bool:
+        """The board keeps its volume on chip and takes injected writes (INJECT_WRITE, READ_BLOCK)."""
+        return bool(self.features & FEATURE_INJECTION)
 
     @property
     def version_text(self) -> str:
         return f"{self.version >> 16}.{self.version & 0xFFFF}"
+
+
+@dataclass(frozen=True)
+class Written:
+    """A standalone board's answer to an injected write: it is in the board's primary storage."""
+
+    time: int           # the entry's timestamp: the port's time when the write went in, ns
+    seq: int            # the entry's seq (the port's entries_written then)
+    status: Status      # OK, or PRIMARY_FAILED / JOURNAL_FAILED
 
 
 @dataclass
@@ -84,6 +121,7 @@ class DeviceCounters:
     conflicts: int = 0              # a repeated entry that differs from the buffered one
     bad_entries: int = 0            # JOURNAL frames whose entries do not parse (kept none of them)
     acks: int = 0
+    injected: int = 0               # INJECT_WRITEs answered by WRITTEN
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -122,6 +160,8 @@ class Device:
         self.identity: Identity | None = None
         self.streams: list[PortStream] = []
         self._seq = 0
+        self._store_blocks: int | None = None
+        self._entries_written: dict[int, int] = {}      # per port, as the last WRITTEN told
 
     @classmethod
     def open(cls, path: str, *, baud: int = 115200, **kwargs) -> "Device":
@@ -253,6 +293,58 @@ class Device:
         last = max(r.offset for r in table)
         values = self.read_registers(base, last + 1)
         return {r.name: values[r.offset] for r in table}
+
+    # --- a standalone board's volume and traffic ------------------------------------------------
+
+    def store_blocks(self) -> int:
+        """Blocks of the board's on-chip volume (DeviceError unless the board is standalone)."""
+        if not self._identity().standalone:
+            raise DeviceError(f"{self.transport.path}: the board's image takes no injected writes (its "
+                              "primary storage is outside it): load a standalone image, or use the "
+                              "virtual board's standalone variant ('portjournal sim --standalone')")
+        if self._store_blocks is None:
+            self._store_blocks = self.read("store_blocks")
+        return self._store_blocks
+
+    def _check_block(self, lba: int) -> None:
+        if not 0 <= lba < self.store_blocks():
+            raise ValueError(f"block {lba} is outside the board's volume of {self._store_blocks} blocks")
+
+    def inject_write(self, port: int, lba: int, data: bytes) -> Written:
+        """Write `data` to block `lba` through `port`, as a server on that port would; returns when
+        the board's primary storage has it."""
+        self._check_block(lba)
+        if not 0 <= port < self.identity.ports or len(data) != self.identity.block_bytes:
+            raise ValueError(f"need a port below {self.identity.ports} and a block of "
+                             f"{self.identity.block_bytes} bytes (got {port}, {len(data)} bytes)")
+        frame = self._transact(FrameType.INJECT_WRITE, INJECT.pack(lba) + data, port=port,
+                               check=lambda f: f.port == port and len(f.payload) == WRITTEN.size)
+        self.counters.injected += 1
+        time_ns, seq, status = WRITTEN.unpack(frame.payload)
+        self._entries_written[port] = seq + 1
+        return Written(time_ns, seq, Status(status))
+
+    def read_stored_block(self, lba: int) -> bytes:
+        """Block `lba` of the board's on-chip volume as it is now."""
+        self._check_block(lba)
+        head = INJECT.pack(lba)
+        size = INJECT.size + self.identity.block_bytes
+        frame = self._transact(FrameType.READ_BLOCK, head,
+                               check=lambda f: len(f.payload) == size and f.payload[:INJECT.size] == head)
+        return frame.payload[INJECT.size:]
+
+    def store_room(self, port: int) -> int:
+        """Writes `port` can take now without its ring filling: its ring's depth less one (room for
+        a marker) less the entries written and not yet acknowledged."""
+        if port not in self._entries_written:
+            self._entries_written[port] = self.read("entries_written", port)
+        unacknowledged = self._entries_written[port] - self._learn_tail(port).expected
+        return self._identity().ring_depth - 1 - unacknowledged
+
+    def _identity(self) -> Identity:
+        if self.identity is None:
+            self.identify()
+        return self.identity
 
     # --- the journal stream ------------------------------------------------------------------
 
@@ -435,4 +527,4 @@ class Device:
                 f"{c['duplicates']} duplicate entries")
 
 
-__all__ = ["Device", "DeviceCounters", "DeviceError", "Identity", "PortStream"]
+__all__ = ["Device", "DeviceCounters", "DeviceError", "Identity", "PortStream", "Written"]

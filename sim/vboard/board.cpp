@@ -40,6 +40,14 @@
 // fills, its port back-pressures) until `speak P`. status/exit lines add dma_beats= (memory-write
 // beats) and dma_busy_cycles= (cycles the ring writer had an entry to write).
 //
+// THE STANDALONE BOARD (built with -DBOARD_STANDALONE=1, from SimBoard(store_blocks=N)): the
+// variant a dev board runs. Primary storage is inside the image (a BlockStore of N blocks in
+// on-chip RAM) and the host injects the writes over the link (INJECT_WRITE), so the harness has
+// no servers and no volume (--volume, --blocks, --rate, --writes, --lba-*, --*-latency, --*-fail
+// and --log are ignored; nothing is logged) and only the ports' `locked` pins. It keeps the
+// pty, the line pacing and damage, the time origin and `silence`/`speak`; `pause`, `resume` and
+// `ransom` are refused (the host is the traffic source). The board line says standalone=1.
+//
 // Runs until SIGINT/SIGTERM (or --max-cycles), then writes the volume back (msync), flushes
 // the log and prints an "exit ..." line. Progress: a "status ..." line every --report-ms of
 // wall time. Both lines are key=value pairs: cycles, wall_s, sim_ns, rx_bytes, tx_bytes, ...
@@ -125,6 +133,9 @@
 #endif
 #ifndef BOARD_BLOCK_BYTES
 #define BOARD_BLOCK_BYTES 512
+#endif
+#ifndef BOARD_STANDALONE
+#define BOARD_STANDALONE 0
 #endif
 
 static constexpr int NPORTS = BOARD_PORTS;
@@ -315,6 +326,9 @@ struct PortPins {
     CData *rcmd_valid, *rcmd_ready; QData* rcmd_lba;
     CData *rdata_valid, *rdata_ready, *rdata_last, *rdata_ok; QData* rdata_data;
 };
+#if BOARD_STANDALONE
+#define BIND(i) pins[i] = PortPins{&top->p##i##_locked}
+#else
 #define BIND(i) pins[i] = PortPins{&top->p##i##_locked, \
     &top->p##i##_in_valid, &top->p##i##_in_ready, &top->p##i##_in_first, &top->p##i##_in_last, &top->p##i##_in_data, \
     &top->p##i##_wr_valid, &top->p##i##_wr_ready, &top->p##i##_wr_first, &top->p##i##_wr_last, &top->p##i##_wr_data, \
@@ -322,6 +336,7 @@ struct PortPins {
     &top->p##i##_rcmd_valid, &top->p##i##_rcmd_ready, &top->p##i##_rcmd_lba, \
     &top->p##i##_rdata_valid, &top->p##i##_rdata_ready, &top->p##i##_rdata_last, &top->p##i##_rdata_ok, \
     &top->p##i##_rdata_data}
+#endif
 
 static void bind_ports(Vvboard* top, PortPins* pins) {
     BIND(0);
@@ -481,14 +496,16 @@ int main(int argc, char** argv) {
     sigaction(SIGINT, &sa, nullptr);
     sigaction(SIGTERM, &sa, nullptr);
 
-    // Volume: mmapped, created (sparse, zero) if missing.
+    // Volume: mmapped, created (sparse, zero) if missing (a standalone board has its own inside).
     Volume vol;
+    off_t vol_bytes = 0;
+#if !BOARD_STANDALONE
     vol.fd = open(o.volume.c_str(), O_RDWR | O_CREAT, 0644);
     if (vol.fd < 0) { std::perror(o.volume.c_str()); return 2; }
     struct stat st;
     fstat(vol.fd, &st);
     if (o.blocks < 0) o.blocks = st.st_size ? st.st_size / BLOCK : 2048;
-    const off_t vol_bytes = off_t(o.blocks) * BLOCK;
+    vol_bytes = off_t(o.blocks) * BLOCK;
     if (o.blocks <= 0) { std::fprintf(stderr, "need a volume of at least one block\n"); return 2; }
     if (st.st_size != 0 && st.st_size != vol_bytes) {
         std::fprintf(stderr, "%s holds %lld bytes, not %lld blocks of %d\n", o.volume.c_str(),
@@ -501,6 +518,7 @@ int main(int argc, char** argv) {
     if (vol.base == MAP_FAILED) { std::perror("mmap"); return 2; }
     if (o.lba_max < 0 || o.lba_max > o.blocks) o.lba_max = o.blocks;
     if (o.lba_min < 0 || o.lba_min >= o.lba_max) { std::fprintf(stderr, "empty lba range\n"); return 2; }
+#endif
 
     // Time origin: ns since the Unix epoch.
     if (o.time_origin < 0) {
@@ -596,8 +614,9 @@ int main(int argc, char** argv) {
     std::printf("pty %s\n", slave_path);
 #endif
     std::printf("board ports=%d block_bytes=%d clock_hz=%.0f baud=%.0f blocks=%lld time_origin_ns=%lld "
-                "unit_ns=%lld wait_lock=%d volume=%s log=%s\n", NPORTS, BLOCK, o.clock_hz, o.baud,
-                (long long)o.blocks, (long long)o.time_origin, (long long)o.unit_ns, int(o.wait_lock), o.volume.c_str(), o.log.empty() ? "-" : o.log.c_str());
+                "unit_ns=%lld wait_lock=%d volume=%s log=%s standalone=%d\n", NPORTS, BLOCK, o.clock_hz, o.baud,
+                (long long)vol.blocks, (long long)o.time_origin, (long long)o.unit_ns, int(o.wait_lock),
+                BOARD_STANDALONE ? "-" : o.volume.c_str(), o.log.empty() ? "-" : o.log.c_str(), BOARD_STANDALONE);
     std::fflush(stdout);
 
     const double wall_start = wall_now();
@@ -644,6 +663,8 @@ int main(int argc, char** argv) {
         } else if (arity && (args[0] < 0 || args[0] >= NPORTS)) {
             event_error("'" + line + "': no port " + std::to_string(args[0]) + " (the board has " +
                         std::to_string(NPORTS) + ")");
+        } else if (BOARD_STANDALONE && (verb == "pause" || verb == "resume" || verb == "ransom")) {
+            event_error("'" + line + "': a standalone board has no servers (the host injects the writes)");
         } else if (verb == "pause") {
             paused = true;
             quiet_told = false;
@@ -765,6 +786,7 @@ int main(int argc, char** argv) {
             top->tx_ready = tx_on;
             if (!tx_on && now16 >= tx_next) ++tx_backpressure;
 #endif
+#if !BOARD_STANDALONE
             for (int p = 0; p < NPORTS; ++p) {
                 PortState& s = ports[p];
                 PortPins& q = pins[p];
@@ -835,6 +857,7 @@ int main(int argc, char** argv) {
                     *q.rdata_ok = s.read_ok_now;
                 }
             }
+#endif
             top->clk = 0;
             top->eval();
             // Transfers this cycle (valid & ready before the edge).
@@ -864,6 +887,7 @@ int main(int argc, char** argv) {
                 }
             }
 #endif
+#if !BOARD_STANDALONE
             for (int p = 0; p < NPORTS; ++p) {
                 PortState& s = ports[p];
                 PortPins& q = pins[p];
@@ -928,6 +952,7 @@ int main(int argc, char** argv) {
                     if (++s.read_beat == WORDS) s.reading = false;
                 }
             }
+#endif
             // Paused: quiet while every server is idle and storage has answered every write its
             // port accepted (a write is accepted after its pre-image read, so no read is left).
             if (paused && !quiet_told) {
@@ -956,9 +981,11 @@ int main(int argc, char** argv) {
     }
 
     // Stop: whatever storage applied is in the volume and in the log, nothing else.
-    msync(vol.base, vol_bytes, MS_SYNC);
-    munmap(vol.base, vol_bytes);
-    close(vol.fd);
+    if (vol.base) {
+        msync(vol.base, vol_bytes, MS_SYNC);
+        munmap(vol.base, vol_bytes);
+        close(vol.fd);
+    }
     if (log.f) { std::fflush(log.f); fsync(fileno(log.f)); }
 #if BOARD_DMA
     munmap(hm, size_t(o.host_mem_bytes));

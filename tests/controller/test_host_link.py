@@ -45,6 +45,18 @@ def test_identify_and_registers():
         assert c["retries"] == c["timeouts"] == c["naks"] == 0 and c["rx_crc_errors"] == 0
 
 
+def test_injection_needs_a_standalone_board():
+    """A board whose image has no on-chip volume is told apart before anything is sent."""
+    with FakeBoard() as board, open_device(board) as dev:
+        assert not dev.identity.standalone
+        sent = len(board.requests)
+        with pytest.raises(DeviceError, match="takes no injected writes.*--standalone"):
+            dev.inject_write(0, 0, bytes(BLOCK))
+        with pytest.raises(DeviceError, match="takes no injected writes"):
+            dev.read_stored_block(0)
+        assert len(board.requests) == sent
+
+
 def test_nak_and_lost_response_are_repeated():
     with FakeBoard() as board, open_device(board) as dev:
         damaged = {"left": 1}

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from boards.sim import SIM_STANDALONE
 from host.demo import initial_volume
 from host.journal.store import NEVER, LocalJournal
 from sim import vboard
@@ -127,3 +128,50 @@ def test_quick_demo(tmp_path, mode, link):
         assert pixels.shape[0] > 400 and pixels.shape[1] > 800
         coloured = (pixels.max(axis=-1) - pixels.min(axis=-1)) > 60
         assert coloured.mean() > least, (name, coloured.mean())
+
+
+STANDALONE_LINE = re.compile(r"^demo: mode=(redo|cow) entries=(\d+) restored_mb=0.125 restore_s=([\d.]+) "
+                             r"verified=(yes|no)$")
+
+
+@pytest.mark.parametrize("mode", ["redo", "cow"])
+def test_quick_standalone_demo(tmp_path, mode):
+    """`portjournal demo --standalone --quick`: the path a dev board's demo takes (`--port`), on the
+    virtual board's standalone variant. Checked again here: the restored volume against this
+    test's own replay of the host's record (`writes.bin`) onto the journal's base copy."""
+    out = tmp_path / "demo"
+    tool = Path(sys.executable).with_name("portjournal")
+    proc = subprocess.run([str(tool), "demo", "--standalone", "--quick", "--mode", mode, "--seed", "5",
+                           "--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    match = STANDALONE_LINE.match(last := proc.stdout.strip().splitlines()[-1])
+    assert match and match[1] == mode and match[4] == "yes", last
+    summary = json.loads((out / "summary.json").read_text())
+    assert int(match[2]) == sum(summary["entries"]) > 500
+    assert summary["record_mismatched_blocks"] == 0 and summary["mismatched_blocks"] == 0
+
+    block, at = SIM_STANDALONE.block_bytes, summary["bookmark_ns"]
+    with LocalJournal.open(out / "journal", readonly=True) as journal:
+        shadow = np.fromfile(journal.base_image(), dtype=np.uint8).reshape(-1, block)
+        base_ns = journal.state.base.time_ns
+        assert list(journal.invalid_since()) == [NEVER] * 4          # reinstated, nothing lost
+        since, back = summary["outage"]
+        assert journal.state.port_state[3].outages == [[since, back]]
+        seqs = journal.index["seq"][journal.index["port"] == 3]
+        assert list(seqs) == list(range(len(seqs)))
+    raw = (out / "writes.bin").read_bytes()
+    size = 24 + block
+    assert len(raw) % size == 0 and len(raw) // size > 300
+    for off in range(0, len(raw), size):
+        time_ns, lba = np.frombuffer(raw[off:off + 16], dtype="<u8")
+        assert time_ns > base_ns
+        if time_ns < at:
+            shadow[lba] = np.frombuffer(raw[off + 24:off + size], dtype=np.uint8)
+    assert (out / "volume.img").read_bytes() == shadow.tobytes()
+    assert summary["damaged_blocks"] == 64
+    assert summary["blocks_changed_by_restore"] == summary["differing_before_restore"] >= 64
+    events = summary["events"]
+    assert summary["bookmark_ns"] < events["invalid"] == since <= events["silence"] < back
+    assert summary["horizon_during_outage"] > since
+    assert "port 3 is invalid" in summary["refused_past_invalid"]
+    assert (summary["refused_at_invalid"] == "") == (mode == "redo")

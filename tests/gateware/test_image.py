@@ -50,3 +50,22 @@ def test_dma_link_seam():
     assert "dma_produced" in rtlil.convert(dma)
     with pytest.raises(ValueError, match="serial or dma"):
         DeviceImage(ports=1, block_bytes=64, link="pcie")
+
+
+def test_standalone_seam():
+    """`store_blocks`: the injector is every port's ingress (no `ingress` member), the link's
+    READ_BLOCK reaches the board's store, IDENTITY says so; only on the serial link."""
+    from firmware.abi.frames import FEATURE_INJECTION
+
+    image = DeviceImage(ports=2, block_bytes=64, depth=4, dpll=False, store_blocks=32)
+    members = image.signature.members
+    assert {"store_rcmd", "store_rdata"} <= set(members)
+    assert "ingress" not in members["port"].signature.members
+    assert IDENTITY.unpack(image.identity())[7] == FEATURE_INJECTION
+    assert "injector" in rtlil.convert(image)
+    plain = DeviceImage(ports=2, block_bytes=64, depth=4, dpll=False)
+    assert "ingress" in plain.signature.members["port"].signature.members
+    assert "store_rcmd" not in plain.signature.members
+    plain._MustUse__silence = plain.link._MustUse__silence = True     # not elaborated
+    with pytest.raises(ValueError, match="on-chip volume only on the serial link"):
+        DeviceImage(ports=1, block_bytes=64, link="dma", store_blocks=8)

@@ -3,7 +3,7 @@
 import pytest
 from amaranth.sim import Simulator
 
-from firmware.abi.regmap import GLOBAL, PORT, address
+from firmware.abi.regmap import GLOBAL, PORT, PORT_STRIDE, address
 from firmware.registers import RegisterBlock
 
 CONSTANTS = {r.name: 0x100 + r.offset for r in GLOBAL if r.const}
@@ -65,6 +65,44 @@ def test_read_write_pulse():
         assert ctx.get(dut.port[0].reenable) == 0                    # one cycle only
         assert await read(address("reenable", 0)) == 0
         assert await read(0x7FFF) == 0
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+
+
+def test_every_address_reads_its_register_or_zero():
+    """Every address of the map and around it, each RO register holding its own address: mapped
+    ones read their value (cut to the register's width), everything else reads 0."""
+    ports = 3
+    dut = RegisterBlock(ports=ports, constants=CONSTANTS)
+    readable = {}
+    for port, table in [(None, GLOBAL), *((p, PORT) for p in range(ports))]:
+        for reg in table:
+            if reg.access != "W1P":
+                readable[address(reg.name, port)] = (reg, port)
+    top = PORT_STRIDE * (ports + 2)
+
+    def member(reg, port):
+        return getattr(dut if port is None else dut.port[port], reg.name)
+
+    def expected(addr):
+        if addr not in readable:
+            return 0
+        reg, port = readable[addr]
+        if reg.const:
+            return CONSTANTS[reg.name]
+        return addr & ((1 << reg.width) - 1) if reg.access == "RO" else reg.init
+
+    async def bench(ctx):
+        for addr, (reg, port) in readable.items():
+            if reg.access == "RO" and not reg.const:
+                ctx.set(member(reg, port), addr & ((1 << reg.width) - 1))
+        for addr in [*range(top), 0x7FFF, 0xFFFF]:
+            ctx.set(dut.bus.r_addr, addr)
+            await ctx.tick()
+            assert ctx.get(dut.bus.r_data) == expected(addr), hex(addr)
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)

@@ -419,14 +419,15 @@ class Scoreboard(uvm_scoreboard):
     @staticmethod
     def check_fill(bfm, entries):
         """`ring_fill` each cycle against the model: entries stamped before this cycle (an
-        entry's timestamp is its allocation cycle) minus those acknowledged before it. Exact while
+        entry's timestamp is its allocation cycle) minus those acknowledged before the cycle
+        before it (the ring's tail follows the flush engine's a cycle later). Exact while
         the flush engine is idle; while it drains, the entry being read is held as well, so the
         fill may be higher (up to `depth`) but never lower."""
         alloc = [unpack(raw)[0]["timestamp"] for raw in entries]
         assert alloc == sorted(alloc), "entry timestamps out of order"
         acks, ai, acked, exact = bfm.ack_log, 0, 0, 0
         for now, fill, draining in bfm.fill_samples:
-            while ai < len(acks) and acks[ai][0] < now:
+            while ai < len(acks) and acks[ai][0] + NS_PER_CYCLE < now:
                 acked = max(acked, acks[ai][1] + 1)
                 ai += 1
             want = bisect_left(alloc, now) - acked

@@ -1,0 +1,74 @@
+"""iCEBreaker (Lattice iCE40UP5K, SG48): the device image on a small iCE40 board.
+
+The UP5K has 5280 logic cells, 30 block RAMs of 4 Kbit and 8 DSPs. One port's logic (64-bit
+datapath, 64.32-bit DPLL time, CRC-32C) and the link took ~9,100 LUT4s in a 1-port ECP5 build,
+so this image does not fit yet (nextpnr stops at its utilisation check); the sizes below are
+the smallest sensible, for when the port logic shrinks:
+
+| what | value | why |
+|---|---|---|
+| ports | 1 | the fewest |
+| ring depth | 8 entries | 8 x 64 B of ring (the block RAMs also hold the link frame buffers) |
+| block size | 64 B | a small block, to save block RAM |
+| port clock | 24 MHz | the 12 MHz oscillator x 2 through an `SB_PLL40_PAD` (VCO 768 MHz) |
+| time base | on board: 1 ms broadcasts at 6 Mbit/s, 4 cycles per bit (the DPLL's minimum) | T in ms |
+| link | 3 Mbaud 8N1 on the FT2232H's second channel (8 cycles per bit, exact) | |
+| volume | 64 blocks of 64 B (4 KiB) in block RAM, for the host's injected writes | `BlockStore` |
+| LEDs | green: DPLL locked; red: link bytes; break-off PMOD LED2: block writes | `boards.devboard` |
+
+Build with `make bitstream BOARD=icebreaker` (and `make bitstream-all`), program with
+`make flash BOARD=icebreaker`.
+"""
+
+from amaranth.hdl import Instance, Module, Signal
+from amaranth_boards.icebreaker import ICEBreakerPlatform
+
+from boards.devboard import DevBoardConfig, DevBoardTop
+
+OSCILLATOR_HZ = 12_000_000
+VCO_HZ = (533e6, 1066e6)           # the SB_PLL40's VCO range
+PFD_HZ = (10e6, 133e6)             # and its phase detector's
+
+CONFIG = DevBoardConfig(name="icebreaker", ports=1, depth=8, block_bytes=64, clock_hz=24_000_000,
+                        baud=3_000_000, timebase_bit_rate=6_000_000, store_blocks=64)
+
+
+def sb_pll40_dividers(f_in: int, f_out: int) -> dict:
+    """SB_PLL40 dividers for f_out = f_in x (DIVF + 1) / ((DIVR + 1) x 2**DIVQ) exactly."""
+    for divr in range(16):
+        pfd = f_in / (divr + 1)
+        if not PFD_HZ[0] <= pfd <= PFD_HZ[1]:
+            continue
+        for divq in range(1, 7):
+            divf, rest = divmod(f_out * (divr + 1) * 2**divq, f_in)
+            divf -= 1
+            if not rest and 0 <= divf < 128 and VCO_HZ[0] <= pfd * (divf + 1) <= VCO_HZ[1]:
+                # The loop filter range for the phase detector's frequency (as icepll picks it).
+                filter_range = sum(pfd >= f for f in (17e6, 26e6, 44e6, 66e6, 101e6)) + 1
+                return {"DIVR": divr, "DIVF": divf, "DIVQ": divq, "FILTER_RANGE": filter_range}
+    raise ValueError(f"no SB_PLL40 setting makes {f_out} Hz from {f_in} Hz")
+
+
+class ICEBreakerBoard(DevBoardTop):
+    """`DevBoardTop` on the iCEBreaker (with its break-off PMOD): PLL, button and LEDs."""
+
+    platform_class = ICEBreakerPlatform
+
+    def __init__(self, config: DevBoardConfig = CONFIG):
+        super().__init__(config)
+
+    def pll(self, m: Module, platform):
+        clk12 = platform.request("clk12", 0, dir="-")
+        clk, locked = Signal(name="port_clk"), Signal(name="pll_locked")
+        params = sb_pll40_dividers(OSCILLATOR_HZ, self.config.clock_hz)
+        m.submodules.pll = Instance(
+            "SB_PLL40_PAD",
+            p_FEEDBACK_PATH="SIMPLE", p_PLLOUT_SELECT="GENCLK",
+            **{f"p_{k}": v for k, v in params.items()},
+            io_PACKAGEPIN=clk12.io, i_RESETB=1, i_BYPASS=0,
+            o_PLLOUTGLOBAL=clk, o_LOCK=locked)
+        return clk, locked
+
+    def leds(self, platform):
+        platform.add_resources(platform.break_off_pmod)
+        return [("led_g", 0), ("led_r", 0), ("led", 2)][:self.config.ports + 2]

@@ -1,0 +1,146 @@
+"""A standalone board's primary storage inside the FPGA: `BlockStore`, a small volume in on-chip
+RAM, on every port's primary-storage streams and the link's READ_BLOCK (dev boards,
+`boards/devboard.py`, and the virtual board's standalone variant, `boards/sim.py`)."""
+
+from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from hdl.link import DATAPATH_BITS
+from hdl.write_path import ReadCommand, WriteResponse, beat_layout, read_beat_layout
+
+STANDALONE_BLOCKS = 256        # the standalone boards' volume: 128 KiB of 512 B blocks, 64 DP16KD on
+#                                 the ULX3S's LFE5U-85F (of 208; its 4 x 16-entry rings take 16 more)
+
+
+def connect_store(m, port, store_port) -> None:
+    """A `DeviceImage` port's primary-storage streams to its `BlockStore.port[i]`."""
+    wiring.connect(m, port.pri_write, store_port.write)
+    wiring.connect(m, store_port.wresp, port.pri_wresp)
+    wiring.connect(m, port.pri_rcmd, store_port.rcmd)
+    wiring.connect(m, store_port.rdata, port.pri_rdata)
+
+
+class BlockStore(wiring.Component):
+    """A standalone board's primary storage: a volume of `blocks` blocks in on-chip RAM.
+
+    Every port's primary writes and copy-on-write pre-image reads (`port[i]`: a `DeviceImage`
+    port's `pri_*` streams) and the link's READ_BLOCK reads (`link_rcmd`/`link_rdata`) share one
+    `amaranth.lib.memory.Memory` of 64-bit words with one write and one synchronous read port,
+    so it maps to block RAM. One request is served at a time, whole: an arbiter takes the next
+    requester in round-robin order — port 0's write, port 0's read, port 1's write, …, the
+    link's read — after the one it served last, and takes its header the next cycle (the choice
+    is registered, so the ports' handshakes do not chain through the arbiter). A write takes its
+    header beat (lba) and its data beats, one a cycle, into the block, then owes its port a
+    completion (`ok`); a port's next write waits until that completion is taken. A read streams
+    the block's words out, the last one marked. A block outside the volume is neither written
+    nor read: the write completes with `ok` = 0, the read returns zero beats with `ok` = 0. The
+    volume starts as zeros.
+    """
+
+    def __init__(self, *, ports: int, block_bytes: int, blocks: int):
+        self.ports = ports
+        self.blocks = blocks
+        self.block_words = block_bytes * 8 // DATAPATH_BITS
+        if blocks < 1 or self.block_words & (self.block_words - 1):
+            self._MustUse__silence = True  # a rejected core is not an unused one
+            raise ValueError(f"need at least one block of a power-of-two number of words (got {blocks}, "
+                             f"{self.block_words})")
+        port = wiring.Signature({
+            "write": In(stream.Signature(beat_layout(DATAPATH_BITS))),
+            "wresp": Out(stream.Signature(WriteResponse)),
+            "rcmd": In(stream.Signature(ReadCommand)),
+            "rdata": Out(stream.Signature(read_beat_layout(DATAPATH_BITS))),
+        })
+        super().__init__({
+            "port": Out(port).array(ports),
+            "link_rcmd": In(stream.Signature(ReadCommand)),
+            "link_rdata": Out(stream.Signature(read_beat_layout(DATAPATH_BITS))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        words = self.block_words
+        word_bits = (words - 1).bit_length()
+        mem = m.submodules.volume = Memory(shape=DATAPATH_BITS, depth=self.blocks * words, init=[])
+        wp = mem.write_port()
+        rp = mem.read_port()
+
+        # Requesters in round-robin order: each port's write then read, the link's read last.
+        # (valid, source stream, sink stream, completion owed or None for a read, its ok)
+        requests = []
+        for p in range(self.ports):
+            port = self.port[p]
+            owed, ok = Signal(name=f"owed{p}"), Signal(name=f"ok{p}")
+            with m.If(port.wresp.ready):
+                m.d.sync += owed.eq(0)
+            m.d.comb += [port.wresp.valid.eq(owed), port.wresp.payload.ok.eq(ok)]
+            requests += [(port.write.valid & ~owed, port.write, port.wresp, owed, ok),
+                         (port.rcmd.valid, port.rcmd, port.rdata, None, None)]
+        requests.append((self.link_rcmd.valid, self.link_rcmd, self.link_rdata, None, None))
+        count = len(requests)
+
+        last = Signal(range(count), init=count - 1)    # the requester served last
+        grant = Signal(range(count))
+        lba = Signal(64)
+        in_range = Signal()
+        word = Signal(range(words))
+        addr = Cat(word[:word_bits], lba[:max(1, (self.blocks - 1).bit_length())])
+        m.d.comb += [wp.addr.eq(addr), rp.addr.eq(addr)]
+
+        chosen, found = Signal(range(count)), Signal()
+        with m.Switch(last):
+            for r in range(count):
+                with m.Case(r):
+                    for i in reversed(range(1, count + 1)):
+                        q = (r + i) % count
+                        with m.If(requests[q][0]):
+                            m.d.comb += [chosen.eq(q), found.eq(1)]
+
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(found):
+                    m.d.sync += [grant.eq(chosen), last.eq(chosen), word.eq(0)]
+                    m.next = "ACCEPT"
+            with m.State("ACCEPT"):
+                # The header is taken a cycle after the choice, from the granted requester alone
+                # (its valid holds until then): no port's ready depends on another port's valid.
+                for q, (_, source, _, owed, _) in enumerate(requests):
+                    with m.If(grant == q):
+                        m.d.comb += source.ready.eq(1)
+                        header = source.payload.data if owed is not None else source.payload.lba
+                        m.d.sync += [lba.eq(header), in_range.eq(header < self.blocks)]
+                m.next = "DISPATCH"
+            with m.State("DISPATCH"):
+                # One cycle: the read port fetches the block's first word meanwhile.
+                for q, (_, _, _, owed, _) in enumerate(requests):
+                    with m.If(grant == q):
+                        m.next = "READ" if owed is None else "WRITE"
+            with m.State("WRITE"):
+                for q, (_, source, _, owed, ok) in enumerate(requests):
+                    if owed is None:
+                        continue
+                    with m.If(grant == q):
+                        m.d.comb += [source.ready.eq(1), wp.data.eq(source.payload.data),
+                                     wp.en.eq(source.valid & in_range)]
+                        with m.If(source.valid):
+                            m.d.sync += word.eq(word + 1)
+                            with m.If(word == words - 1):
+                                m.d.sync += [owed.eq(1), ok.eq(in_range)]
+                                m.next = "IDLE"
+            with m.State("READ"):
+                # The read port shows word `word` (addressed the cycle before); the next word's
+                # address goes out with the handshake.
+                for q, (_, _, sink, owed, _) in enumerate(requests):
+                    if owed is not None:
+                        continue
+                    with m.If(grant == q):
+                        m.d.comb += [sink.valid.eq(1), sink.payload.data.eq(Mux(in_range, rp.data, 0)),
+                                     sink.payload.ok.eq(in_range), sink.payload.last.eq(word == words - 1)]
+                        with m.If(sink.ready):
+                            m.d.comb += rp.addr.eq(Cat((word + 1)[:word_bits], addr[word_bits:]))
+                            m.d.sync += word.eq(word + 1)
+                            with m.If(word == words - 1):
+                                m.next = "IDLE"
+        return m

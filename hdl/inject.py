@@ -1,0 +1,158 @@
+"""Injector: block writes the host sends over the link enter a port's ingress like a server's.
+
+A standalone image (a dev board, or the virtual board in standalone mode) has no servers: the
+host injects its traffic with INJECT_WRITE frames (`firmware.abi.frames`). The link
+(`hdl.link.LinkController`) loads the frame's block into this core's buffer byte by byte as
+it arrives (`control.load_*`), checks the frame, and then pulses `start` with the port and lba. The
+injector sends the request into that port's ingress exactly as a server does — a header beat
+(data = lba) and `block_bytes / 8` data beats — so the port stamps, journals and forwards it to
+primary storage by its ordinary write path. It then waits for the port's write to end: the
+primary write's completion (`Status.OK`, or `PRIMARY_FAILED` when storage failed it), or, in
+copy-on-write mode, a failed pre-image read (`JOURNAL_FAILED`: the port consumes the data and
+writes nothing). `done` then holds the result until the link has sent it in a WRITTEN frame
+and pulses `release`; `busy` is high from `start` to `release`, and the link refuses another
+INJECT_WRITE (and does not load the buffer) meanwhile.
+
+The result: `time`, the port's local time when the header beat went in (the cycle the port
+stamps the entry with), `seq`, the port's `entries_written` then (the entry's sequence
+number), and `status`. The injector is the only source of a standalone port's ingress, so the
+next completion on that port is this write's.
+
+Per port (`port[i]`, from the injector's side): `ingress` out, and what it watches in: `time`,
+`entries_written`, `wresp` (a primary completion taken this cycle) with `wresp_ok`, and
+`rbeat` (a pre-image beat taken this cycle) with `rbeat_ok` and `rbeat_last`.
+"""
+
+from amaranth.hdl import Module, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from firmware.abi.entry import Status
+from hdl.timestamper import SEQ_BITS, TIME_BITS
+from hdl.write_path import beat_layout
+
+DATAPATH_BITS = 64
+
+InjectPortSignature = wiring.Signature({
+    "ingress": Out(stream.Signature(beat_layout(DATAPATH_BITS))),
+    "time": In(TIME_BITS),
+    "entries_written": In(SEQ_BITS),
+    "wresp": In(1),
+    "wresp_ok": In(1),
+    "rbeat": In(1),
+    "rbeat_ok": In(1),
+    "rbeat_last": In(1),
+})
+
+
+def InjectorControl(ports: int, block_bytes: int) -> wiring.Signature:
+    """The link's side of the injector: load the buffer, start, read the result, release."""
+    return wiring.Signature({
+        "load_en": Out(1),
+        "load_addr": Out(range(block_bytes * 8 // DATAPATH_BITS)),
+        "load_lane": Out(3),
+        "load_data": Out(8),
+        "start": Out(1),
+        "start_port": Out(range(ports)),
+        "start_lba": Out(64),
+        "release": Out(1),
+        "busy": In(1),
+        "done": In(1),
+        "time": In(TIME_BITS),
+        "seq": In(SEQ_BITS),
+        "status": In(8),
+    })
+
+
+def inject_port_watch(m: Module, watch, port) -> None:
+    """Drive `watch` (an `InjectPortSignature` port, flipped) from a `JournalPort`'s streams."""
+    wresp, rdata = port.pri_wresp, port.pri_rdata
+    m.d.comb += [watch.time.eq(port.time), watch.entries_written.eq(port.entries_written),
+                 watch.wresp.eq(wresp.valid & wresp.ready), watch.wresp_ok.eq(wresp.payload.ok),
+                 watch.rbeat.eq(rdata.valid & rdata.ready), watch.rbeat_ok.eq(rdata.payload.ok),
+                 watch.rbeat_last.eq(rdata.payload.last)]
+
+
+class Injector(wiring.Component):
+    """One host-injected block write at a time into `port[i].ingress`; its outcome in `done`."""
+
+    def __init__(self, *, ports: int, block_bytes: int):
+        self.ports = ports
+        self.block_words = block_bytes * 8 // DATAPATH_BITS
+        super().__init__({
+            "control": In(InjectorControl(ports, block_bytes)),
+            "port": Out(InjectPortSignature).array(ports),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        c = self.control
+        words = self.block_words
+        buf = m.submodules.buf = Memory(shape=DATAPATH_BITS, depth=words, init=[])
+        wp = buf.write_port(granularity=8)
+        rp = buf.read_port()
+        m.d.comb += [wp.addr.eq(c.load_addr), wp.data.eq(c.load_data.replicate(8)),
+                     wp.en.eq(c.load_en << c.load_lane)]      # one byte lane
+
+        port = Signal(range(self.ports))
+        lba = Signal(64)
+        word = Signal(range(words))
+        read_failed = Signal()          # a pre-image beat of this write came back failed
+        ended = Signal()                # the port's write ended without a primary write
+        # The chosen port's ingress and watched signals, as if it were the only one.
+        ingress = stream.Signature(beat_layout(DATAPATH_BITS)).create(path=("ingress",))
+        watch = InjectPortSignature.flip().create(path=("watch",))
+        for p in range(self.ports):
+            with m.If(port == p):
+                wiring.connect(m, ingress, wiring.flipped(self.port[p].ingress))
+                m.d.comb += [getattr(watch, name).eq(getattr(self.port[p], name))
+                             for name in ("time", "entries_written", "wresp", "wresp_ok", "rbeat",
+                                          "rbeat_ok", "rbeat_last")]
+        m.d.comb += rp.en.eq(1)
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(c.start):
+                    m.d.sync += [port.eq(c.start_port), lba.eq(c.start_lba), c.busy.eq(1),
+                                 read_failed.eq(0), ended.eq(0)]
+                    m.next = "HEADER"
+            with m.State("HEADER"):
+                m.d.comb += [ingress.valid.eq(1), ingress.payload.first.eq(1), ingress.payload.data.eq(lba),
+                             rp.addr.eq(0)]
+                with m.If(ingress.ready):
+                    m.d.sync += [c.time.eq(watch.time), c.seq.eq(watch.entries_written), word.eq(0)]
+                    m.next = "DATA"
+            with m.State("DATA"):
+                # The read port shows word `word`; the next address goes out with the handshake.
+                m.d.comb += [ingress.valid.eq(1), ingress.payload.data.eq(rp.data),
+                             ingress.payload.last.eq(word == words - 1), rp.addr.eq(word)]
+                with m.If(ingress.ready):
+                    m.d.comb += rp.addr.eq(word + 1)
+                    m.d.sync += word.eq(word + 1)
+                    with m.If(word == words - 1):
+                        m.next = "WAIT"
+                self._watch_read(m, watch, read_failed, ended)
+            with m.State("WAIT"):
+                self._watch_read(m, watch, read_failed, ended)
+                with m.If(ended):
+                    m.d.sync += [c.status.eq(Status.JOURNAL_FAILED), c.done.eq(1)]
+                    m.next = "DONE"
+                with m.Elif(watch.wresp):
+                    m.d.sync += [c.status.eq(Status.OK), c.done.eq(1)]
+                    with m.If(~watch.wresp_ok):
+                        m.d.sync += c.status.eq(Status.PRIMARY_FAILED)
+                    m.next = "DONE"
+            with m.State("DONE"):
+                with m.If(c.release):
+                    m.d.sync += [c.done.eq(0), c.busy.eq(0)]
+                    m.next = "IDLE"
+        return m
+
+    @staticmethod
+    def _watch_read(m, watch, read_failed, ended):
+        """Copy-on-write: a pre-image read with any failed beat ends the write without a primary write."""
+        with m.If(watch.rbeat):
+            with m.If(~watch.rbeat_ok):
+                m.d.sync += read_failed.eq(1)
+            with m.If(watch.rbeat_last & (read_failed | ~watch.rbeat_ok)):
+                m.d.sync += ended.eq(1)

@@ -1,0 +1,117 @@
+"""BlockStore in the Amaranth simulator: every requester at once, random stalls, against a model.
+
+Three ports each write and read back blocks of their own (disjoint lbas) while the link reads
+blocks of every port, all at the same time, with random gaps on every valid and ready. Every
+word of a written block carries (port, write number, word index), so a read shows whether it
+got one whole write — not words of two (the arbiter must serve a request whole) — and which.
+Checked: each port reads back its own last write of a block; every link read is one whole
+write of that block (or the zeros it started as); at the end the link reads every block as its
+last write; an lba outside the volume completes with ok = 0 and reads zeros with ok = 0.
+"""
+
+import random
+
+from amaranth.sim import Simulator
+from streams import stream_put
+
+from boards.storage import BlockStore
+
+PORTS, BLOCK, BLOCKS = 3, 64, 12
+WORDS = BLOCK // 8
+ROUNDS = 25
+
+
+def word(port, n, w):
+    return (port + 1) << 48 | n << 16 | w
+
+
+async def stall(ctx, rng):
+    """0-2 idle cycles."""
+    if cycles := rng.randrange(3):
+        await ctx.tick().repeat(cycles)
+
+
+async def stream_get(ctx, stream, rng):
+    """Take one payload from `stream`, ready after a random wait."""
+    await stall(ctx, rng)
+    ctx.set(stream.ready, 1)
+    payload, = await ctx.tick().sample(stream.payload).until(stream.valid)
+    ctx.set(stream.ready, 0)
+    return payload
+
+
+async def put(ctx, stream, payload, rng):
+    await stall(ctx, rng)
+    await stream_put(ctx, stream, payload)
+    ctx.set(stream.valid, 0)
+
+
+async def write(ctx, port, lba, words, rng):
+    await put(ctx, port.write, {"data": lba, "first": 1, "last": 0}, rng)
+    for i, value in enumerate(words):
+        await put(ctx, port.write, {"data": value, "first": 0, "last": i == len(words) - 1}, rng)
+    return (await stream_get(ctx, port.wresp, rng)).ok
+
+
+async def read(ctx, cmd, rdata, lba, rng):
+    await put(ctx, cmd, {"lba": lba}, rng)
+    beats = [await stream_get(ctx, rdata, rng) for _ in range(WORDS)]
+    assert [b.last for b in beats] == [0] * (WORDS - 1) + [1]
+    return [b.data for b in beats], all(b.ok for b in beats)
+
+
+def whole_write(words, lba, written):
+    """The (port, n) whose write `words` is, checking it is whole and was written to `lba`."""
+    if words == [0] * WORDS:
+        return None
+    tag = words[0] >> 16
+    assert words == [tag << 16 | w for w in range(WORDS)], f"block {lba} mixes writes: {words}"
+    port, n = (tag >> 32) - 1, tag & 0xFFFF
+    assert (port, n) in written[lba], f"block {lba} holds write {port}.{n}, never written there"
+    return port, n
+
+
+def test_concurrent_requesters_against_a_model():
+    dut = BlockStore(ports=PORTS, block_bytes=BLOCK, blocks=BLOCKS)
+    last = [None] * BLOCKS                      # the model: (port, n) of each block's last write
+    written = [set() for _ in range(BLOCKS)]    # every write each block got
+    done = set()
+
+    def port_bench(p):
+        async def bench(ctx):
+            rng = random.Random(p)
+            mine = [lba for lba in range(BLOCKS) if lba % PORTS == p]
+            for n in range(ROUNDS):
+                lba = rng.choice(mine)
+                written[lba].add((p, n))
+                assert await write(ctx, dut.port[p], lba, [word(p, n, w) for w in range(WORDS)], rng) == 1
+                last[lba] = (p, n)
+                lba = rng.choice(mine)
+                words, ok = await read(ctx, dut.port[p].rcmd, dut.port[p].rdata, lba, rng)
+                assert ok and (whole_write(words, lba, written) == last[lba]), (p, lba)
+            assert await write(ctx, dut.port[p], BLOCKS + p, [1] * WORDS, rng) == 0     # outside
+            done.add(p)
+        return bench
+
+    async def link_bench(ctx):
+        rng = random.Random(99)
+        reads = 0
+        while len(done) < PORTS:
+            lba = rng.randrange(BLOCKS)
+            words, ok = await read(ctx, dut.link_rcmd, dut.link_rdata, lba, rng)
+            assert ok
+            whole_write(words, lba, written)
+            reads += 1
+        for lba in range(BLOCKS):
+            words, ok = await read(ctx, dut.link_rcmd, dut.link_rdata, lba, rng)
+            assert ok and whole_write(words, lba, written) == last[lba], lba
+        words, ok = await read(ctx, dut.link_rcmd, dut.link_rdata, BLOCKS, rng)
+        assert not ok and words == [0] * WORDS
+        assert reads > 20
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    for p in range(PORTS):
+        sim.add_testbench(port_bench(p))
+    sim.add_testbench(link_bench)
+    sim.run()

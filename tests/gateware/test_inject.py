@@ -1,0 +1,221 @@
+"""The standalone image under Verilator: host-injected writes and the on-chip volume.
+
+A 2-port `DeviceImage(store_blocks=…)` on a `BlockStore` (`sim/standalone_top.py`), driven only
+through its link bytes with `firmware.abi.frames`. A Python model of the volume is the
+scoreboard: every INJECT_WRITE's WRITTEN, every READ_BLOCK's BLOCK, every journal entry (redo
+on port 0, copy-on-write on port 1: the pre-image is the model's block before the write) and
+the link counters are checked against it; bad requests get their NAK and change nothing.
+"""
+
+import random
+import struct
+from collections import deque
+
+import cocotb
+from cocotb.triggers import ClockCycles, Event, FallingEdge, ReadOnly, with_timeout
+
+from firmware.abi import regmap
+from firmware.abi.entry import Kind, Mode, Status, entry_bytes, unpack
+from firmware.abi.frames import FEATURE_INJECTION, FLUSH_MARK, IDENTITY, INJECT, WRITTEN, FrameType, NakReason
+from firmware.abi.frames import decode as decode_frame
+from firmware.abi.frames import encode as encode_frame
+
+PORTS, BLOCK, DEPTH, BLOCKS = 2, 64, 8, 32
+IMAGE_ARGS = dict(ports=PORTS, block_bytes=BLOCK, depth=DEPTH, max_payload=3 * entry_bytes(BLOCK),
+                  store_blocks=BLOCKS)
+
+
+def addr(name, port=None):
+    return regmap.address(name, port)
+
+
+class Bench:
+    """Link bytes in and out, one a cycle each way; frames decoded with the ABI."""
+
+    def __init__(self, dut):
+        self.dut = dut
+        self.rx = deque()
+        self.tx = bytearray()
+        self.frame_seen = Event()
+        self.seq = 0
+
+    async def start(self):
+        from cocotb.clock import Clock
+
+        dut = self.dut
+        cocotb.start_soon(Clock(dut.clk, 8, unit="ns").start())
+        dut.rst.value = 1
+        dut.tx__ready.value = 1
+        dut.rx__valid.value = 0
+        await ClockCycles(dut.clk, 3)
+        dut.rst.value = 0
+        cocotb.start_soon(self._run())
+
+    async def _run(self):
+        dut = self.dut
+        while True:
+            await FallingEdge(dut.clk)
+            if dut.tx__valid.value:
+                byte = int(dut.tx__payload.value)
+                self.tx.append(byte)
+                if byte == 0:
+                    self.frame_seen.set()
+            rx_valid = bool(self.rx)
+            dut.rx__valid.value = rx_valid
+            if rx_valid:
+                dut.rx__payload.value = self.rx[0]
+            await ReadOnly()
+            if rx_valid and dut.rx__ready.value:
+                self.rx.popleft()
+
+    def send(self, ftype, payload=b"", port=0, damage=None) -> int:
+        self.seq = self.seq % 0xFFFF + 1
+        wire = encode_frame(ftype, payload, port=port, seq=self.seq)
+        if damage is not None:          # flip a bit of the COBS bytes (not a delimiter)
+            wire = bytearray(wire)
+            wire[damage] ^= 0x01 if wire[damage] != 0x01 else 0x02
+        self.rx.extend(wire)
+        return self.seq
+
+    async def frame(self, timeout_us=200):
+        while 0 not in self.tx:
+            self.frame_seen.clear()
+            await with_timeout(self.frame_seen.wait(), timeout_us, "us")
+        end = self.tx.index(0)
+        wire = bytes(self.tx[:end])
+        del self.tx[:end + 1]
+        return decode_frame(wire)
+
+    async def expect(self, ftype, seq=None, port=None):
+        kind, p, s, payload = await self.frame()
+        assert kind == ftype, (kind, p, s, payload[:16].hex())
+        assert seq is None or s == seq, (s, seq)
+        assert port is None or p == port, (p, port)
+        return payload
+
+    async def nak(self, reason):
+        assert NakReason((await self.expect(FrameType.NAK, 0))[0]) == reason
+
+    async def read(self, name, port=None):
+        a = addr(name, port)
+        seq = self.send(FrameType.REG_READ, struct.pack("<HH", a, 1))
+        return struct.unpack_from("<I", await self.expect(FrameType.REG_VALUES, seq), 4)[0]
+
+    async def write(self, name, value, port=None):
+        seq = self.send(FrameType.REG_WRITE, struct.pack("<HI", addr(name, port), value))
+        await self.expect(FrameType.REG_VALUES, seq)
+
+    async def inject(self, port, lba, data):
+        seq = self.send(FrameType.INJECT_WRITE, INJECT.pack(lba) + data, port=port)
+        return WRITTEN.unpack(await self.expect(FrameType.WRITTEN, seq, port))
+
+    async def read_block(self, lba):
+        seq = self.send(FrameType.READ_BLOCK, INJECT.pack(lba))
+        payload = await self.expect(FrameType.BLOCK, seq, 0)
+        assert INJECT.unpack_from(payload)[0] == lba
+        return payload[INJECT.size:]
+
+    async def drain(self, port):
+        """Every entry of `port` up to its FLUSH_MARK, as (fields, data)."""
+        self.send(FrameType.FLUSH, port=port)
+        entries = []
+        while True:
+            kind, p, _, payload = await self.frame()
+            assert p == port, (kind, p)
+            if kind == FrameType.FLUSH_MARK:
+                return entries, FLUSH_MARK.unpack(payload)
+            assert kind == FrameType.JOURNAL, kind
+            size = entry_bytes(BLOCK)
+            entries += [unpack(payload[i:i + size]) for i in range(0, len(payload), size)]
+
+
+@cocotb.test()
+async def injected_writes_against_a_model(dut):
+    rng = random.Random(cocotb.RANDOM_SEED)
+    bench = Bench(dut)
+    await bench.start()
+    ident = IDENTITY.unpack(await bench.expect(FrameType.IDENTITY, bench.send(FrameType.IDENTIFY)))
+    assert ident[7] == FEATURE_INJECTION, ident
+    assert await bench.read("store_blocks") == BLOCKS
+    await bench.write("mode", Mode.COPY_ON_WRITE, 1)
+
+    volume = [bytes(BLOCK)] * BLOCKS                 # the model: the store starts as zeros
+    expected = {p: [] for p in range(PORTS)}         # per port: (lba, journaled data, WRITTEN)
+    reads = 0
+    for _ in range(3):
+        for _ in range(DEPTH - 2):                   # fewer than a ring's worth before the flush
+            port, lba, data = rng.randrange(PORTS), rng.randrange(BLOCKS), rng.randbytes(BLOCK)
+            time, seq, status = await bench.inject(port, lba, data)
+            assert (seq, status) == (len(expected[port]), Status.OK), (seq, status)
+            journaled = data if port == 0 else volume[lba]
+            expected[port].append((lba, journaled, time))
+            volume[lba] = data
+            if rng.random() < 0.4:
+                lba = rng.randrange(BLOCKS)
+                assert await bench.read_block(lba) == volume[lba], lba
+                reads += 1
+        for port in range(PORTS):
+            entries, (mark_time, next_seq) = await bench.drain(port)
+            assert next_seq == len(expected[port])
+            stored = await bench.read("acknowledged", port)
+            for fields, data in entries:
+                lba, journaled, time = expected[port][fields["seq"]]
+                assert (fields["port"], fields["lba"], fields["timestamp"]) == (port, lba, time), fields
+                assert (fields["kind"], fields["status"]) == (Kind.WRITE, Status.OK), fields
+                assert fields["mode"] == (Mode.REDO if port == 0 else Mode.COPY_ON_WRITE)
+                assert data == journaled, (port, fields["seq"])
+            assert [f["seq"] for f, _ in entries] == list(range(stored, next_seq))
+            if next_seq:
+                bench.send(FrameType.ACK, struct.pack("<I", next_seq - 1), port=port)
+                await bench.expect(FrameType.ACKED, port=port)
+    for lba in range(BLOCKS):
+        assert await bench.read_block(lba) == volume[lba], lba
+    injected = sum(map(len, expected.values()))
+    assert await bench.read("injected_writes") == injected
+    cocotb.log.info(f"{injected} injected writes, {reads + BLOCKS} blocks read back, all as the model")
+
+
+@cocotb.test()
+async def bad_requests_change_nothing(dut):
+    rng = random.Random(cocotb.RANDOM_SEED + 1)
+    bench = Bench(dut)
+    await bench.start()
+    before = {lba: await bench.read_block(lba) for lba in (0, 5, BLOCKS - 1)}
+    written = await bench.read("entries_written", 0)
+    data = rng.randbytes(BLOCK)
+
+    bench.send(FrameType.INJECT_WRITE, INJECT.pack(5) + data, port=PORTS)
+    await bench.nak(NakReason.BAD_PORT)
+    bench.send(FrameType.INJECT_WRITE, INJECT.pack(BLOCKS) + data, port=0)
+    await bench.nak(NakReason.BAD_LBA)
+    bench.send(FrameType.INJECT_WRITE, INJECT.pack(5) + data[:-1], port=0)
+    await bench.nak(NakReason.BAD_LENGTH)
+    bench.send(FrameType.INJECT_WRITE, INJECT.pack(5) + data, port=0, damage=40)   # in the block
+    await bench.nak(NakReason.BAD_CRC)
+    bench.send(FrameType.READ_BLOCK, INJECT.pack(BLOCKS + 7))
+    await bench.nak(NakReason.BAD_LBA)
+    for lba, block in before.items():
+        assert await bench.read_block(lba) == block, lba
+    assert await bench.read("entries_written", 0) == written
+    assert await bench.read("rx_lba_errors") == 2
+
+    # Two INJECT_WRITEs back to back: the second arrives while the first is under way.
+    first = bench.send(FrameType.INJECT_WRITE, INJECT.pack(5) + data, port=0)
+    bench.send(FrameType.INJECT_WRITE, INJECT.pack(0) + bytes(BLOCK), port=0)
+    replies = {kind: (seq, payload) for kind, _, seq, payload in [await bench.frame(), await bench.frame()]}
+    assert sorted(replies) == [FrameType.WRITTEN, FrameType.NAK], replies
+    assert replies[FrameType.NAK][1] == bytes([NakReason.BUSY])
+    assert replies[FrameType.WRITTEN][0] == first
+    assert await bench.read("rx_busy") == 1
+    assert await bench.read_block(5) == data
+    assert await bench.read_block(0) == before[0]       # the refused one changed nothing
+    assert await bench.read("entries_written", 0) == written + 1
+
+
+def test_verilator(sim_dir):
+    from sim.image import build_image
+    from sim.standalone_top import StandaloneTestTop
+
+    image = build_image("standalone_device", lambda: StandaloneTestTop(**IMAGE_ARGS),
+                        build_args=("--output-split", "0"))
+    image.run("test_inject", test_dir=sim_dir / "inject", seed=1)
