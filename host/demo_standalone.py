@@ -19,7 +19,8 @@ by the host instead of the virtual board's harness:
 8. *verify*: `volume.img` against the record's volume at the bookmark (the host's account of
    what it wrote, not the journal).
 
-Times are the board's own: a dev board's time base counts from power-up.
+Times are the board's own: a dev board's time base counts from power-up. Like `host.demo`, it
+reaches into `sim.vboard` only to start the virtual board (`--standalone`), as its own process.
 """
 
 import contextlib
