@@ -19,7 +19,8 @@ by the host instead of the virtual board's harness:
 8. *verify*: `volume.img` against the record's volume at the bookmark (the host's account of
    what it wrote, not the journal).
 
-Times are the board's own: a dev board's time base counts from power-up.
+Times are the board's own: a dev board's time base counts from power-up. Like `host.demo`, it
+reaches into `sim.vboard` only to start the virtual board (`--standalone`), as its own process.
 """
 
 import contextlib
@@ -130,24 +131,14 @@ class StandaloneDemo(Demo):
             yield
 
     def new_journal(self) -> LocalJournal:
-        """A journal for the board as it is: a board used before (not powered off since) numbers
-        its ports' entries on from the last run, so each port's history here starts at its
-        ring's tail (entries before it were acknowledged to another journal, or none)."""
-        ident = self.device.identity
-        folder = self.paths["journal"]
+        """A journal for the board as it is (`start_at_ring_tails`: a board used before numbers its
+        entries on from the last run)."""
+        from .link_cli import start_at_ring_tails
+
+        ident, folder = self.device.identity, self.paths["journal"]
         journal = LocalJournal.create(folder, block_bytes=ident.block_bytes, ports=ident.ports,
                                       mode=self.cfg.mode, window_ns=round(self.cfg.window_ms * 1e6))
-        tails = [self.device.read("acknowledged", p) for p in range(ident.ports)]
-        if not any(tails):
-            return journal
-
-        def start_at_tails(state) -> None:
-            for port, tail in enumerate(tails):
-                state.port_state[port].compacted_seq = tail - 1
-
-        journal.update_state(start_at_tails)
-        journal.close()
-        return LocalJournal.open(folder)
+        return start_at_ring_tails(journal, self.device, lambda: LocalJournal.open(folder))
 
     def fill_volume(self) -> None:
         """Seeded random blocks everywhere, then the base copy (READ_BLOCK) at the board's time."""

@@ -133,8 +133,9 @@ def journal_for(folder: Location, dev: Device, window_ns: int,
         if not journal_exists(folder):
             console.print(f"creating journal {folder}: {ident.ports} ports, {ident.block_bytes}-byte blocks, "
                           f"{ident.mode.name.lower()}, window {format_ns(window_ns)}")
-            return create_journal(folder, block_bytes=ident.block_bytes, ports=ident.ports,
-                                  mode=ident.mode, window_ns=window_ns)
+            journal = create_journal(folder, block_bytes=ident.block_bytes, ports=ident.ports,
+                                     mode=ident.mode, window_ns=window_ns)
+            return start_at_ring_tails(journal, dev, lambda: open_journal(folder))
         journal = open_journal(folder)
     except JournalError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -150,6 +151,25 @@ def journal_for(folder: Location, dev: Device, window_ns: int,
     for cut in getattr(journal, "recovered", []):
         console.print(f"[yellow]recovery cut a torn tail:[/] {cut}")
     return journal
+
+
+def start_at_ring_tails(journal: PrimaryJournal, dev: Device,
+                        reopen: Callable[[], PrimaryJournal]) -> PrimaryJournal:
+    """A new journal for a board as it is: a board used before (not reset since) numbers its
+    ports' entries on from then, so each port's history in the journal starts at its ring's
+    tail (what came before was acknowledged to another journal). Returns the journal, reopened
+    by `reopen` if a start had to be set."""
+    tails = [dev.read("acknowledged", p) for p in range(dev.identity.ports)]
+    if not any(tails):
+        return journal
+
+    def start(state) -> None:
+        for port, tail in enumerate(tails):
+            state.port_state[port].compacted_seq = tail - 1
+
+    journal.update_state(start)
+    journal.close()
+    return reopen()
 
 
 class Progress:

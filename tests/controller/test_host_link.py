@@ -301,3 +301,11 @@ def test_collect_command_until_interrupted(tmp_path):
         with LocalJournal.open(tmp_path / "j", readonly=True) as j:
             assert [int(s) for s in j.last_seq] == [44, 39]
             assert [p.tail for p in board.ports] == [45, 40]    # acknowledged = stored, no more
+        # A new journal for the same board: each port's history starts at its ring's tail.
+        board.write_blocks(1, blocks(rng, 3))
+        args[-1] = str(tmp_path / "j2")
+        result = CliRunner().invoke(cli, [*args, "--duration", "1"])
+        assert result.exit_code == 0, result.output
+        assert "creating journal" in result.output and "3 entries stored" in result.output
+        with LocalJournal.open(tmp_path / "j2", readonly=True) as j:
+            assert [int(s) for s in j.last_seq] == [44, 42] and len(j.index) == 3

@@ -207,6 +207,15 @@ async def bad_requests_change_nothing(dut):
     assert replies[FrameType.NAK][1] == bytes([NakReason.BUSY])
     assert replies[FrameType.WRITTEN][0] == first
     assert await bench.read("rx_busy") == 1
+
+    # Two READ_BLOCKs back to back (a 64-byte block is read before the second one is in): both
+    # answered, in order.
+    first = bench.send(FrameType.READ_BLOCK, INJECT.pack(5))
+    second = bench.send(FrameType.READ_BLOCK, INJECT.pack(0))
+    replies = [await bench.frame(), await bench.frame()]
+    assert [(kind, seq, payload) for kind, _, seq, payload in replies] == [
+        (FrameType.BLOCK, first, INJECT.pack(5) + data),
+        (FrameType.BLOCK, second, INJECT.pack(0) + before[0])]
     assert await bench.read_block(5) == data
     assert await bench.read_block(0) == before[0]       # the refused one changed nothing
     assert await bench.read("entries_written", 0) == written + 1

@@ -247,6 +247,9 @@ async def damage_and_garbage(dut):
     assert await bench.expect(FrameType.NAK) == bytes([NakReason.BAD_PORT])
     bench.send(FrameType.JOURNAL, b"\x01" * 8)
     assert await bench.expect(FrameType.NAK) == bytes([NakReason.UNKNOWN_TYPE])
+    for ftype, payload in ((FrameType.INJECT_WRITE, bytes(8 + BLOCK)), (FrameType.READ_BLOCK, bytes(8))):
+        bench.send(ftype, payload)                                # a standalone image's requests
+        assert await bench.expect(FrameType.NAK) == bytes([NakReason.UNKNOWN_TYPE])
     bench.send(FrameType.REG_READ, b"\x00")
     assert await bench.expect(FrameType.NAK) == bytes([NakReason.BAD_LENGTH])
     bench.send_raw(b"\x05\x11\x22\x00")                           # cut inside a COBS group
@@ -266,7 +269,7 @@ async def damage_and_garbage(dut):
         identities += kind == FrameType.IDENTITY
     assert naks == garbage_frames
     counts = await bench.read(addr("rx_cobs_errors"), 6)
-    assert sum(counts[:5]) == await bench.read(addr("naks_sent")) == 5 + garbage_frames, counts
+    assert sum(counts[:5]) == await bench.read(addr("naks_sent")) == 7 + garbage_frames, counts
     assert await bench.read(addr("scratch")) == 0x1111
 
 
