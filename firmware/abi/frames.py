@@ -44,8 +44,10 @@ MAX_PAYLOAD = 4096
 # image id, version, ports, mode, ring depth, block bytes, datapath bits, reserved
 IDENTITY = struct.Struct("<IIBBHHBB")
 IMAGE_ID = 0x504A524E                   # "PJRN"
-IMAGE_VERSION = 0x00020000              # major << 16 | minor: the link and register ABI (2: the
-#                                         register map gained the DMA block and moved the dpll block)
+IMAGE_VERSION = 0x00020001              # major << 16 | minor: the link and register ABI (2: the
+#                                         register map gained the DMA block and moved the dpll block;
+#                                         2.1: enabling a DMA ring rewinds the port to its oldest
+#                                         unacknowledged entry)
 FLUSH_MARK = struct.Struct("<QI")
 
 
