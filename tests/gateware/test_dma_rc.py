@@ -209,12 +209,20 @@ class Scoreboard:
     """What each port was given, in order; every entry must match the next one, once."""
 
     def __init__(self):
+        self.given = [[] for _ in range(PORTS)]
         self.expected = [deque() for _ in range(PORTS)]
         self.next_seq = [0] * PORTS
         self.last_time = [0] * PORTS
 
     def wrote(self, port, lba, data):
+        self.given[port].append((lba, data))
         self.expected[port].append((lba, data))
+
+    def rewind(self, port, seq):
+        """The host starts over: the next entry must be `seq`, then every later one again."""
+        self.expected[port] = deque(self.given[port][seq:])
+        self.next_seq[port] = seq
+        self.last_time[port] = 0
 
     def check(self, port, raw):
         fields, data = unpack(raw)          # CRC, length and padding
@@ -337,6 +345,68 @@ async def full_host_ring_back_pressures_the_port(dut):
             board.check(0, raw)
         await ring.ring()
     assert not board.expected[0] and await bench.read("acknowledged", 0) == count
+
+
+@cocotb.test(timeout_time=5, timeout_unit="ms")
+async def reprogrammed_ring_starts_at_oldest_unacknowledged(dut):
+    """A host that restarts: it had read entries without acknowledging them, then disables and
+    programs its ring again — once with the ring full and the port idle (a collector stopped and
+    started again), once while the device is writing. Each time slot 0 of the new ring holds
+    the port's oldest unacknowledged entry and every later entry arrives once, in order."""
+    bench = DmaBench(dut)
+    await bench.start()
+    port = 1
+    ring = HostRing(bench, port, log_size=2)
+    ring.first = 0                              # seq of the entry in slot 0
+    await ring.program()
+    board = Scoreboard()
+    rng = random.Random(7)
+    count = 6 * (ring.size + DEPTH)
+    for _ in range(count):
+        lba, data = rng.getrandbits(40), rng.randbytes(BLOCK)
+        board.wrote(port, lba, data)
+        bench.block_write(port, lba, data)
+
+    async def take(until_seq, ring_every):
+        """Read and check entries until `until_seq`, ringing the doorbell every `ring_every` cycles."""
+        while board.next_seq[port] < until_seq:
+            await ClockCycles(dut.clk, ring_every)
+            for raw in ring.poll():
+                board.check(port, raw)
+            await ring.ring()
+
+    async def restart(new_ring):
+        """Disable, let writes in flight land, then program `new_ring` from the acknowledged point."""
+        acked = ring.first + ring.rung
+        await bench.write("dma_enable", 0, port)
+        while bench.function.bursts.qsize():
+            await ClockCycles(dut.clk, 10)
+        await ClockCycles(dut.clk, 200)
+        assert await bench.read("acknowledged", port) == acked
+        new_ring.first = acked
+        await new_ring.program()
+        board.rewind(port, acked)
+        return new_ring
+
+    # The ring fills; two of its four entries are acknowledged, the other two only read.
+    await ClockCycles(dut.clk, 1500)
+    assert await bench.read("dma_produced", port) == ring.size
+    for raw in ring.poll():
+        board.check(port, raw)
+    ring.rung = 2
+    await bench.write("dma_doorbell", ring.rung, port)
+    await ClockCycles(dut.clk, 1500)            # two more slots written, read, never acknowledged
+    for raw in ring.poll():
+        board.check(port, raw)
+    assert board.next_seq[port] == ring.size + 2
+    ring = await restart(HostRing(bench, port, log_size=2))
+    await take(count // 2, ring_every=37)
+    ring = await restart(HostRing(bench, port, log_size=3))    # the device is busy writing now
+    await take(count, ring_every=23)
+    assert not board.expected[port] and ring.poll() == []
+    assert await bench.read("acknowledged", port) == count
+    assert await bench.read("ring_fill", port) == 0
+    assert await bench.read("resend_requests", port) == 3      # one per enable
 
 
 def test_root_complex(sim_dir):
