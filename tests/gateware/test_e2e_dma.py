@@ -14,6 +14,7 @@ import time
 
 from firmware.abi.entry import Status
 from host.journal.collector import Collector
+from host.journal.primary import NEVER
 from host.journal.store import LocalJournal
 from host.journal.verify import verify
 from host.link.dma import DmaDevice
@@ -112,3 +113,59 @@ def test_silenced_doorbell_fills_the_host_ring_then_nothing_is_lost(tmp_path):
     assert errors > 0 and counters["timeouts"] > 0          # flushes of port 2 waited in vain
     assert int(board.exit["silenced_frames"]) > 0           # doorbells were dropped
     journal.close()
+
+
+def test_second_host_session_resumes_where_the_first_stopped(tmp_path):
+    """Two collector sessions one after the other into one journal, as `collect` stopped with
+    Ctrl-C and started again: the first stores part of the entries and stops after a round it
+    stored but did not acknowledge; the device fills the host rings behind it. The second
+    session programs the rings afresh (the device goes back to each port's oldest
+    unacknowledged entry) and stores the rest: every entry once, in order, no port invalid."""
+    writes = 400
+    board = vboard.VirtualBoard(tmp_path / "volume.img", config=DMA_BOARD, blocks=4096, rate=-1,
+                                writes=writes, seed=13, log=tmp_path / "storage.log",
+                                host_mem=tmp_path / "host-mem.bin")
+    folder = tmp_path / "journal"
+    with board:
+        with DmaDevice.open(board.host_mem, ring_log_size=3, flush_timeout=0.5) as dev:
+            journal = LocalJournal.create(folder, block_bytes=dev.identity.block_bytes, ports=PORTS,
+                                          mode=dev.identity.mode, window_ns=10**8)
+            collector = Collector(journal, dev, deadline_s=2)
+            t0 = time.monotonic()
+            while len(journal.index) < PORTS * writes // 4:
+                assert time.monotonic() - t0 < 60, f"only {len(journal.index)} entries"
+                assert not any(poll.error for poll in collector.poll())
+            acked = [int(s) for s in journal.last_seq]  # every round so far was acknowledged
+            dev.ack = lambda port, seq: None            # stopped between the store and the doorbell
+            while any(journal.last_seq[p] <= acked[p] for p in range(PORTS)):
+                assert time.monotonic() - t0 < 60, "no port stored more"
+                collector.poll()
+            first = [int(s) for s in journal.last_seq]
+            journal.close()
+        with DmaDevice.open(board.host_mem) as look:    # opening does not touch the rings
+            while any(look.read("dma_full_cycles", p) == 0 for p in range(PORTS)):
+                assert time.monotonic() - t0 < 60, "the host rings never filled"
+            stored_not_acked = [first[p] + 1 - look.read("acknowledged", p) for p in range(PORTS)]
+            held = [look.read("ring_fill", p) for p in range(PORTS)]
+        assert all(n > 0 for n in stored_not_acked), stored_not_acked
+        journal = LocalJournal.open(folder)
+        with DmaDevice.open(board.host_mem, ring_log_size=3, flush_timeout=0.5) as dev:
+            collector = Collector(journal, dev, deadline_s=2)
+            while len(journal.index) < PORTS * writes:
+                assert time.monotonic() - t0 < 120, f"only {len(journal.index)} entries"
+                for poll in collector.poll():
+                    assert not poll.invalidated and not poll.error, poll
+            fills = [dev.read("ring_fill", p) for p in range(PORTS)]
+    index = journal.index
+    for p in range(PORTS):
+        assert list(index["seq"][index["port"] == p]) == list(range(writes)), p
+    assert fills == [0] * PORTS and held == [vboard.SIM_BOARD.depth] * PORTS, (fills, held)
+    assert all(since == NEVER for since in journal.invalid_since())
+    journal.close()
+    report = verify(folder)
+    assert report.ok, report.problems
+    records = {(r.port, r.index): r for r in board.storage_log() if r.kind == vboard.KIND_WRITE}
+    with LocalJournal.open(folder, readonly=True) as j:
+        for row, block in zip(j.index, j.read_data(range(len(j.index))), strict=True):
+            rec = records[int(row["port"]), int(row["seq"])]
+            assert int(row["lba"]) == rec.lba and bytes(block) == rec.data
