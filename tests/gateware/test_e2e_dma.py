@@ -12,7 +12,10 @@ is lost once the doorbell speaks again.
 import dataclasses
 import time
 
+from click.testing import CliRunner
+
 from firmware.abi.entry import Status
+from host.cli import cli
 from host.journal.collector import Collector
 from host.journal.primary import NEVER
 from host.journal.store import LocalJournal
@@ -147,6 +150,10 @@ def test_second_host_session_resumes_where_the_first_stopped(tmp_path):
                 assert time.monotonic() - t0 < 60, "the host rings never filled"
             stored_not_acked = [first[p] + 1 - look.read("acknowledged", p) for p in range(PORTS)]
             held = [look.read("ring_fill", p) for p in range(PORTS)]
+        status = CliRunner().invoke(cli, ["status", "--link", "dma", "--port", str(board.host_mem)],
+                                    env={"COLUMNS": "300"})
+        assert status.exit_code == 0, status.output
+        assert "journal rings in host memory" in status.output and "frames up to" not in status.output
         assert all(n > 0 for n in stored_not_acked), stored_not_acked
         journal = LocalJournal.open(folder)
         with DmaDevice.open(board.host_mem, ring_log_size=3, flush_timeout=0.5) as dev:
