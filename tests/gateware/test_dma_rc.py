@@ -15,7 +15,6 @@ doorbell. The scoreboard compares every entry with the writes the ports were giv
 """
 
 import logging
-import os
 import random
 import struct
 from collections import deque
@@ -37,6 +36,8 @@ SLOT = slot_bytes(BLOCK)
 ENTRY = entry_bytes(BLOCK)
 BAR_BYTES = 4 << regmap.ADDRESS_BITS
 POSTED_BURSTS = 8           # memory-write bursts the endpoint holds before it stops taking `wr`
+ENTRIES_PER_PORT = 2600     # 10,400 entries through 4-slot rings: each wraps 650 times
+RING_LOG_SIZE = 2           # fewer slots than DEPTH, so a held doorbell really fills the ring
 
 
 def reg(name, port=None):
@@ -267,33 +268,47 @@ async def enumeration_and_bar_registers(dut):
     assert struct.unpack("<II", await bench.bar.read(reg("image_id"), 8)) == (IMAGE_ID, IMAGE_VERSION)
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=20, timeout_unit="ms")     # ~2 ms of simulated time: a hang fails
 async def ten_thousand_entries_lagging_doorbells(dut):
-    """≥ 10,000 entries over 4 ports through 16-slot rings that wrap hundreds of times; each
-    host consumer rings its doorbell late (every few entries, after a random delay)."""
+    """≥ 10,000 entries over 4 ports through 4-slot rings that wrap hundreds of times; each host
+    consumer rings its doorbell late (every 1-3 entries, after a random delay), and every 40-80
+    entries holds it back until its ring is full and then a while longer, so each port waits on a
+    full host ring many times (the device's `dma_full_cycles` rises each time). The rings are
+    smaller than the port's partial journal (`DEPTH`): a port holds at most `DEPTH` entries not
+    acknowledged, so a ring of `DEPTH` slots or more could never fill with an entry waiting."""
     bench = DmaBench(dut)
     await bench.start()
-    per_port = int(os.environ.get("DMA_ENTRIES_PER_PORT", "2600"))
-    rings = [HostRing(bench, p, log_size=4) for p in range(PORTS)]
+    rings = [HostRing(bench, p, log_size=RING_LOG_SIZE) for p in range(PORTS)]
     for ring in rings:
         await ring.program()
     board = Scoreboard()
     rng = random.Random(11)
-    for _ in range(per_port):
+    for _ in range(ENTRIES_PER_PORT):
         for p in range(PORTS):
             lba, data = rng.getrandbits(40), rng.randbytes(BLOCK)
             board.wrote(p, lba, data)
             bench.block_write(p, lba, data)
     started = cocotb.utils.get_sim_time("ns")
+    full_episodes = [0] * PORTS
 
     async def consume(ring):
         lag = random.Random(ring.port)
-        while board.next_seq[ring.port] < per_port:
+        hold_at = lag.randint(40, 80)           # entries read before the next held doorbell
+        while board.next_seq[ring.port] < ENTRIES_PER_PORT:
             await ClockCycles(dut.clk, 16)
             for raw in ring.poll():
                 board.check(ring.port, raw)
-            if ring.consumed - ring.rung >= lag.randint(3, 9) or \
-                    board.next_seq[ring.port] == per_port:
+            last = board.next_seq[ring.port] == ENTRIES_PER_PORT
+            if ring.consumed >= hold_at and not last:
+                if ring.consumed - ring.rung < ring.size:
+                    continue                    # held: the ring is not full yet
+                before = await bench.read("dma_full_cycles", ring.port)
+                await ClockCycles(dut.clk, lag.randint(200, 600))   # full: the port waits
+                assert ring.poll() == [], "the device wrote into a full ring"
+                full_episodes[ring.port] += await bench.read("dma_full_cycles", ring.port) > before
+                hold_at = ring.consumed + lag.randint(40, 80)
+                await ring.ring()
+            elif ring.consumed - ring.rung >= lag.randint(1, ring.size - 1) or last:
                 await ClockCycles(dut.clk, lag.randint(0, 200))     # the doorbell lags
                 await ring.ring()
 
@@ -301,17 +316,21 @@ async def ten_thousand_entries_lagging_doorbells(dut):
     for task in tasks:
         await task
     cycles = (cocotb.utils.get_sim_time("ns") - started) / 8
+    full = []
     for p, ring in enumerate(rings):
-        assert board.next_seq[p] == per_port and not board.expected[p]
-        assert await bench.read("dma_produced", p) == per_port
-        assert await bench.read("acknowledged", p) == per_port     # the partial journal is freed
+        assert board.next_seq[p] == ENTRIES_PER_PORT and not board.expected[p]
+        assert await bench.read("dma_produced", p) == ENTRIES_PER_PORT
+        assert await bench.read("acknowledged", p) == ENTRIES_PER_PORT    # the partial journal is freed
         assert await bench.read("ring_fill", p) == 0
         assert ring.poll() == []                                    # nothing after the last
-    wraps = per_port // rings[0].size
-    cocotb.log.info(f"{PORTS * per_port} entries, each ring wrapped {wraps} times, {cycles:.0f} cycles, "
-                    f"{bench.function.bursts_sent} memory-write bursts, {bench.wr_beats} beats")
-    assert PORTS * per_port >= 10_000 or "DMA_ENTRIES_PER_PORT" in os.environ
-    assert wraps >= 100 or "DMA_ENTRIES_PER_PORT" in os.environ
+        full.append(await bench.read("dma_full_cycles", p))
+    wraps = ENTRIES_PER_PORT // rings[0].size
+    cocotb.log.info(f"{PORTS * ENTRIES_PER_PORT} entries, each ring wrapped {wraps} times, {cycles:.0f} "
+                    f"cycles, {bench.function.bursts_sent} memory-write bursts, {bench.wr_beats} beats; "
+                    f"full-ring episodes {full_episodes}, dma_full_cycles {full}")
+    assert PORTS * ENTRIES_PER_PORT >= 10_000 and wraps >= 100
+    assert all(n >= 20 for n in full_episodes), full_episodes
+    assert all(n > 0 for n in full), full
 
 
 @cocotb.test()
