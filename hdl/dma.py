@@ -6,11 +6,11 @@ host memory, followed by the slot word carrying the phase bit (`firmware.abi.dma
 sees new entries by polling memory, not device registers. The host's consumer index in the
 port's `dma_doorbell` register frees slots and is turned into the port's acknowledge: the entry
 in slot `c-1` has sequence number `c-1 + delta`, where `delta` = seq − slot index is the same
-for every entry of a ring, because a port's entries reach the ring consecutively (the DMA link
-never asks for a resend) — so the acknowledge frees the partial-journal ring exactly as far as
-the host has consumed. A port whose host ring is full is not served: its flush stream stalls,
-its partial-journal ring fills and back-pressures its ingress; nothing in host memory is
-overwritten.
+for every entry of a ring, because a port's entries reach the ring consecutively (the writer
+takes only the entry it expects next, see below) — so the acknowledge frees the partial-journal
+ring exactly as far as the host has consumed. A port whose host ring is full is not served: its
+flush stream stalls, its partial-journal ring fills and back-pressures its ingress; nothing in
+host memory is overwritten.
 
 `wr` is the memory-write interface, a stream a PCIe endpoint's requester interface can carry:
 each beat is 8 bytes of `data` for bus address `addr`; a burst runs from `first` to `last` at
@@ -27,8 +27,8 @@ word's beat, so `wr` carries a beat on every cycle while any port has an entry a
 | `tail[p]` | in | 32 | port p's oldest unacknowledged seq (`FlushEngine.acked`) |
 | `ring[p]` | in/out | `RingRegisters` | port p's `dma_*` registers (`firmware.abi.regmap`) |
 | `wr` | out | {addr: 64, data: 64, first, last} | memory writes into host memory |
-| `busy` | out | 1 | a beat is offered on `wr` or a port has an entry and ring space (`bus_util`
-is `wr` transfers per busy cycle) |
+| `busy` | out | 1 | a beat is offered on `wr` or a port has the entry expected next and ring space
+(`bus_util` is `wr` transfers per busy cycle) |
 
 Programming a ring: with `dma_enable` 0 the producer index is held at 0 and the port's flush
 stream is discarded; write the base, the size and `dma_doorbell` = 0, then `dma_enable` = 1.
