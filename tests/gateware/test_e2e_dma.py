@@ -120,12 +120,12 @@ def test_silenced_doorbell_fills_the_host_ring_then_nothing_is_lost(tmp_path):
 
 def test_second_host_session_resumes_where_the_first_stopped(tmp_path):
     """Two collector sessions one after the other into one journal, as `collect` stopped with
-    Ctrl-C and started again: the first stores part of the entries and stops, ports 0 and 1
+    Ctrl-C and started again: the first stores some of every port's entries and stops, ports 0 and 1
     right after an acknowledged round, ports 2 and 3 after rounds stored but not acknowledged;
     the device fills the host rings behind it with entries nobody reads. The second session
     programs the rings afresh (the device goes back to each port's oldest unacknowledged entry)
     and stores the rest: every entry once, in order, no port invalid."""
-    writes = 400
+    writes = 1000                   # per port: none is done when the first session stops
     board = vboard.VirtualBoard(tmp_path / "volume.img", config=DMA_BOARD, blocks=4096, rate=-1,
                                 writes=writes, seed=13, log=tmp_path / "storage.log",
                                 host_mem=tmp_path / "host-mem.bin")
@@ -136,7 +136,7 @@ def test_second_host_session_resumes_where_the_first_stopped(tmp_path):
                                           mode=dev.identity.mode, window_ns=10**8)
             collector = Collector(journal, dev, deadline_s=2)
             t0 = time.monotonic()
-            while len(journal.index) < PORTS * writes // 4:
+            while min(journal.last_seq) < 40:          # every port under way (the DPLLs lock one by one)
                 assert time.monotonic() - t0 < 60, f"only {len(journal.index)} entries"
                 assert not any(poll.error for poll in collector.poll())
             # Ports 2 and 3 stop between the store and the doorbell: entries stored, not acknowledged.
@@ -149,11 +149,15 @@ def test_second_host_session_resumes_where_the_first_stopped(tmp_path):
             read = [ring.consumed for ring in dev.rings]
             journal.close()
         with DmaDevice.open(board.host_mem) as look:    # opening does not touch the rings
-            while any(look.read("dma_full_cycles", p) == 0 for p in range(PORTS)):
-                assert time.monotonic() - t0 < 60, "the host rings never filled"
+            def state(p):
+                return [look.read(name, p) for name in ("dma_produced", "dma_doorbell", "ring_fill")]
+
+            t1 = time.monotonic()
+            while any(produced - doorbell < 8 or fill < vboard.SIM_BOARD.depth
+                      for produced, doorbell, fill in map(state, range(PORTS))):
+                assert time.monotonic() - t1 < 30, ("rings never full", [state(p) for p in range(PORTS)])
             stored_not_acked = [first[p] + 1 - look.read("acknowledged", p) for p in range(PORTS)]
             unread = [look.read("dma_produced", p) - read[p] for p in range(PORTS)]
-            held = [look.read("ring_fill", p) for p in range(PORTS)]
         status = CliRunner().invoke(cli, ["status", "--link", "dma", "--port", str(board.host_mem)],
                                     env={"COLUMNS": "300"})
         assert status.exit_code == 0, status.output
@@ -172,7 +176,7 @@ def test_second_host_session_resumes_where_the_first_stopped(tmp_path):
     index = journal.index
     for p in range(PORTS):
         assert list(index["seq"][index["port"] == p]) == list(range(writes)), p
-    assert fills == [0] * PORTS and held == [vboard.SIM_BOARD.depth] * PORTS, (fills, held)
+    assert fills == [0] * PORTS, fills
     assert all(since == NEVER for since in journal.invalid_since())
     journal.close()
     report = verify(folder)
