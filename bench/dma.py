@@ -12,6 +12,7 @@ keeps the comparison fair). Prints, last:
 
     dma: entries=N bus_util=U host_entries_per_s=H
 
+`entries` = the entries the journal stored (at least `--entries`: the last round may take more);
 `bus_util` = the DMA master's memory-write beats ÷ the cycles it had an entry to write
 (`dma_beats` / `dma_busy_cycles` from the harness's exit line: data beats per cycle while
 draining); `host_entries_per_s` = entries made durable per wall second, from the first round
@@ -43,8 +44,9 @@ from sim.vboard import VirtualBoard, build  # noqa: E402
 DEPTH = 64                      # entries per port ring on both boards, as the demo's board
 
 
-def collect(dev, folder: Path, entries: int, timeout: float) -> float:
-    """Poll every port into a new journal until `entries` are durable; the entries per second."""
+def collect(dev, folder: Path, entries: int, timeout: float) -> tuple[int, float]:
+    """Poll every port into a new journal until at least `entries` are durable; the entries
+    stored (a round can take more than were asked for) and the entries per second."""
     ident = dev.identity
     journal = LocalJournal.create(folder, block_bytes=ident.block_bytes, ports=ident.ports, mode=ident.mode,
                                   window_ns=10**8)
@@ -62,7 +64,7 @@ def collect(dev, folder: Path, entries: int, timeout: float) -> float:
         stored += sum(poll.entries for poll in collector.poll())
     rate = (stored - first) / (time.monotonic() - started)
     journal.close()
-    return rate
+    return stored, rate
 
 
 def main() -> None:
@@ -86,7 +88,7 @@ def main() -> None:
                              seed=args.seed, report_ms=2000, host_mem=tmp / "host-mem.bin")
         with board:
             with DmaDevice.open(board.host_mem) as dev:
-                dma_rate = collect(dev, tmp / "dma-journal", args.entries, args.timeout)
+                dma_stored, dma_rate = collect(dev, tmp / "dma-journal", args.entries, args.timeout)
                 counters = dev.link_counters()
         end = board.exit or board.status
         beats, busy = int(end["dma_beats"]), int(end["dma_busy_cycles"])
@@ -98,12 +100,13 @@ def main() -> None:
         with board:
             dev = Device.open(board.tty, timeout=0.2, flush_timeout=0.5, tries=8)
             try:
-                serial_rate = collect(dev, tmp / "serial-journal", args.serial_entries, args.timeout)
+                serial_stored, serial_rate = collect(dev, tmp / "serial-journal", args.serial_entries,
+                                                     args.timeout)
             finally:
                 dev.close()
-    print(f"serial: baud={baud:.0f} entries={args.serial_entries} host_entries_per_s={serial_rate:.0f}; "
+    print(f"serial: baud={baud:.0f} entries={serial_stored} host_entries_per_s={serial_rate:.0f}; "
           f"dma/serial={dma_rate / serial_rate:.1f}")
-    print(f"dma: entries={args.entries} bus_util={beats / busy:.3f} host_entries_per_s={dma_rate:.0f}")
+    print(f"dma: entries={dma_stored} bus_util={beats / busy:.3f} host_entries_per_s={dma_rate:.0f}")
 
 
 if __name__ == "__main__":

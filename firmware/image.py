@@ -29,10 +29,12 @@ read by `RegisterBlock.port[i]` (`firmware/registers.py`, built from `firmware/a
 which the link reaches over its register bus.
 
 With `link="dma"` the link is `DmaRingWriter` (`hdl/dma.py`) instead: each port's flush stream
-goes into its ring in host memory over `wr` and the port's doorbell register acknowledges; the
-host reaches the registers through `bar`, a board's PCIe endpoint turning BAR accesses into
-register-bus cycles (register `r` at BAR byte offset `4*r`). Ports start with `watermark` 1, so
-an entry is flushed as soon as it is complete; the link counters and `max_payload` read 0.
+goes into its ring in host memory over `wr` and the port's doorbell register acknowledges;
+enabling a port's ring pulses the port's `resend`, so the ring starts with the port's oldest
+unacknowledged entry (`hdl/dma.py`); the host reaches the registers through `bar`, a board's
+PCIe endpoint turning BAR accesses into register-bus cycles (register `r` at BAR byte offset
+`4*r`). Ports start with `watermark` 1, so an entry is flushed as soon as it is complete; the
+link counters and `max_payload` read 0.
 
 With `dpll=True` (the default) each port has a `DigitalPLL` (`hdl/dpll.py`) locked to the
 `timebase` wire: its integer `time` is the port's local time (the JournalPort's timestamps and
@@ -199,9 +201,10 @@ class DeviceImage(wiring.Component):
                 m.d.comb += [lp.time.eq(time), jp.flush_cmd.eq(lp.flush_cmd), jp.resend.eq(lp.resend),
                              lp.draining.eq(jp.draining), lp.entries_written.eq(jp.entries_written),
                              lp.flushed.eq(jp.flushed)]
-            else:       # the host ring: entries in order, never resent
+            else:       # the host ring: entries in order; enabling it rewinds the port
                 wiring.connect(m, jp.flush, link.flush[p])
                 wiring.connect(m, link.ack[p], jp.ack)
+                m.d.comb += [jp.resend.eq(link.resend[p]), link.tail[p].eq(jp.acknowledged)]
                 for name, _, access, _ in DMA_REGISTERS:
                     ring, reg = getattr(link.ring[p], name), getattr(rp, name)
                     m.d.comb += reg.eq(ring) if access == "RO" else ring.eq(reg)

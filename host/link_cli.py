@@ -11,13 +11,14 @@ from rich.live import Live
 from rich.table import Table
 
 from firmware.abi import regmap
+from firmware.abi.dma import slot_bytes
 from firmware.abi.entry import Mode
 
 from .journal.collector import Collector
 from .journal.locate import Location, create_journal, journal_exists, open_journal
 from .journal.primary import NEVER, JournalError, PrimaryJournal
 from .journal_cli import Duration, journal_option
-from .link.device import Device, DeviceError
+from .link.device import Device, DeviceError, Identity
 from .link.dma import DmaDevice
 from .link.serial import TransportError
 from .timefmt import format_ns, time_of_day
@@ -74,6 +75,14 @@ def port_table(dev: Device, blocks: list[dict[str, int]]) -> Table:
     return table
 
 
+def link_geometry(link: str, ident: Identity, glob: dict[str, int]) -> str:
+    """What bounds a transfer on the link: the serial frame's payload, or the DMA ring's slot
+    (the DMA image has no frames: its `max_payload` register reads 0)."""
+    if link == "dma":
+        return f"journal rings in host memory, {slot_bytes(ident.block_bytes)}-byte slots"
+    return f"frames up to {glob['max_payload']} bytes"
+
+
 def link_table(dev: Device, glob: dict[str, int]) -> Table:
     table = Table("counter", "value", "meaning", title="link")
     for name, _, _, desc in regmap.LINK_COUNTERS:
@@ -110,7 +119,7 @@ def status(path, link, baud, timeout):
         console.print(f"{path}: portjournal image {ident.image_id:#010x} version {ident.version_text}, "
                       f"{ident.ports} ports, {ident.mode.name.lower()}, ring of {ident.ring_depth} entries, "
                       f"{ident.block_bytes}-byte blocks, {ident.datapath_bits}-bit datapath, "
-                      f"frames up to {glob['max_payload']} bytes")
+                      f"{link_geometry(link, ident, glob)}")
         if ident.standalone:
             console.print(f"standalone: a volume of {glob['store_blocks']} blocks on chip; the host injects "
                           "the writes ('portjournal demo --port')")

@@ -100,7 +100,9 @@ DMA_REGISTERS = [
     ("dma_ring_base_lo", 32, "RW", "host ring's bus address, bits 31:0 (8-byte aligned)"),
     ("dma_ring_base_hi", 32, "RW", "host ring's bus address, bits 63:32"),
     ("dma_ring_log_size", 5, "RW", "the host ring holds 2**value slots"),
-    ("dma_enable", 1, "RW", "1: write entries into the host ring (program base and size first)"),
+    ("dma_enable", 1, "RW", "1: write entries into the host ring (program base and size first); "
+                            "0 to 1 starts the ring at slot 0 with the port's oldest unacknowledged "
+                            "entry (go-back-N)"),
     ("dma_doorbell", 32, "RW", "host's consumer index (slots consumed, free-running): frees slots "
                                "and acknowledges the entries in them"),
     ("dma_produced", 32, "RO", "producer index: slots written, free-running"),

@@ -48,6 +48,14 @@ RING_LOG_SIZE = 10              # slots per port ring: 1024
 RING_AGAIN_S = 0.05             # a flush waiting this long rings the doorbell again
 
 
+def not_host_memory(path: str, why: str) -> str:
+    """The error for a path the DMA link cannot use, saying what it would need instead."""
+    return (f"{path}: not a virtual board's host-memory file ({why}). The DMA link needs a BAR "
+            "mapping and DMA-able memory: the virtual board gives both in one file "
+            "(`portjournal sim --link dma` prints it); real hardware would need VFIO "
+            "(/dev/vfio, the device bound to vfio-pci), which this tool does not drive yet")
+
+
 class BarMailbox:
     """Register reads and writes through the virtual board's mailbox page."""
 
@@ -130,10 +138,11 @@ class DmaDevice:
         """Map the virtual board's host-memory file `path` and identify the device. The rings are
         programmed at the first flush, so a look at the registers (`status`) leaves them alone."""
         if not os.path.isfile(path):
-            raise DeviceError(f"{path}: not a virtual board's host-memory file. The DMA link needs a BAR "
-                              "mapping and DMA-able memory: the virtual board gives both in one file "
-                              "(`portjournal sim --link dma` prints it); real hardware would need VFIO "
-                              "(/dev/vfio, the device bound to vfio-pci), which this tool does not drive yet")
+            raise DeviceError(not_host_memory(path, "not a regular file"))
+        if (size := os.path.getsize(path)) < MAILBOX_BYTES:
+            # Too small for the mailbox page (an empty file cannot even be mapped).
+            raise DeviceError(not_host_memory(path, f"{size} bytes, less than its {MAILBOX_BYTES}-byte "
+                                                    "mailbox page"))
         fd = os.open(path, os.O_RDWR)
         try:
             mem = mmap.mmap(fd, 0)

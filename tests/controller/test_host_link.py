@@ -15,6 +15,7 @@ from firmware.abi.frames import encode as encode_frame
 from host.journal.collector import Collector
 from host.journal.store import LocalJournal
 from host.link.device import Device, DeviceError
+from host.link.dma import DmaDevice
 from host.link.serial import SerialTransport, TransportError
 
 BLOCK = 64
@@ -154,6 +155,24 @@ def test_paths_that_are_not_serial_ports(tmp_path):
         SerialTransport(str(tmp_path / "file"))
     with pytest.raises(TransportError, match="serial port|terminal"):
         SerialTransport("/dev/null")
+
+
+@pytest.mark.parametrize("content", [None, b"", b"\0" * 10, b"\0" * 4095])
+def test_paths_that_are_not_host_memory_files(tmp_path, content):
+    """The DMA link refuses a path that is not a virtual board's host-memory file — missing, a
+    device, empty or smaller than the mailbox page — with one clear message, also from the CLI."""
+    from click.testing import CliRunner
+
+    from host.cli import cli
+
+    path = "/dev/null" if content is None else str(tmp_path / "host-mem.bin")
+    if content is not None:
+        (tmp_path / "host-mem.bin").write_bytes(content)
+    with pytest.raises(DeviceError, match="not a virtual board's host-memory file"):
+        DmaDevice.open(path)
+    result = CliRunner().invoke(cli, ["status", "--link", "dma", "--port", path])
+    assert result.exit_code == 1, result.output
+    assert "not a virtual board's host-memory file" in result.output and "Traceback" not in result.output
 
 
 def test_a_terminal_is_left_as_it_was():

@@ -55,6 +55,7 @@ def test_rings_doorbells_and_full_ring():
     seen = [0, 0]           # host consumer index per port
 
     async def feed(ctx, *, p):
+        await ctx.tick().until(dut.resend[p])   # a flush engine starts over as the ring is enabled
         for entry in entries[p]:
             for k, word in enumerate(entry):
                 ctx.set(dut.flush[p].payload, {"data": word, "first": k == 0, "last": k == len(entry) - 1})
@@ -66,8 +67,11 @@ def test_rings_doorbells_and_full_ring():
 
     async def host(ctx):
         for p in range(2):
+            ctx.set(dut.tail[p], entries[p][0][0] & 0xFFFFFFFF)     # the port's oldest unacknowledged
             ctx.set(dut.ring[p].dma_ring_base_lo, BASES[p])
             ctx.set(dut.ring[p].dma_ring_log_size, LOG_SIZE)
+        await ctx.tick()
+        for p in range(2):
             ctx.set(dut.ring[p].dma_enable, 1)
         ctx.set(dut.wr.ready, 1)
         for p in range(2):
@@ -149,3 +153,107 @@ def test_bus_busy_every_cycle_while_draining():
     sim.run()
     assert result["beats"] == 12 * SLOT // 8
     assert result["beats"] / result["busy"] >= 0.98, result
+
+
+def test_reenabled_ring_starts_at_the_oldest_unacknowledged_entry():
+    """A host that programs its ring again — once while the ring is full, once in the middle of
+    an entry's burst — gets, from slot 0 on, the port's oldest unacknowledged entry and then each
+    later one once, in order; an abandoned entry never gets its slot word. The flush engine is
+    modelled: it goes back to `tail` on `resend`, but only after two more entries, as the real
+    one's output FIFO still holds some."""
+    dut = DmaRingWriter(ports=1, block_bytes=BLOCK)
+    entries = [fake_entry(s, ENTRY_WORDS) for s in range(40)]
+    state = {"tail": 0, "done": False}
+
+    async def engine(ctx):
+        send, rewind_in = 0, None
+        while not state["done"]:
+            if send == len(entries):
+                await ctx.tick()
+                continue
+            entry, k = entries[send], 0
+            while k < len(entry):
+                last = k == len(entry) - 1
+                ctx.set(dut.flush[0].payload, {"data": entry[k], "first": k == 0, "last": last})
+                ctx.set(dut.flush[0].valid, 1)
+                _, _, ready, resend = await ctx.tick().sample(dut.flush[0].ready, dut.resend[0])
+                rewind_in = 2 if resend else rewind_in
+                k += ready
+            ctx.set(dut.flush[0].valid, 0)
+            send += 1
+            if rewind_in is not None:
+                send, rewind_in = (state["tail"], None) if rewind_in == 0 else (send, rewind_in - 1)
+
+    async def host(ctx):
+        mem, read = HostMemory(), []        # read: the entries the host has taken, in order
+        first = 0                           # seq of the entry in slot 0 of the current ring
+        ctx.set(dut.ring[0].dma_ring_base_lo, BASES[0])
+        ctx.set(dut.ring[0].dma_ring_log_size, LOG_SIZE)
+        ctx.set(dut.wr.ready, 1)
+        ctx.set(dut.ack[0].ready, 1)
+        ctx.set(dut.ring[0].dma_enable, 1)
+
+        async def cycle():
+            """One clock: apply the write beat, take the acknowledge, read new slots by phase."""
+            _, _, valid, beat, ack, seq = await ctx.tick().sample(
+                dut.wr.valid, dut.wr.payload, dut.ack[0].valid, dut.ack[0].payload.seq)
+            if valid:
+                mem.take(beat.addr, beat.data, beat.first, beat.last)
+            if ack:
+                assert seq + 1 > state["tail"]
+                state["tail"] = seq + 1
+                ctx.set(dut.tail[0], state["tail"])
+            c = len(read) - first
+            slot = mem.slot(0, c)
+            if slot[-1] is not None and slot[-1] & 1 == phase(c, LOG_SIZE):
+                entry = entries[first + c]
+                assert slot[:len(entry)] == entry, (first, c, hex(slot[0]))
+                read.append(first + c)
+            return valid, beat
+
+        async def restart():
+            """Disable the ring, check that at most a burst's closing beat follows, clear the ring,
+            enable it again. The host goes on reading meanwhile, so a slot word written with the
+            new phase over a half-written entry would fail its content check."""
+            nonlocal first
+            ctx.set(dut.ring[0].dma_enable, 0)
+            after = [await cycle() for _ in range(30)]
+            assert [beat.last for valid, beat in after if valid] in ([], [1]), "written after disable"
+            assert mem.next_addr is None, "a burst left open"
+            mem.words.clear()
+            del read[state["tail"]:]            # read but not acknowledged: not kept
+            first = state["tail"]
+            ctx.set(dut.ring[0].dma_doorbell, 0)
+            ctx.set(dut.ring[0].dma_enable, 1)
+
+        # The ring fills; the host acknowledges two entries (four more slots read, never freed).
+        while ctx.get(dut.ring[0].dma_full_cycles) < 20:
+            await cycle()
+        ctx.set(dut.ring[0].dma_doorbell, 2)
+        for _ in range(100):
+            await cycle()
+        assert read == list(range(6)) and state["tail"] == 2
+        await restart()
+        # Consume and free everything, then restart in the middle of an entry's burst.
+        while len(read) < 15:
+            await cycle()
+            ctx.set(dut.ring[0].dma_doorbell, len(read) - first)
+        while True:
+            valid, beat = await cycle()
+            if valid and beat.first and not beat.last:
+                break
+        await restart()
+        for _ in range(3000):
+            await cycle()
+            ctx.set(dut.ring[0].dma_doorbell, len(read) - first)
+            if len(read) == len(entries) and state["tail"] == len(entries):
+                break
+        state["done"] = True
+        assert read == list(range(len(entries))), read
+        assert state["tail"] == len(entries)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(host)
+    sim.add_testbench(engine, background=True)
+    sim.run()

@@ -15,7 +15,6 @@ doorbell. The scoreboard compares every entry with the writes the ports were giv
 """
 
 import logging
-import os
 import random
 import struct
 from collections import deque
@@ -37,6 +36,8 @@ SLOT = slot_bytes(BLOCK)
 ENTRY = entry_bytes(BLOCK)
 BAR_BYTES = 4 << regmap.ADDRESS_BITS
 POSTED_BURSTS = 8           # memory-write bursts the endpoint holds before it stops taking `wr`
+ENTRIES_PER_PORT = 2600     # 10,400 entries through 4-slot rings: each wraps 650 times
+RING_LOG_SIZE = 2           # fewer slots than DEPTH, so a held doorbell really fills the ring
 
 
 def reg(name, port=None):
@@ -209,12 +210,20 @@ class Scoreboard:
     """What each port was given, in order; every entry must match the next one, once."""
 
     def __init__(self):
+        self.given = [[] for _ in range(PORTS)]
         self.expected = [deque() for _ in range(PORTS)]
         self.next_seq = [0] * PORTS
         self.last_time = [0] * PORTS
 
     def wrote(self, port, lba, data):
+        self.given[port].append((lba, data))
         self.expected[port].append((lba, data))
+
+    def rewind(self, port, seq):
+        """The host starts over: the next entry must be `seq`, then every later one again."""
+        self.expected[port] = deque(self.given[port][seq:])
+        self.next_seq[port] = seq
+        self.last_time[port] = 0
 
     def check(self, port, raw):
         fields, data = unpack(raw)          # CRC, length and padding
@@ -259,33 +268,47 @@ async def enumeration_and_bar_registers(dut):
     assert struct.unpack("<II", await bench.bar.read(reg("image_id"), 8)) == (IMAGE_ID, IMAGE_VERSION)
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=20, timeout_unit="ms")     # ~2 ms of simulated time: a hang fails
 async def ten_thousand_entries_lagging_doorbells(dut):
-    """≥ 10,000 entries over 4 ports through 16-slot rings that wrap hundreds of times; each
-    host consumer rings its doorbell late (every few entries, after a random delay)."""
+    """≥ 10,000 entries over 4 ports through 4-slot rings that wrap hundreds of times; each host
+    consumer rings its doorbell late (every 1-3 entries, after a random delay), and every 40-80
+    entries holds it back until its ring is full and then a while longer, so each port waits on a
+    full host ring many times (the device's `dma_full_cycles` rises each time). The rings are
+    smaller than the port's partial journal (`DEPTH`): a port holds at most `DEPTH` entries not
+    acknowledged, so a ring of `DEPTH` slots or more could never fill with an entry waiting."""
     bench = DmaBench(dut)
     await bench.start()
-    per_port = int(os.environ.get("DMA_ENTRIES_PER_PORT", "2600"))
-    rings = [HostRing(bench, p, log_size=4) for p in range(PORTS)]
+    rings = [HostRing(bench, p, log_size=RING_LOG_SIZE) for p in range(PORTS)]
     for ring in rings:
         await ring.program()
     board = Scoreboard()
     rng = random.Random(11)
-    for _ in range(per_port):
+    for _ in range(ENTRIES_PER_PORT):
         for p in range(PORTS):
             lba, data = rng.getrandbits(40), rng.randbytes(BLOCK)
             board.wrote(p, lba, data)
             bench.block_write(p, lba, data)
     started = cocotb.utils.get_sim_time("ns")
+    full_episodes = [0] * PORTS
 
     async def consume(ring):
         lag = random.Random(ring.port)
-        while board.next_seq[ring.port] < per_port:
+        hold_at = lag.randint(40, 80)           # entries read before the next held doorbell
+        while board.next_seq[ring.port] < ENTRIES_PER_PORT:
             await ClockCycles(dut.clk, 16)
             for raw in ring.poll():
                 board.check(ring.port, raw)
-            if ring.consumed - ring.rung >= lag.randint(3, 9) or \
-                    board.next_seq[ring.port] == per_port:
+            last = board.next_seq[ring.port] == ENTRIES_PER_PORT
+            if ring.consumed >= hold_at and not last:
+                if ring.consumed - ring.rung < ring.size:
+                    continue                    # held: the ring is not full yet
+                before = await bench.read("dma_full_cycles", ring.port)
+                await ClockCycles(dut.clk, lag.randint(200, 600))   # full: the port waits
+                assert ring.poll() == [], "the device wrote into a full ring"
+                full_episodes[ring.port] += await bench.read("dma_full_cycles", ring.port) > before
+                hold_at = ring.consumed + lag.randint(40, 80)
+                await ring.ring()
+            elif ring.consumed - ring.rung >= lag.randint(1, ring.size - 1) or last:
                 await ClockCycles(dut.clk, lag.randint(0, 200))     # the doorbell lags
                 await ring.ring()
 
@@ -293,17 +316,21 @@ async def ten_thousand_entries_lagging_doorbells(dut):
     for task in tasks:
         await task
     cycles = (cocotb.utils.get_sim_time("ns") - started) / 8
+    full = []
     for p, ring in enumerate(rings):
-        assert board.next_seq[p] == per_port and not board.expected[p]
-        assert await bench.read("dma_produced", p) == per_port
-        assert await bench.read("acknowledged", p) == per_port     # the partial journal is freed
+        assert board.next_seq[p] == ENTRIES_PER_PORT and not board.expected[p]
+        assert await bench.read("dma_produced", p) == ENTRIES_PER_PORT
+        assert await bench.read("acknowledged", p) == ENTRIES_PER_PORT    # the partial journal is freed
         assert await bench.read("ring_fill", p) == 0
         assert ring.poll() == []                                    # nothing after the last
-    wraps = per_port // rings[0].size
-    cocotb.log.info(f"{PORTS * per_port} entries, each ring wrapped {wraps} times, {cycles:.0f} cycles, "
-                    f"{bench.function.bursts_sent} memory-write bursts, {bench.wr_beats} beats")
-    assert PORTS * per_port >= 10_000 or "DMA_ENTRIES_PER_PORT" in os.environ
-    assert wraps >= 100 or "DMA_ENTRIES_PER_PORT" in os.environ
+        full.append(await bench.read("dma_full_cycles", p))
+    wraps = ENTRIES_PER_PORT // rings[0].size
+    cocotb.log.info(f"{PORTS * ENTRIES_PER_PORT} entries, each ring wrapped {wraps} times, {cycles:.0f} "
+                    f"cycles, {bench.function.bursts_sent} memory-write bursts, {bench.wr_beats} beats; "
+                    f"full-ring episodes {full_episodes}, dma_full_cycles {full}")
+    assert PORTS * ENTRIES_PER_PORT >= 10_000 and wraps >= 100
+    assert all(n >= 20 for n in full_episodes), full_episodes
+    assert all(n > 0 for n in full), full
 
 
 @cocotb.test()
@@ -337,6 +364,68 @@ async def full_host_ring_back_pressures_the_port(dut):
             board.check(0, raw)
         await ring.ring()
     assert not board.expected[0] and await bench.read("acknowledged", 0) == count
+
+
+@cocotb.test(timeout_time=5, timeout_unit="ms")
+async def reprogrammed_ring_starts_at_oldest_unacknowledged(dut):
+    """A host that restarts: it had read entries without acknowledging them, then disables and
+    programs its ring again — once with the ring full and the port idle (a collector stopped and
+    started again), once while the device is writing. Each time slot 0 of the new ring holds
+    the port's oldest unacknowledged entry and every later entry arrives once, in order."""
+    bench = DmaBench(dut)
+    await bench.start()
+    port = 1
+    ring = HostRing(bench, port, log_size=2)
+    ring.first = 0                              # seq of the entry in slot 0
+    await ring.program()
+    board = Scoreboard()
+    rng = random.Random(7)
+    count = 6 * (ring.size + DEPTH)
+    for _ in range(count):
+        lba, data = rng.getrandbits(40), rng.randbytes(BLOCK)
+        board.wrote(port, lba, data)
+        bench.block_write(port, lba, data)
+
+    async def take(until_seq, ring_every):
+        """Read and check entries until `until_seq`, ringing the doorbell every `ring_every` cycles."""
+        while board.next_seq[port] < until_seq:
+            await ClockCycles(dut.clk, ring_every)
+            for raw in ring.poll():
+                board.check(port, raw)
+            await ring.ring()
+
+    async def restart(new_ring):
+        """Disable, let writes in flight land, then program `new_ring` from the acknowledged point."""
+        acked = ring.first + ring.rung
+        await bench.write("dma_enable", 0, port)
+        while bench.function.bursts.qsize():
+            await ClockCycles(dut.clk, 10)
+        await ClockCycles(dut.clk, 200)
+        assert await bench.read("acknowledged", port) == acked
+        new_ring.first = acked
+        await new_ring.program()
+        board.rewind(port, acked)
+        return new_ring
+
+    # The ring fills; two of its four entries are acknowledged, the other two only read.
+    await ClockCycles(dut.clk, 1500)
+    assert await bench.read("dma_produced", port) == ring.size
+    for raw in ring.poll():
+        board.check(port, raw)
+    ring.rung = 2
+    await bench.write("dma_doorbell", ring.rung, port)
+    await ClockCycles(dut.clk, 1500)            # two more slots written, read, never acknowledged
+    for raw in ring.poll():
+        board.check(port, raw)
+    assert board.next_seq[port] == ring.size + 2
+    ring = await restart(HostRing(bench, port, log_size=2))
+    await take(count // 2, ring_every=37)
+    ring = await restart(HostRing(bench, port, log_size=3))    # the device is busy writing now
+    await take(count, ring_every=23)
+    assert not board.expected[port] and ring.poll() == []
+    assert await bench.read("acknowledged", port) == count
+    assert await bench.read("ring_fill", port) == 0
+    assert await bench.read("resend_requests", port) == 3      # one per enable
 
 
 def test_root_complex(sim_dir):

@@ -12,8 +12,12 @@ is lost once the doorbell speaks again.
 import dataclasses
 import time
 
+from click.testing import CliRunner
+
 from firmware.abi.entry import Status
+from host.cli import cli
 from host.journal.collector import Collector
+from host.journal.primary import NEVER
 from host.journal.store import LocalJournal
 from host.journal.verify import verify
 from host.link.dma import DmaDevice
@@ -112,3 +116,73 @@ def test_silenced_doorbell_fills_the_host_ring_then_nothing_is_lost(tmp_path):
     assert errors > 0 and counters["timeouts"] > 0          # flushes of port 2 waited in vain
     assert int(board.exit["silenced_frames"]) > 0           # doorbells were dropped
     journal.close()
+
+
+def test_second_host_session_resumes_where_the_first_stopped(tmp_path):
+    """Two collector sessions one after the other into one journal, as `collect` stopped with
+    Ctrl-C and started again: the first stores some of every port's entries and stops, ports 0 and 1
+    right after an acknowledged round, ports 2 and 3 after rounds stored but not acknowledged;
+    the device fills the host rings behind it with entries nobody reads. The second session
+    programs the rings afresh (the device goes back to each port's oldest unacknowledged entry)
+    and stores the rest: every entry once, in order, no port invalid."""
+    writes = 1000                   # per port: none is done when the first session stops
+    board = vboard.VirtualBoard(tmp_path / "volume.img", config=DMA_BOARD, blocks=4096, rate=-1,
+                                writes=writes, seed=13, log=tmp_path / "storage.log",
+                                host_mem=tmp_path / "host-mem.bin")
+    folder = tmp_path / "journal"
+    with board:
+        with DmaDevice.open(board.host_mem, ring_log_size=3, flush_timeout=0.5) as dev:
+            journal = LocalJournal.create(folder, block_bytes=dev.identity.block_bytes, ports=PORTS,
+                                          mode=dev.identity.mode, window_ns=10**8)
+            collector = Collector(journal, dev, deadline_s=2)
+            t0 = time.monotonic()
+            while min(journal.last_seq) < 40:          # every port under way (the DPLLs lock one by one)
+                assert time.monotonic() - t0 < 60, f"only {len(journal.index)} entries"
+                assert not any(poll.error for poll in collector.poll())
+            # Ports 2 and 3 stop between the store and the doorbell: entries stored, not acknowledged.
+            acked, ack = [int(s) for s in journal.last_seq], dev.ack
+            dev.ack = lambda port, seq: ack(port, seq) if port < 2 else None
+            while any(journal.last_seq[p] <= acked[p] for p in (2, 3)):
+                assert time.monotonic() - t0 < 60, "ports 2 and 3 stored nothing more"
+                collector.poll()
+            first = [int(s) for s in journal.last_seq]
+            read = [ring.consumed for ring in dev.rings]
+            journal.close()
+        with DmaDevice.open(board.host_mem) as look:    # opening does not touch the rings
+            def state(p):
+                return [look.read(name, p) for name in ("dma_produced", "dma_doorbell", "ring_fill")]
+
+            t1 = time.monotonic()
+            while any(produced - doorbell < 8 or fill < vboard.SIM_BOARD.depth
+                      for produced, doorbell, fill in map(state, range(PORTS))):
+                assert time.monotonic() - t1 < 30, ("rings never full", [state(p) for p in range(PORTS)])
+            stored_not_acked = [first[p] + 1 - look.read("acknowledged", p) for p in range(PORTS)]
+            unread = [look.read("dma_produced", p) - read[p] for p in range(PORTS)]
+        status = CliRunner().invoke(cli, ["status", "--link", "dma", "--port", str(board.host_mem)],
+                                    env={"COLUMNS": "300"})
+        assert status.exit_code == 0, status.output
+        assert "journal rings in host memory" in status.output and "frames up to" not in status.output
+        # Ports 0 and 1 were acknowledged to the end: their rings filled with entries nobody read.
+        assert stored_not_acked[0] == stored_not_acked[1] == 0 and min(stored_not_acked[2:]) > 0
+        assert min(unread[:2]) > 0, unread
+        journal = LocalJournal.open(folder)
+        with DmaDevice.open(board.host_mem, ring_log_size=3, flush_timeout=0.5) as dev:
+            collector = Collector(journal, dev, deadline_s=2)
+            while len(journal.index) < PORTS * writes:
+                assert time.monotonic() - t0 < 120, f"only {len(journal.index)} entries"
+                for poll in collector.poll():
+                    assert not poll.invalidated and not poll.error, poll
+            fills = [dev.read("ring_fill", p) for p in range(PORTS)]
+    index = journal.index
+    for p in range(PORTS):
+        assert list(index["seq"][index["port"] == p]) == list(range(writes)), p
+    assert fills == [0] * PORTS, fills
+    assert all(since == NEVER for since in journal.invalid_since())
+    journal.close()
+    report = verify(folder)
+    assert report.ok, report.problems
+    records = {(r.port, r.index): r for r in board.storage_log() if r.kind == vboard.KIND_WRITE}
+    with LocalJournal.open(folder, readonly=True) as j:
+        for row, block in zip(j.index, j.read_data(range(len(j.index))), strict=True):
+            rec = records[int(row["port"]), int(row["seq"])]
+            assert int(row["lba"]) == rec.lba and bytes(block) == rec.data
