@@ -56,10 +56,10 @@ MAX_PAYLOAD = 4096
 IDENTITY = struct.Struct("<IIBBHHBB")
 FEATURE_INJECTION = 0x01                # IDENTITY features: INJECT_WRITE and READ_BLOCK are served
 IMAGE_ID = 0x504A524E                   # "PJRN"
-IMAGE_VERSION = 0x00020002              # major << 16 | minor: the link and register ABI (2: the
+IMAGE_VERSION = 0x00020001              # major << 16 | minor: the link and register ABI (2: the
 #                                         register map gained the DMA block and moved the dpll block;
-#                                         2.1: INJECT_WRITE/READ_BLOCK, the store_blocks register;
-#                                         2.2: enabling a DMA ring rewinds the port to its oldest
+#                                         2.1: INJECT_WRITE/READ_BLOCK, the store_blocks register, and
+#                                         enabling a DMA ring rewinds the port to its oldest
 #                                         unacknowledged entry)
 FLUSH_MARK = struct.Struct("<QI")
 INJECT = struct.Struct("<Q")            # INJECT_WRITE's and READ_BLOCK's lba; BLOCK's too
