@@ -27,6 +27,7 @@ not an increment, so ringing twice is harmless);
 the device never writes a slot the host has not freed.
 """
 
+import fcntl
 import mmap
 import os
 import struct
@@ -125,8 +126,9 @@ class DmaDevice:
     """A portjournal board on the DMA link; the same register and PortLink API as `Device`."""
 
     def __init__(self, mem: mmap.mmap, path: str, *, timeout: float = 0.5, flush_timeout: float = 2.0,
-                 ring_log_size: int = RING_LOG_SIZE, clock: Callable[[], float] = time.monotonic):
-        self.mem, self.path = mem, path
+                 ring_log_size: int = RING_LOG_SIZE, clock: Callable[[], float] = time.monotonic,
+                 lock_fd: int | None = None):
+        self.mem, self.path, self.lock_fd = mem, path, lock_fd
         self.bar = BarMailbox(mem, path, timeout)
         self.flush_timeout, self.ring_log_size, self.clock = flush_timeout, ring_log_size, clock
         self.counters = DmaCounters()
@@ -136,7 +138,13 @@ class DmaDevice:
     @classmethod
     def open(cls, path: str, **kwargs) -> "DmaDevice":
         """Map the virtual board's host-memory file `path` and identify the device. The rings are
-        programmed at the first flush, so a look at the registers (`status`) leaves them alone."""
+        programmed at the first flush, so a look at the registers (`status`) leaves them alone.
+
+        One process at a time, as a serial port is opened exclusively: the mailbox page has one
+        request counter and the rings one consumer, so the file is locked (`flock`) while open."""
+        if not os.path.exists(path):
+            raise DeviceError(f"{path}: no such file: `portjournal sim --link dma` prints the virtual "
+                              "board's host-memory file")
         if not os.path.isfile(path):
             raise DeviceError(not_host_memory(path, "not a regular file"))
         if (size := os.path.getsize(path)) < MAILBOX_BYTES:
@@ -145,10 +153,16 @@ class DmaDevice:
                                                     "mailbox page"))
         fd = os.open(path, os.O_RDWR)
         try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             mem = mmap.mmap(fd, 0)
-        finally:
+        except BlockingIOError:
             os.close(fd)
-        dev = cls(mem, path, **kwargs)
+            raise DeviceError(f"{path}: in use by another portjournal process (a collect or a demo?): "
+                              "the DMA link serves one at a time") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        dev = cls(mem, path, lock_fd=fd, **kwargs)
         try:
             dev.identify()
         except Exception:
@@ -158,6 +172,9 @@ class DmaDevice:
 
     def close(self) -> None:
         self.mem.close()
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)      # releases the lock
+            self.lock_fd = None
 
     def __enter__(self):
         return self

@@ -175,6 +175,28 @@ def test_paths_that_are_not_host_memory_files(tmp_path, content):
     assert "not a virtual board's host-memory file" in result.output and "Traceback" not in result.output
 
 
+def test_a_missing_host_memory_file_is_named_so(tmp_path):
+    with pytest.raises(DeviceError, match="no such file: `portjournal sim --link dma` prints"):
+        DmaDevice.open(str(tmp_path / "host-mem.bin"))
+
+
+def test_host_memory_in_use_is_refused_and_released(tmp_path):
+    """One process at a time on a host-memory file: a file another holder has locked is refused
+    at once, and an open that fails later (no board answers) leaves the file unlocked."""
+    import fcntl
+
+    path = tmp_path / "host-mem.bin"
+    path.write_bytes(bytes(2 * 4096))
+    with open(path, "rb") as other:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        with pytest.raises(DeviceError, match="in use by another portjournal process"):
+            DmaDevice.open(str(path), timeout=0.05)
+    with pytest.raises(DeviceError, match="did not answer"):
+        DmaDevice.open(str(path), timeout=0.05)
+    with open(path, "rb") as after:
+        fcntl.flock(after, fcntl.LOCK_EX | fcntl.LOCK_NB)      # free again
+
+
 def test_a_terminal_is_left_as_it_was():
     """A terminal given by mistake (a pty in its default, cooked mode) gets its settings back."""
     master, slave = os.openpty()
