@@ -37,7 +37,7 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $@
 
 test: $(STAMP) $(DEBIAN)
-	$(BIN)/pytest -n $(JOBS) --dist loadgroup $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(JOBS) $(PYTEST_ARGS)
 
 test-host: $(STAMP) $(DEBIAN)
 	$(BIN)/pytest -n $(JOBS) tests/controller $(PYTEST_ARGS)

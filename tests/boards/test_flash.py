@@ -16,9 +16,6 @@ from fake_ecp5 import BITSTREAM_BURST, IDCODE_PUB, ISC_DISABLE, ISC_ENABLE, Fake
 from boards.build import build, flash, openfpgaloader
 
 PREAMBLE = bytes([0xBD, 0xB3])
-# The tests needing the bitstream run on one worker (`make test` distributes by group), so one
-# worker builds it while the others run everything else.
-pytestmark = pytest.mark.xdist_group("ulx3s")
 
 
 @pytest.fixture(scope="session")
