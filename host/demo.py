@@ -165,9 +165,14 @@ class Demo:
         self.finish_journal()
         shadow = shadow_at(initial_volume(self.cfg.seed, self.blocks * self.block), self.paths["log"],
                            self.result.bookmark_ns, self.block)
+        return self.restore_and_verify(shadow, "the storage model's record")
+
+    def restore_and_verify(self, shadow: np.ndarray, source: str) -> DemoResult:
+        """Restore to the bookmark, compare the volume with `shadow` (what `source` says it held
+        then), draw the pictures and write the summary."""
         self.result.differing_before_restore = self.differing(shadow)
         self.restore()
-        self.step("verify", "comparing the volume with the storage model's record at the bookmark")
+        self.step("verify", f"comparing the volume with {source} at the bookmark")
         self.result.mismatched_blocks = self.differing(shadow)
         self.draw()
         self.write_summary()

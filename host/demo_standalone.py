@@ -76,14 +76,8 @@ class StandaloneDemo(Demo):
         self.result.record_mismatched_blocks = self.differing(
             self.traffic.volume_at(self.result.events["stop"] + 1))
         self.finish_journal()
-        shadow = self.traffic.volume_at(self.result.bookmark_ns)
-        self.result.differing_before_restore = self.differing(shadow)
-        self.restore()
-        self.step("verify", "comparing the volume with the host's record of its writes at the bookmark")
-        self.result.mismatched_blocks = self.differing(shadow)
-        self.draw()
-        self.write_summary()
-        return self.result
+        return self.restore_and_verify(self.traffic.volume_at(self.result.bookmark_ns),
+                                       "the host's record of its writes")
 
     def clean_out(self) -> None:
         out = self.cfg.out
