@@ -52,6 +52,13 @@ def signed32(value: int) -> int:
     return value - (1 << 32) if value & (1 << 31) else value
 
 
+def dpll_text(ident, locked: int) -> str:
+    """A port's time source as the status tables show it."""
+    if ident.board_clock:
+        return "[green]board clock[/]"
+    return "[green]locked[/]" if locked else "[yellow]unlocked[/]"
+
+
 def port_table(dev: Device, blocks: list[dict[str, int]]) -> Table:
     ident = dev.identity
     table = Table("register", *(f"port {p}" for p in range(ident.ports)), "meaning",
@@ -62,7 +69,7 @@ def port_table(dev: Device, blocks: list[dict[str, int]]) -> Table:
         for values in blocks:
             v = values[reg.name]
             if reg.name == "dpll_locked":
-                cells.append("[green]locked[/]" if v else "[yellow]unlocked[/]")
+                cells.append(dpll_text(ident, v))
             elif reg.name == "dpll_phase_error":
                 cells.append(f"{signed32(v)} ns")
             elif reg.name == "ring_fill":
@@ -229,10 +236,10 @@ class Progress:
             fill = "?" if regs is None else f"{regs['ring_fill']}/{depth}"
             if regs is None:
                 dpll = "?"
-            elif regs["dpll_locked"]:
+            elif regs["dpll_locked"] and not self.dev.identity.board_clock:
                 dpll = f"[green]locked[/] {signed32(regs['dpll_phase_error']):+d} ns"
             else:
-                dpll = "[yellow]unlocked[/]"
+                dpll = dpll_text(self.dev.identity, regs["dpll_locked"])
             table.add_row(str(v), "[green]valid[/]" if valid else "[red]invalid[/]", str(self.stored[p]),
                           str(int(self.journal.last_seq[v])), fill, dpll,
                           time_of_day(int(self.journal.flushed_through[v])), self.errors[p])

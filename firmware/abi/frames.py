@@ -55,6 +55,8 @@ MAX_PAYLOAD = 4096
 # image id, version, ports, mode, ring depth, block bytes, datapath bits, features
 IDENTITY = struct.Struct("<IIBBHHBB")
 FEATURE_INJECTION = 0x01                # IDENTITY features: INJECT_WRITE and READ_BLOCK are served
+FEATURE_BOARD_CLOCK = 0x02              # ... ports count time on the board's one clock, no DPLL
+#                                         (`hdl.board_clock`): the dpll registers read that time, locked
 IMAGE_ID = 0x504A524E                   # "PJRN"
 IMAGE_VERSION = 0x00020001              # major << 16 | minor: the link and register ABI (2: the
 #                                         register map gained the DMA block and moved the dpll block;

@@ -39,6 +39,7 @@ from firmware.abi import regmap
 from firmware.abi.entry import HEADER_BYTES as ENTRY_HEADER_BYTES
 from firmware.abi.entry import Mode, Status, entry_bytes
 from firmware.abi.frames import (
+    FEATURE_BOARD_CLOCK,
     FEATURE_INJECTION,
     FLUSH_MARK,
     IDENTITY,
@@ -85,6 +86,11 @@ class Identity:
     def standalone(self) -> bool:
         """The board keeps its volume on chip and takes injected writes (INJECT_WRITE, READ_BLOCK)."""
         return bool(self.features & FEATURE_INJECTION)
+
+    @property
+    def board_clock(self) -> bool:
+        """The ports count time on the board's one clock (`hdl.board_clock`), not with a DPLL."""
+        return bool(self.features & FEATURE_BOARD_CLOCK)
 
     @property
     def version_text(self) -> str:
