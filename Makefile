@@ -78,7 +78,7 @@ bench-dpll: $(STAMP)
 demo: $(STAMP) $(DEBIAN)
 	$(BIN)/portjournal demo $(DEMO_ARGS)
 
-clean:
+clean: cluster-stop
 	rm -rf build .pytest_cache
 
 distclean: clean
