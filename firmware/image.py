@@ -12,9 +12,9 @@ storage interfaces from the simulator directly.
 | `wr` | out | {addr: 64, data: 64, first, last} | memory writes into host memory (DMA link) |
 | `dma_busy` | out | 1 | `DmaRingWriter.busy`: an entry is being or could be written (DMA link) |
 | `rx_framing_errors` | in | 32 | the board UART's framing errors (register of that name; 0 without a UART) |
-| `timebase` | in | 1 | the time base's broadcast wire (`hdl.timebase`; only with `dpll=True`) |
-| `port[i].time` | in | 64 | the port's local time, ns (only with `dpll=False`: a test's stand-in clock) |
-| `port[i].locked` | out | 1 | port i's DPLL is locked (only with `dpll=True`) |
+| `timebase` | in | 1 | the time base's broadcast wire (`hdl.timebase`; only with `time_source="dpll"`) |
+| `port[i].time` | in | 64 | the port's local time, ns (only with `time_source="input"`: a test's stand-in) |
+| `port[i].locked` | out | 1 | port i's DPLL is locked (`"dpll"`; 1 with `"clock"`, absent with `"input"`) |
 | `port[i].ingress` | in | {data: 64, first, last} | block writes into port i (`JournalPort.ingress`) |
 | `port[i].pri_write` | out | {data: 64, first, last} | port i's writes to primary storage |
 | `port[i].pri_wresp` | in | {ok} | their completions, in order |
@@ -36,7 +36,8 @@ PCIe endpoint turning BAR accesses into register-bus cycles (register `r` at BAR
 `4*r`). Ports start with `watermark` 1, so an entry is flushed as soon as it is complete; the
 link counters and `max_payload` read 0.
 
-With `dpll=True` (the default) each port has a `DigitalPLL` (`hdl/dpll.py`) locked to the
+Each port's local time comes from `time_source`. With `"dpll"` (the default) each port has a
+`DigitalPLL` (`hdl/dpll.py`) locked to the
 `timebase` wire: its integer `time` is the port's local time (the JournalPort's timestamps and
 the link's FLUSH_MARK times) and its outputs drive the port's `dpll` registers, split into
 32-bit words by `firmware.abi.regmap.DPLL_WORDS`. For now every DPLL runs in the image's one
@@ -44,8 +45,12 @@ clock domain (`clk_hz`); `interval_ns`/`unit_ns` must match the board's `TimeBas
 `port_ppm` gives port i an oscillator `port_ppm[i]` ppm off nominal the way a board with one
 clock can: its DPLL is built for a clock of `clk_hz / (1 + ppm·1e-6)`, so its nominal
 increment is off by that much and its loop must find and cancel the offset — the same loop
-problem as a port oscillator that far off, with the same clock edges. With
-`dpll=False` the board drives `port[i].time` itself and the `dpll` registers read 0
+problem as a port oscillator that far off, with the same clock edges. With `"clock"` each
+port counts its time on the image's clock (`hdl/board_clock.py` `BoardClock`), for a board whose
+ports and time base share one oscillator, where a DPLL would have nothing to correct (the
+iCEBreaker, which has no room for one): the `dpll` registers read that time and increment,
+`locked` 1 and `state` tracking, the rest 0, and IDENTITY's `FEATURE_BOARD_CLOCK` says so. With
+`"input"` the board drives `port[i].time` itself and the `dpll` registers read 0
 (`sim/device_top.py`, the link tests).
 
 With `store_blocks` > 0 the image is *standalone*: its board has no servers and no storage
@@ -57,16 +62,17 @@ write traffic over the link (INJECT_WRITE) and reads the volume back (READ_BLOCK
 link.
 """
 
-from amaranth.hdl import Module
+from amaranth.hdl import Const, Module
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from firmware.abi.entry import Mode
-from firmware.abi.frames import FEATURE_INJECTION, IDENTITY, IMAGE_ID, IMAGE_VERSION
+from firmware.abi.frames import FEATURE_BOARD_CLOCK, FEATURE_INJECTION, IDENTITY, IMAGE_ID, IMAGE_VERSION
 from firmware.abi.regmap import COUNTERS, DMA_REGISTERS, DPLL_WORDS, PORT
 from firmware.registers import RegisterBlock
+from hdl.board_clock import BoardClock
 from hdl.dma import DmaRingWriter, WriteBeat
-from hdl.dpll import DigitalPLL
+from hdl.dpll import TRACK, DigitalPLL
 from hdl.inject import Injector, inject_port_watch
 from hdl.journal_port import JournalPort
 from hdl.link import DATAPATH_BITS, LinkController, RegisterBus
@@ -74,11 +80,14 @@ from hdl.timebase import DEFAULT_BIT_RATE, DEFAULT_INTERVAL_NS, DEFAULT_UNIT_NS
 from hdl.timestamper import TIME_BITS
 from hdl.write_path import ReadCommand, port_io_members, read_beat_layout
 
+TIME_SOURCES = ("dpll", "clock", "input")
 
-def board_port_signature(dpll: bool, injection: bool) -> wiring.Signature:
-    """A port as the board sees it: with a DPLL, its `locked` out (for a board's LED or harness),
-    else its `time` in; its ingress unless the host injects the writes; its storage streams."""
-    members = {"locked": Out(1)} if dpll else {"time": In(TIME_BITS)}
+
+def board_port_signature(time_source: str, injection: bool) -> wiring.Signature:
+    """A port as the board sees it: its `locked` out (for a board's LED or harness), or its
+    `time` in if the board drives it; its ingress unless the host injects the writes; its
+    storage streams."""
+    members = {"time": In(TIME_BITS)} if time_source == "input" else {"locked": Out(1)}
     members.update({name: member for name, member in port_io_members(DATAPATH_BITS).items()
                     if not (injection and name == "ingress")})
     return wiring.Signature(members)
@@ -91,27 +100,29 @@ class DeviceImage(wiring.Component):
     """`ports` journal ports of `depth` entries of `block_bytes`, the link and the registers."""
 
     def __init__(self, *, ports: int = 4, block_bytes: int = 512, depth: int = 16,
-                 mode: Mode = Mode.REDO, max_payload: int | None = None, dpll: bool = True,
+                 mode: Mode = Mode.REDO, max_payload: int | None = None, time_source: str = "dpll",
                  clk_hz: float = 125e6, interval_ns: int = DEFAULT_INTERVAL_NS,
                  unit_ns: int = DEFAULT_UNIT_NS, bit_rate: int = DEFAULT_BIT_RATE,
                  port_ppm: tuple[float, ...] = (), link: str = "serial", store_blocks: int = 0):
         if not 1 <= ports <= 255 or depth > 0xFFFF or len(port_ppm) not in (0, ports) \
                 or link not in ("serial", "dma") or not 0 <= store_blocks < 2**32 \
-                or (store_blocks and link != "serial"):
+                or (store_blocks and link != "serial") or time_source not in TIME_SOURCES:
             self._MustUse__silence = True  # a rejected core is not an unused one
             raise ValueError(f"need 1..255 ports, a depth below 65536, a ppm offset per port or none, "
-                             f"a serial or dma link and an on-chip volume only on the serial link (got "
-                             f"{ports}, {depth}, {len(port_ppm)}, {link!r}, {store_blocks})")
+                             f"a serial or dma link, an on-chip volume only on the serial link and a "
+                             f"time source of {TIME_SOURCES} (got {ports}, {depth}, {len(port_ppm)}, "
+                             f"{link!r}, {store_blocks}, {time_source!r})")
         self.ports = ports
         self.block_bytes = block_bytes
         self.depth = depth
         self.mode = Mode(mode)
-        self.dpll = dpll
+        self.time_source = time_source
+        self.clk_hz = clk_hz
         self.store_blocks = store_blocks
         self.dpll_args = [dict(clk_hz=clk_hz / (1 + ppm * 1e-6), interval_ns=interval_ns, unit_ns=unit_ns,
                                bit_rate=bit_rate) for ppm in (port_ppm or (0,) * ports)]
         try:
-            if dpll:        # check the DPLLs' arguments now, not at elaboration
+            if time_source == "dpll":       # check the DPLLs' arguments now, not at elaboration
                 for args in self.dpll_args:
                     DigitalPLL(**args)._MustUse__silence = True
             if link == "serial":
@@ -128,19 +139,21 @@ class DeviceImage(wiring.Component):
             members = {"bar": In(RegisterBus), "wr": Out(stream.Signature(WriteBeat)), "dma_busy": Out(1)}
         members.update({
             "rx_framing_errors": In(32),
-            "port": Out(board_port_signature(dpll, bool(store_blocks))).array(ports),
+            "port": Out(board_port_signature(time_source, bool(store_blocks))).array(ports),
         })
         if store_blocks:
             members.update({"store_rcmd": Out(stream.Signature(ReadCommand)),
                             "store_rdata": In(stream.Signature(read_beat_layout(DATAPATH_BITS)))})
-        if dpll:
+        if time_source == "dpll":
             members["timebase"] = In(1, init=1)     # idle high
         super().__init__(members)
 
     def identity(self) -> bytes:
         """The IDENTITY response's payload (`firmware.abi.frames.IDENTITY`)."""
+        features = ((FEATURE_INJECTION if self.store_blocks else 0)
+                    | (FEATURE_BOARD_CLOCK if self.time_source == "clock" else 0))
         return IDENTITY.pack(IMAGE_ID, IMAGE_VERSION, self.ports, self.mode, self.depth,
-                             self.block_bytes, DATAPATH_BITS, FEATURE_INJECTION if self.store_blocks else 0)
+                             self.block_bytes, DATAPATH_BITS, features)
 
     def elaborate(self, platform):
         m = Module()
@@ -175,14 +188,20 @@ class DeviceImage(wiring.Component):
             jp = m.submodules[f"port{p}"] = JournalPort(port=p, block_bytes=self.block_bytes,
                                                         datapath_bits=DATAPATH_BITS, depth=self.depth)
             board, rp = self.port[p], regs.port[p]
-            if self.dpll:
+            if self.time_source == "dpll":
                 dpll = m.submodules[f"dpll{p}"] = DigitalPLL(**self.dpll_args[p])
                 m.d.comb += [dpll.wire.eq(self.timebase), board.locked.eq(dpll.locked)]
-                time = dpll.time
-                for reg, output, lsb, width in DPLL_WORDS:
-                    m.d.comb += getattr(rp, reg).eq(getattr(dpll, output)[lsb:lsb + width])
+                time, outputs = dpll.time, {out: getattr(dpll, out) for _, out, _, _ in DPLL_WORDS}
+            elif self.time_source == "clock":
+                clock = m.submodules[f"clock{p}"] = BoardClock(clk_hz=self.clk_hz)
+                m.d.comb += board.locked.eq(1)
+                time, outputs = clock.time, {"time": clock.time, "increment": clock.increment,
+                                             "locked": Const(1), "state": Const(TRACK, 2)}
             else:
-                time = board.time       # the DPLL registers read 0
+                time, outputs = board.time, {}      # the DPLL registers read 0
+            for reg, output, lsb, width in DPLL_WORDS:
+                if output in outputs:
+                    m.d.comb += getattr(rp, reg).eq(outputs[output][lsb:lsb + width])
             m.d.comb += jp.time.eq(time)
             if self.store_blocks:
                 wiring.connect(m, injector.port[p].ingress, jp.ingress)

@@ -26,7 +26,7 @@ def time_origin(port: int) -> int:
 
 class DeviceTestTop(wiring.Component):
     def __init__(self, **image_args):
-        self.image = DeviceImage(dpll=False, **image_args)     # `time` from the counters below
+        self.image = DeviceImage(time_source="input", **image_args)     # `time` from the counters below
         self.ports = self.image.ports
         self.serial = image_args.get("link", "serial") == "serial"
         if self.serial:

@@ -19,7 +19,7 @@ class StandaloneTestTop(wiring.Component):
     tx: Out(stream.Signature(8))
 
     def __init__(self, *, store_blocks: int, **image_args):
-        self.image = DeviceImage(dpll=False, store_blocks=store_blocks, **image_args)
+        self.image = DeviceImage(time_source="input", store_blocks=store_blocks, **image_args)
         self.store = BlockStore(ports=self.image.ports, block_bytes=self.image.block_bytes,
                                 blocks=store_blocks)
         super().__init__()

@@ -2,10 +2,14 @@
 
 import pytest
 from amaranth.back import rtlil
+from amaranth.sim import Simulator
 
 from firmware.abi.entry import Mode
-from firmware.abi.frames import IDENTITY, IMAGE_ID, IMAGE_VERSION
+from firmware.abi.frames import FEATURE_BOARD_CLOCK, IDENTITY, IMAGE_ID, IMAGE_VERSION
+from firmware.abi.regmap import address
 from firmware.image import DeviceImage
+from hdl.board_clock import nominal_increment
+from hdl.dpll import TRACK
 
 
 def test_identity_bytes():
@@ -26,25 +30,67 @@ def test_elaborates(ports):
     assert "port2" in rtlil.convert(DeviceImage(ports=ports, block_bytes=64, depth=4)) or ports < 3
 
 
-def test_dpll_or_time_seam():
-    """`dpll=True`: a `timebase` wire in, a DPLL per port driving `time` and the `dpll` registers;
-    `dpll=False`: the board drives each port's `time` and the `dpll` registers read 0."""
+def test_time_source_seam():
+    """`"dpll"`: a `timebase` wire in, a DPLL per port driving `time` and the `dpll` registers;
+    `"input"`: the board drives each port's `time` and the `dpll` registers read 0; `"clock"`:
+    neither, a `BoardClock` per port."""
     with_dpll = DeviceImage(ports=2, block_bytes=64, depth=4, clk_hz=125e6, interval_ns=100_000,
                             unit_ns=100_000)
     assert "timebase" in with_dpll.signature.members
     assert "time" not in with_dpll.signature.members["port"].signature.members
     assert "dpll1" in rtlil.convert(with_dpll)
-    seam = DeviceImage(ports=2, block_bytes=64, depth=4, dpll=False)
+    seam = DeviceImage(ports=2, block_bytes=64, depth=4, time_source="input")
     assert "timebase" not in seam.signature.members
     assert "time" in seam.signature.members["port"].signature.members
     assert "dpll0" not in rtlil.convert(seam)
+    clock = DeviceImage(ports=2, block_bytes=64, depth=4, time_source="clock")
+    assert "timebase" not in clock.signature.members
+    assert "time" not in clock.signature.members["port"].signature.members
+    assert IDENTITY.unpack(clock.identity())[7] == FEATURE_BOARD_CLOCK
+    assert "clock1" in rtlil.convert(clock)
+    with pytest.raises(ValueError, match="time source"):
+        DeviceImage(ports=1, block_bytes=64, time_source="gps")
     with pytest.raises(ValueError, match="cycles per bit"):
         DeviceImage(ports=1, block_bytes=64, clk_hz=20e6)
 
 
+def test_board_clock_registers():
+    """`"clock"`: each port's `dpll` registers read its BoardClock, locked and tracking."""
+    clk_hz = 24e6
+    dut = DeviceImage(ports=2, block_bytes=64, depth=4, time_source="clock", link="dma", clk_hz=clk_hz)
+
+    async def bench(ctx):
+        ticks = 0
+
+        async def read(name, port):
+            """The register as it was on the cycle it is read in (after `ticks` cycles)."""
+            nonlocal ticks
+            ctx.set(dut.bar.r_addr, address(name, port))
+            await ctx.tick()
+            ticks += 1
+            return ctx.get(dut.bar.r_data)
+
+        for port in (0, 1):
+            assert await read("dpll_locked", port) == 1
+            assert await read("dpll_state", port) == TRACK
+            assert await read("dpll_frames", port) == 0
+            inc = await read("dpll_increment_lo", port) | await read("dpll_increment_hi", port) << 32
+            assert inc == nominal_increment(clk_hz)
+            assert ctx.get(dut.port[port].locked) == 1
+        for _ in range(3):
+            at = ticks
+            value = await read("dpll_time_lo", 1)
+            assert abs(value - at * 1e9 / clk_hz) <= 0.5 + 1e-6, (at, value)
+
+    sim = Simulator(dut)
+    sim.add_clock(1 / clk_hz)
+    sim.add_testbench(bench)
+    sim.run()
+
+
 def test_dma_link_seam():
     """`link="dma"`: the register bus as the BAR and the memory-write stream, no byte streams."""
-    dma = DeviceImage(ports=1, block_bytes=64, depth=4, dpll=False, link="dma")
+    dma = DeviceImage(ports=1, block_bytes=64, depth=4, time_source="input", link="dma")
     members = dma.signature.members
     assert {"bar", "wr", "dma_busy"} <= set(members) and not {"rx", "tx"} & set(members)
     assert "dma_produced" in rtlil.convert(dma)
@@ -57,13 +103,13 @@ def test_standalone_seam():
     READ_BLOCK reaches the board's store, IDENTITY says so; only on the serial link."""
     from firmware.abi.frames import FEATURE_INJECTION
 
-    image = DeviceImage(ports=2, block_bytes=64, depth=4, dpll=False, store_blocks=32)
+    image = DeviceImage(ports=2, block_bytes=64, depth=4, time_source="input", store_blocks=32)
     members = image.signature.members
     assert {"store_rcmd", "store_rdata"} <= set(members)
     assert "ingress" not in members["port"].signature.members
     assert IDENTITY.unpack(image.identity())[7] == FEATURE_INJECTION
     assert "injector" in rtlil.convert(image)
-    plain = DeviceImage(ports=2, block_bytes=64, depth=4, dpll=False)
+    plain = DeviceImage(ports=2, block_bytes=64, depth=4, time_source="input")
     assert "ingress" in plain.signature.members["port"].signature.members
     assert "store_rcmd" not in plain.signature.members
     plain._MustUse__silence = plain.link._MustUse__silence = True     # not elaborated
