@@ -12,13 +12,17 @@ it only what the board has instead of a simulator:
   image's `rx_framing_errors` register.
 - **Time base.** `hdl.timebase.TimeBase` runs on the board's clock and drives the image's
   `timebase` wire, as on the virtual board. There is no wall clock on the board: T counts
-  `unit_ns` from power-up (origin 0), so device times read as 1970 plus the uptime.
+  `unit_ns` from power-up (origin 0), so device times read as 1970 plus the uptime. A board
+  whose config says `time_source="clock"` has no time base: its ports count time on the board's
+  one clock (`hdl.board_clock`; what their DPLLs would lock to on a board with one oscillator),
+  from power-up too.
 - **Traffic and storage.** A dev board has no servers and no storage network, so it runs the
   *standalone* image (`DeviceImage(store_blocks=…)`, as the virtual board's standalone variant
   does): its primary storage is `boards.storage.BlockStore`, a volume of `store_blocks` blocks in
   block RAM, and its write traffic is injected by the host over the link (INJECT_WRITE), which
   reads the volume back with READ_BLOCK (`portjournal demo --port`).
-- **LEDs** (`leds`, in the board's order): one per port lit while its DPLL is locked, then link
+- **LEDs** (`leds`, in the board's order): one per port lit while its DPLL is locked (always,
+  with a board clock), then link
   activity (a byte in either direction) and write activity (a primary-write beat on any port),
   stretched to `BLINK_S` so a single byte shows.
 """
@@ -53,6 +57,8 @@ class DevBoardConfig:
     unit_ns: int = DEFAULT_UNIT_NS
     timebase_bit_rate: int = DEFAULT_BIT_RATE
     store_blocks: int = STANDALONE_BLOCKS     # the on-chip volume, blocks of `block_bytes`
+    time_source: str = "dpll"       # a DPLL per port on the board's time base, or "clock"
+    max_payload: int | None = None  # JOURNAL frame payload bytes (frame buffers); None: the most
 
     @property
     def uart_divisor(self) -> int:
@@ -67,7 +73,8 @@ class DevBoardConfig:
         return DeviceImage(ports=self.ports, block_bytes=self.block_bytes, depth=self.depth,
                            mode=self.mode, clk_hz=self.clock_hz, interval_ns=self.interval_ns,
                            unit_ns=self.unit_ns, bit_rate=self.timebase_bit_rate,
-                           store_blocks=self.store_blocks)
+                           store_blocks=self.store_blocks, time_source=self.time_source,
+                           max_payload=self.max_payload)
 
 
 class DevBoardTop(Elaboratable):
@@ -92,10 +99,11 @@ class DevBoardTop(Elaboratable):
         m.submodules.reset_sync = ResetSynchronizer(~pll_locked, domain="sync")
 
         image = m.submodules.image = self.image
-        timebase = m.submodules.timebase = TimeBase(
-            ref_hz=cfg.clock_hz, interval_ns=cfg.interval_ns, unit_ns=cfg.unit_ns,
-            bit_rate=cfg.timebase_bit_rate)
-        m.d.comb += image.timebase.eq(timebase.wire)
+        if cfg.time_source == "dpll":
+            timebase = m.submodules.timebase = TimeBase(
+                ref_hz=cfg.clock_hz, interval_ns=cfg.interval_ns, unit_ns=cfg.unit_ns,
+                bit_rate=cfg.timebase_bit_rate)
+            m.d.comb += image.timebase.eq(timebase.wire)
 
         pins = platform.request("uart", 0, dir="-")
         rx_pin = m.submodules.uart_rx_buf = io.Buffer("i", pins.rx)

@@ -11,10 +11,11 @@ the smallest sensible, for when the port logic shrinks:
 | ring depth | 8 entries | 8 x 64 B of ring (the block RAMs also hold the link frame buffers) |
 | block size | 64 B | a small block, to save block RAM |
 | port clock | 24 MHz | the 12 MHz oscillator x 2 through an `SB_PLL40_PAD` (VCO 768 MHz) |
-| time base | on board: 1 ms broadcasts at 6 Mbit/s, 4 cycles per bit (the DPLL's minimum) | T in ms |
+| port time | `BoardClock`, no DPLL (`time_source="clock"`) | one oscillator: nothing to correct |
 | link | 3 Mbaud 8N1 on the FT2232H's second channel (8 cycles per bit, exact) | |
+| JOURNAL frames | up to 4 entries (416 B) | frame buffers of 2 block RAMs' depth |
 | volume | 64 blocks of 64 B (4 KiB) in block RAM, for the host's injected writes | `BlockStore` |
-| LEDs | green: DPLL locked; red: link bytes; break-off PMOD LED2: block writes | `boards.devboard` |
+| LEDs | green: lit (no DPLL); red: link bytes; PMOD LED2: block writes | `boards.devboard` |
 
 Build with `make bitstream BOARD=icebreaker` (and `make bitstream-all`), program with
 `make flash BOARD=icebreaker`.
@@ -30,7 +31,7 @@ VCO_HZ = (533e6, 1066e6)           # the SB_PLL40's VCO range
 PFD_HZ = (10e6, 133e6)             # and its phase detector's
 
 CONFIG = DevBoardConfig(name="icebreaker", ports=1, depth=8, block_bytes=64, clock_hz=24_000_000,
-                        baud=3_000_000, timebase_bit_rate=6_000_000, store_blocks=64)
+                        baud=3_000_000, store_blocks=64, time_source="clock", max_payload=4 * 104)
 
 
 def sb_pll40_dividers(f_in: int, f_out: int) -> dict:
