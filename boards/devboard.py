@@ -53,6 +53,7 @@ class DevBoardConfig:
     unit_ns: int = DEFAULT_UNIT_NS
     timebase_bit_rate: int = DEFAULT_BIT_RATE
     store_blocks: int = STANDALONE_BLOCKS     # the on-chip volume, blocks of `block_bytes`
+    datapath_bits: int = 64                   # the image's beats (`DeviceImage`): 8, 16, 32 or 64
 
     @property
     def uart_divisor(self) -> int:
@@ -67,7 +68,7 @@ class DevBoardConfig:
         return DeviceImage(ports=self.ports, block_bytes=self.block_bytes, depth=self.depth,
                            mode=self.mode, clk_hz=self.clock_hz, interval_ns=self.interval_ns,
                            unit_ns=self.unit_ns, bit_rate=self.timebase_bit_rate,
-                           store_blocks=self.store_blocks)
+                           store_blocks=self.store_blocks, datapath_bits=self.datapath_bits)
 
 
 class DevBoardTop(Elaboratable):
@@ -107,7 +108,7 @@ class DevBoardTop(Elaboratable):
         wiring.connect(m, image.tx, uart.i_stream)
 
         store = m.submodules.store = BlockStore(ports=cfg.ports, block_bytes=cfg.block_bytes,
-                                                blocks=cfg.store_blocks)
+                                                blocks=cfg.store_blocks, datapath_bits=cfg.datapath_bits)
         wiring.connect(m, image.store_rcmd, store.link_rcmd)
         wiring.connect(m, store.link_rdata, image.store_rdata)
         for p in range(cfg.ports):
