@@ -528,9 +528,8 @@ class LinkController(wiring.Component):
         return frames
 
     def _word(self, value, widx):
-        """`value` into a frame buffer a word a cycle, from a `widx` that is a multiple of its
-        word count: (the word to write now, a condition true on its last word — None when one
-        word holds it all)."""
+        """`value` into a frame buffer a word a cycle from `widx` 0: (the word to write now, a
+        condition true on its last word — None when one word holds it all)."""
         words = -(-len(value) // self.width)
         if words == 1:
             return value, None

@@ -5,7 +5,7 @@ through its link bytes with `firmware.abi.frames`. A Python model of the volume 
 scoreboard: every INJECT_WRITE's WRITTEN, every READ_BLOCK's BLOCK, every journal entry (redo
 on port 0, copy-on-write on port 1: the pre-image is the model's block before the write) and
 the link counters are checked against it; bad requests get their NAK and change nothing. Run
-with 64-bit beats and with 16-bit ones (a small board's image): the frames must not change.
+with 64-, 16- (a small board's image) and 8-bit beats: the frames must not change.
 """
 
 import os
@@ -227,7 +227,7 @@ async def bad_requests_change_nothing(dut):
     assert await bench.read("entries_written", 0) == written + 1
 
 
-@pytest.mark.parametrize("width", [64, 16])
+@pytest.mark.parametrize("width", [64, 16, 8])
 def test_verilator(sim_dir, width):
     from sim.image import build_image
     from sim.standalone_top import StandaloneTestTop

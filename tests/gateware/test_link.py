@@ -1,8 +1,8 @@
 """The link end to end under Verilator: a 2-port DeviceImage driven through its byte streams.
 
 The host side is `firmware.abi.frames` (encode/decode) and `firmware.abi.entry.unpack`; the
-ports get block writes on their ingress and complete storage (`sim/device_top.py`). Run with
-64-bit beats and with 16-bit ones (the bench reads the width off the ingress ports): the frames
+ports get block writes on their ingress and complete storage (`sim/device_top.py`). Run at
+every beat width, 64 to 8 bits (the bench reads the width off the ingress ports): the frames
 and entries must be the same bytes.
 """
 
@@ -348,7 +348,7 @@ async def go_back_n_under_loss(dut):
     cocotb.log.info(f"lost {lost} frames, {duplicates} duplicate entries dropped, "
                     f"marks {[len(marks[p]) for p in range(PORTS)]}")
 
-@pytest.mark.parametrize("width", [64, 16])
+@pytest.mark.parametrize("width", [64, 32, 16, 8])
 def test_verilator(sim_dir, width):
     from sim.device_top import DeviceTestTop
     from sim.image import build_image
