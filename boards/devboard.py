@@ -59,6 +59,7 @@ class DevBoardConfig:
     store_blocks: int = STANDALONE_BLOCKS     # the on-chip volume, blocks of `block_bytes`
     time_source: str = "dpll"       # a DPLL per port on the board's time base, or "clock"
     max_payload: int | None = None  # JOURNAL frame payload bytes (frame buffers); None: the most
+    datapath_bits: int = 64                   # the image's beats (`DeviceImage`): 8, 16, 32 or 64
 
     @property
     def uart_divisor(self) -> int:
@@ -74,7 +75,7 @@ class DevBoardConfig:
                            mode=self.mode, clk_hz=self.clock_hz, interval_ns=self.interval_ns,
                            unit_ns=self.unit_ns, bit_rate=self.timebase_bit_rate,
                            store_blocks=self.store_blocks, time_source=self.time_source,
-                           max_payload=self.max_payload)
+                           max_payload=self.max_payload, datapath_bits=self.datapath_bits)
 
 
 class DevBoardTop(Elaboratable):
@@ -115,7 +116,7 @@ class DevBoardTop(Elaboratable):
         wiring.connect(m, image.tx, uart.i_stream)
 
         store = m.submodules.store = BlockStore(ports=cfg.ports, block_bytes=cfg.block_bytes,
-                                                blocks=cfg.store_blocks)
+                                                blocks=cfg.store_blocks, datapath_bits=cfg.datapath_bits)
         wiring.connect(m, image.store_rcmd, store.link_rcmd)
         wiring.connect(m, store.link_rdata, image.store_rdata)
         for p in range(cfg.ports):

@@ -1,13 +1,15 @@
 """iCEBreaker (Lattice iCE40UP5K, SG48): the device image on a small iCE40 board.
 
-The UP5K has 5280 logic cells, 30 block RAMs of 4 Kbit and 8 DSPs. One port's logic (64-bit
-datapath, 64.32-bit DPLL time, CRC-32C) and the link took ~9,100 LUT4s in a 1-port ECP5 build,
-so this image does not fit yet (nextpnr stops at its utilisation check); the sizes below are
-the smallest sensible, for when the port logic shrinks:
+The UP5K has 5280 logic cells, 30 block RAMs of 4 Kbit and 8 DSPs. With 16-bit beats Yosys
+maps this image to ~8,600 LUT4s and 38 block RAMs (with 64-bit ones 9,623 and 44): the DPLL
+(64.32-bit time) ~1,900, the link ~2,900 (and 16 block RAMs of frame buffers), the port ~2,000,
+the registers ~1,100. So it does not fit yet (nextpnr stops at its utilisation check); the
+sizes below are the smallest sensible, for when the rest shrinks:
 
 | what | value | why |
 |---|---|---|
 | ports | 1 | the fewest |
+| datapath | 16-bit beats | a quarter of the 64-bit image's port and link datapaths; the same entries |
 | ring depth | 8 entries | 8 x 64 B of ring (the block RAMs also hold the link frame buffers) |
 | block size | 64 B | a small block, to save block RAM |
 | port clock | 24 MHz | the 12 MHz oscillator x 2 through an `SB_PLL40_PAD` (VCO 768 MHz) |
@@ -31,7 +33,8 @@ VCO_HZ = (533e6, 1066e6)           # the SB_PLL40's VCO range
 PFD_HZ = (10e6, 133e6)             # and its phase detector's
 
 CONFIG = DevBoardConfig(name="icebreaker", ports=1, depth=8, block_bytes=64, clock_hz=24_000_000,
-                        baud=3_000_000, store_blocks=64, time_source="clock", max_payload=4 * 104)
+                        baud=3_000_000, store_blocks=64, time_source="clock", max_payload=4 * 104,
+                        datapath_bits=16)
 
 
 def sb_pll40_dividers(f_in: int, f_out: int) -> dict:

@@ -44,7 +44,9 @@ INJECT_WRITE/READ_BLOCK path (`hdl/inject.py`, `hdl/link.py`) — on a `BlockSto
 (`boards/storage.py`, the volume in on-chip RAM) inside the top, exactly as `boards/devboard.py`
 builds it for a real board. The ports' streams stay inside: of the per-port signals only
 `p{i}_locked` remains, and the harness runs no servers and no file volume; the host is the
-traffic source (`portjournal demo --port`, `--standalone`).
+traffic source (`portjournal demo --port`, `--standalone`). Only this variant takes a
+`datapath_bits` other than 64 (`SimBoardConfig.datapath_bits`, as a small dev board's image):
+the beats stay inside, and the host sees the same entries at any width.
 
 `SIM_BOARD` holds the board's parameters in one place; the harness gets the ones it needs
 (ports, block size, clock, time unit) on its command line from `sim/vboard.py`.
@@ -92,6 +94,9 @@ class SimBoardConfig:
     # > 0: the standalone variant, a volume of this many blocks in on-chip RAM and the host's
     # injected writes instead of the harness's servers and file volume
     store_blocks: int = 0
+    # The image's beats (`DeviceImage`): 64, or 8/16/32 on the standalone variant only (the
+    # harness's servers and storage move 64-bit words)
+    datapath_bits: int = 64
 
     @property
     def standalone(self) -> bool:
@@ -110,7 +115,8 @@ class SimBoardConfig:
         """The `DeviceImage` (and `SimBoard`) arguments: what changes the gateware."""
         d = asdict(self)
         return {**{k: d[k] for k in ("ports", "block_bytes", "depth", "mode", "clock_hz", "interval_ns",
-                                     "unit_ns", "link", "store_blocks")}, "port_ppm": self.ppm}
+                                     "unit_ns", "link", "store_blocks", "datapath_bits")},
+                "port_ppm": self.ppm}
 
 
 SIM_BOARD = SimBoardConfig()
@@ -140,15 +146,18 @@ class SimBoard(wiring.Component):
                  depth: int = SIM_BOARD.depth, mode: Mode = SIM_BOARD.mode,
                  clock_hz: int = SIM_BOARD.clock_hz, interval_ns: int = SIM_BOARD.interval_ns,
                  unit_ns: int = SIM_BOARD.unit_ns, port_ppm: tuple[float, ...] = (), link: str = "serial",
-                 store_blocks: int = 0):
-        if not 1 <= ports <= MAX_PORTS:
+                 store_blocks: int = 0, datapath_bits: int = 64):
+        if not 1 <= ports <= MAX_PORTS or (datapath_bits != 64 and not store_blocks):
             self._MustUse__silence = True
-            raise ValueError(f"the virtual board has 1..{MAX_PORTS} ports (got {ports})")
+            raise ValueError(f"the virtual board has 1..{MAX_PORTS} ports, and beats other than 64-bit only "
+                             f"in its standalone variant: the harness's servers and storage move 64-bit "
+                             f"words (got {ports} ports, {datapath_bits} bits, {store_blocks} blocks)")
         self.image = DeviceImage(ports=ports, block_bytes=block_bytes, depth=depth, mode=mode,
                                  clk_hz=clock_hz, interval_ns=interval_ns, unit_ns=unit_ns,
-                                 port_ppm=port_ppm, link=link, store_blocks=store_blocks)
-        self.store = (BlockStore(ports=ports, block_bytes=block_bytes, blocks=store_blocks)
-                      if store_blocks else None)
+                                 port_ppm=port_ppm, link=link, store_blocks=store_blocks,
+                                 datapath_bits=datapath_bits)
+        self.store = (BlockStore(ports=ports, block_bytes=block_bytes, blocks=store_blocks,
+                                 datapath_bits=datapath_bits) if store_blocks else None)
         self.link = link
         self.timebase = TimeBase(ref_hz=clock_hz, interval_ns=interval_ns, unit_ns=unit_ns)
         self.ports = ports

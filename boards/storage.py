@@ -7,7 +7,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from hdl.link import DATAPATH_BITS
+from hdl.journal_ring import check_datapath_bits
 from hdl.write_path import ReadCommand, WriteResponse, beat_layout, read_beat_layout
 
 STANDALONE_BLOCKS = 256        # the standalone boards' volume: 128 KiB of 512 B blocks, 64 DP16KD on
@@ -27,43 +27,46 @@ class BlockStore(wiring.Component):
 
     Every port's primary writes and copy-on-write pre-image reads (`port[i]`: a `DeviceImage`
     port's `pri_*` streams) and the link's READ_BLOCK reads (`link_rcmd`/`link_rdata`) share one
-    `amaranth.lib.memory.Memory` of 64-bit words with one write and one synchronous read port,
-    so it maps to block RAM. One request is served at a time, whole: an arbiter takes the next
+    `amaranth.lib.memory.Memory` of `datapath_bits` words with one write and one synchronous read
+    port, so it maps to block RAM. One request is served at a time, whole: an arbiter takes the next
     requester in round-robin order — port 0's write, port 0's read, port 1's write, …, the
     link's read — after the one it served last, and takes its header the next cycle (the choice
     is registered, so the ports' handshakes do not chain through the arbiter). A write takes its
-    header beat (lba) and its data beats, one a cycle, into the block, then owes its port a
+    header beat (lba: a beat's width holds every lba of the volume, at most 2**`datapath_bits`
+    blocks) and its data beats, one a cycle, into the block, then owes its port a
     completion (`ok`); a port's next write waits until that completion is taken. A read streams
     the block's words out, the last one marked. A block outside the volume is neither written
     nor read: the write completes with `ok` = 0, the read returns zero beats with `ok` = 0. The
     volume starts as zeros.
     """
 
-    def __init__(self, *, ports: int, block_bytes: int, blocks: int):
+    def __init__(self, *, ports: int, block_bytes: int, blocks: int, datapath_bits: int = 64):
+        check_datapath_bits(self, datapath_bits)
         self.ports = ports
         self.blocks = blocks
-        self.block_words = block_bytes * 8 // DATAPATH_BITS
-        if blocks < 1 or self.block_words & (self.block_words - 1):
+        self.width = datapath_bits
+        self.block_words = block_bytes * 8 // datapath_bits
+        if not 1 <= blocks <= 2**datapath_bits or self.block_words & (self.block_words - 1):
             self._MustUse__silence = True  # a rejected core is not an unused one
-            raise ValueError(f"need at least one block of a power-of-two number of words (got {blocks}, "
-                             f"{self.block_words})")
+            raise ValueError(f"need 1 to 2**datapath_bits blocks of a power-of-two number of words (got "
+                             f"{blocks}, {self.block_words})")
         port = wiring.Signature({
-            "write": In(stream.Signature(beat_layout(DATAPATH_BITS))),
+            "write": In(stream.Signature(beat_layout(datapath_bits))),
             "wresp": Out(stream.Signature(WriteResponse)),
             "rcmd": In(stream.Signature(ReadCommand)),
-            "rdata": Out(stream.Signature(read_beat_layout(DATAPATH_BITS))),
+            "rdata": Out(stream.Signature(read_beat_layout(datapath_bits))),
         })
         super().__init__({
             "port": Out(port).array(ports),
             "link_rcmd": In(stream.Signature(ReadCommand)),
-            "link_rdata": Out(stream.Signature(read_beat_layout(DATAPATH_BITS))),
+            "link_rdata": Out(stream.Signature(read_beat_layout(datapath_bits))),
         })
 
     def elaborate(self, platform):
         m = Module()
         words = self.block_words
         word_bits = (words - 1).bit_length()
-        mem = m.submodules.volume = Memory(shape=DATAPATH_BITS, depth=self.blocks * words, init=[])
+        mem = m.submodules.volume = Memory(shape=self.width, depth=self.blocks * words, init=[])
         wp = mem.write_port()
         rp = mem.read_port()
 

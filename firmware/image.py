@@ -9,19 +9,23 @@ storage interfaces from the simulator directly.
 | `rx` | in | 8 | link bytes from the host (COBS frames, `firmware.abi.frames`; serial link) |
 | `tx` | out | 8 | link bytes to the host (serial link) |
 | `bar` | in | `RegisterBus` | the register map as the DMA link's BAR (DMA link) |
-| `wr` | out | {addr: 64, data: 64, first, last} | memory writes into host memory (DMA link) |
+| `wr` | out | {addr: 64, data: 64, first, last} | memory writes into host memory (DMA link, W = 64 only) |
 | `dma_busy` | out | 1 | `DmaRingWriter.busy`: an entry is being or could be written (DMA link) |
 | `rx_framing_errors` | in | 32 | the board UART's framing errors (register of that name; 0 without a UART) |
 | `timebase` | in | 1 | the time base's broadcast wire (`hdl.timebase`; only with `time_source="dpll"`) |
 | `port[i].time` | in | 64 | the port's local time, ns (only with `time_source="input"`: a test's stand-in) |
 | `port[i].locked` | out | 1 | port i's DPLL is locked (`"dpll"`; 1 with `"clock"`, absent with `"input"`) |
-| `port[i].ingress` | in | {data: 64, first, last} | block writes into port i (`JournalPort.ingress`) |
-| `port[i].pri_write` | out | {data: 64, first, last} | port i's writes to primary storage |
+| `port[i].ingress` | in | {data: W, first, last} | block writes into port i (`JournalPort.ingress`) |
+| `port[i].pri_write` | out | {data: W, first, last} | port i's writes to primary storage |
 | `port[i].pri_wresp` | in | {ok} | their completions, in order |
 | `port[i].pri_rcmd` | out | {lba: 64} | copy-on-write pre-image reads |
-| `port[i].pri_rdata` | in | {data: 64, last, ok} | the pre-image beats |
+| `port[i].pri_rdata` | in | {data: W, last, ok} | the pre-image beats |
 | `store_rcmd` | out | {lba: 64} | READ_BLOCK's read of the on-chip volume (only with `store_blocks`) |
-| `store_rdata` | in | {data: 64, last, ok} | its beats |
+| `store_rdata` | in | {data: W, last, ok} | its beats |
+
+W = `datapath_bits` (8, 16, 32 or 64; default 64): the width of every port's beats, of the
+injector's buffer and of the link's frame buffers; the IDENTITY frame and the `datapath_bits`
+register report it. Entries are the same bytes at every width. The DMA link takes 64 only.
 
 Inside: `JournalPort` i (`hdl/journal_port.py`) with its `flush`/`ack`/`flush_cmd`/`resend`
 wired to `LinkController.port[i]` (`hdl/link.py`), its control inputs driven and its counters
@@ -59,7 +63,7 @@ on the ports' primary-storage streams and on `store_rcmd`/`store_rdata`). The ho
 write traffic over the link (INJECT_WRITE) and reads the volume back (READ_BLOCK): an `Injector`
 (`hdl/inject.py`) is every port's ingress, so `port[i]` has no `ingress` member. The
 `store_blocks` register and IDENTITY's `FEATURE_INJECTION` bit tell the host. Only on the serial
-link.
+link, and at most 2**W blocks (a port's header beat carries the lba in W bits).
 """
 
 from amaranth.hdl import Const, Module
@@ -75,7 +79,8 @@ from hdl.dma import DmaRingWriter, WriteBeat
 from hdl.dpll import TRACK, DigitalPLL
 from hdl.inject import Injector, inject_port_watch
 from hdl.journal_port import JournalPort
-from hdl.link import DATAPATH_BITS, LinkController, RegisterBus
+from hdl.journal_ring import check_datapath_bits
+from hdl.link import LinkController, RegisterBus
 from hdl.timebase import DEFAULT_BIT_RATE, DEFAULT_INTERVAL_NS, DEFAULT_UNIT_NS
 from hdl.timestamper import TIME_BITS
 from hdl.write_path import ReadCommand, port_io_members, read_beat_layout
@@ -83,12 +88,12 @@ from hdl.write_path import ReadCommand, port_io_members, read_beat_layout
 TIME_SOURCES = ("dpll", "clock", "input")
 
 
-def board_port_signature(time_source: str, injection: bool) -> wiring.Signature:
+def board_port_signature(time_source: str, injection: bool, datapath_bits: int) -> wiring.Signature:
     """A port as the board sees it: its `locked` out (for a board's LED or harness), or its
     `time` in if the board drives it; its ingress unless the host injects the writes; its
     storage streams."""
     members = {"time": In(TIME_BITS)} if time_source == "input" else {"locked": Out(1)}
-    members.update({name: member for name, member in port_io_members(DATAPATH_BITS).items()
+    members.update({name: member for name, member in port_io_members(datapath_bits).items()
                     if not (injection and name == "ingress")})
     return wiring.Signature(members)
 
@@ -103,7 +108,8 @@ class DeviceImage(wiring.Component):
                  mode: Mode = Mode.REDO, max_payload: int | None = None, time_source: str = "dpll",
                  clk_hz: float = 125e6, interval_ns: int = DEFAULT_INTERVAL_NS,
                  unit_ns: int = DEFAULT_UNIT_NS, bit_rate: int = DEFAULT_BIT_RATE,
-                 port_ppm: tuple[float, ...] = (), link: str = "serial", store_blocks: int = 0):
+                 port_ppm: tuple[float, ...] = (), link: str = "serial", store_blocks: int = 0,
+                 datapath_bits: int = 64):
         if not 1 <= ports <= 255 or depth > 0xFFFF or len(port_ppm) not in (0, ports) \
                 or link not in ("serial", "dma") or not 0 <= store_blocks < 2**32 \
                 or (store_blocks and link != "serial") or time_source not in TIME_SOURCES:
@@ -112,6 +118,11 @@ class DeviceImage(wiring.Component):
                              f"a serial or dma link, an on-chip volume only on the serial link and a "
                              f"time source of {TIME_SOURCES} (got {ports}, {depth}, {len(port_ppm)}, "
                              f"{link!r}, {store_blocks}, {time_source!r})")
+        check_datapath_bits(self, datapath_bits)
+        if (link == "dma" and datapath_bits != 64) or store_blocks > 2**datapath_bits:
+            self._MustUse__silence = True
+            raise ValueError(f"the DMA link takes 64-bit beats only, and an on-chip volume holds at most "
+                             f"2**datapath_bits blocks (got {datapath_bits} bits, {link!r}, {store_blocks})")
         self.ports = ports
         self.block_bytes = block_bytes
         self.depth = depth
@@ -119,6 +130,7 @@ class DeviceImage(wiring.Component):
         self.time_source = time_source
         self.clk_hz = clk_hz
         self.store_blocks = store_blocks
+        self.datapath_bits = datapath_bits
         self.dpll_args = [dict(clk_hz=clk_hz / (1 + ppm * 1e-6), interval_ns=interval_ns, unit_ns=unit_ns,
                                bit_rate=bit_rate) for ppm in (port_ppm or (0,) * ports)]
         try:
@@ -127,7 +139,8 @@ class DeviceImage(wiring.Component):
                     DigitalPLL(**args)._MustUse__silence = True
             if link == "serial":
                 self.link = LinkController(ports=ports, block_bytes=block_bytes, identity=self.identity(),
-                                           max_payload=max_payload, store_blocks=store_blocks)
+                                           max_payload=max_payload, store_blocks=store_blocks,
+                                           datapath_bits=datapath_bits)
             else:
                 self.link = DmaRingWriter(ports=ports, block_bytes=block_bytes)
         except ValueError:
@@ -139,11 +152,11 @@ class DeviceImage(wiring.Component):
             members = {"bar": In(RegisterBus), "wr": Out(stream.Signature(WriteBeat)), "dma_busy": Out(1)}
         members.update({
             "rx_framing_errors": In(32),
-            "port": Out(board_port_signature(time_source, bool(store_blocks))).array(ports),
+            "port": Out(board_port_signature(time_source, bool(store_blocks), datapath_bits)).array(ports),
         })
         if store_blocks:
             members.update({"store_rcmd": Out(stream.Signature(ReadCommand)),
-                            "store_rdata": In(stream.Signature(read_beat_layout(DATAPATH_BITS)))})
+                            "store_rdata": In(stream.Signature(read_beat_layout(datapath_bits)))})
         if time_source == "dpll":
             members["timebase"] = In(1, init=1)     # idle high
         super().__init__(members)
@@ -153,7 +166,7 @@ class DeviceImage(wiring.Component):
         features = ((FEATURE_INJECTION if self.store_blocks else 0)
                     | (FEATURE_BOARD_CLOCK if self.time_source == "clock" else 0))
         return IDENTITY.pack(IMAGE_ID, IMAGE_VERSION, self.ports, self.mode, self.depth,
-                             self.block_bytes, DATAPATH_BITS, features)
+                             self.block_bytes, self.datapath_bits, features)
 
     def elaborate(self, platform):
         m = Module()
@@ -163,7 +176,7 @@ class DeviceImage(wiring.Component):
             ports=self.ports,
             constants={"image_id": IMAGE_ID, "version": IMAGE_VERSION, "ports": self.ports,
                        "ring_depth": self.depth, "block_bytes": self.block_bytes,
-                       "datapath_bits": DATAPATH_BITS, "mode": self.mode,
+                       "datapath_bits": self.datapath_bits, "mode": self.mode,
                        "max_payload": link.max_payload if serial else 0, "store_blocks": self.store_blocks},
             port_init={"mode": self.mode, **({} if serial else {"watermark": 1})})
         m.d.comb += regs.rx_framing_errors.eq(self.rx_framing_errors)
@@ -175,7 +188,8 @@ class DeviceImage(wiring.Component):
                 if name not in ("bus", "port", "rx_framing_errors") and member.flow == In:
                     m.d.comb += getattr(regs, name).eq(getattr(link, name))
             if self.store_blocks:
-                injector = m.submodules.injector = Injector(ports=self.ports, block_bytes=self.block_bytes)
+                injector = m.submodules.injector = Injector(ports=self.ports, block_bytes=self.block_bytes,
+                                                            datapath_bits=self.datapath_bits)
                 wiring.connect(m, link.inject, injector.control)
                 wiring.connect(m, link.store_rcmd, wiring.flipped(self.store_rcmd))
                 wiring.connect(m, wiring.flipped(self.store_rdata), link.store_rdata)
@@ -186,7 +200,7 @@ class DeviceImage(wiring.Component):
 
         for p in range(self.ports):
             jp = m.submodules[f"port{p}"] = JournalPort(port=p, block_bytes=self.block_bytes,
-                                                        datapath_bits=DATAPATH_BITS, depth=self.depth)
+                                                        datapath_bits=self.datapath_bits, depth=self.depth)
             board, rp = self.port[p], regs.port[p]
             if self.time_source == "dpll":
                 dpll = m.submodules[f"dpll{p}"] = DigitalPLL(**self.dpll_args[p])

@@ -60,9 +60,9 @@ Register view. The outputs below are defined in the register map, `firmware.abi.
 widths cannot differ). In a port's register block each is `dpll_<name>`; outputs wider than 32
 bits are split into `_lo`/`_hi` words (`DPLL_WORDS`; read `_hi`, `_lo`, `_hi` and retry if
 `_hi` changed). The device image (`firmware/image.py`) has one per port and wires these
-registers (an image built with `dpll=False` reads 0 in them). The table, rendered from the
-register map by `registers_markdown()` and appended to this docstring when the module is
-imported (as `hdl.journal_port` does with its counters):
+registers (an image with another `time_source` reads 0 or its board clock in them). The
+table, rendered from the register map by `registers_markdown()` and appended to this docstring
+when the module is imported (as `hdl.journal_port` does with its counters):
 """
 
 from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned

@@ -5,13 +5,14 @@ host injects its traffic with INJECT_WRITE frames (`firmware.abi.frames`). The l
 (`hdl.link.LinkController`) loads the frame's block into this core's buffer byte by byte as
 it arrives (`control.load_*`), checks the frame, and then pulses `start` with the port and lba. The
 injector sends the request into that port's ingress exactly as a server does — a header beat
-(data = lba) and `block_bytes / 8` data beats — so the port stamps, journals and forwards it to
-primary storage by its ordinary write path. It then waits for the port's write to end: the
-primary write's completion (`Status.OK`, or `PRIMARY_FAILED` when storage failed it), or, in
-copy-on-write mode, a failed pre-image read (`JOURNAL_FAILED`: the port consumes the data and
-writes nothing). `done` then holds the result until the link has sent it in a WRITTEN frame
-and pulses `release`; `busy` is high from `start` to `release`, and the link refuses another
-INJECT_WRITE (and does not load the buffer) meanwhile.
+(data = lba, its low `datapath_bits` bits) and `block_bytes * 8 / datapath_bits` data beats — so
+the port stamps, journals and forwards it to primary storage by its ordinary write path. It
+then waits for the port's write to end: the primary write's completion (`Status.OK`, or
+`PRIMARY_FAILED` when storage failed it), or, in copy-on-write mode, a failed pre-image read
+(`JOURNAL_FAILED`: the port consumes the data and writes nothing). `done` then holds the
+result until the link has sent it in a WRITTEN frame and pulses `release`; `busy` is high from
+`start` to `release`, and the link refuses another INJECT_WRITE (and does not load the buffer)
+meanwhile.
 
 The result: `time`, the port's local time when the header beat went in (the cycle the port
 stamps the entry with), `seq`, the port's `entries_written` then (the entry's sequence
@@ -29,29 +30,32 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from firmware.abi.entry import Status
+from hdl.journal_ring import check_datapath_bits
 from hdl.timestamper import SEQ_BITS, TIME_BITS
 from hdl.write_path import beat_layout
 
-DATAPATH_BITS = 64
 
-InjectPortSignature = wiring.Signature({
-    "ingress": Out(stream.Signature(beat_layout(DATAPATH_BITS))),
-    "time": In(TIME_BITS),
-    "entries_written": In(SEQ_BITS),
-    "wresp": In(1),
-    "wresp_ok": In(1),
-    "rbeat": In(1),
-    "rbeat_ok": In(1),
-    "rbeat_last": In(1),
-})
+def inject_port_signature(datapath_bits: int) -> wiring.Signature:
+    """One port as the injector sees it: the port's ingress and what it watches of the port."""
+    return wiring.Signature({
+        "ingress": Out(stream.Signature(beat_layout(datapath_bits))),
+        "time": In(TIME_BITS),
+        "entries_written": In(SEQ_BITS),
+        "wresp": In(1),
+        "wresp_ok": In(1),
+        "rbeat": In(1),
+        "rbeat_ok": In(1),
+        "rbeat_last": In(1),
+    })
 
 
-def InjectorControl(ports: int, block_bytes: int) -> wiring.Signature:
-    """The link's side of the injector: load the buffer, start, read the result, release."""
+def InjectorControl(ports: int, block_bytes: int, datapath_bits: int) -> wiring.Signature:
+    """The link's side of the injector: load the buffer (a byte into `load_lane` of word
+    `load_addr`), start, read the result, release."""
     return wiring.Signature({
         "load_en": Out(1),
-        "load_addr": Out(range(block_bytes * 8 // DATAPATH_BITS)),
-        "load_lane": Out(3),
+        "load_addr": Out(range(block_bytes * 8 // datapath_bits)),
+        "load_lane": Out((datapath_bits // 8 - 1).bit_length()),
         "load_data": Out(8),
         "start": Out(1),
         "start_port": Out(range(ports)),
@@ -66,7 +70,7 @@ def InjectorControl(ports: int, block_bytes: int) -> wiring.Signature:
 
 
 def inject_port_watch(m: Module, watch, port) -> None:
-    """Drive `watch` (an `InjectPortSignature` port, flipped) from a `JournalPort`'s streams."""
+    """Drive `watch` (an `inject_port_signature` port, flipped) from a `JournalPort`'s streams."""
     wresp, rdata = port.pri_wresp, port.pri_rdata
     m.d.comb += [watch.time.eq(port.time), watch.entries_written.eq(port.entries_written),
                  watch.wresp.eq(wresp.valid & wresp.ready), watch.wresp_ok.eq(wresp.payload.ok),
@@ -77,22 +81,24 @@ def inject_port_watch(m: Module, watch, port) -> None:
 class Injector(wiring.Component):
     """One host-injected block write at a time into `port[i].ingress`; its outcome in `done`."""
 
-    def __init__(self, *, ports: int, block_bytes: int):
+    def __init__(self, *, ports: int, block_bytes: int, datapath_bits: int = 64):
+        check_datapath_bits(self, datapath_bits)
         self.ports = ports
-        self.block_words = block_bytes * 8 // DATAPATH_BITS
+        self.width = datapath_bits
+        self.block_words = block_bytes * 8 // datapath_bits
         super().__init__({
-            "control": In(InjectorControl(ports, block_bytes)),
-            "port": Out(InjectPortSignature).array(ports),
+            "control": In(InjectorControl(ports, block_bytes, datapath_bits)),
+            "port": Out(inject_port_signature(datapath_bits)).array(ports),
         })
 
     def elaborate(self, platform):
         m = Module()
         c = self.control
         words = self.block_words
-        buf = m.submodules.buf = Memory(shape=DATAPATH_BITS, depth=words, init=[])
+        buf = m.submodules.buf = Memory(shape=self.width, depth=words, init=[])
         wp = buf.write_port(granularity=8)
         rp = buf.read_port()
-        m.d.comb += [wp.addr.eq(c.load_addr), wp.data.eq(c.load_data.replicate(8)),
+        m.d.comb += [wp.addr.eq(c.load_addr), wp.data.eq(c.load_data.replicate(self.width // 8)),
                      wp.en.eq(c.load_en << c.load_lane)]      # one byte lane
 
         port = Signal(range(self.ports))
@@ -101,8 +107,8 @@ class Injector(wiring.Component):
         read_failed = Signal()          # a pre-image beat of this write came back failed
         ended = Signal()                # the port's write ended without a primary write
         # The chosen port's ingress and watched signals, as if it were the only one.
-        ingress = stream.Signature(beat_layout(DATAPATH_BITS)).create(path=("ingress",))
-        watch = InjectPortSignature.flip().create(path=("watch",))
+        ingress = stream.Signature(beat_layout(self.width)).create(path=("ingress",))
+        watch = inject_port_signature(self.width).flip().create(path=("watch",))
         for p in range(self.ports):
             with m.If(port == p):
                 wiring.connect(m, ingress, wiring.flipped(self.port[p].ingress))

@@ -30,11 +30,12 @@ read stream into a frame buffer, like journal data, and sent as a BLOCK frame wi
 request's seq.
 
 Transmit: responses wait in a small queue and go out between frames, before anything else.
-Journal data is collected from the ports' `flush` streams (64-bit beats of whole entries,
-little-endian) into one of two frame buffers (`lib.memory.Memory`) while the other is sent, so
-the frame's length is known when its header goes out. A JOURNAL frame holds whole entries of
-one port, in order: as many as fit in `max_payload`, or until the port's drain pauses (no
-entry follows within a few cycles) or ends. Ports take turns (round robin).
+Journal data is collected from the ports' `flush` streams (`datapath_bits` beats of whole
+entries, little-endian) into one of two frame buffers (`lib.memory.Memory` of words of the same
+width) while the other is sent, so the frame's length is known when its header goes out. A
+JOURNAL frame holds whole entries of one port, in order: as many as fit in `max_payload`, or
+until the port's drain pauses (no entry follows within a few cycles) or ends. Ports take turns
+(round robin).
 
 FLUSH_MARK (time u64, next seq u32) tells the host how far a port's history is complete:
 every entry with seq < `next seq` has been sent, and every entry with seq >= `next seq` (sent
@@ -48,6 +49,8 @@ after it, since local time never goes backward).
 All frames are CRC'd and COBS-encoded (`COBSEncoder`) onto `tx`. Unsolicited frames (JOURNAL,
 FLUSH_MARK, NAK) carry link seq 0, responses the request's seq.
 """
+
+from contextlib import contextmanager
 
 import crc32c
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
@@ -63,12 +66,12 @@ from hdl.cobs import COBSDecoder, COBSEncoder, FrameByte
 from hdl.crc import CRC32C
 from hdl.flush import AckLayout
 from hdl.inject import InjectorControl
+from hdl.journal_ring import check_datapath_bits
 from hdl.timestamper import SEQ_BITS, TIME_BITS
 from hdl.write_path import ReadCommand, beat_layout, read_beat_layout
 
 CRC_RESIDUE = crc32c.crc32c(b"\0" + crc32c.crc32c(b"\0").to_bytes(4, "little"))
 IDENTITY_BYTES = 16
-DATAPATH_BITS = 64
 
 RegisterBus = wiring.Signature({
     "r_addr": Out(ADDRESS_BITS),
@@ -78,17 +81,20 @@ RegisterBus = wiring.Signature({
     "w_data": Out(32),
 })
 
-# What the link needs of one JournalPort (from the link's side).
-LinkPortSignature = wiring.Signature({
-    "flush": In(stream.Signature(beat_layout(DATAPATH_BITS))),
-    "ack": Out(stream.Signature(AckLayout)),
-    "flush_cmd": Out(1),
-    "resend": Out(1),
-    "draining": In(1),
-    "entries_written": In(SEQ_BITS),
-    "flushed": In(SEQ_BITS),
-    "time": In(TIME_BITS),
-})
+
+def link_port_signature(datapath_bits: int) -> wiring.Signature:
+    """What the link needs of one JournalPort (from the link's side)."""
+    return wiring.Signature({
+        "flush": In(stream.Signature(beat_layout(datapath_bits))),
+        "ack": Out(stream.Signature(AckLayout)),
+        "flush_cmd": Out(1),
+        "resend": Out(1),
+        "draining": In(1),
+        "entries_written": In(SEQ_BITS),
+        "flushed": In(SEQ_BITS),
+        "time": In(TIME_BITS),
+    })
+
 
 # Payload sources of a frame being sent.
 SRC_IDENTITY, SRC_REGS, SRC_NAK, SRC_BUF, SRC_WRITTEN = range(5)
@@ -108,11 +114,22 @@ _OUT_FIFO_DEPTH = 4
 _GRACE = 4                 # cycles a JOURNAL frame waits at an entry boundary for the next entry
 
 
+@contextmanager
+def _when(m, condition):
+    """`m.If(condition)`, or no condition when `condition` is None."""
+    if condition is None:
+        yield
+    else:
+        with m.If(condition):
+            yield
+
+
 class LinkController(wiring.Component):
     """Requests in on `rx`, responses and journal data out on `tx`; `port[i]` per journal port."""
 
     def __init__(self, *, ports: int, block_bytes: int, identity: bytes, max_payload: int | None = None,
-                 store_blocks: int = 0):
+                 store_blocks: int = 0, datapath_bits: int = 64):
+        check_datapath_bits(self, datapath_bits)
         entry = entry_bytes(block_bytes)
         if max_payload is None:
             max_payload = MAX_PAYLOAD // entry * entry
@@ -125,20 +142,22 @@ class LinkController(wiring.Component):
         self.identity = identity
         self.max_payload = max_payload
         self.store_blocks = store_blocks
+        self.width = datapath_bits
+        self.lane_bits = (datapath_bits // 8 - 1).bit_length()     # a byte's index in a word
         self.requests = dict(_REQUEST_PAYLOAD)
         members = {
             "rx": In(stream.Signature(8)),
             "tx": Out(stream.Signature(8)),
             "bus": Out(RegisterBus),
-            "port": Out(LinkPortSignature).array(ports),
+            "port": Out(link_port_signature(datapath_bits)).array(ports),
         }
         if store_blocks:
             self.requests.update({FrameType.INJECT_WRITE: INJECT.size + block_bytes,
                                   FrameType.READ_BLOCK: INJECT.size})
             members.update({
-                "inject": Out(InjectorControl(ports, block_bytes)),
+                "inject": Out(InjectorControl(ports, block_bytes, datapath_bits)),
                 "store_rcmd": Out(stream.Signature(ReadCommand)),
-                "store_rdata": In(stream.Signature(read_beat_layout(DATAPATH_BITS))),
+                "store_rdata": In(stream.Signature(read_beat_layout(datapath_bits))),
             })
         members.update({name: Out(width) for name, width, _, _ in LINK_COUNTERS})
         super().__init__(members)
@@ -324,16 +343,17 @@ class LinkController(wiring.Component):
                 m.d.sync += blocked.eq(1)
         in_block = (index >= _BLOCK_AT) & (index < _BLOCK_AT + self.block_bytes)
         m.d.comb += [inj.load_en.eq(taken & in_block & (ftype == FrameType.INJECT_WRITE) & ~inj.busy),
-                     inj.load_addr.eq(offset[3:]), inj.load_lane.eq(offset[:3]),
+                     inj.load_addr.eq(offset[self.lane_bits:]), inj.load_lane.eq(offset[:self.lane_bits]),
                      inj.load_data.eq(byte.data)]
 
     # --- collect: journal entries and flush marks into the two frame buffers --------------------
     def _collect(self, m, reading):
         n = self.ports
-        max_words = self.max_payload // 8
-        entry_words = entry_bytes(self.block_bytes) // 8
+        word_bytes = self.width // 8
+        max_words = self.max_payload // word_bytes
+        entry_words = entry_bytes(self.block_bytes) // word_bytes
         half = 1 << (max_words - 1).bit_length()
-        mem = m.submodules.frame_buf = Memory(shape=64, depth=2 * half, init=[])
+        mem = m.submodules.frame_buf = Memory(shape=self.width, depth=2 * half, init=[])
         wp = mem.write_port()
         rp = mem.read_port()
         frames = {
@@ -391,13 +411,16 @@ class LinkController(wiring.Component):
 
         mark_port, any_mark = pick(mark_ready, "mark")
         data_port, any_data = pick(Cat(*(self.port[p].flush.valid for p in range(n))), "data")
-        beat = Signal(beat_layout(DATAPATH_BITS))
+        beat = Signal(beat_layout(self.width))
         valid = Signal()
         for p in range(n):
             with m.If(cur == p):
                 m.d.comb += [beat.eq(self.port[p].flush.payload), valid.eq(self.port[p].flush.valid)]
         in_entry = Signal()
-        beat_k = Signal(2)                # 0: seq word, 1: timestamp word, 2: later
+        stamp_at = 8 // word_bytes        # the beat the entry's timestamp starts on (byte 8)
+        # The entry's beat number, up to the first beat after the timestamp: 0 starts the seq,
+        # stamp_at the timestamp (with 64-bit beats: 0 the seq word, 1 the timestamp, 2 later).
+        beat_k = Signal(range(2 * stamp_at + 2))
         e_seq = Signal(SEQ_BITS)
         e_stamp = Signal(TIME_BITS)
         grace = Signal(range(_GRACE + 1))
@@ -417,7 +440,10 @@ class LinkController(wiring.Component):
                 with m.If(cur == n - 1):
                     m.d.sync += rr.eq(0)
 
-        mark_value = Signal(TIME_BITS)
+        # Beats narrower than 64 bits: a mark is latched when chosen (taken then: a newer one
+        # waits for its turn) and written a word a cycle, so its words all come from one mark.
+        narrow = self.width < 64
+        mark_word = Signal(TIME_BITS + SEQ_BITS) if narrow else None
         with m.FSM(name="collect"):
             with m.State("IDLE"):
                 block_first = reading["pending"] if self.store_blocks else Const(0)
@@ -428,7 +454,13 @@ class LinkController(wiring.Component):
                             m.next = "BLOCK_CMD"
                     with m.Elif(any_mark):
                         m.d.sync += cur.eq(mark_port)
-                        m.next = "MARK_TIME"
+                        if narrow:
+                            for p in range(n):
+                                with m.If(mark_port == p):
+                                    m.d.comb += mark_taken[p].eq(1)
+                                    m.d.sync += mark_word.eq(Cat(
+                                        Mux(mark_idle[p], mark_time[p], last_stamp[p]), mark_seq[p]))
+                        m.next = "MARK" if narrow else "MARK_TIME"
                     with m.Elif(any_data):
                         m.d.sync += [cur.eq(data_port), in_entry.eq(0), grace.eq(_GRACE)]
                         m.next = "JOURNAL"
@@ -439,7 +471,7 @@ class LinkController(wiring.Component):
                     m.d.comb += stop.eq(mark_ready.bit_select(cur, 1) | ((grace == 0) & ~valid))
                     with m.If(stop):
                         with m.If(widx != 0):
-                            close_port(FrameType.JOURNAL, Cat(Const(0, 3), widx))
+                            close_port(FrameType.JOURNAL, Cat(Const(0, self.lane_bits), widx))
                         m.next = "IDLE"
                 with m.If(~stop):
                     for p in range(n):
@@ -450,46 +482,73 @@ class LinkController(wiring.Component):
                     with m.If(valid):
                         m.d.comb += wp.en.eq(1)
                         m.d.sync += [widx.eq(widx + 1), in_entry.eq(~beat.last), grace.eq(_GRACE),
-                                     beat_k.eq(beat_k + (beat_k != 3))]
+                                     beat_k.eq(beat_k + (beat_k != 2 * stamp_at + 1))]
                         with m.If(beat.first):
                             m.d.sync += [e_seq.eq(beat.data[:SEQ_BITS]), beat_k.eq(1)]
-                        with m.If(beat_k == 1):
-                            m.d.sync += e_stamp.eq(beat.data)
+                        for i in range(1, SEQ_BITS // self.width):     # a seq wider than a beat
+                            with m.If(beat_k == i):
+                                m.d.sync += e_seq.word_select(i, self.width).eq(beat.data)
+                        for i in range(TIME_BITS // self.width):
+                            with m.If(beat_k == stamp_at + i):
+                                m.d.sync += e_stamp.word_select(i, self.width).eq(beat.data)
                         with m.If(beat.last):
                             m.d.sync += self.tx_journal_entries.eq(self.tx_journal_entries + 1)
                             for p in range(n):
                                 with m.If(cur == p):
                                     m.d.sync += [link_next[p].eq(e_seq + 1), last_stamp[p].eq(e_stamp)]
                             with m.If(widx + 1 + entry_words > max_words):
-                                close_port(FrameType.JOURNAL, Cat(Const(0, 3), widx + 1))
+                                close_port(FrameType.JOURNAL, Cat(Const(0, self.lane_bits), widx + 1))
                                 m.next = "IDLE"
-            with m.State("MARK_TIME"):
-                for p in range(n):
-                    with m.If(cur == p):
-                        m.d.comb += mark_value.eq(Mux(mark_idle[p], mark_time[p], last_stamp[p]))
-                m.d.comb += [wp.en.eq(1), wp.data.eq(mark_value)]
-                m.d.sync += widx.eq(widx + 1)
-                m.next = "MARK_SEQ"
-            with m.State("MARK_SEQ"):
-                for p in range(n):
-                    with m.If(cur == p):
-                        m.d.comb += [wp.data.eq(mark_seq[p]), mark_taken[p].eq(1)]
-                m.d.comb += wp.en.eq(1)
-                close_port(FrameType.FLUSH_MARK, 12)
-                m.next = "IDLE"
+            if narrow:
+                with m.State("MARK"):
+                    word, last = self._word(mark_word, widx)
+                    m.d.comb += [wp.en.eq(1), wp.data.eq(word)]
+                    m.d.sync += widx.eq(widx + 1)
+                    with m.If(last):
+                        close_port(FrameType.FLUSH_MARK, 12)
+                        m.next = "IDLE"
+            else:       # two words, read from the port's registers as they are written
+                mark_value = Signal(TIME_BITS)
+                with m.State("MARK_TIME"):
+                    for p in range(n):
+                        with m.If(cur == p):
+                            m.d.comb += mark_value.eq(Mux(mark_idle[p], mark_time[p], last_stamp[p]))
+                    m.d.comb += [wp.en.eq(1), wp.data.eq(mark_value)]
+                    m.d.sync += widx.eq(widx + 1)
+                    m.next = "MARK_SEQ"
+                with m.State("MARK_SEQ"):
+                    for p in range(n):
+                        with m.If(cur == p):
+                            m.d.comb += [wp.data.eq(mark_seq[p]), mark_taken[p].eq(1)]
+                    m.d.comb += wp.en.eq(1)
+                    close_port(FrameType.FLUSH_MARK, 12)
+                    m.next = "IDLE"
             if self.store_blocks:
                 self._read_block(m, reading, wp, widx, close)
         return frames
+
+    def _word(self, value, widx):
+        """`value` into a frame buffer a word a cycle from `widx` 0: (the word to write now, a
+        condition true on its last word — None when one word holds it all)."""
+        words = -(-len(value) // self.width)
+        if words == 1:
+            return value, None
+        index = widx[:(words - 1).bit_length()]
+        return value.word_select(index, self.width), index == words - 1
 
     def _read_block(self, m, reading, wp, widx, close):
         """READ_BLOCK: the lba, then the block's words from the store, into a BLOCK frame."""
         cmd, rdata = self.store_rcmd, self.store_rdata
         with m.State("BLOCK_CMD"):
-            m.d.comb += [cmd.valid.eq(1), cmd.payload.lba.eq(reading["lba"]), wp.data.eq(reading["lba"])]
-            with m.If(cmd.ready):
+            # The lba a word a cycle; the command goes out with its last word.
+            word, last = self._word(reading["lba"], widx)
+            m.d.comb += [cmd.valid.eq(1 if last is None else last), cmd.payload.lba.eq(reading["lba"]),
+                         wp.data.eq(word)]
+            with m.If(cmd.ready if last is None else ~last | cmd.ready):
                 m.d.comb += wp.en.eq(1)
                 m.d.sync += widx.eq(widx + 1)
-                m.next = "BLOCK_DATA"
+                with _when(m, last):
+                    m.next = "BLOCK_DATA"
         with m.State("BLOCK_DATA"):
             m.d.comb += [rdata.ready.eq(1), wp.data.eq(rdata.payload.data)]
             with m.If(rdata.valid):
@@ -556,7 +615,8 @@ class LinkController(wiring.Component):
         m.d.comb += j.eq(i - HEADER_BYTES)
         reg_j = Signal(17)
         m.d.comb += reg_j.eq(j - 4 * desc.prefix)
-        m.d.comb += [rp.addr.eq(Cat(j[3:3 + frames["half_bits"]], rsel)), rp.en.eq(1),
+        lanes = self.lane_bits
+        m.d.comb += [rp.addr.eq(Cat(j[lanes:lanes + frames["half_bits"]], rsel)), rp.en.eq(1),
                      self.bus.r_addr.eq(desc.addr + reg_j[2:])]
 
         # Stage B: pick the byte, CRC it, queue it.
@@ -573,7 +633,7 @@ class LinkController(wiring.Component):
         with m.Elif(~is_crc):
             with m.Switch(desc.src):
                 with m.Case(SRC_BUF):
-                    m.d.comb += byte.eq(rp.data.word_select(b_j[:3], 8))
+                    m.d.comb += byte.eq(rp.data.word_select(b_j[:lanes], 8))
                 with m.Case(SRC_IDENTITY):
                     m.d.comb += byte.eq(identity.word_select(b_j[:4], 8))
                 with m.Case(SRC_NAK):

@@ -14,7 +14,7 @@ from amaranth.lib.wiring import In, Out
 
 from firmware.image import DeviceImage
 from hdl.dma import WriteBeat
-from hdl.link import DATAPATH_BITS, RegisterBus
+from hdl.link import RegisterBus
 from hdl.write_path import beat_layout
 
 NS_PER_CYCLE = 8
@@ -35,7 +35,7 @@ class DeviceTestTop(wiring.Component):
             members = {"bar": In(RegisterBus), "wr": Out(stream.Signature(WriteBeat))}
         super().__init__({
             **members,
-            "ingress": In(stream.Signature(beat_layout(DATAPATH_BITS))).array(self.ports),
+            "ingress": In(stream.Signature(beat_layout(self.image.datapath_bits))).array(self.ports),
         })
 
     def elaborate(self, platform):

@@ -21,7 +21,7 @@ class StandaloneTestTop(wiring.Component):
     def __init__(self, *, store_blocks: int, **image_args):
         self.image = DeviceImage(time_source="input", store_blocks=store_blocks, **image_args)
         self.store = BlockStore(ports=self.image.ports, block_bytes=self.image.block_bytes,
-                                blocks=store_blocks)
+                                blocks=store_blocks, datapath_bits=self.image.datapath_bits)
         super().__init__()
 
     def elaborate(self, platform):

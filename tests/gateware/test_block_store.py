@@ -1,8 +1,9 @@
 """BlockStore in the Amaranth simulator: every requester at once, random stalls, against a model.
 
 Three ports each write and read back blocks of their own (disjoint lbas) while the link reads
-blocks of every port, all at the same time, with random gaps on every valid and ready. Every
-word of a written block carries (port, write number, word index), so a read shows whether it
+blocks of every port, all at the same time, with random gaps on every valid and ready; with
+64-bit words and with 16-bit ones (a small board's). Every word of a written block carries
+(port, write number, word index), so a read shows whether it
 got one whole write — not words of two (the arbiter must serve a request whole) — and which.
 Checked: each port reads back its own last write of a block; every link read is one whole
 write of that block (or the zeros it started as); at the end the link reads every block as its
@@ -11,18 +12,19 @@ last write; an lba outside the volume completes with ok = 0 and reads zeros with
 
 import random
 
+import pytest
 from amaranth.sim import Simulator
 from streams import stream_put
 
 from boards.storage import BlockStore
 
 PORTS, BLOCK, BLOCKS = 3, 64, 12
-WORDS = BLOCK // 8
 ROUNDS = 25
+W_BITS, N_BITS = 6, 5       # a word's fields: index in the block, then write number, then port + 1
 
 
 def word(port, n, w):
-    return (port + 1) << 48 | n << 16 | w
+    return ((port + 1) << N_BITS | n) << W_BITS | w
 
 
 async def stall(ctx, rng):
@@ -55,24 +57,28 @@ async def write(ctx, port, lba, words, rng):
 
 async def read(ctx, cmd, rdata, lba, rng):
     await put(ctx, cmd, {"lba": lba}, rng)
-    beats = [await stream_get(ctx, rdata, rng) for _ in range(WORDS)]
-    assert [b.last for b in beats] == [0] * (WORDS - 1) + [1]
+    words = BLOCK * 8 // len(rdata.payload.data)
+    beats = [await stream_get(ctx, rdata, rng) for _ in range(words)]
+    assert [b.last for b in beats] == [0] * (words - 1) + [1]
     return [b.data for b in beats], all(b.ok for b in beats)
 
 
 def whole_write(words, lba, written):
     """The (port, n) whose write `words` is, checking it is whole and was written to `lba`."""
-    if words == [0] * WORDS:
+    if words == [0] * len(words):
         return None
-    tag = words[0] >> 16
-    assert words == [tag << 16 | w for w in range(WORDS)], f"block {lba} mixes writes: {words}"
-    port, n = (tag >> 32) - 1, tag & 0xFFFF
+    tag = words[0] >> W_BITS
+    assert words == [tag << W_BITS | w for w in range(len(words))], f"block {lba} mixes writes: {words}"
+    port, n = (tag >> N_BITS) - 1, tag & (1 << N_BITS) - 1
     assert (port, n) in written[lba], f"block {lba} holds write {port}.{n}, never written there"
     return port, n
 
 
-def test_concurrent_requesters_against_a_model():
-    dut = BlockStore(ports=PORTS, block_bytes=BLOCK, blocks=BLOCKS)
+@pytest.mark.parametrize("width", [64, 16])
+def test_concurrent_requesters_against_a_model(width):
+    dut = BlockStore(ports=PORTS, block_bytes=BLOCK, blocks=BLOCKS, datapath_bits=width)
+    words_per_block = BLOCK * 8 // width
+    assert words_per_block <= 1 << W_BITS and ROUNDS <= 1 << N_BITS
     last = [None] * BLOCKS                      # the model: (port, n) of each block's last write
     written = [set() for _ in range(BLOCKS)]    # every write each block got
     done = set()
@@ -84,12 +90,13 @@ def test_concurrent_requesters_against_a_model():
             for n in range(ROUNDS):
                 lba = rng.choice(mine)
                 written[lba].add((p, n))
-                assert await write(ctx, dut.port[p], lba, [word(p, n, w) for w in range(WORDS)], rng) == 1
+                assert await write(ctx, dut.port[p], lba, [word(p, n, w) for w in range(words_per_block)],
+                                   rng) == 1
                 last[lba] = (p, n)
                 lba = rng.choice(mine)
                 words, ok = await read(ctx, dut.port[p].rcmd, dut.port[p].rdata, lba, rng)
                 assert ok and (whole_write(words, lba, written) == last[lba]), (p, lba)
-            assert await write(ctx, dut.port[p], BLOCKS + p, [1] * WORDS, rng) == 0     # outside
+            assert await write(ctx, dut.port[p], BLOCKS + p, [1] * words_per_block, rng) == 0     # outside
             done.add(p)
         return bench
 
@@ -106,7 +113,7 @@ def test_concurrent_requesters_against_a_model():
             words, ok = await read(ctx, dut.link_rcmd, dut.link_rdata, lba, rng)
             assert ok and whole_write(words, lba, written) == last[lba], lba
         words, ok = await read(ctx, dut.link_rcmd, dut.link_rdata, BLOCKS, rng)
-        assert not ok and words == [0] * WORDS
+        assert not ok and words == [0] * words_per_block
         assert reads > 20
 
     sim = Simulator(dut)

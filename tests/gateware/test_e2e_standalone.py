@@ -7,9 +7,12 @@ through all four ports and collects the journal between them (`Collector` into a
 `LocalJournal`), keeping each ring below full. Checked against the host's own record of
 confirmed writes: every journal entry (port, seq, lba, timestamp, data), the board's volume read
 back at the end, and point-in-time views of the journal at instants along the run. (The
-copy-on-write pre-images are checked against a model in `test_inject.py`.)
+copy-on-write pre-images are checked against a model in `test_inject.py`.) Once with the
+image's default 64-bit beats and once with 16-bit ones (a small dev board's image): the host
+sees the same entries and the same volume.
 """
 
+import dataclasses
 import random
 
 import numpy as np
@@ -27,16 +30,18 @@ WRITES = 600
 RATE = 5e-5                 # per byte, each of: corrupted, dropped; each direction
 
 
-def test_injected_writes_journaled_stored_and_restored(tmp_path):
+@pytest.mark.parametrize("width", [64, 16])
+def test_injected_writes_journaled_stored_and_restored(tmp_path, width):
     from boards.sim import SIM_STANDALONE
     from sim.vboard import VirtualBoard, build
 
-    config = SIM_STANDALONE
+    config = dataclasses.replace(SIM_STANDALONE, datapath_bits=width)
     board = VirtualBoard(config=config, binary=build(config), baud=config.clock_hz * 10, seed=3,
                          corrupt_rx=RATE, corrupt_tx=RATE, drop_rx=RATE, drop_tx=RATE)
     with board, Device.open(board.tty, timeout=0.2, flush_timeout=0.3, tries=8) as dev:
         ident = dev.identity
         assert ident.standalone and dev.store_blocks() == config.store_blocks
+        assert ident.datapath_bits == dev.read("datapath_bits") == width
         board.command("ransom 1 0 4")            # the host is the traffic: no servers to command
         with pytest.raises(RuntimeError, match="no servers"):
             board.wait_event("ransom", timeout=30)

@@ -115,3 +115,40 @@ def test_standalone_seam():
     plain._MustUse__silence = plain.link._MustUse__silence = True     # not elaborated
     with pytest.raises(ValueError, match="on-chip volume only on the serial link"):
         DeviceImage(ports=1, block_bytes=64, link="dma", store_blocks=8)
+
+
+@pytest.mark.parametrize("width", [8, 16, 32])
+def test_datapath_width(width):
+    """`datapath_bits`: every port stream and the store's beats are that wide, IDENTITY says it,
+    and the narrow image elaborates (the injector, the link's frame buffers at that width)."""
+    image = DeviceImage(ports=2, block_bytes=64, depth=4, time_source="input", store_blocks=32,
+                        datapath_bits=width)
+    port = image.signature.members["port"].signature.members
+    for name in ("pri_write", "pri_rdata"):
+        assert port[name].signature.members["payload"].shape.size == width + 2, name
+    assert image.signature.members["store_rdata"].signature.members["payload"].shape.size == width + 2
+    assert IDENTITY.unpack(image.identity())[6] == width
+    assert "injector" in rtlil.convert(image)
+
+
+def test_rejects_bad_widths():
+    from boards.sim import SimBoard
+    from boards.storage import BlockStore
+    from hdl.inject import Injector
+    from hdl.link import LinkController
+
+    with pytest.raises(ValueError, match="datapath_bits must be 8, 16, 32 or 64"):
+        DeviceImage(ports=1, block_bytes=64, datapath_bits=24)
+    with pytest.raises(ValueError, match="DMA link takes 64-bit beats only"):
+        DeviceImage(ports=1, block_bytes=64, link="dma", datapath_bits=16)
+    with pytest.raises(ValueError, match=r"at most 2\*\*datapath_bits blocks"):
+        DeviceImage(ports=1, block_bytes=64, store_blocks=257, datapath_bits=8)
+    for core in (lambda: LinkController(ports=1, block_bytes=64, identity=bytes(16), datapath_bits=128),
+                 lambda: Injector(ports=1, block_bytes=64, datapath_bits=128),
+                 lambda: BlockStore(ports=1, block_bytes=64, blocks=8, datapath_bits=128)):
+        with pytest.raises(ValueError, match="datapath_bits must be"):
+            core()
+    with pytest.raises(ValueError, match=r"1 to 2\*\*datapath_bits blocks"):
+        BlockStore(ports=1, block_bytes=64, blocks=257, datapath_bits=8)
+    with pytest.raises(ValueError, match="only in its standalone variant"):
+        SimBoard(ports=1, datapath_bits=16)
