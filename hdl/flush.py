@@ -2,7 +2,8 @@
 
 Each entry goes out as exactly the bytes of `firmware.abi.entry` (little-endian, one
 `datapath_bits` word per beat, `first` on its first beat and `last` on its last): the header
-is rebuilt from the ring's header RAM and status registers, the data is read from the ring's
+is rebuilt from the entry's seq, the ring's header RAM (a header word within the timestamp or
+the lba reads that field's RAM word) and its per-slot registers, the data is read from the ring's
 data RAM, and the CRC-32C is computed in flight over header and data (`hdl.crc.CRC32C`) and
 sent as the trailer with its zero pad.
 
@@ -30,7 +31,17 @@ from amaranth.lib.wiring import In, Out
 
 from firmware.abi.entry import Kind
 from hdl.crc import CRC32C
-from hdl.journal_ring import HEADER_BITS, TRAILER_BITS, HeaderLayout, MetaLayout, check_geometry
+from hdl.journal_ring import (
+    HEADER_BITS,
+    KIND_BITS,
+    META_BITS,
+    META_WORDS,
+    MODE_BITS,
+    STATUS_BITS,
+    TRAILER_BITS,
+    HeaderLayout,
+    check_geometry,
+)
 from hdl.timestamper import SEQ_BITS
 from hdl.write_path import beat_layout
 
@@ -67,11 +78,13 @@ class FlushEngine(wiring.Component):
             "fill": In(range(depth + 1)),
             "acked": Out(SEQ_BITS),
             "hold": Out(SEQ_BITS),
-            "meta_r": In(ReadPort.Signature(addr_width=self.slot_bits, shape=MetaLayout)),
+            "meta_r": In(ReadPort.Signature(addr_width=self.slot_bits + 1, shape=META_BITS)),
             "data_r": In(ReadPort.Signature(addr_width=(depth * self.block_words - 1).bit_length(),
                                              shape=datapath_bits)),
-            "status_addr": Out(self.slot_bits),
-            "status": In(2),
+            "slot_addr": Out(self.slot_bits),
+            "status": In(STATUS_BITS),
+            "entry_kind": In(KIND_BITS),
+            "entry_mode": In(MODE_BITS),
             "watermark": In(range(depth + 1)),
             "timer_period": In(32),
             "flush_cmd": In(1),
@@ -175,13 +188,16 @@ class FlushEngine(wiring.Component):
         # the next word (acknowledges, triggers, resend) and the address arithmetic then take
         # one cycle and the RAM's address setup another, so the words come out two cycles after
         # their issue (stage B below, after a register stage A2).
+        assert META_WORDS == ("timestamp", "lba")
+        lba_word = HeaderLayout["lba"].offset // self.width    # header words from here read the lba
         m.d.sync += [
-            self.meta_r.addr.eq(slot),
+            self.meta_r.addr.eq(Cat(word_k >= lba_word, slot)),
             self.data_r.addr.eq(slot * bw + (word_k - hw)[:len(self.data_r.addr)]),
         ]
         m.d.comb += [self.meta_r.en.eq(1), self.data_r.en.eq(1)]
 
-        marker = self.meta_r.data.kind == Kind.PORT_INVALID
+        # Read at stage B's slot, which is this entry's once it has issued two words (hw >= 4).
+        marker = self.entry_kind == Kind.PORT_INVALID
         with m.If(start):
             m.d.sync += [cur.eq(eff_send), send.eq(eff_send + 1)]
             with m.If(eff_send == sent_hw):
@@ -206,15 +222,16 @@ class FlushEngine(wiring.Component):
         a2_slot, b_slot = Signal(self.slot_bits), Signal(self.slot_bits)
         m.d.sync += [a2_valid.eq(issue), a2_k.eq(word_k), a2_slot.eq(slot),
                      b_valid.eq(a2_valid), b_k.eq(a2_k), b_slot.eq(a2_slot)]
-        m.d.comb += self.status_addr.eq(b_slot)
+        m.d.comb += self.slot_addr.eq(b_slot)
 
-        meta = self.meta_r.data
+        # `cur` is still this entry's seq at stage B of its header words: the next entry starts
+        # after this one's last word issues, at least one trailer word after its header's.
         header = Signal(HeaderLayout)
         m.d.comb += [
-            header.seq.eq(meta.seq), header.port.eq(self.port), header.mode.eq(meta.mode),
-            header.status.eq(self.status), header.kind.eq(meta.kind),
-            header.timestamp.eq(meta.timestamp), header.lba.eq(meta.lba),
-            header.length.eq(Const(self.block_bytes) * (meta.kind == Kind.WRITE)),
+            header.seq.eq(cur), header.port.eq(self.port), header.mode.eq(self.entry_mode),
+            header.status.eq(self.status), header.kind.eq(self.entry_kind),
+            header.timestamp.eq(self.meta_r.data), header.lba.eq(self.meta_r.data),
+            header.length.eq(Const(self.block_bytes) * (self.entry_kind == Kind.WRITE)),
         ]
         trailer = Cat(crc.crc, Const(0, 32))
         word = Signal(self.width)

@@ -95,8 +95,10 @@ class JournalPort(wiring.Component):
             writes.mode.eq(self.mode), writes.policy.eq(self.policy),
             writes.reenable.eq(self.reenable), writes.fill.eq(ring.fill),
             ring.alloc.eq(writes.alloc), ring.tail.eq(tail),
-            flush.done.eq(ring.done), flush.fill.eq(ring.fill), flush.status.eq(ring.status),
-            ring.status_addr.eq(flush.status_addr),
+            ring.alloc_kind.eq(writes.alloc_kind), ring.alloc_mode.eq(writes.alloc_mode),
+            flush.done.eq(ring.done), flush.fill.eq(ring.fill), ring.slot_addr.eq(flush.slot_addr),
+            flush.status.eq(ring.status), flush.entry_kind.eq(ring.entry_kind),
+            flush.entry_mode.eq(ring.entry_mode),
             flush.watermark.eq(self.watermark), flush.timer_period.eq(self.timer_period),
             flush.flush_cmd.eq(self.flush_cmd), flush.resend.eq(self.resend),
         ]
