@@ -14,6 +14,11 @@ ring's tail (`acked`) moves only on an acknowledge from the host (`ack`, "every 
 including `seq` is stored"), and `resend` rewinds to the oldest unacknowledged entry
 (go-back-N) at the next entry boundary.
 
+Sequence numbers are 32 bits where they are counters, the host's (`ack`) or in an entry, but
+`acked`, `flushed`, the next and current seq and the ring's `done` and `head` are always within
+`depth` of each other, so the engine compares them on their differences' low bits (at most
+`slot_bits + 2`, enough for -depth..depth).
+
 Datapath: a three-stage pipeline (choose the word and register its RAM addresses; the RAMs
 read; then assemble the word, update the CRC and push it into a small FIFO whose read side is
 the output stream), so an entry follows the previous one with no idle cycle while the output
@@ -74,7 +79,7 @@ class FlushEngine(wiring.Component):
         self.depth = depth
         self.slot_bits = (depth - 1).bit_length()
         super().__init__({
-            "done": In(SEQ_BITS),
+            "done": In(self.slot_bits + 1),
             "fill": In(range(depth + 1)),
             "acked": Out(SEQ_BITS),
             "hold": Out(SEQ_BITS),
@@ -102,6 +107,16 @@ class FlushEngine(wiring.Component):
         m = Module()
         hw, bw, tw = self.header_words, self.block_words, self.trailer_words
         last_k = hw + bw + tw - 1
+        near = self.slot_bits + 2      # bits of a difference of two seqs within `depth`
+
+        def ahead(a, b):
+            """`a` is after `b`, two seqs within `depth` of each other."""
+            diff = (a - b)[:near]
+            return (diff != 0) & ~diff[-1]
+
+        def same(a, b):
+            """`a` equals `b`, two seqs within `depth` of each other."""
+            return a[:near - 1] == b[:near - 1]
 
         fifo = m.submodules.fifo = SyncFIFO(width=len(self.out.payload.as_value()),
                                             depth=OUT_FIFO_DEPTH)
@@ -112,8 +127,11 @@ class FlushEngine(wiring.Component):
         # --- acknowledges and the ring's tail -------------------------------------------------
         sent_hw = self.flushed                     # every seq below it went out at least once
         m.d.comb += self.ack.ready.eq(1)
-        with m.If(self.ack.valid & ((self.ack.payload.seq - self.acked)[:SEQ_BITS]
-                                    < (sent_hw - self.acked)[:SEQ_BITS])):
+        # The host's seq is any 32-bit value: it acknowledges when acked <= seq < sent_hw, where
+        # sent_hw - acked <= depth.
+        ack_offset = (self.ack.payload.seq - self.acked)[:SEQ_BITS]
+        with m.If(self.ack.valid & (ack_offset[near - 1:] == 0)
+                  & (ack_offset[:near - 1] < (sent_hw - self.acked)[:near - 1])):
             m.d.sync += self.acked.eq(self.ack.payload.seq + 1)
 
         # --- triggers --------------------------------------------------------------------------
@@ -130,12 +148,11 @@ class FlushEngine(wiring.Component):
         k = Signal(range(last_k + 1))
         can_issue = fifo.level < OUT_FIFO_DEPTH - 3     # room for the words still in flight
 
-        behind = (self.acked - send)[:SEQ_BITS]
         eff_send = Signal(SEQ_BITS)
         m.d.comb += eff_send.eq(send)
-        with m.If(resend_pending | ((behind != 0) & ~behind[-1])):
+        with m.If(resend_pending | ahead(self.acked, send)):
             m.d.comb += eff_send.eq(self.acked)
-        have_work = eff_send != self.done
+        have_work = eff_send[:len(self.done)] != self.done
 
         start = Signal()
         issue = Signal()
@@ -200,7 +217,7 @@ class FlushEngine(wiring.Component):
         marker = self.entry_kind == Kind.PORT_INVALID
         with m.If(start):
             m.d.sync += [cur.eq(eff_send), send.eq(eff_send + 1)]
-            with m.If(eff_send == sent_hw):
+            with m.If(same(eff_send, sent_hw)):
                 m.d.sync += self.flushed.eq(self.flushed + 1)
             with m.Else():
                 m.d.sync += self.resent.eq(self.resent + 1)
@@ -211,9 +228,8 @@ class FlushEngine(wiring.Component):
             with m.If(word_k == last_k):
                 m.d.sync += [in_entry.eq(0), k.eq(0)]
 
-        hold_cur = (self.acked - cur)[:SEQ_BITS]
         m.d.comb += self.hold.eq(self.acked)
-        with m.If(in_entry & (hold_cur != 0) & ~hold_cur[-1]):
+        with m.If(in_entry & ahead(self.acked, cur)):
             m.d.comb += self.hold.eq(cur)
 
         # --- stage B: assemble the word, CRC in flight, into the output FIFO -------------------

@@ -9,6 +9,9 @@ pointers are free-running 32-bit sequence numbers, so they need no wrap flag:
 - `done`: every entry below it has its status recorded (phase 3 finished), in order.
 - `tail`: the oldest entry the host has not acknowledged (driven by the flush engine).
 
+`done` is only ever compared with pointers at most `depth` away from it, so the ring keeps its
+low `slot_bits + 1` bits (the sequence number modulo 2·depth), which tell those apart.
+
 Storage is split by when it is written and how wide it is. The block data (one `datapath_bits`
 word per cycle, from ingress in redo mode or from the pre-image read in copy-on-write mode) and
 the two 64-bit header fields known at phase 1 (`META_WORDS`: the timestamp, then the lba, written
@@ -114,7 +117,7 @@ class JournalRing(wiring.Component):
             "alloc_mode": In(MODE_BITS),
             "head": Out(SEQ_BITS),
             "tail": In(SEQ_BITS),
-            "done": Out(SEQ_BITS),
+            "done": Out(self.slot_bits + 1),
             "fill": Out(range(depth + 1)),
             "meta_w": Out(WritePort.Signature(addr_width=self.slot_bits + 1, shape=META_BITS)),
             "data_w": Out(WritePort.Signature(addr_width=data_addr, shape=datapath_bits)),
@@ -153,7 +156,7 @@ class JournalRing(wiring.Component):
             slot = port.addr[:self.slot_bits]
             with m.If(port.en):
                 m.d.sync += [status[slot].eq(port.status), known.bit_select(slot, 1).eq(1)]
-        with m.If((self.done != self.head) & known.bit_select(done_slot, 1)):
+        with m.If((self.done != self.head[:len(self.done)]) & known.bit_select(done_slot, 1)):
             m.d.sync += self.done.eq(self.done + 1)
 
         m.d.comb += [
