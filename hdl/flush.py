@@ -82,7 +82,7 @@ class FlushEngine(wiring.Component):
             "done": In(self.slot_bits + 1),
             "fill": In(range(depth + 1)),
             "acked": Out(SEQ_BITS),
-            "hold": Out(SEQ_BITS),
+            "hold": Out(self.slot_bits + 1),
             "meta_r": In(ReadPort.Signature(addr_width=self.slot_bits + 1, shape=META_BITS)),
             "data_r": In(ReadPort.Signature(addr_width=(depth * self.block_words - 1).bit_length(),
                                              shape=datapath_bits)),
@@ -228,6 +228,7 @@ class FlushEngine(wiring.Component):
             with m.If(word_k == last_k):
                 m.d.sync += [in_entry.eq(0), k.eq(0)]
 
+        # The ring's tail (modulo 2·depth): acked, or the entry being sent if acked passed it.
         m.d.comb += self.hold.eq(self.acked)
         with m.If(in_entry & ahead(self.acked, cur)):
             m.d.comb += self.hold.eq(cur)

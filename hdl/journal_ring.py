@@ -1,22 +1,23 @@
 """Partial-journal ring: the on-chip RAM a port journals into, and its pointers.
 
 The ring holds `depth` entries (a power of two). Entry `seq` lives in slot `seq % depth`; the
-pointers are free-running 32-bit sequence numbers, so they need no wrap flag:
+pointers are free-running sequence numbers, so they need no wrap flag:
 
-    tail ≤ done ≤ head          (modulo 2**32, all within `depth` of each other)
+    tail ≤ done ≤ head          (all within `depth` of each other)
 
-- `head`: the next sequence number to allocate (entries written = head).
+- `head`: the next sequence number to allocate: the `Timestamper`'s `next_seq`, which counts the
+  same takes as `alloc` (entries written = head).
 - `done`: every entry below it has its status recorded (phase 3 finished), in order.
-- `tail`: the oldest entry the host has not acknowledged (driven by the flush engine).
+- `tail`: the oldest entry the ring keeps for the host (driven by the flush engine).
 
-`done` is only ever compared with pointers at most `depth` away from it, so the ring keeps its
-low `slot_bits + 1` bits (the sequence number modulo 2·depth), which tell those apart.
+Being within `depth` of each other, the three are told apart by their low `slot_bits + 1` bits
+(the sequence number modulo 2·depth), and that is all the ring takes or keeps of them.
 
 Storage is split by when it is written and how wide it is. The block data (one `datapath_bits`
 word per cycle, from ingress in redo mode or from the pre-image read in copy-on-write mode) and
 the two 64-bit header fields known at phase 1 (`META_WORDS`: the timestamp, then the lba, written
-in consecutive cycles) go into `lib.memory` RAMs; an entry's seq is not stored, since slot `s`
-holds the entry the flush engine is sending as `seq`. The few bits per slot, the kind and mode
+in consecutive cycles) go into `lib.memory` RAMs; an entry's seq is not stored: the flush engine
+knows the seq of the entry it reads. The few bits per slot, the kind and mode
 (known at allocation) and the 2-bit status (known at phase 3, with a valid bit which `done`
 follows), go into small register files.
 
@@ -38,7 +39,7 @@ from amaranth.lib.memory import Memory, ReadPort, WritePort
 from amaranth.lib.wiring import In, Out
 
 from firmware.abi.entry import HEADER_BYTES, HEADER_DTYPE, TRAILER_BYTES, Kind, Mode, Status
-from hdl.timestamper import SEQ_BITS, TIME_BITS
+from hdl.timestamper import TIME_BITS
 
 
 def _header_layout() -> data.StructLayout:
@@ -97,9 +98,9 @@ class JournalRing(wiring.Component):
     """Ring storage of one port: data RAM, header RAM, per-slot registers and the `done` pointer.
 
     Write side (the write path): `alloc` records `alloc_kind` and `alloc_mode` of the entry in
-    slot `head % depth`, clears its status and advances `head`; `meta_w` and `data_w` are RAM write
-    ports; two status writes per cycle (a primary completion and the phase-1 outcome of a newer
-    entry can land together).
+    slot `head % depth` and clears its status (`head` advances with it); `meta_w` and `data_w`
+    are RAM write ports; two status writes per cycle (a primary completion and the phase-1
+    outcome of a newer entry can land together).
     Read side (the flush engine): `meta_r`, `data_r` are synchronous RAM read ports;
     `slot_addr` selects the slot whose `status`, `entry_kind` and `entry_mode` are read
     combinationally from the registers.
@@ -115,8 +116,8 @@ class JournalRing(wiring.Component):
             "alloc": In(1),
             "alloc_kind": In(KIND_BITS),
             "alloc_mode": In(MODE_BITS),
-            "head": Out(SEQ_BITS),
-            "tail": In(SEQ_BITS),
+            "head": In(self.slot_bits + 1),
+            "tail": In(self.slot_bits + 1),
             "done": Out(self.slot_bits + 1),
             "fill": Out(range(depth + 1)),
             "meta_w": Out(WritePort.Signature(addr_width=self.slot_bits + 1, shape=META_BITS)),
@@ -150,13 +151,13 @@ class JournalRing(wiring.Component):
         done_slot = self.done[:self.slot_bits]
 
         with m.If(self.alloc):
-            m.d.sync += [self.head.eq(self.head + 1), known.bit_select(head_slot, 1).eq(0),
+            m.d.sync += [known.bit_select(head_slot, 1).eq(0),
                          kind[head_slot].eq(self.alloc_kind), mode[head_slot].eq(self.alloc_mode)]
         for port in (self.status_w0, self.status_w1):
             slot = port.addr[:self.slot_bits]
             with m.If(port.en):
                 m.d.sync += [status[slot].eq(port.status), known.bit_select(slot, 1).eq(1)]
-        with m.If((self.done != self.head[:len(self.done)]) & known.bit_select(done_slot, 1)):
+        with m.If((self.done != self.head) & known.bit_select(done_slot, 1)):
             m.d.sync += self.done.eq(self.done + 1)
 
         m.d.comb += [
