@@ -28,7 +28,7 @@ cycles (on an ECP5 the two together were the image's longest path).
 
 import enum
 
-from amaranth.hdl import Cat, Const, Module, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import ReadPort
@@ -142,23 +142,26 @@ class FlushEngine(wiring.Component):
         watermark_hit = (self.watermark != 0) & (self.fill >= self.watermark)
 
         # --- stage A: choose the next word and issue its RAM reads -----------------------------
-        send = Signal(SEQ_BITS)       # next seq to start
-        cur = Signal(SEQ_BITS)        # seq being sent
+        cur = Signal(SEQ_BITS)        # seq being sent (or last started)
         in_entry = Signal()
         k = Signal(range(last_k + 1))
         can_issue = fifo.level < OUT_FIFO_DEPTH - 3     # room for the words still in flight
 
+        # The next seq to start (`eff_send`) is the one after `cur`, or `acked` on a resend or
+        # once the host has acknowledged past it. Chosen between starts, `acked` stays the
+        # choice until the next start (`acked` only grows): `from_acked` remembers it.
+        from_acked = Signal(init=1)
+        after_cur = Signal(SEQ_BITS)
+        use_acked = from_acked | resend_pending | ahead(self.acked, after_cur)
         eff_send = Signal(SEQ_BITS)
-        m.d.comb += eff_send.eq(send)
-        with m.If(resend_pending | ahead(self.acked, send)):
-            m.d.comb += eff_send.eq(self.acked)
+        m.d.comb += [after_cur.eq(cur + 1), eff_send.eq(Mux(use_acked, self.acked, after_cur))]
         have_work = eff_send[:len(self.done)] != self.done
 
         start = Signal()
         issue = Signal()
         with m.If(~in_entry):
             m.d.sync += [resend_pending.eq(0), cmd_pending.eq(0), timer_pending.eq(0)]
-            m.d.sync += send.eq(eff_send)
+            m.d.sync += from_acked.eq(use_acked)
             reason = Signal(3)
             with m.If(resend_pending):
                 m.d.comb += reason.eq(FlushTrigger.RESEND)
@@ -216,7 +219,7 @@ class FlushEngine(wiring.Component):
         # Read at stage B's slot, which is this entry's once it has issued two words (hw >= 4).
         marker = self.entry_kind == Kind.PORT_INVALID
         with m.If(start):
-            m.d.sync += [cur.eq(eff_send), send.eq(eff_send + 1)]
+            m.d.sync += [cur.eq(eff_send), from_acked.eq(0)]
             with m.If(same(eff_send, sent_hw)):
                 m.d.sync += self.flushed.eq(self.flushed + 1)
             with m.Else():
