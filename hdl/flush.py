@@ -2,7 +2,8 @@
 
 Each entry goes out as exactly the bytes of `firmware.abi.entry` (little-endian, one
 `datapath_bits` word per beat, `first` on its first beat and `last` on its last): the header
-is rebuilt from the ring's header RAM and status registers, the data is read from the ring's
+is rebuilt from the entry's seq, the ring's header RAM (a header word within the timestamp or
+the lba reads that field's RAM word) and its per-slot registers, the data is read from the ring's
 data RAM, and the CRC-32C is computed in flight over header and data (`hdl.crc.CRC32C`) and
 sent as the trailer with its zero pad.
 
@@ -13,6 +14,11 @@ ring's tail (`acked`) moves only on an acknowledge from the host (`ack`, "every 
 including `seq` is stored"), and `resend` rewinds to the oldest unacknowledged entry
 (go-back-N) at the next entry boundary.
 
+Sequence numbers are 32 bits where they are counters, the host's (`ack`) or in an entry, but
+`acked`, `flushed`, the next and current seq and the ring's `done` and `head` are always within
+`depth` of each other, so the engine compares them on their differences' low bits (at most
+`slot_bits + 2`, enough for -depth..depth).
+
 Datapath: a three-stage pipeline (choose the word and register its RAM addresses; the RAMs
 read; then assemble the word, update the CRC and push it into a small FIFO whose read side is
 the output stream), so an entry follows the previous one with no idle cycle while the output
@@ -22,7 +28,7 @@ cycles (on an ECP5 the two together were the image's longest path).
 
 import enum
 
-from amaranth.hdl import Cat, Const, Module, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import ReadPort
@@ -30,7 +36,17 @@ from amaranth.lib.wiring import In, Out
 
 from firmware.abi.entry import Kind
 from hdl.crc import CRC32C
-from hdl.journal_ring import HEADER_BITS, TRAILER_BITS, HeaderLayout, MetaLayout, check_geometry
+from hdl.journal_ring import (
+    HEADER_BITS,
+    KIND_BITS,
+    META_BITS,
+    META_WORDS,
+    MODE_BITS,
+    STATUS_BITS,
+    TRAILER_BITS,
+    HeaderLayout,
+    check_geometry,
+)
 from hdl.timestamper import SEQ_BITS
 from hdl.write_path import beat_layout
 
@@ -63,15 +79,17 @@ class FlushEngine(wiring.Component):
         self.depth = depth
         self.slot_bits = (depth - 1).bit_length()
         super().__init__({
-            "done": In(SEQ_BITS),
+            "done": In(self.slot_bits + 1),
             "fill": In(range(depth + 1)),
             "acked": Out(SEQ_BITS),
-            "hold": Out(SEQ_BITS),
-            "meta_r": In(ReadPort.Signature(addr_width=self.slot_bits, shape=MetaLayout)),
+            "hold": Out(self.slot_bits + 1),
+            "meta_r": In(ReadPort.Signature(addr_width=self.slot_bits + 1, shape=META_BITS)),
             "data_r": In(ReadPort.Signature(addr_width=(depth * self.block_words - 1).bit_length(),
                                              shape=datapath_bits)),
-            "status_addr": Out(self.slot_bits),
-            "status": In(2),
+            "slot_addr": Out(self.slot_bits),
+            "status": In(STATUS_BITS),
+            "entry_kind": In(KIND_BITS),
+            "entry_mode": In(MODE_BITS),
             "watermark": In(range(depth + 1)),
             "timer_period": In(32),
             "flush_cmd": In(1),
@@ -89,6 +107,16 @@ class FlushEngine(wiring.Component):
         m = Module()
         hw, bw, tw = self.header_words, self.block_words, self.trailer_words
         last_k = hw + bw + tw - 1
+        near = self.slot_bits + 2      # bits of a difference of two seqs within `depth`
+
+        def ahead(a, b):
+            """`a` is after `b`, two seqs within `depth` of each other."""
+            diff = (a - b)[:near]
+            return (diff != 0) & ~diff[-1]
+
+        def same(a, b):
+            """`a` equals `b`, two seqs within `depth` of each other."""
+            return a[:near - 1] == b[:near - 1]
 
         fifo = m.submodules.fifo = SyncFIFO(width=len(self.out.payload.as_value()),
                                             depth=OUT_FIFO_DEPTH)
@@ -99,8 +127,11 @@ class FlushEngine(wiring.Component):
         # --- acknowledges and the ring's tail -------------------------------------------------
         sent_hw = self.flushed                     # every seq below it went out at least once
         m.d.comb += self.ack.ready.eq(1)
-        with m.If(self.ack.valid & ((self.ack.payload.seq - self.acked)[:SEQ_BITS]
-                                    < (sent_hw - self.acked)[:SEQ_BITS])):
+        # The host's seq is any 32-bit value: it acknowledges when acked <= seq < sent_hw, where
+        # sent_hw - acked <= depth.
+        ack_offset = (self.ack.payload.seq - self.acked)[:SEQ_BITS]
+        with m.If(self.ack.valid & (ack_offset[near - 1:] == 0)
+                  & (ack_offset[:near - 1] < (sent_hw - self.acked)[:near - 1])):
             m.d.sync += self.acked.eq(self.ack.payload.seq + 1)
 
         # --- triggers --------------------------------------------------------------------------
@@ -111,24 +142,26 @@ class FlushEngine(wiring.Component):
         watermark_hit = (self.watermark != 0) & (self.fill >= self.watermark)
 
         # --- stage A: choose the next word and issue its RAM reads -----------------------------
-        send = Signal(SEQ_BITS)       # next seq to start
-        cur = Signal(SEQ_BITS)        # seq being sent
+        cur = Signal(SEQ_BITS)        # seq being sent (or last started)
         in_entry = Signal()
         k = Signal(range(last_k + 1))
         can_issue = fifo.level < OUT_FIFO_DEPTH - 3     # room for the words still in flight
 
-        behind = (self.acked - send)[:SEQ_BITS]
+        # The next seq to start (`eff_send`) is the one after `cur`, or `acked` on a resend or
+        # once the host has acknowledged past it. Chosen between starts, `acked` stays the
+        # choice until the next start (`acked` only grows): `from_acked` remembers it.
+        from_acked = Signal(init=1)
+        after_cur = Signal(SEQ_BITS)
+        use_acked = from_acked | resend_pending | ahead(self.acked, after_cur)
         eff_send = Signal(SEQ_BITS)
-        m.d.comb += eff_send.eq(send)
-        with m.If(resend_pending | ((behind != 0) & ~behind[-1])):
-            m.d.comb += eff_send.eq(self.acked)
-        have_work = eff_send != self.done
+        m.d.comb += [after_cur.eq(cur + 1), eff_send.eq(Mux(use_acked, self.acked, after_cur))]
+        have_work = eff_send[:len(self.done)] != self.done
 
         start = Signal()
         issue = Signal()
         with m.If(~in_entry):
             m.d.sync += [resend_pending.eq(0), cmd_pending.eq(0), timer_pending.eq(0)]
-            m.d.sync += send.eq(eff_send)
+            m.d.sync += from_acked.eq(use_acked)
             reason = Signal(3)
             with m.If(resend_pending):
                 m.d.comb += reason.eq(FlushTrigger.RESEND)
@@ -175,16 +208,19 @@ class FlushEngine(wiring.Component):
         # the next word (acknowledges, triggers, resend) and the address arithmetic then take
         # one cycle and the RAM's address setup another, so the words come out two cycles after
         # their issue (stage B below, after a register stage A2).
+        assert META_WORDS == ("timestamp", "lba")
+        lba_word = HeaderLayout["lba"].offset // self.width    # header words from here read the lba
         m.d.sync += [
-            self.meta_r.addr.eq(slot),
+            self.meta_r.addr.eq(Cat(word_k >= lba_word, slot)),
             self.data_r.addr.eq(slot * bw + (word_k - hw)[:len(self.data_r.addr)]),
         ]
         m.d.comb += [self.meta_r.en.eq(1), self.data_r.en.eq(1)]
 
-        marker = self.meta_r.data.kind == Kind.PORT_INVALID
+        # Read at stage B's slot, which is this entry's once it has issued two words (hw >= 4).
+        marker = self.entry_kind == Kind.PORT_INVALID
         with m.If(start):
-            m.d.sync += [cur.eq(eff_send), send.eq(eff_send + 1)]
-            with m.If(eff_send == sent_hw):
+            m.d.sync += [cur.eq(eff_send), from_acked.eq(0)]
+            with m.If(same(eff_send, sent_hw)):
                 m.d.sync += self.flushed.eq(self.flushed + 1)
             with m.Else():
                 m.d.sync += self.resent.eq(self.resent + 1)
@@ -195,9 +231,9 @@ class FlushEngine(wiring.Component):
             with m.If(word_k == last_k):
                 m.d.sync += [in_entry.eq(0), k.eq(0)]
 
-        hold_cur = (self.acked - cur)[:SEQ_BITS]
+        # The ring's tail (modulo 2·depth): acked, or the entry being sent if acked passed it.
         m.d.comb += self.hold.eq(self.acked)
-        with m.If(in_entry & (hold_cur != 0) & ~hold_cur[-1]):
+        with m.If(in_entry & ahead(self.acked, cur)):
             m.d.comb += self.hold.eq(cur)
 
         # --- stage B: assemble the word, CRC in flight, into the output FIFO -------------------
@@ -206,15 +242,16 @@ class FlushEngine(wiring.Component):
         a2_slot, b_slot = Signal(self.slot_bits), Signal(self.slot_bits)
         m.d.sync += [a2_valid.eq(issue), a2_k.eq(word_k), a2_slot.eq(slot),
                      b_valid.eq(a2_valid), b_k.eq(a2_k), b_slot.eq(a2_slot)]
-        m.d.comb += self.status_addr.eq(b_slot)
+        m.d.comb += self.slot_addr.eq(b_slot)
 
-        meta = self.meta_r.data
+        # `cur` is still this entry's seq at stage B of its header words: the next entry starts
+        # after this one's last word issues, at least one trailer word after its header's.
         header = Signal(HeaderLayout)
         m.d.comb += [
-            header.seq.eq(meta.seq), header.port.eq(self.port), header.mode.eq(meta.mode),
-            header.status.eq(self.status), header.kind.eq(meta.kind),
-            header.timestamp.eq(meta.timestamp), header.lba.eq(meta.lba),
-            header.length.eq(Const(self.block_bytes) * (meta.kind == Kind.WRITE)),
+            header.seq.eq(cur), header.port.eq(self.port), header.mode.eq(self.entry_mode),
+            header.status.eq(self.status), header.kind.eq(self.entry_kind),
+            header.timestamp.eq(self.meta_r.data), header.lba.eq(self.meta_r.data),
+            header.length.eq(Const(self.block_bytes) * (self.entry_kind == Kind.WRITE)),
         ]
         trailer = Cat(crc.crc, Const(0, 32))
         word = Signal(self.width)

@@ -36,7 +36,7 @@ from amaranth.lib.wiring import In, Out
 from firmware.abi.regmap import COUNTERS
 from hdl.flush import AckLayout, FlushEngine
 from hdl.journal_ring import JournalRing, check_geometry
-from hdl.timestamper import SEQ_BITS, TIME_BITS, Timestamper
+from hdl.timestamper import TIME_BITS, Timestamper
 from hdl.write_path import WritePath, beat_layout, port_io_members
 
 
@@ -88,15 +88,18 @@ class JournalPort(wiring.Component):
         # The ring's tail a cycle after the flush engine moves it: `hold` only grows, so the ring
         # frees a slot a cycle late, never early; the acknowledge's compare and the write path's
         # room check are then separate cycles (together they were the ECP5 build's longest path).
-        tail = Signal(SEQ_BITS)
+        tail = Signal.like(flush.hold)
         m.d.sync += tail.eq(flush.hold)
         m.d.comb += [
             stamper.time.eq(self.time), stamper.take.eq(writes.take), writes.stamp.eq(stamper.stamp),
+            ring.head.eq(stamper.next_seq),
             writes.mode.eq(self.mode), writes.policy.eq(self.policy),
             writes.reenable.eq(self.reenable), writes.fill.eq(ring.fill),
             ring.alloc.eq(writes.alloc), ring.tail.eq(tail),
-            flush.done.eq(ring.done), flush.fill.eq(ring.fill), flush.status.eq(ring.status),
-            ring.status_addr.eq(flush.status_addr),
+            ring.alloc_kind.eq(writes.alloc_kind), ring.alloc_mode.eq(writes.alloc_mode),
+            flush.done.eq(ring.done), flush.fill.eq(ring.fill), ring.slot_addr.eq(flush.slot_addr),
+            flush.status.eq(ring.status), flush.entry_kind.eq(ring.entry_kind),
+            flush.entry_mode.eq(ring.entry_mode),
             flush.watermark.eq(self.watermark), flush.timer_period.eq(self.timer_period),
             flush.flush_cmd.eq(self.flush_cmd), flush.resend.eq(self.resend),
         ]
@@ -121,7 +124,7 @@ class JournalPort(wiring.Component):
             with m.If(~was_stalling):
                 m.d.sync += self.stall_events.eq(self.stall_events + 1)
         m.d.comb += [
-            self.entries_written.eq(ring.head), self.flushed.eq(flush.flushed),
+            self.entries_written.eq(stamper.next_seq), self.flushed.eq(flush.flushed),
             self.acknowledged.eq(flush.acked), self.resent.eq(flush.resent),
             self.resend_requests.eq(flush.resend_requests), self.ring_fill.eq(ring.fill),
             self.primary_failures.eq(writes.primary_failures),

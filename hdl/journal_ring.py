@@ -1,18 +1,33 @@
 """Partial-journal ring: the on-chip RAM a port journals into, and its pointers.
 
 The ring holds `depth` entries (a power of two). Entry `seq` lives in slot `seq % depth`; the
-pointers are free-running 32-bit sequence numbers, so they need no wrap flag:
+pointers are free-running sequence numbers, so they need no wrap flag:
 
-    tail ≤ done ≤ head          (modulo 2**32, all within `depth` of each other)
+    tail ≤ done ≤ head          (all within `depth` of each other)
 
-- `head`: the next sequence number to allocate (entries written = head).
+- `head`: the next sequence number to allocate: the `Timestamper`'s `next_seq`, which counts the
+  same takes as `alloc` (entries written = head).
 - `done`: every entry below it has its status recorded (phase 3 finished), in order.
-- `tail`: the oldest entry the host has not acknowledged (driven by the flush engine).
+- `tail`: the oldest entry the ring keeps for the host (driven by the flush engine).
 
-Storage is split by when it is written: the block data (one `datapath_bits` word per cycle,
-from ingress in redo mode or from the pre-image read in copy-on-write mode) and the header
-fields known at phase 1 (`MetaLayout`) go into `lib.memory` RAMs; the 2-bit status known at
-phase 3 goes into a small register file with a valid bit per slot, which `done` follows.
+Being within `depth` of each other, the three are told apart by their low `slot_bits + 1` bits
+(the sequence number modulo 2·depth), and that is all the ring takes or keeps of them.
+
+Storage is split by when it is written and how wide it is. The block data (one `datapath_bits`
+word per cycle, from ingress in redo mode or from the pre-image read in copy-on-write mode) and
+the two 64-bit header fields known at phase 1 (`META_WORDS`: the timestamp, then the lba, written
+in consecutive cycles) go into `lib.memory` RAMs; an entry's seq is not stored: the flush engine
+knows the seq of the entry it reads. The few bits per slot, the kind and mode
+(known at allocation) and the 2-bit status (known at phase 3, with a valid bit which `done`
+follows), go into small register files.
+
+Only 64-bit words in the header RAM keep it narrow: block RAMs are at most 16 (iCE40) or 36
+(ECP5) bits wide, so at a small depth a RAM's width, not its depth, sets how many it takes (the
+whole 162-bit phase-1 header took 11 of an iCE40's 30 for 8 entries). Both RAMs' read ports
+are transparent: the flush engine uses only what it reads of entries that are complete and not
+yet released, which nothing writes, so whether a read sees a write in the same cycle makes no
+difference, and on block RAMs that leave it undefined (iCE40, ECP5) Yosys emulates a
+transparent read with one register of the word's width, a non-transparent one with two.
 
 The layouts of the header are built from `firmware.abi.entry.HEADER_DTYPE`, the one definition
 of the entry format that the host reads too.
@@ -24,7 +39,7 @@ from amaranth.lib.memory import Memory, ReadPort, WritePort
 from amaranth.lib.wiring import In, Out
 
 from firmware.abi.entry import HEADER_BYTES, HEADER_DTYPE, TRAILER_BYTES, Kind, Mode, Status
-from hdl.timestamper import SEQ_BITS, TIME_BITS
+from hdl.timestamper import TIME_BITS
 
 
 def _header_layout() -> data.StructLayout:
@@ -44,14 +59,14 @@ HEADER_BITS = HEADER_BYTES * 8
 TRAILER_BITS = TRAILER_BYTES * 8
 STATUS_BITS = max(Status).bit_length()
 
-# What is known of an entry at phase 1 (port and length follow from the port and the kind).
-MetaLayout = data.StructLayout({
-    "seq": SEQ_BITS,
-    "timestamp": TIME_BITS,
-    "lba": 64,
-    "mode": max(Mode).bit_length(),
-    "kind": max(Kind).bit_length(),
-})
+KIND_BITS = max(Kind).bit_length()
+MODE_BITS = max(Mode).bit_length()
+
+# The header fields of an entry held in its slot's two words of the header RAM (address
+# 2·slot + index), known at phase 1. Port and length follow from the port and the kind.
+META_WORDS = ("timestamp", "lba")
+META_BITS = 64
+assert TIME_BITS == META_BITS == HeaderLayout["lba"].shape.width
 
 StatusWrite = wiring.Signature({
     "en": Out(1),
@@ -97,13 +112,15 @@ def _check_geometry(block_bytes: int, datapath_bits: int, depth: int):
 
 
 class JournalRing(wiring.Component):
-    """Ring storage of one port: data RAM, header RAM, status registers and the `done` pointer.
+    """Ring storage of one port: data RAM, header RAM, per-slot registers and the `done` pointer.
 
-    Write side (the write path): `alloc` clears the status of slot `head % depth` and advances
-    `head`; `meta_w` and `data_w` are RAM write ports; two status writes per cycle (a primary
-    completion and the phase-1 outcome of a newer entry can land together).
+    Write side (the write path): `alloc` records `alloc_kind` and `alloc_mode` of the entry in
+    slot `head % depth` and clears its status (`head` advances with it); `meta_w` and `data_w`
+    are RAM write ports; two status writes per cycle (a primary completion and the phase-1
+    outcome of a newer entry can land together).
     Read side (the flush engine): `meta_r`, `data_r` are synchronous RAM read ports;
-    `status_addr`/`status` a combinational read of the status registers.
+    `slot_addr` selects the slot whose `status`, `entry_kind` and `entry_mode` are read
+    combinationally from the registers.
     """
 
     def __init__(self, *, block_bytes: int = 512, datapath_bits: int = 64, depth: int = 16):
@@ -114,39 +131,45 @@ class JournalRing(wiring.Component):
         data_addr = (depth * self.block_words - 1).bit_length()
         super().__init__({
             "alloc": In(1),
-            "head": Out(SEQ_BITS),
-            "tail": In(SEQ_BITS),
-            "done": Out(SEQ_BITS),
+            "alloc_kind": In(KIND_BITS),
+            "alloc_mode": In(MODE_BITS),
+            "head": In(self.slot_bits + 1),
+            "tail": In(self.slot_bits + 1),
+            "done": Out(self.slot_bits + 1),
             "fill": Out(range(depth + 1)),
-            "meta_w": Out(WritePort.Signature(addr_width=self.slot_bits, shape=MetaLayout)),
+            "meta_w": Out(WritePort.Signature(addr_width=self.slot_bits + 1, shape=META_BITS)),
             "data_w": Out(WritePort.Signature(addr_width=data_addr, shape=datapath_bits)),
             "status_w0": In(StatusWrite),
             "status_w1": In(StatusWrite),
-            "meta_r": Out(ReadPort.Signature(addr_width=self.slot_bits, shape=MetaLayout)),
+            "meta_r": Out(ReadPort.Signature(addr_width=self.slot_bits + 1, shape=META_BITS)),
             "data_r": Out(ReadPort.Signature(addr_width=data_addr, shape=datapath_bits)),
-            "status_addr": In(self.slot_bits),
+            "slot_addr": In(self.slot_bits),
             "status": Out(STATUS_BITS),
+            "entry_kind": Out(KIND_BITS),
+            "entry_mode": Out(MODE_BITS),
         })
         self.data_mem = Memory(shape=datapath_bits, depth=depth * self.block_words, init=[])
-        self.meta_mem = Memory(shape=MetaLayout, depth=depth, init=[])
+        self.meta_mem = Memory(shape=META_BITS, depth=depth * len(META_WORDS), init=[])
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.data_mem = self.data_mem
-        m.submodules.meta_mem = self.meta_mem
-        for ours, theirs in ((self.meta_w, self.meta_mem.write_port()),
-                             (self.data_w, self.data_mem.write_port()),
-                             (self.meta_r, self.meta_mem.read_port()),
-                             (self.data_r, self.data_mem.read_port())):
-            wiring.connect(m, wiring.flipped(ours), theirs)
+        for name, mem, write, read in (("meta_mem", self.meta_mem, self.meta_w, self.meta_r),
+                                       ("data_mem", self.data_mem, self.data_w, self.data_r)):
+            m.submodules[name] = mem
+            write_port = mem.write_port()
+            wiring.connect(m, wiring.flipped(write), write_port)
+            wiring.connect(m, wiring.flipped(read), mem.read_port(transparent_for=(write_port,)))
 
         status = Array(Signal(STATUS_BITS, name=f"status{i}") for i in range(self.depth))
+        kind = Array(Signal(KIND_BITS, name=f"kind{i}") for i in range(self.depth))
+        mode = Array(Signal(MODE_BITS, name=f"mode{i}") for i in range(self.depth))
         known = Signal(self.depth)
         head_slot = self.head[:self.slot_bits]
         done_slot = self.done[:self.slot_bits]
 
         with m.If(self.alloc):
-            m.d.sync += [self.head.eq(self.head + 1), known.bit_select(head_slot, 1).eq(0)]
+            m.d.sync += [known.bit_select(head_slot, 1).eq(0),
+                         kind[head_slot].eq(self.alloc_kind), mode[head_slot].eq(self.alloc_mode)]
         for port in (self.status_w0, self.status_w1):
             slot = port.addr[:self.slot_bits]
             with m.If(port.en):
@@ -156,6 +179,8 @@ class JournalRing(wiring.Component):
 
         m.d.comb += [
             self.fill.eq((self.head - self.tail)[:self.slot_bits + 1]),
-            self.status.eq(status[self.status_addr]),
+            self.status.eq(status[self.slot_addr]),
+            self.entry_kind.eq(kind[self.slot_addr]),
+            self.entry_mode.eq(mode[self.slot_addr]),
         ]
         return m

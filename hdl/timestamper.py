@@ -5,7 +5,7 @@ step across ports by the DPLL), then by port index, then by the per-port sequenc
 also orders requests of one port that arrive within the same nanosecond.
 """
 
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Module
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -20,12 +20,14 @@ class Timestamper(wiring.Component):
     """Latches `time` and the next sequence number when `take` is high.
 
     `stamp` holds the triple of the last take from the following cycle on (registered, so the
-    caller samples it one cycle after `take`). Sequence numbers start at 0 and count takes.
+    caller samples it one cycle after `take`). Sequence numbers start at 0 and count takes;
+    `next_seq` is the one the next take gets (the number of takes so far).
     """
 
     time: In(TIME_BITS)
     take: In(1)
     stamp: Out(StampLayout)
+    next_seq: Out(SEQ_BITS)
 
     def __init__(self, port: int):
         if not 0 <= port < 2**PORT_BITS:
@@ -36,12 +38,11 @@ class Timestamper(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        next_seq = Signal(SEQ_BITS)
         m.d.comb += self.stamp.port.eq(self.port)
         with m.If(self.take):
             m.d.sync += [
                 self.stamp.timestamp.eq(self.time),
-                self.stamp.seq.eq(next_seq),
-                next_seq.eq(next_seq + 1),
+                self.stamp.seq.eq(self.next_seq),
+                self.next_seq.eq(self.next_seq + 1),
             ]
         return m

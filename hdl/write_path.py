@@ -1,7 +1,10 @@
 """Write path of a journal port: the seed's three-phase write (figure 8), redo and copy-on-write.
 
 Phase 1, when the request's header beat is accepted: take the (timestamp, port, seq) stamp,
-allocate the ring slot `seq % depth` and write the header fields known now (`MetaLayout`).
+allocate the ring slot `seq % depth` with the entry's kind and mode, and write the header fields
+known now into the ring's header RAM: the timestamp in the next cycle (the stamp is registered),
+the lba in the one after (`META_WORDS`; the next request takes at the earliest in that cycle, so
+both still hold this entry's values).
 Phase 2: commit the block to the ring and issue the primary write. In redo mode both happen at
 once: each data beat is written into the ring and forwarded to primary storage in the same
 cycle. In copy-on-write mode (figure 11) the old block is read from primary storage first and
@@ -20,14 +23,14 @@ pulses `reenable`. Nothing is dropped silently.
 
 import enum
 
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import WritePort
 from amaranth.lib.wiring import In, Out
 
 from firmware.abi.entry import Kind, Mode, Status
-from hdl.journal_ring import MetaLayout, StatusWrite, check_geometry
+from hdl.journal_ring import KIND_BITS, META_BITS, META_WORDS, MODE_BITS, StatusWrite, check_geometry
 from hdl.timestamper import StampLayout
 
 
@@ -81,8 +84,10 @@ class WritePath(wiring.Component):
             "take": Out(1),
             "stamp": In(StampLayout),
             "alloc": Out(1),
+            "alloc_kind": Out(KIND_BITS),
+            "alloc_mode": Out(MODE_BITS),
             "fill": In(range(depth + 1)),
-            "meta_w": In(WritePort.Signature(addr_width=self.slot_bits, shape=MetaLayout)),
+            "meta_w": In(WritePort.Signature(addr_width=self.slot_bits + 1, shape=META_BITS)),
             "data_w": In(WritePort.Signature(addr_width=(depth * self.block_words - 1).bit_length(),
                                               shape=datapath_bits)),
             "status_now": Out(StatusWrite),
@@ -107,9 +112,7 @@ class WritePath(wiring.Component):
         lba = Signal(64)
         journal = Signal()          # data beats in DATA state also go to the ring
         read_failed = Signal()
-        meta_pending = Signal()
-        meta_kind = Signal(1)
-        meta_mode = Signal(1)
+        meta_pending = Signal(len(META_WORDS))      # one-hot: the header word to write now
 
         room_write = Signal()
         with m.If(self.policy == FullPolicy.INVALIDATE):
@@ -117,24 +120,20 @@ class WritePath(wiring.Component):
         with m.Else():
             m.d.comb += room_write.eq(self.fill < self.depth)
 
-        # Phase 1, second cycle: the stamp is registered, write the header fields.
-        m.d.sync += meta_pending.eq(0)
+        # Phase 1, second and third cycles: the stamp is registered, write the header words.
+        assert META_WORDS == ("timestamp", "lba")
+        m.d.sync += meta_pending.eq(meta_pending << 1)
         m.d.comb += [
-            self.meta_w.en.eq(meta_pending),
-            self.meta_w.addr.eq(slot),
-            self.meta_w.data.seq.eq(self.stamp.seq),
-            self.meta_w.data.timestamp.eq(self.stamp.timestamp),
-            self.meta_w.data.lba.eq(lba),
-            self.meta_w.data.mode.eq(meta_mode),
-            self.meta_w.data.kind.eq(meta_kind),
+            self.meta_w.en.eq(meta_pending != 0),
+            self.meta_w.addr.eq(Cat(meta_pending[1], slot)),
+            self.meta_w.data.eq(Mux(meta_pending[1], lba, self.stamp.timestamp)),
             self.data_w.addr.eq(slot * bw + beat),
             self.alloc.eq(self.take),
         ]
 
         def start_entry(kind, mode):
-            m.d.comb += self.take.eq(1)
-            m.d.sync += [meta_pending.eq(1), meta_kind.eq(kind), meta_mode.eq(mode),
-                         lba.eq(ing.payload.data), beat.eq(0)]
+            m.d.comb += [self.take.eq(1), self.alloc_kind.eq(kind), self.alloc_mode.eq(mode)]
+            m.d.sync += [meta_pending.eq(1), lba.eq(ing.payload.data), beat.eq(0)]
 
         def next_beat(last_state):
             m.d.sync += beat.eq(beat + 1)
