@@ -1,10 +1,11 @@
 """iCEBreaker (Lattice iCE40UP5K, SG48): the device image on a small iCE40 board.
 
-The UP5K has 5280 logic cells, 30 block RAMs of 4 Kbit and 8 DSPs. With 16-bit beats Yosys
-maps this image to ~8,600 LUT4s and 38 block RAMs (with 64-bit ones 9,623 and 44): the DPLL
-(64.32-bit time) ~1,900, the link ~2,900 (and 16 block RAMs of frame buffers), the port ~2,000,
-the registers ~1,100. So it does not fit yet (nextpnr stops at its utilisation check); the
-sizes below are the smallest sensible, for when the rest shrinks:
+The UP5K has 5,280 logic cells, 30 block RAMs of 4 Kbit and 8 DSPs. This image (16-bit beats,
+the port's time on the board clock instead of a DPLL, 4-entry JOURNAL frames) maps to 5,704
+LUT4s, 3,465 flip-flops and 17 block RAMs in Yosys, which nextpnr packs into ~7,700 logic
+cells: it does not fit yet (nextpnr stops at placement). The link (~2,900 LUT4s), the register
+block (~1,050) and the port (~1,650) are what is left; the sizes below are the smallest
+sensible, for when they shrink:
 
 | what | value | why |
 |---|---|---|
