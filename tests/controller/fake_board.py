@@ -54,8 +54,9 @@ class FakePort:
 
 class FakeBoard:
     def __init__(self, *, ports=2, block_bytes=64, depth=64, per_frame=3, seed=1, mode="normal",
-                 corrupt=(0.0, 0.0), drop=(0.0, 0.0)):
+                 corrupt=(0.0, 0.0), drop=(0.0, 0.0), features=0):
         self.ports = [FakePort(p, block_bytes) for p in range(ports)]
+        self.features = features                        # IDENTITY's features byte
         self.block_bytes, self.depth, self.per_frame, self.mode = block_bytes, depth, per_frame, mode
         self.rng = random.Random(seed)
         self.corrupt_rx, self.corrupt_tx = corrupt      # rx: host → board, tx: board → host
@@ -161,7 +162,8 @@ class FakeBoard:
         with self.lock:
             if ftype == FrameType.IDENTIFY:
                 self._send(FrameType.IDENTITY, IDENTITY.pack(IMAGE_ID, IMAGE_VERSION, len(self.ports), 0,
-                                                             self.depth, self.block_bytes, 64, 0), seq=seq)
+                                                             self.depth, self.block_bytes, 64, self.features),
+                           seq=seq)
             elif ftype == FrameType.REG_READ:
                 addr, count = struct.unpack("<HH", payload)
                 values = [self.reg(a) for a in range(addr, addr + count)]

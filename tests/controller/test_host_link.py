@@ -314,8 +314,24 @@ def test_status_command():
         for name in ("dpll_locked", "ring_fill", "entries_written", "rx_crc_errors", "host rx_frames"):
             assert name in result.output
         assert "3/64" in result.output                 # port 1's ring holds 3 of 64 entries
+        locked_row = next(line for line in result.output.splitlines() if "dpll_locked" in line)
+        assert "unlocked" in locked_row and "board clock" not in locked_row
     result = CliRunner().invoke(cli, ["status", "--port", "/dev/null"])
     assert result.exit_code == 1 and "cannot open as a serial port" in result.output
+
+
+def test_status_of_a_board_clock_image():
+    """A board whose ports count time on its clock (no DPLL) is shown as such, not as unlocked."""
+    from click.testing import CliRunner
+
+    from firmware.abi.frames import FEATURE_BOARD_CLOCK
+    from host.cli import cli
+
+    with FakeBoard(ports=1, features=FEATURE_BOARD_CLOCK) as board:
+        result = CliRunner().invoke(cli, ["status", "--port", board.path, "--timeout", "0.2"])
+        assert result.exit_code == 0, result.output
+        locked_row = next(line for line in result.output.splitlines() if "dpll_locked" in line)
+        assert "board clock" in locked_row and "unlocked" not in locked_row
 
 
 def test_collect_command_until_interrupted(tmp_path):
