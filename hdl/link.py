@@ -440,10 +440,11 @@ class LinkController(wiring.Component):
                 with m.If(cur == n - 1):
                     m.d.sync += rr.eq(0)
 
-        # Beats narrower than 64 bits: a mark is latched when chosen (taken then: a newer one
-        # waits for its turn) and written a word a cycle, so its words all come from one mark.
-        narrow = self.width < 64
-        mark_word = Signal(TIME_BITS + SEQ_BITS) if narrow else None
+        # A mark is latched when chosen (taken then: a drain ending meanwhile leaves its newer
+        # mark pending for its turn) and written a word a cycle, so its words all come from one
+        # mark. (Read from the port's registers as they were written, a drain ending between its
+        # time word and its seq word paired the old time with the new seq and lost the new mark.)
+        mark_word = Signal(-(-(TIME_BITS + SEQ_BITS) // self.width) * self.width)
         with m.FSM(name="collect"):
             with m.State("IDLE"):
                 block_first = reading["pending"] if self.store_blocks else Const(0)
@@ -454,13 +455,12 @@ class LinkController(wiring.Component):
                             m.next = "BLOCK_CMD"
                     with m.Elif(any_mark):
                         m.d.sync += cur.eq(mark_port)
-                        if narrow:
-                            for p in range(n):
-                                with m.If(mark_port == p):
-                                    m.d.comb += mark_taken[p].eq(1)
-                                    m.d.sync += mark_word.eq(Cat(
-                                        Mux(mark_idle[p], mark_time[p], last_stamp[p]), mark_seq[p]))
-                        m.next = "MARK" if narrow else "MARK_TIME"
+                        for p in range(n):
+                            with m.If(mark_port == p):
+                                m.d.comb += mark_taken[p].eq(1)
+                                m.d.sync += mark_word.eq(Cat(
+                                    Mux(mark_idle[p], mark_time[p], last_stamp[p]), mark_seq[p]))
+                        m.next = "MARK"
                     with m.Elif(any_data):
                         m.d.sync += [cur.eq(data_port), in_entry.eq(0), grace.eq(_GRACE)]
                         m.next = "JOURNAL"
@@ -499,28 +499,11 @@ class LinkController(wiring.Component):
                             with m.If(widx + 1 + entry_words > max_words):
                                 close_port(FrameType.JOURNAL, Cat(Const(0, self.lane_bits), widx + 1))
                                 m.next = "IDLE"
-            if narrow:
-                with m.State("MARK"):
-                    word, last = self._word(mark_word, widx)
-                    m.d.comb += [wp.en.eq(1), wp.data.eq(word)]
-                    m.d.sync += widx.eq(widx + 1)
-                    with m.If(last):
-                        close_port(FrameType.FLUSH_MARK, 12)
-                        m.next = "IDLE"
-            else:       # two words, read from the port's registers as they are written
-                mark_value = Signal(TIME_BITS)
-                with m.State("MARK_TIME"):
-                    for p in range(n):
-                        with m.If(cur == p):
-                            m.d.comb += mark_value.eq(Mux(mark_idle[p], mark_time[p], last_stamp[p]))
-                    m.d.comb += [wp.en.eq(1), wp.data.eq(mark_value)]
-                    m.d.sync += widx.eq(widx + 1)
-                    m.next = "MARK_SEQ"
-                with m.State("MARK_SEQ"):
-                    for p in range(n):
-                        with m.If(cur == p):
-                            m.d.comb += [wp.data.eq(mark_seq[p]), mark_taken[p].eq(1)]
-                    m.d.comb += wp.en.eq(1)
+            with m.State("MARK"):
+                word, last = self._word(mark_word, widx)
+                m.d.comb += [wp.en.eq(1), wp.data.eq(word)]
+                m.d.sync += widx.eq(widx + 1)
+                with m.If(last):
                     close_port(FrameType.FLUSH_MARK, 12)
                     m.next = "IDLE"
             if self.store_blocks:
