@@ -11,17 +11,15 @@ with 64-, 16- (a small board's image) and 8-bit beats: the frames must not chang
 import os
 import random
 import struct
-from collections import deque
 
 import cocotb
 import pytest
-from cocotb.triggers import ClockCycles, Event, FallingEdge, ReadOnly, with_timeout
+from cocotb.triggers import ClockCycles
+from link_bench import LinkBytes
 
 from firmware.abi import regmap
 from firmware.abi.entry import Kind, Mode, Status, entry_bytes, unpack
 from firmware.abi.frames import FEATURE_INJECTION, FLUSH_MARK, IDENTITY, INJECT, WRITTEN, FrameType, NakReason
-from firmware.abi.frames import decode as decode_frame
-from firmware.abi.frames import encode as encode_frame
 
 PORTS, BLOCK, DEPTH, BLOCKS = 2, 64, 8, 32
 IMAGE_ARGS = dict(ports=PORTS, block_bytes=BLOCK, depth=DEPTH, max_payload=3 * entry_bytes(BLOCK),
@@ -32,69 +30,8 @@ def addr(name, port=None):
     return regmap.address(name, port)
 
 
-class Bench:
-    """Link bytes in and out, one a cycle each way; frames decoded with the ABI."""
-
-    def __init__(self, dut):
-        self.dut = dut
-        self.rx = deque()
-        self.tx = bytearray()
-        self.frame_seen = Event()
-        self.seq = 0
-
-    async def start(self):
-        from cocotb.clock import Clock
-
-        dut = self.dut
-        cocotb.start_soon(Clock(dut.clk, 8, unit="ns").start())
-        dut.rst.value = 1
-        dut.tx__ready.value = 1
-        dut.rx__valid.value = 0
-        await ClockCycles(dut.clk, 3)
-        dut.rst.value = 0
-        cocotb.start_soon(self._run())
-
-    async def _run(self):
-        dut = self.dut
-        while True:
-            await FallingEdge(dut.clk)
-            if dut.tx__valid.value:
-                byte = int(dut.tx__payload.value)
-                self.tx.append(byte)
-                if byte == 0:
-                    self.frame_seen.set()
-            rx_valid = bool(self.rx)
-            dut.rx__valid.value = rx_valid
-            if rx_valid:
-                dut.rx__payload.value = self.rx[0]
-            await ReadOnly()
-            if rx_valid and dut.rx__ready.value:
-                self.rx.popleft()
-
-    def send(self, ftype, payload=b"", port=0, damage=None) -> int:
-        self.seq = self.seq % 0xFFFF + 1
-        wire = encode_frame(ftype, payload, port=port, seq=self.seq)
-        if damage is not None:          # flip a bit of the COBS bytes (not a delimiter)
-            wire = bytearray(wire)
-            wire[damage] ^= 0x01 if wire[damage] != 0x01 else 0x02
-        self.rx.extend(wire)
-        return self.seq
-
-    async def frame(self, timeout_us=200):
-        while 0 not in self.tx:
-            self.frame_seen.clear()
-            await with_timeout(self.frame_seen.wait(), timeout_us, "us")
-        end = self.tx.index(0)
-        wire = bytes(self.tx[:end])
-        del self.tx[:end + 1]
-        return decode_frame(wire)
-
-    async def expect(self, ftype, seq=None, port=None):
-        kind, p, s, payload = await self.frame()
-        assert kind == ftype, (kind, p, s, payload[:16].hex())
-        assert seq is None or s == seq, (s, seq)
-        assert port is None or p == port, (p, port)
-        return payload
+class Bench(LinkBytes):
+    """The standalone image's requests over the link bytes, answers checked with the ABI."""
 
     async def nak(self, reason):
         assert NakReason((await self.expect(FrameType.NAK, 0))[0]) == reason

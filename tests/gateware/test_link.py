@@ -13,12 +13,12 @@ from collections import deque
 import cocotb
 import pytest
 from cobs import cobs
-from cocotb.triggers import ClockCycles, Event, FallingEdge, ReadOnly, with_timeout
+from cocotb.triggers import ClockCycles
+from link_bench import LinkBytes
 
 from firmware.abi import regmap
 from firmware.abi.entry import Kind, Mode, Status, entry_bytes, unpack
 from firmware.abi.frames import FLUSH_MARK, IDENTITY, IMAGE_ID, IMAGE_VERSION, FrameType, NakReason
-from firmware.abi.frames import decode as decode_frame
 from firmware.abi.frames import encode as encode_frame
 
 PORTS, BLOCK, DEPTH = 2, 64, 8
@@ -26,86 +26,31 @@ MAX_PAYLOAD = 3 * entry_bytes(BLOCK)
 IMAGE_ARGS = dict(ports=PORTS, block_bytes=BLOCK, depth=DEPTH, max_payload=MAX_PAYLOAD)
 
 
-class LinkBench:
-    """Moves bytes in and out once per cycle; whole frames are decoded with the ABI."""
+class LinkBench(LinkBytes):
+    """The link bytes, and block writes on the ports' ingress in the same cycles."""
 
     def __init__(self, dut):
-        self.dut = dut
+        super().__init__(dut)
         self.width = len(dut.ingress__0__payload) - 2      # data, first, last
-        self.rx = deque()
-        self.tx = bytearray()
         self.ingress = [deque() for _ in range(PORTS)]
-        self.frame_seen = Event()
-        self.seq = 0
+        self._ports = [(getattr(dut, f"ingress__{p}__valid"), getattr(dut, f"ingress__{p}__payload"),
+                        getattr(dut, f"ingress__{p}__ready")) for p in range(PORTS)]
 
-    async def start(self):
-        from cocotb.clock import Clock
+    def drive(self):
+        super().drive()
+        self._driven = [bool(queue) for queue in self.ingress]
+        for queue, on, (valid, payload, _) in zip(self.ingress, self._driven, self._ports, strict=True):
+            valid.value = on
+            if on:
+                payload.value = queue[0]
 
-        dut = self.dut
-        cocotb.start_soon(Clock(dut.clk, 8, unit="ns").start())
-        dut.rst.value = 1
-        dut.tx__ready.value = 1
-        dut.rx__valid.value = 0
-        for p in range(PORTS):
-            getattr(dut, f"ingress__{p}__valid").value = 0
-        await ClockCycles(dut.clk, 3)
-        dut.rst.value = 0
-        cocotb.start_soon(self._run())
-
-    async def _run(self):
-        dut = self.dut
-        ingress = [(getattr(dut, f"ingress__{p}__valid"), getattr(dut, f"ingress__{p}__payload"),
-                    getattr(dut, f"ingress__{p}__ready")) for p in range(PORTS)]
-        while True:
-            await FallingEdge(dut.clk)
-            if dut.tx__valid.value:
-                byte = int(dut.tx__payload.value)
-                self.tx.append(byte)
-                if byte == 0:
-                    self.frame_seen.set()
-            # What is driven now is what may transfer: the test may queue more before ReadOnly.
-            rx_valid = bool(self.rx)
-            dut.rx__valid.value = rx_valid
-            if rx_valid:
-                dut.rx__payload.value = self.rx[0]
-            driven = [bool(queue) for queue in self.ingress]
-            for queue, on, (valid, payload, _) in zip(self.ingress, driven, ingress, strict=True):
-                valid.value = on
-                if on:
-                    payload.value = queue[0]
-            await ReadOnly()
-            if rx_valid and dut.rx__ready.value:
-                self.rx.popleft()
-            for queue, on, (_, _, ready) in zip(self.ingress, driven, ingress, strict=True):
-                if on and ready.value:
-                    queue.popleft()
+    def taken(self):
+        super().taken()
+        for queue, on, (_, _, ready) in zip(self.ingress, self._driven, self._ports, strict=True):
+            if on and ready.value:
+                queue.popleft()
 
     # --- host side ---------------------------------------------------------------------------
-    def send_raw(self, wire: bytes):
-        self.rx.extend(wire)
-
-    def send(self, ftype, payload=b"", port=0) -> int:
-        self.seq = (self.seq + 1) & 0xFFFF
-        self.send_raw(encode_frame(ftype, payload, port=port, seq=self.seq))
-        return self.seq
-
-    async def frame(self, timeout_us=200):
-        """The next frame from the device: (type, port, seq, payload)."""
-        while 0 not in self.tx:
-            self.frame_seen.clear()
-            await with_timeout(self.frame_seen.wait(), timeout_us, "us")
-        end = self.tx.index(0)
-        wire = bytes(self.tx[:end])
-        del self.tx[:end + 1]
-        return decode_frame(wire)
-
-    async def expect(self, ftype, seq=None, port=None):
-        kind, p, s, payload = await self.frame()
-        assert kind == ftype, (kind, p, s, payload[:16].hex())
-        assert seq is None or s == seq, (s, seq)
-        assert port is None or p == port, (p, port)
-        return payload
-
     async def read(self, addr, count=1):
         seq = self.send(FrameType.REG_READ, struct.pack("<HH", addr, count))
         payload = await self.expect(FrameType.REG_VALUES, seq)
