@@ -56,7 +56,7 @@ def main() -> None:
 
             def send(ftype, payload=b"", port=0):
                 nonlocal seq
-                seq = (seq + 1) & 0xFFFF
+                seq = seq % 0xFFFF + 1        # 1..65535: seq 0 is what unsolicited device frames carry
                 link.write(encode(ftype, payload, port=port, seq=seq))
 
             for p in range(ports):
