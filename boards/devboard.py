@@ -61,6 +61,11 @@ class DevBoardConfig:
     max_payload: int | None = None  # JOURNAL frame payload bytes (frame buffers); None: the most
     datapath_bits: int = 64                   # the image's beats (`DeviceImage`): 8, 16, 32 or 64
 
+    def __post_init__(self):
+        if self.time_source not in ("dpll", "clock"):
+            raise ValueError(f"a dev board's ports keep time with a DPLL or the board clock: "
+                             f"time_source 'dpll' or 'clock', not {self.time_source!r}")
+
     @property
     def uart_divisor(self) -> int:
         return round(self.clock_hz / self.baud)

@@ -28,14 +28,16 @@ from amaranth.hdl import Instance, Module, Signal
 from amaranth_boards.icebreaker import ICEBreakerPlatform
 
 from boards.devboard import DevBoardConfig, DevBoardTop
+from firmware.abi.entry import entry_bytes
 
 OSCILLATOR_HZ = 12_000_000
 VCO_HZ = (533e6, 1066e6)           # the SB_PLL40's VCO range
 PFD_HZ = (10e6, 133e6)             # and its phase detector's
 
-CONFIG = DevBoardConfig(name="icebreaker", ports=1, depth=8, block_bytes=64, clock_hz=24_000_000,
-                        baud=3_000_000, store_blocks=64, time_source="clock", max_payload=4 * 104,
-                        datapath_bits=16)
+BLOCK_BYTES = 64
+CONFIG = DevBoardConfig(name="icebreaker", ports=1, depth=8, block_bytes=BLOCK_BYTES, clock_hz=24_000_000,
+                        baud=3_000_000, store_blocks=64, time_source="clock",
+                        max_payload=4 * entry_bytes(BLOCK_BYTES), datapath_bits=16)
 
 
 def sb_pll40_dividers(f_in: int, f_out: int) -> dict:

@@ -49,12 +49,12 @@ clock domain (`clk_hz`); `interval_ns`/`unit_ns` must match the board's `TimeBas
 `port_ppm` gives port i an oscillator `port_ppm[i]` ppm off nominal the way a board with one
 clock can: its DPLL is built for a clock of `clk_hz / (1 + ppm·1e-6)`, so its nominal
 increment is off by that much and its loop must find and cancel the offset — the same loop
-problem as a port oscillator that far off, with the same clock edges. With `"clock"` each
-port counts its time on the image's clock (`hdl/board_clock.py` `BoardClock`), for a board whose
-ports and time base share one oscillator, where a DPLL would have nothing to correct (the
-iCEBreaker, which has no room for one): the `dpll` registers read that time and increment,
-`locked` 1 and `state` tracking, the rest 0, and IDENTITY's `FEATURE_BOARD_CLOCK` says so. With
-`"input"` the board drives `port[i].time` itself and the `dpll` registers read 0
+problem as a port oscillator that far off, with the same clock edges. With `"clock"` the
+ports count time on the image's clock (one `BoardClock`, `hdl/board_clock.py`, for all), for a
+board whose ports and time base share one oscillator, where a DPLL would have nothing to
+correct (the iCEBreaker, which has no room for one): the `dpll` registers read that time and
+increment, `locked` 1 and `state` tracking, the rest 0, and IDENTITY's `FEATURE_BOARD_CLOCK`
+says so. With `"input"` the board drives `port[i].time` itself and the `dpll` registers read 0
 (`sim/device_top.py`, the link tests).
 
 With `store_blocks` > 0 the image is *standalone*: its board has no servers and no storage
@@ -198,6 +198,8 @@ class DeviceImage(wiring.Component):
             wiring.connect(m, link.wr, wiring.flipped(self.wr))
             m.d.comb += self.dma_busy.eq(link.busy)
 
+        if self.time_source == "clock":         # one count of the one clock, for every port
+            clock = m.submodules.clock = BoardClock(clk_hz=self.clk_hz)
         for p in range(self.ports):
             jp = m.submodules[f"port{p}"] = JournalPort(port=p, block_bytes=self.block_bytes,
                                                         datapath_bits=self.datapath_bits, depth=self.depth)
@@ -207,7 +209,6 @@ class DeviceImage(wiring.Component):
                 m.d.comb += [dpll.wire.eq(self.timebase), board.locked.eq(dpll.locked)]
                 time, outputs = dpll.time, {out: getattr(dpll, out) for _, out, _, _ in DPLL_WORDS}
             elif self.time_source == "clock":
-                clock = m.submodules[f"clock{p}"] = BoardClock(clk_hz=self.clk_hz)
                 m.d.comb += board.locked.eq(1)
                 time, outputs = clock.time, {"time": clock.time, "increment": clock.increment,
                                              "locked": Const(1), "state": Const(TRACK, 2)}

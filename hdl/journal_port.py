@@ -3,7 +3,8 @@
 Composes `Timestamper` (phase 1 stamp), `WritePath` (three-phase write, redo or copy-on-write),
 `JournalRing` (on-chip RAM ring) and `FlushEngine` (DMA-style drain with acknowledge and
 go-back-N resend). `time` is the port's local time in ns: in the device image the integer
-output of the port's `DigitalPLL` (`firmware/image.py`); a free-running counter in some tests.
+output of the port's `DigitalPLL`, or the board's `BoardClock`, or the board's own input
+(`DeviceImage.time_source`, `firmware/image.py`); a free-running counter in some tests.
 
 Interfaces (W = `datapath_bits`, B = `block_bytes`; every stream is `amaranth.lib.stream`):
 

@@ -52,11 +52,13 @@ def signed32(value: int) -> int:
     return value - (1 << 32) if value & (1 << 31) else value
 
 
-def dpll_text(ident, locked: int) -> str:
-    """A port's time source as the status tables show it."""
+def dpll_text(ident, locked: int, phase_error: int | None = None) -> str:
+    """A port's time source as the status tables show it (with its phase error, if given)."""
     if ident.board_clock:
         return "[green]board clock[/]"
-    return "[green]locked[/]" if locked else "[yellow]unlocked[/]"
+    if not locked:
+        return "[yellow]unlocked[/]"
+    return "[green]locked[/]" + ("" if phase_error is None else f" {signed32(phase_error):+d} ns")
 
 
 def port_table(dev: Device, blocks: list[dict[str, int]]) -> Table:
@@ -236,10 +238,8 @@ class Progress:
             fill = "?" if regs is None else f"{regs['ring_fill']}/{depth}"
             if regs is None:
                 dpll = "?"
-            elif regs["dpll_locked"] and not self.dev.identity.board_clock:
-                dpll = f"[green]locked[/] {signed32(regs['dpll_phase_error']):+d} ns"
             else:
-                dpll = dpll_text(self.dev.identity, regs["dpll_locked"])
+                dpll = dpll_text(self.dev.identity, regs["dpll_locked"], regs["dpll_phase_error"])
             table.add_row(str(v), "[green]valid[/]" if valid else "[red]invalid[/]", str(self.stored[p]),
                           str(int(self.journal.last_seq[v])), fill, dpll,
                           time_of_day(int(self.journal.flushed_through[v])), self.errors[p])
