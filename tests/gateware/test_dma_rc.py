@@ -215,9 +215,12 @@ class Scoreboard:
         self.next_seq = [0] * PORTS
         self.last_time = [0] * PORTS
 
-    def wrote(self, port, lba, data):
+    def give(self, bench, port, rng):
+        """A random block into `port`'s ingress, recorded as what the port must journal next."""
+        lba, data = rng.getrandbits(40), rng.randbytes(BLOCK)
         self.given[port].append((lba, data))
         self.expected[port].append((lba, data))
+        bench.block_write(port, lba, data)
 
     def rewind(self, port, seq):
         """The host starts over: the next entry must be `seq`, then every later one again."""
@@ -285,9 +288,7 @@ async def ten_thousand_entries_lagging_doorbells(dut):
     rng = random.Random(11)
     for _ in range(ENTRIES_PER_PORT):
         for p in range(PORTS):
-            lba, data = rng.getrandbits(40), rng.randbytes(BLOCK)
-            board.wrote(p, lba, data)
-            bench.block_write(p, lba, data)
+            board.give(bench, p, rng)
     started = cocotb.utils.get_sim_time("ns")
     full_episodes = [0] * PORTS
 
@@ -345,9 +346,7 @@ async def full_host_ring_back_pressures_the_port(dut):
     rng = random.Random(2)
     count = 3 * (ring.size + DEPTH)
     for _ in range(count):
-        lba, data = rng.getrandbits(40), rng.randbytes(BLOCK)
-        board.wrote(0, lba, data)
-        bench.block_write(0, lba, data)
+        board.give(bench, 0, rng)
     await ClockCycles(dut.clk, 2000)
     held = bytes(ring.mem)
     assert await bench.read("dma_produced", 0) == ring.size
@@ -382,9 +381,7 @@ async def reprogrammed_ring_starts_at_oldest_unacknowledged(dut):
     rng = random.Random(7)
     count = 6 * (ring.size + DEPTH)
     for _ in range(count):
-        lba, data = rng.getrandbits(40), rng.randbytes(BLOCK)
-        board.wrote(port, lba, data)
-        bench.block_write(port, lba, data)
+        board.give(bench, port, rng)
 
     async def take(until_seq, ring_every):
         """Read and check entries until `until_seq`, ringing the doorbell every `ring_every` cycles."""

@@ -28,6 +28,16 @@ WRITES = 2500                       # per port: 10,000 blocks in all
 DMA_BOARD = dataclasses.replace(vboard.SIM_BOARD, link="dma")
 
 
+def collect_until(collector: Collector, entries: int, t0: float, limit_s: float) -> None:
+    """Poll until the collector's journal holds `entries`, within `limit_s` of `t0`; no poll may
+    fail or invalidate a port."""
+    journal = collector.journal
+    while len(journal.index) < entries:
+        assert time.monotonic() - t0 < limit_s, f"only {len(journal.index)} entries after {limit_s} s"
+        for poll in collector.poll():
+            assert not poll.invalidated and not poll.error, poll
+
+
 def test_collect_10000_blocks_over_dma(tmp_path):
     log = tmp_path / "storage.log"
     board = vboard.VirtualBoard(tmp_path / "volume.img", config=DMA_BOARD, blocks=8192, rate=-1,
@@ -40,11 +50,7 @@ def test_collect_10000_blocks_over_dma(tmp_path):
         assert (ident.ports, ident.block_bytes) == (PORTS, DMA_BOARD.block_bytes)
         journal = LocalJournal.create(tmp_path / "journal", block_bytes=ident.block_bytes, ports=ident.ports,
                                       mode=ident.mode, window_ns=10**8)
-        collector = Collector(journal, dev, deadline_s=60)
-        while len(journal.index) < PORTS * WRITES:
-            assert time.monotonic() - t0 < 300, f"only {len(journal.index)} entries after 300 s"
-            for poll in collector.poll():
-                assert not poll.invalidated and not poll.error, poll
+        collect_until(Collector(journal, dev, deadline_s=60), PORTS * WRITES, t0, 300)
         fills = [dev.read("ring_fill", p) for p in range(PORTS)]
         produced = [dev.read("dma_produced", p) for p in range(PORTS)]
         full = [dev.read("dma_full_cycles", p) for p in range(PORTS)]
@@ -167,11 +173,7 @@ def test_second_host_session_resumes_where_the_first_stopped(tmp_path):
         assert min(unread[:2]) > 0, unread
         journal = LocalJournal.open(folder)
         with DmaDevice.open(board.host_mem, ring_log_size=3, flush_timeout=0.5) as dev:
-            collector = Collector(journal, dev, deadline_s=2)
-            while len(journal.index) < PORTS * writes:
-                assert time.monotonic() - t0 < 120, f"only {len(journal.index)} entries"
-                for poll in collector.poll():
-                    assert not poll.invalidated and not poll.error, poll
+            collect_until(Collector(journal, dev, deadline_s=2), PORTS * writes, t0, 120)
             fills = [dev.read("ring_fill", p) for p in range(PORTS)]
     index = journal.index
     for p in range(PORTS):
