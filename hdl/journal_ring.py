@@ -78,37 +78,26 @@ StatusWrite = wiring.Signature({
 DATAPATH_WIDTHS = (8, 16, 32, 64)
 
 
-def check_geometry(core, block_bytes: int, datapath_bits: int, depth: int):
-    """Raise ValueError unless the sizes make a ring of whole words (shared by every core)."""
-    try:
-        _check_geometry(block_bytes, datapath_bits, depth)
-    except ValueError:
-        core._MustUse__silence = True  # a rejected core is not an unused one
-        raise
+def _reject(core, why: str):
+    core._MustUse__silence = True  # a rejected core is not an unused one
+    raise ValueError(why)
 
 
 def check_datapath_bits(core, datapath_bits: int):
-    """Raise ValueError unless `datapath_bits` is a width the port cores take (for the cores
+    """Raise ValueError unless `datapath_bits` is a width the port cores take (also for the cores
     around them: the link, the injector, the on-chip volume)."""
-    try:
-        _check_datapath_bits(datapath_bits)
-    except ValueError:
-        core._MustUse__silence = True
-        raise
-
-
-def _check_datapath_bits(datapath_bits: int):
     if datapath_bits not in DATAPATH_WIDTHS:
-        raise ValueError(f"datapath_bits must be 8, 16, 32 or 64 (entries are 64-bit aligned), "
-                         f"not {datapath_bits}")
+        _reject(core, f"datapath_bits must be 8, 16, 32 or 64 (entries are 64-bit aligned), "
+                      f"not {datapath_bits}")
 
 
-def _check_geometry(block_bytes: int, datapath_bits: int, depth: int):
-    _check_datapath_bits(datapath_bits)
+def check_geometry(core, block_bytes: int, datapath_bits: int, depth: int):
+    """Raise ValueError unless the sizes make a ring of whole words (shared by every core)."""
+    check_datapath_bits(core, datapath_bits)
     if block_bytes <= 0 or (block_bytes * 8) % 64:
-        raise ValueError(f"block_bytes must be a positive multiple of 8, not {block_bytes}")
+        _reject(core, f"block_bytes must be a positive multiple of 8, not {block_bytes}")
     if depth < 2 or depth & (depth - 1) or depth > 2**16:
-        raise ValueError(f"depth must be a power of two from 2 to 65536, not {depth}")
+        _reject(core, f"depth must be a power of two from 2 to 65536, not {depth}")
 
 
 class JournalRing(wiring.Component):

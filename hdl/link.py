@@ -418,8 +418,9 @@ class LinkController(wiring.Component):
                 m.d.comb += [beat.eq(self.port[p].flush.payload), valid.eq(self.port[p].flush.valid)]
         in_entry = Signal()
         stamp_at = 8 // word_bytes        # the beat the entry's timestamp starts on (byte 8)
-        # The entry's beat number, up to the first beat after the timestamp: 0 starts the seq,
-        # stamp_at the timestamp (with 64-bit beats: 0 the seq word, 1 the timestamp, 2 later).
+        # The entry's beat number, counting on past the timestamp's beats and then holding: 0
+        # starts the seq, stamp_at the timestamp (with 64-bit beats: 0 the seq word, 1 the
+        # timestamp, 2 and 3 later).
         beat_k = Signal(range(2 * stamp_at + 2))
         e_seq = Signal(SEQ_BITS)
         e_stamp = Signal(TIME_BITS)
