@@ -1,0 +1,90 @@
+"""CounterBank: many 32-bit event counters in one block RAM instead of flip-flops.
+
+A statistics counter in flip-flops costs a flip-flop, a LUT and a carry per bit, and one more
+input per bit of the register read multiplexer: the image's counters were a fifth of the iCE40
+image. Here a counter keeps only its low `low_bits` in flip-flops and its upper bits in a word of
+a RAM:
+
+- each `inc` bit is an event (high for a cycle: count one) of its counter's low bits; when they
+  wrap, the counter's `carry` flag is set;
+- a sequencer visits one slot a cycle, round robin, and adds the slot's carry to its word. A
+  slot is visited every `depth` cycles and its low bits wrap at most every 2**`low_bits` >=
+  `depth` cycles, so a carry is always added before the next one comes;
+- a read of slot `r_addr` returns, a cycle later on `r_data`, the count of the events before the
+  read's cycle: the low bits, and the word plus the carry not yet added, all of that cycle —
+  what a flip-flop counter read the same way would give.
+
+Slots are addresses `0 .. depth-1`; `counters` lists the slots that count, and `inc` has one bit
+per listed slot, in that order (the others read 0 and cost only the sequencer's time). After
+reset the sequencer's first pass writes every word afresh (the carry alone), so the counters
+restart from 0 as flip-flop counters would; until its word is written, a counter reads as its
+low bits and carry.
+"""
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+COUNTER_BITS = 32
+
+
+class CounterBank(wiring.Component):
+    """Counts `inc[i]` in slot `counters[i]`; reads of `r_addr` on `r_data` a cycle later."""
+
+    def __init__(self, *, depth: int, counters: list[int]):
+        if depth < 2 or sorted(set(counters)) != list(counters) or not counters \
+                or not 0 <= counters[0] <= counters[-1] < depth:
+            self._MustUse__silence = True  # a rejected core is not an unused one
+            raise ValueError(f"need a depth of at least 2 and counters at distinct slots in order "
+                             f"below it (got {depth}, {counters})")
+        self.depth = depth
+        self.counters = list(counters)
+        self.low_bits = (depth - 1).bit_length()
+        super().__init__({
+            "inc": In(len(counters)),
+            "r_addr": In(range(depth)),
+            "r_data": Out(COUNTER_BITS),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        high_bits = COUNTER_BITS - self.low_bits
+        ram = m.submodules.ram = Memory(shape=high_bits, depth=self.depth, init=[],
+                                        attrs={"ram_style": "block"})
+        wp = ram.write_port()
+        # Both reads see this cycle's write (the cheaper read-during-write for Yosys to build on
+        # block RAM): the sequencer never reads the slot it writes, and a read of that slot gets
+        # the word with its carry already added.
+        rp, bus = ram.read_port(transparent_for=(wp,)), ram.read_port(transparent_for=(wp,))
+        low = Array(Signal(self.low_bits, name=f"low{slot}") if slot in self.counters
+                    else Const(0, self.low_bits) for slot in range(self.depth))
+        carry = Array(Signal(name=f"carry{slot}") if slot in self.counters else Const(0)
+                      for slot in range(self.depth))
+
+        # The sequencer: `visit` is written this cycle; its word was read in the last one.
+        visit = Signal(range(self.depth))
+        upcoming = Signal(range(self.depth))
+        fresh = Signal()            # every word has been written since reset
+        last = visit == self.depth - 1
+        m.d.comb += upcoming.eq(Mux(last, 0, visit + 1))
+        m.d.sync += visit.eq(upcoming)
+        with m.If(last):
+            m.d.sync += fresh.eq(1)
+        m.d.comb += [rp.addr.eq(upcoming), wp.addr.eq(visit), wp.en.eq(1),
+                     wp.data.eq(Mux(fresh, rp.data, 0) + carry[visit])]
+        for bit, slot in enumerate(self.counters):
+            event = self.inc[bit]
+            wraps = event & (low[slot] == (1 << self.low_bits) - 1)
+            m.d.sync += [low[slot].eq(low[slot] + event),
+                         carry[slot].eq(wraps | (carry[slot] & (visit != slot)))]
+
+        # A read: the low bits, the word and the carry of one cycle (the slot being written:
+        # the word written, its carry in it).
+        low_now, carry_now, written = Signal(self.low_bits), Signal(), Signal()
+        m.d.comb += bus.addr.eq(self.r_addr)
+        m.d.sync += [low_now.eq(low[self.r_addr]),
+                     carry_now.eq(carry[self.r_addr] & (self.r_addr != visit)),
+                     written.eq(fresh | (self.r_addr <= visit))]
+        m.d.comb += self.r_data.eq(Cat(low_now, Mux(written, bus.data, 0) + carry_now))
+        return m
