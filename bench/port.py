@@ -17,14 +17,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hdl.journal_port import JournalPort  # noqa: E402
 from sim.image import build_image  # noqa: E402
+from sim.port_top import CountedPort  # noqa: E402
 
 BLOCK, WIDTH, WRITES, DEPTH = 512, 64, 256, 64
 
 
 def main():
-    image = build_image("journal_port_bench", lambda: JournalPort(block_bytes=BLOCK, datapath_bits=WIDTH,
+    image = build_image("journal_port_bench", lambda: CountedPort(block_bytes=BLOCK, datapath_bits=WIDTH,
                                                                   depth=DEPTH))
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"

@@ -160,7 +160,7 @@ def build(board: str, *, root: Path = BUILD_ROOT / "boards", log=sys.stderr) -> 
     bitstream_ext = ".bit" if board == "ulx3s" else ".bin"
     env = toolchain_env()
     os.environ["OPENFPGALOADER"] = env["OPENFPGALOADER"]     # read by the ULX3S platform
-    plan = platform.build(top, name=BUILD_NAME, do_build=False,
+    plan = platform.build(top, name=BUILD_NAME, do_build=False, synth_opts=top.synth_opts,
                           nextpnr_opts=NEXTPNR_OPTS.format(name=BUILD_NAME))
     build_dir = root / f"{board}-{design_digest(plan)}"
     report_path = build_dir / f"{BUILD_NAME}.report.json"

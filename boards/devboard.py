@@ -84,7 +84,10 @@ class DevBoardConfig:
 
 
 class DevBoardTop(Elaboratable):
-    """The device image on a dev board; a board subclass provides `platform_class` and `pll`."""
+    """The device image on a dev board; a board subclass provides `platform_class` and `pll`,
+    and may give Yosys options of its own (`synth_opts`)."""
+
+    synth_opts = ""
 
     def __init__(self, config: DevBoardConfig):
         self.config = config

@@ -38,7 +38,8 @@ enabling a port's ring pulses the port's `resend`, so the ring starts with the p
 unacknowledged entry (`hdl/dma.py`); the host reaches the registers through `bar`, a board's
 PCIe endpoint turning BAR accesses into register-bus cycles (register `r` at BAR byte offset
 `4*r`). Ports start with `watermark` 1, so an entry is flushed as soon as it is complete; the
-link counters and `max_payload` read 0.
+link counters and `max_payload` read 0. On the serial link the `dma` registers are not built:
+they read 0 and ignore writes.
 
 Each port's local time comes from `time_source`. With `"dpll"` (the default) each port has a
 `DigitalPLL` (`hdl/dpll.py`) locked to the
@@ -178,7 +179,8 @@ class DeviceImage(wiring.Component):
                        "ring_depth": self.depth, "block_bytes": self.block_bytes,
                        "datapath_bits": self.datapath_bits, "mode": self.mode,
                        "max_payload": link.max_payload if serial else 0, "store_blocks": self.store_blocks},
-            port_init={"mode": self.mode, **({} if serial else {"watermark": 1})})
+            port_init={"mode": self.mode, **({} if serial else {"watermark": 1})},
+            absent=frozenset({"dma"} if serial else ()))
         m.d.comb += regs.rx_framing_errors.eq(self.rx_framing_errors)
         if serial:
             wiring.connect(m, wiring.flipped(self.rx), link.rx)

@@ -99,8 +99,8 @@ class FlushEngine(wiring.Component):
             "trigger": Out(3),
             "draining": Out(1),
             "flushed": Out(32),
-            "resent": Out(32),
-            "resend_requests": Out(32),
+            "resent": Out(1),
+            "resend_requests": Out(1),
         })
 
     def elaborate(self, platform):
@@ -187,7 +187,8 @@ class FlushEngine(wiring.Component):
 
         # Requests arriving now are latched after the boundary's clear, so none is lost.
         with m.If(self.resend):
-            m.d.sync += [resend_pending.eq(1), self.resend_requests.eq(self.resend_requests + 1)]
+            m.d.comb += self.resend_requests.eq(1)
+            m.d.sync += resend_pending.eq(1)
         with m.If(self.flush_cmd):
             m.d.sync += cmd_pending.eq(1)
         with m.If(self.timer_period != 0):
@@ -223,7 +224,7 @@ class FlushEngine(wiring.Component):
             with m.If(same(eff_send, sent_hw)):
                 m.d.sync += self.flushed.eq(self.flushed + 1)
             with m.Else():
-                m.d.sync += self.resent.eq(self.resent + 1)
+                m.d.comb += self.resent.eq(1)
         with m.If(issue):
             m.d.sync += [in_entry.eq(1), k.eq(word_k + 1)]
             with m.If((word_k == hw - 1) & marker):

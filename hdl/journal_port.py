@@ -27,14 +27,16 @@ Interfaces (W = `datapath_bits`, B = `block_bytes`; every stream is `amaranth.li
 | `flush` | out | {data: W, first, last} | entries as `firmware.abi.entry` bytes, `first`/`last` |
 
 Counters and status (outputs of the same names, the port's registers in the register map): see
-`COUNTERS` below, defined in `firmware.abi.regmap`.
+`COUNTERS` below, defined in `firmware.abi.regmap`. Those in `EVENTS` (the statistics) are
+one-bit outputs that pulse once per event, for the register block to count
+(`hdl.counter_bank`); the others are the values themselves.
 """
 
 from amaranth.hdl import Module, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from firmware.abi.regmap import COUNTERS
+from firmware.abi.regmap import COUNTERS, EVENTS
 from hdl.flush import AckLayout, FlushEngine
 from hdl.journal_ring import JournalRing, check_geometry
 from hdl.timestamper import TIME_BITS, Timestamper
@@ -74,7 +76,7 @@ class JournalPort(wiring.Component):
             "resend": In(1),
             "flush": Out(stream.Signature(beat_layout(datapath_bits))),
         }
-        members.update({name: Out(width) for name, width, _, _ in COUNTERS})
+        members.update({name: Out(1 if name in EVENTS else width) for name, width, _, _ in COUNTERS})
         super().__init__(members)
 
     def elaborate(self, platform):
@@ -120,11 +122,8 @@ class JournalPort(wiring.Component):
 
         was_stalling = Signal()
         m.d.sync += was_stalling.eq(writes.stalling)
-        with m.If(writes.stalling):
-            m.d.sync += self.stall_cycles.eq(self.stall_cycles + 1)
-            with m.If(~was_stalling):
-                m.d.sync += self.stall_events.eq(self.stall_events + 1)
         m.d.comb += [
+            self.stall_cycles.eq(writes.stalling), self.stall_events.eq(writes.stalling & ~was_stalling),
             self.entries_written.eq(stamper.next_seq), self.flushed.eq(flush.flushed),
             self.acknowledged.eq(flush.acked), self.resent.eq(flush.resent),
             self.resend_requests.eq(flush.resend_requests), self.ring_fill.eq(ring.fill),

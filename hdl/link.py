@@ -48,6 +48,9 @@ after it, since local time never goes backward).
 
 All frames are CRC'd and COBS-encoded (`COBSEncoder`) onto `tx`. Unsolicited frames (JOURNAL,
 FLUSH_MARK, NAK) carry link seq 0, responses the request's seq.
+
+The link's counters (`firmware.abi.regmap.LINK_COUNTERS`) are one-bit outputs that pulse once
+per event: the register block counts them (`hdl.counter_bank`).
 """
 
 from contextlib import contextmanager
@@ -159,7 +162,7 @@ class LinkController(wiring.Component):
                 "store_rcmd": Out(stream.Signature(ReadCommand)),
                 "store_rdata": In(stream.Signature(read_beat_layout(datapath_bits))),
             })
-        members.update({name: Out(width) for name, width, _, _ in LINK_COUNTERS})
+        members.update({name: Out(1) for name, _, _, _ in LINK_COUNTERS})     # events (`EVENTS`)
         super().__init__(members)
 
     def elaborate(self, platform):
@@ -202,7 +205,8 @@ class LinkController(wiring.Component):
             self._load_block(m, dec, count, ftype, blocked)
             m.d.comb += self.inject.release.eq(written_sent)
             with m.If(written_sent):
-                m.d.sync += [written_queued.eq(0), self.injected_writes.eq(self.injected_writes + 1)]
+                m.d.comb += self.injected_writes.eq(1)
+                m.d.sync += written_queued.eq(0)
 
         resp = Signal(Response)
         m.d.comb += resp_fifo.w_data.eq(resp)
@@ -300,11 +304,11 @@ class LinkController(wiring.Component):
                     with m.Switch(reason):
                         for code, counter in counters.items():
                             with m.Case(code):
-                                m.d.sync += counter.eq(counter + 1)
+                                m.d.comb += counter.eq(1)
                     with m.If(reason != 0):
-                        m.d.sync += self.naks_sent.eq(self.naks_sent + 1)
+                        m.d.comb += self.naks_sent.eq(1)
                     with m.Else():
-                        m.d.sync += self.rx_frames.eq(self.rx_frames + 1)
+                        m.d.comb += self.rx_frames.eq(1)
                         with m.If(ftype == FrameType.REG_WRITE):
                             m.d.comb += [self.bus.w_en.eq(1), self.bus.w_addr.eq(reg_addr),
                                          self.bus.w_data.eq(reg_value)]
@@ -493,7 +497,7 @@ class LinkController(wiring.Component):
                             with m.If(beat_k == stamp_at + i):
                                 m.d.sync += e_stamp.word_select(i, self.width).eq(beat.data)
                         with m.If(beat.last):
-                            m.d.sync += self.tx_journal_entries.eq(self.tx_journal_entries + 1)
+                            m.d.comb += self.tx_journal_entries.eq(1)
                             for p in range(n):
                                 with m.If(cur == p):
                                     m.d.sync += [link_next[p].eq(e_seq + 1), last_stamp[p].eq(e_stamp)]
@@ -587,7 +591,7 @@ class LinkController(wiring.Component):
                 with m.If(issue):
                     m.d.sync += i.eq(i + 1)
                     with m.If(i == total - 1):
-                        m.d.sync += self.tx_frames.eq(self.tx_frames + 1)
+                        m.d.comb += self.tx_frames.eq(1)
                         with m.If(desc.src == SRC_BUF):
                             m.d.sync += [full.bit_select(rsel, 1).eq(0), rsel.eq(~rsel)]
                         with m.If(desc.src == SRC_WRITTEN):

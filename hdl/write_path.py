@@ -94,11 +94,11 @@ class WritePath(wiring.Component):
             "status_done": Out(StatusWrite),
             "invalid": Out(1),
             "stalling": Out(1),
-            "primary_failures": Out(32),
-            "journal_failures": Out(32),
-            "unjournaled": Out(32),
-            "markers": Out(32),
-            "protocol_errors": Out(32),
+            "primary_failures": Out(1),
+            "journal_failures": Out(1),
+            "unjournaled": Out(1),
+            "markers": Out(1),
+            "protocol_errors": Out(1),
         })
 
     def elaborate(self, platform):
@@ -151,7 +151,7 @@ class WritePath(wiring.Component):
         with m.If(~self.pri_wresp.payload.ok):
             m.d.comb += self.status_done.status.eq(Status.PRIMARY_FAILED)
         with m.If(self.pri_wresp.valid & inflight.r_rdy & ~self.pri_wresp.payload.ok):
-            m.d.sync += self.primary_failures.eq(self.primary_failures + 1)
+            m.d.comb += self.primary_failures.eq(1)
 
         m.d.comb += self.status_now.addr.eq(slot)
         with m.If(self.reenable):
@@ -161,7 +161,7 @@ class WritePath(wiring.Component):
             with m.State("IDLE"):
                 with m.If(ing.valid & ~ing.payload.first):
                     m.d.comb += ing.ready.eq(1)   # a data beat outside a request: count, drop
-                    m.d.sync += self.protocol_errors.eq(self.protocol_errors + 1)
+                    m.d.comb += self.protocol_errors.eq(1)
                 with m.Elif(ing.valid & self.invalid):
                     # Not journaled: forward to primary storage only.
                     m.d.comb += [pw.valid.eq(inflight.w_rdy), pw.payload.eq(ing.payload),
@@ -169,8 +169,8 @@ class WritePath(wiring.Component):
                     with m.If(pw.valid & pw.ready):
                         m.d.comb += inflight.w_en.eq(1)
                         m.d.comb += inflight.w_data.eq(slot)       # journaled bit clear
-                        m.d.sync += [self.unjournaled.eq(self.unjournaled + 1), journal.eq(0),
-                                     beat.eq(0)]
+                        m.d.comb += self.unjournaled.eq(1)
+                        m.d.sync += [journal.eq(0), beat.eq(0)]
                         m.next = "DATA"
                 with m.Elif(ing.valid & room_write & (self.mode == Mode.REDO)):
                     m.d.comb += [pw.valid.eq(inflight.w_rdy), pw.payload.eq(ing.payload),
@@ -217,7 +217,7 @@ class WritePath(wiring.Component):
                         with m.If(read_failed | ~rd.payload.ok):
                             m.d.comb += [self.status_now.en.eq(1),
                                          self.status_now.status.eq(Status.JOURNAL_FAILED)]
-                            m.d.sync += self.journal_failures.eq(self.journal_failures + 1)
+                            m.d.comb += self.journal_failures.eq(1)
                             m.next = "DRAIN"
                         with m.Else():
                             m.next = "COW_ISSUE"
@@ -239,7 +239,8 @@ class WritePath(wiring.Component):
 
             with m.State("MARK"):
                 m.d.comb += [self.status_now.en.eq(1), self.status_now.status.eq(Status.OK)]
-                m.d.sync += [self.invalid.eq(1), self.markers.eq(self.markers + 1)]
+                m.d.comb += self.markers.eq(1)
+                m.d.sync += self.invalid.eq(1)
                 m.next = "IDLE"
         return m
 

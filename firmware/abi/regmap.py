@@ -11,7 +11,11 @@ Access: `RO` read only; `RW` read/write (reads return what was written); `W1P` w
 fixed when the image is built (its geometry and identity).
 
 The journal port's counters (`COUNTERS`) are defined here and imported by the gateware
-(`hdl.journal_port`), so the outputs of `JournalPort` and the registers are one list. The same
+(`hdl.journal_port`), so the outputs of `JournalPort` and the registers are one list. The
+statistics among them and the link's counters are `EVENTS`: the core's output of that name is a
+one-cycle pulse per event, and the register block counts the pulses (`hdl.counter_bank`, in
+block RAM; `Register.event`); the others (sequence numbers, fill, status) are values the core
+keeps and the register reads. The same
 holds for the DPLL: `DPLL_OUTPUTS` is imported by `hdl.dpll`, whose `DigitalPLL` has outputs of
 those names and widths, and each output is register `dpll_<name>` in the port's block.
 
@@ -40,6 +44,7 @@ class Register:
     const: bool = False     # RO, fixed when the image is built
     init: int = 0           # RW: value after reset (an image may override it)
     group: str = "global"   # "global", or what drives it in a port block: "control", "port", "dma", "dpll"
+    event: bool = False     # RO, counts its source's one-cycle pulses (`EVENTS`)
 
 
 # (name, width, access, description): the journal port's counters and status, outputs of JournalPort.
@@ -78,6 +83,12 @@ LINK_COUNTERS = [
     ("injected_writes", 32, "RO", "INJECT_WRITEs done (WRITTEN sent)"),
 ]
 
+# Counters of events: their sources pulse once per event, the register block counts.
+EVENTS = frozenset({"resent", "resend_requests", "stall_cycles", "stall_events", "primary_failures",
+                    "journal_failures", "unjournaled", "markers", "protocol_errors",
+                    *(name for name, _, _, _ in LINK_COUNTERS)})
+EVENT_OFFSETS = range(0x10, 0x20)   # where a block's event counters sit (`firmware.registers`)
+
 # (name, width, access, description): the DPLL's register view, outputs of `hdl.dpll.DigitalPLL`
 # of the same names and widths (`phase_error` is signed: two's complement in its register).
 DPLL_OUTPUTS = [
@@ -94,7 +105,7 @@ DPLL_OUTPUTS = [
 DPLL_OFFSET = 0x30      # first `dpll` register of a port's block
 
 # (name, width, access, description): the port's journal ring in host memory on the DMA link
-# (`hdl.dma.DmaRingWriter`; unused on the serial link). A slot is `firmware.abi.dma.slot_bytes`
+# (`hdl.dma.DmaRingWriter`; absent on the serial link, read 0). A slot is `firmware.abi.dma.slot_bytes`
 # bytes: the entry's bytes, then at the slot's last 8 bytes a word whose bit 0 is the phase.
 DMA_REGISTERS = [
     ("dma_ring_base_lo", 32, "RW", "host ring's bus address, bits 31:0 (8-byte aligned)"),
@@ -150,7 +161,7 @@ GLOBAL = [
     Register("rx_framing_errors", 0x09, 32, "RO", "UART bytes with a bad stop bit (0 without a UART)"),
     Register("store_blocks", 0x0A, 32, "RO", "blocks of the standalone image's on-chip volume "
              "(INJECT_WRITE, READ_BLOCK); 0: primary storage is outside the image", const=True),
-    *(Register(name, 0x10 + i, width, access, desc) for i, (name, width, access, desc)
+    *(Register(name, 0x10 + i, width, access, desc, event=True) for i, (name, width, access, desc)
       in enumerate(LINK_COUNTERS)),
 ]
 
@@ -162,8 +173,8 @@ PORT = [
     Register("policy", 0x03, 1, "RW", "ring full: 0 back-pressure ingress, 1 invalidate with a marker",
              group="control"),
     Register("reenable", 0x04, 1, "W1P", "write 1: an invalid port journals again", group="control"),
-    *(Register(name, 0x10 + i, width, access, desc, group="port") for i, (name, width, access, desc)
-      in enumerate(COUNTERS)),
+    *(Register(name, 0x10 + i, width, access, desc, group="port", event=name in EVENTS)
+      for i, (name, width, access, desc) in enumerate(COUNTERS)),
     *(Register(name, DMA_OFFSET + i, width, access, desc, group="dma") for i, (name, width, access, desc)
       in enumerate(DMA_REGISTERS)),
     *(_dpll_register(DPLL_OFFSET + i, *word) for i, word in enumerate(DPLL_WORDS)),
@@ -214,6 +225,7 @@ def _check():
         for r in table:
             assert r.access in ACCESS and 0 < r.width <= 32 and 0 <= r.offset < PORT_STRIDE, r
             assert not r.const or r.access == "RO", r
+            assert r.event == (r.name in EVENTS) and (not r.event or r.offset in EVENT_OFFSETS), r
 
 
 _check()
@@ -252,7 +264,7 @@ def markdown() -> str:
         "Offsets `0x10`-`0x1f` are the journal port's counters (`COUNTERS`); "
         f"`{DMA_OFFSET:#04x}`-`{DMA_OFFSET + len(DMA_REGISTERS) - 1:#04x}` its ring in host memory on "
         "the DMA link",
-        "(`DMA_REGISTERS`, see `hdl/dma.py`; unused on the serial link); "
+        "(`DMA_REGISTERS`, see `hdl/dma.py`; read 0 on the serial link); "
         f"`{min(dpll):#04x}`-`{max(dpll):#04x}` belong to",
         "the port's DPLL (`DPLL_OUTPUTS`; 0 in an image built without DPLLs). A DPLL output wider than 32",
         "bits is split into `_lo` (bits 31:0) and `_hi` (the bits above) at consecutive offsets; the",

@@ -1,4 +1,5 @@
-"""RegisterBlock in the Amaranth simulator: built from the regmap table, decodes every kind."""
+"""RegisterBlock in the Amaranth simulator: built from the regmap table, decodes every kind,
+counts every event register's pulses."""
 
 import pytest
 from amaranth.sim import Simulator
@@ -33,7 +34,9 @@ def test_read_write_pulse():
 
         for name, value in CONSTANTS.items():
             assert await read(address(name)) == value, name
-        ctx.set(dut.rx_crc_errors, 7)
+        ctx.set(dut.rx_crc_errors, 1)                               # an event: 7 cycles, 7 counted
+        await ctx.tick().repeat(7)
+        ctx.set(dut.rx_crc_errors, 0)
         ctx.set(dut.port[1].acknowledged, 0xABCDEF01)
         ctx.set(dut.port[0].invalid, 1)
         ctx.set(dut.port[1].dpll_time_hi, 0x89ABCDEF)               # a split DPLL value, by word
@@ -73,8 +76,9 @@ def test_read_write_pulse():
 
 
 def test_every_address_reads_its_register_or_zero():
-    """Every address of the map and around it, each RO register holding its own address: mapped
-    ones read their value (cut to the register's width), everything else reads 0."""
+    """Every address of the map and around it, each RO register holding its own address (an
+    event register: its pulse high for a number of cycles of its own): mapped ones read their
+    value (cut to the register's width), everything else reads 0."""
     ports = 3
     dut = RegisterBlock(ports=ports, constants=CONSTANTS)
     readable = {}
@@ -93,12 +97,24 @@ def test_every_address_reads_its_register_or_zero():
         reg, port = readable[addr]
         if reg.const:
             return CONSTANTS[reg.name]
+        if reg.event:
+            return pulses(addr)
         return addr & ((1 << reg.width) - 1) if reg.access == "RO" else reg.init
 
+    def pulses(addr):
+        return addr % 61 + 1
+
     async def bench(ctx):
+        events = {addr: member(reg, port) for addr, (reg, port) in readable.items() if reg.event}
         for addr, (reg, port) in readable.items():
-            if reg.access == "RO" and not reg.const:
+            if reg.access == "RO" and not reg.const and not reg.event:
                 ctx.set(member(reg, port), addr & ((1 << reg.width) - 1))
+        for cycle in range(max(map(pulses, events))):
+            for addr, pulse in events.items():
+                ctx.set(pulse, cycle < pulses(addr))
+            await ctx.tick()
+        for pulse in events.values():
+            ctx.set(pulse, 0)
         for addr in [*range(top), 0x7FFF, 0xFFFF]:
             ctx.set(dut.bus.r_addr, addr)
             await ctx.tick()
@@ -117,3 +133,31 @@ def test_every_register_is_decoded():
     members = dut.signature.members
     assert all(r.name in members for r in GLOBAL if not r.const)
     assert set(dut.port[0].signature.members.keys()) == {r.name for r in PORT}
+
+
+def test_an_absent_group_reads_zero_and_ignores_writes():
+    """An image without the DMA ring (the serial link's) builds no `dma` registers."""
+    dut = RegisterBlock(ports=2, constants=CONSTANTS, absent=frozenset({"dma"}))
+    assert not any(name.startswith("dma_") for name in dut.port[1].signature.members)
+
+    async def bench(ctx):
+        ctx.set(dut.bus.w_addr, address("dma_ring_base_lo", 1))
+        ctx.set(dut.bus.w_data, 0x12345678)
+        ctx.set(dut.bus.w_en, 1)
+        await ctx.tick()
+        ctx.set(dut.bus.w_en, 0)
+        for name in ("dma_ring_base_lo", "dma_enable", "dma_produced"):
+            ctx.set(dut.bus.r_addr, address(name, 1))
+            await ctx.tick()
+            assert ctx.get(dut.bus.r_data) == 0, name
+        ctx.set(dut.bus.w_addr, address("watermark", 1))        # the other groups as before
+        ctx.set(dut.bus.w_data, 5)
+        ctx.set(dut.bus.w_en, 1)
+        ctx.set(dut.bus.r_addr, address("watermark", 1))
+        await ctx.tick().repeat(2)
+        assert ctx.get(dut.bus.r_data) == 5
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
