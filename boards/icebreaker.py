@@ -61,7 +61,7 @@ class ICEBreakerBoard(DevBoardTop):
     """`DevBoardTop` on the iCEBreaker (with its break-off PMOD): PLL, button and LEDs."""
 
     platform_class = ICEBreakerPlatform
-    # ABC maps through the flip-flops too: ~430 fewer logic cells (flip-flops packed with LUTs).
+    # ABC optimises across the flip-flops too: ~430 fewer logic cells.
     synth_opts = "-dff"
 
     def __init__(self, config: DevBoardConfig = CONFIG):

@@ -1,7 +1,7 @@
 """RegisterBlock: the gateware side of `firmware.abi.regmap`, built by iterating its table.
 
 Every register of the table becomes either a constant (global `const` registers: the image's
-identity and geometry), an input the block reads (`RO`: counters and status), an event input
+identity and geometry), an input the block reads (`RO`: values and status), an event input
 it counts (`RO` registers in `EVENTS`: a one-cycle pulse per event, counted in a
 `hdl.counter_bank.CounterBank`, slot 16 × block + offset − 0x10), or an output it drives (`RW`:
 a control register holding the last value written; `W1P`: a one-cycle pulse when 1 is

@@ -44,8 +44,9 @@ from hdl.write_path import WritePath, beat_layout, port_io_members
 
 
 def counters_markdown() -> str:
-    rows = ["| name | width | access | description |", "|---|---:|---|---|"]
-    rows += [f"| `{n}` | {w} | {a} | {d} |" for n, w, a, d in COUNTERS]
+    rows = ["| name | register width | access | description |", "|---|---:|---|---|"]
+    rows += [f"| `{n}` | {w} | {a} | {d}{' (an event: the output pulses)' if n in EVENTS else ''} |"
+             for n, w, a, d in COUNTERS]
     return "\n".join(rows)
 
 

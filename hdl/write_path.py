@@ -94,7 +94,7 @@ class WritePath(wiring.Component):
             "status_done": Out(StatusWrite),
             "invalid": Out(1),
             "stalling": Out(1),
-            "primary_failures": Out(1),
+            "primary_failures": Out(1),         # events: a one-cycle pulse each (`regmap.EVENTS`)
             "journal_failures": Out(1),
             "unjournaled": Out(1),
             "markers": Out(1),

@@ -226,6 +226,9 @@ def _check():
             assert r.access in ACCESS and 0 < r.width <= 32 and 0 <= r.offset < PORT_STRIDE, r
             assert not r.const or r.access == "RO", r
             assert r.event == (r.name in EVENTS) and (not r.event or r.offset in EVENT_OFFSETS), r
+    # A counter's bank slot is its offset's low bits and its block (`firmware.registers`).
+    slots = len(EVENT_OFFSETS)
+    assert slots & (slots - 1) == 0 and EVENT_OFFSETS.start % slots == 0 and PORT_STRIDE % slots == 0
 
 
 _check()

@@ -121,6 +121,7 @@ async def identify_and_registers(dut):
     assert await bench.read(0x7FFF) == 0                            # unmapped
     assert await bench.read(addr("rx_frames")) == 12                # this read is the 12th
     assert await bench.read(addr("naks_sent")) == 0
+    assert await bench.read(addr("tx_frames")) == 13                # the responses sent before it
 
 
 @cocotb.test()

@@ -75,11 +75,12 @@ def test_read_write_pulse():
     sim.run()
 
 
-def test_every_address_reads_its_register_or_zero():
+@pytest.mark.parametrize("ports", [1, 3, 8])
+def test_every_address_reads_its_register_or_zero(ports):
     """Every address of the map and around it, each RO register holding its own address (an
-    event register: its pulse high for a number of cycles of its own): mapped ones read their
-    value (cut to the register's width), everything else reads 0."""
-    ports = 3
+    event register: its pulse high for a number of cycles of its own, enough to carry into the
+    counter bank's RAM): mapped ones read their value (cut to the register's width), everything
+    else reads 0."""
     dut = RegisterBlock(ports=ports, constants=CONSTANTS)
     readable = {}
     for port, table in [(None, GLOBAL), *((p, PORT) for p in range(ports))]:
@@ -101,8 +102,8 @@ def test_every_address_reads_its_register_or_zero():
             return pulses(addr)
         return addr & ((1 << reg.width) - 1) if reg.access == "RO" else reg.init
 
-    def pulses(addr):
-        return addr % 61 + 1
+    def pulses(addr):      # over 256: past the low bits of a bank of up to 256 slots (15 ports)
+        return 300 + addr % 61
 
     async def bench(ctx):
         events = {addr: member(reg, port) for addr, (reg, port) in readable.items() if reg.event}
