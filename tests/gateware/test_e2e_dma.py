@@ -21,6 +21,7 @@ from host.journal.primary import NEVER
 from host.journal.store import LocalJournal
 from host.journal.verify import verify
 from host.link.dma import DmaDevice
+from host.standalone import wait_locked
 from sim import vboard
 
 PORTS = 4
@@ -141,8 +142,11 @@ def test_second_host_session_resumes_where_the_first_stopped(tmp_path):
             journal = LocalJournal.create(folder, block_bytes=dev.identity.block_bytes, ports=PORTS,
                                           mode=dev.identity.mode, window_ns=10**8)
             collector = Collector(journal, dev, deadline_s=2)
+            # The DPLLs lock one by one and a port writes once locked: collect only when all are,
+            # or the first would finish its writes, as fast as this host reads, before the last starts.
+            wait_locked(dev)
             t0 = time.monotonic()
-            while min(journal.last_seq) < 40:          # every port under way (the DPLLs lock one by one)
+            while min(journal.last_seq) < 40:          # every port under way
                 assert time.monotonic() - t0 < 60, f"only {len(journal.index)} entries"
                 assert not any(poll.error for poll in collector.poll())
             # Ports 2 and 3 stop between the store and the doorbell: entries stored, not acknowledged.
