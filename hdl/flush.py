@@ -20,9 +20,9 @@ Sequence numbers are 32 bits where they are counters, the host's (`ack`) or in a
 `slot_bits + 2`, enough for -depth..depth).
 
 Datapath: a three-stage pipeline (choose the word and register its RAM addresses; the RAMs
-read; then assemble the word, update the CRC and push it into a small FIFO whose read side is
-the output stream), so an entry follows the previous one with no idle cycle while the output
-is ready. The registered addresses keep the choice and the RAMs' address setup in separate
+read; then assemble the word, update the CRC and push it into a small FIFO, `hdl.block_fifo`,
+whose read side is the output stream), so an entry follows the previous one with no idle cycle
+while the output is ready. The registered addresses keep the choice and the RAMs' address setup in separate
 cycles (on an ECP5 the two together were the image's longest path).
 """
 
@@ -30,11 +30,11 @@ import enum
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import ReadPort
 from amaranth.lib.wiring import In, Out
 
 from firmware.abi.entry import Kind
+from hdl.block_fifo import BlockFIFO
 from hdl.crc import CRC32C
 from hdl.journal_ring import (
     HEADER_BITS,
@@ -99,7 +99,7 @@ class FlushEngine(wiring.Component):
             "trigger": Out(3),
             "draining": Out(1),
             "flushed": Out(32),
-            "resent": Out(1),
+            "resent": Out(1),                   # events: a one-cycle pulse each (`regmap.EVENTS`)
             "resend_requests": Out(1),
         })
 
@@ -118,8 +118,8 @@ class FlushEngine(wiring.Component):
             """`a` equals `b`, two seqs within `depth` of each other."""
             return a[:near - 1] == b[:near - 1]
 
-        fifo = m.submodules.fifo = SyncFIFO(width=len(self.out.payload.as_value()),
-                                            depth=OUT_FIFO_DEPTH)
+        fifo = m.submodules.fifo = BlockFIFO(width=len(self.out.payload.as_value()),
+                                             depth=OUT_FIFO_DEPTH)
         crc = m.submodules.crc = CRC32C(self.width)
         m.d.comb += [self.out.valid.eq(fifo.r_rdy), self.out.payload.eq(fifo.r_data),
                      fifo.r_en.eq(self.out.ready)]

@@ -29,13 +29,13 @@ injector is done and releases it once sent. READ_BLOCK's block is read through t
 read stream into a frame buffer, like journal data, and sent as a BLOCK frame with the
 request's seq.
 
-Transmit: responses wait in a small queue and go out between frames, before anything else.
-Journal data is collected from the ports' `flush` streams (`datapath_bits` beats of whole
-entries, little-endian) into one of two frame buffers (`lib.memory.Memory` of words of the same
-width) while the other is sent, so the frame's length is known when its header goes out. A
-JOURNAL frame holds whole entries of one port, in order: as many as fit in `max_payload`, or
-until the port's drain pauses (no entry follows within a few cycles) or ends. Ports take turns
-(round robin).
+Transmit: responses wait in a small queue (`hdl.block_fifo`) and go out between frames, before
+anything else. Journal data is collected from the ports' `flush` streams (`datapath_bits` beats
+of whole entries, little-endian) into one of two frame buffers (`lib.memory.Memory` of words of
+the same width) while the other is sent, so the frame's length is known when its header goes
+out. A JOURNAL frame holds whole entries of one port, in order: as many as fit in
+`max_payload`, or until the port's drain pauses (no entry follows within a few cycles) or ends.
+Ports take turns (round robin).
 
 FLUSH_MARK (time u64, next seq u32) tells the host how far a port's history is complete:
 every entry with seq < `next seq` has been sent, and every entry with seq >= `next seq` (sent
@@ -65,6 +65,7 @@ from amaranth.lib.wiring import In, Out
 from firmware.abi.entry import entry_bytes
 from firmware.abi.frames import CRC_BYTES, HEADER_BYTES, INJECT, MAX_PAYLOAD, WRITTEN, FrameType, NakReason
 from firmware.abi.regmap import ADDRESS_BITS, LINK_COUNTERS, address
+from hdl.block_fifo import BlockFIFO
 from hdl.cobs import COBSDecoder, COBSEncoder, FrameByte
 from hdl.crc import CRC32C
 from hdl.flush import AckLayout
@@ -167,9 +168,10 @@ class LinkController(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        resp_fifo = m.submodules.resp_fifo = SyncFIFO(width=Response.size, depth=4)
+        resp_fifo = m.submodules.resp_fifo = BlockFIFO(width=Response.size, depth=4)
         # A READ_BLOCK taken by the receiver and not yet read into a frame buffer.
-        reading = {"pending": Signal(), "lba": Signal(64), "seq": Signal(16)}
+        # Its lba was checked to be in the volume: the bits above that are 0.
+        reading = {"pending": Signal(), "lba": Signal(range(max(2, self.store_blocks))), "seq": Signal(16)}
         written_sent = Signal()         # the send path finished a WRITTEN frame
         self._receive(m, resp_fifo, reading, written_sent)
         frames = self._collect(m, reading)
@@ -232,7 +234,7 @@ class LinkController(wiring.Component):
                              crc.data.payload.first.eq(byte.first)]
                 with m.If(dec.o_stream.valid):
                     with m.If(index < _PARSE_BYTES):
-                        m.d.sync += buf[index].eq(byte.data)
+                        m.d.sync += buf[index[:(_PARSE_BYTES - 1).bit_length()]].eq(byte.data)
                     m.d.sync += count.eq(index + (index != 0xFFFF))
                     with m.If(byte.last):
                         m.d.sync += cobs_error.eq(byte.error)
@@ -426,8 +428,8 @@ class LinkController(wiring.Component):
         # starts the seq, stamp_at the timestamp (with 64-bit beats: 0 the seq word, 1 the
         # timestamp, 2 and 3 later).
         beat_k = Signal(range(2 * stamp_at + 2))
-        e_seq = Signal(SEQ_BITS)
-        e_stamp = Signal(TIME_BITS)
+        seq_w = min(self.width, SEQ_BITS)
+        seq_carry = Signal()            # seq + 1's carry into its next word (beats under 32 bits)
         grace = Signal(range(_GRACE + 1))
         m.d.comb += [wp.addr.eq(Cat(widx[:frames["half_bits"]], wsel)), wp.data.eq(beat.data)]
 
@@ -489,18 +491,25 @@ class LinkController(wiring.Component):
                         m.d.sync += [widx.eq(widx + 1), in_entry.eq(~beat.last), grace.eq(_GRACE),
                                      beat_k.eq(beat_k + (beat_k != 2 * stamp_at + 1))]
                         with m.If(beat.first):
-                            m.d.sync += [e_seq.eq(beat.data[:SEQ_BITS]), beat_k.eq(1)]
-                        for i in range(1, SEQ_BITS // self.width):     # a seq wider than a beat
-                            with m.If(beat_k == i):
-                                m.d.sync += e_seq.word_select(i, self.width).eq(beat.data)
+                            m.d.sync += beat_k.eq(1)
+                        # The entry's seq + 1 and timestamp go into the port's `link_next` and
+                        # `last_stamp` a word at a time as their beats pass: they are read only
+                        # between entries (IDLE, a boundary), when the words are whole.
+                        for i in range(max(1, SEQ_BITS // self.width)):
+                            with m.If(beat.first if i == 0 else beat_k == i):
+                                next_word = Signal(seq_w + 1, name=f"next_seq_word{i}")
+                                m.d.comb += next_word.eq(beat.data[:seq_w] + (1 if i == 0 else seq_carry))
+                                m.d.sync += seq_carry.eq(next_word[-1])
+                                for p in range(n):
+                                    with m.If(cur == p):
+                                        m.d.sync += link_next[p].word_select(i, seq_w).eq(next_word[:seq_w])
                         for i in range(TIME_BITS // self.width):
                             with m.If(beat_k == stamp_at + i):
-                                m.d.sync += e_stamp.word_select(i, self.width).eq(beat.data)
+                                for p in range(n):
+                                    with m.If(cur == p):
+                                        m.d.sync += last_stamp[p].word_select(i, self.width).eq(beat.data)
                         with m.If(beat.last):
                             m.d.comb += self.tx_journal_entries.eq(1)
-                            for p in range(n):
-                                with m.If(cur == p):
-                                    m.d.sync += [link_next[p].eq(e_seq + 1), last_stamp[p].eq(e_stamp)]
                             with m.If(widx + 1 + entry_words > max_words):
                                 close_port(FrameType.JOURNAL, Cat(Const(0, self.lane_bits), widx + 1))
                                 m.next = "IDLE"
@@ -529,8 +538,10 @@ class LinkController(wiring.Component):
         cmd, rdata = self.store_rcmd, self.store_rdata
         with m.State("BLOCK_CMD"):
             # The lba a word a cycle; the command goes out with its last word.
-            word, last = self._word(reading["lba"], widx)
-            m.d.comb += [cmd.valid.eq(1 if last is None else last), cmd.payload.lba.eq(reading["lba"]),
+            lba = Signal(64)
+            m.d.comb += lba.eq(reading["lba"])
+            word, last = self._word(lba, widx)
+            m.d.comb += [cmd.valid.eq(1 if last is None else last), cmd.payload.lba.eq(lba),
                          wp.data.eq(word)]
             with m.If(cmd.ready if last is None else ~last | cmd.ready):
                 m.d.comb += wp.en.eq(1)
