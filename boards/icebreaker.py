@@ -1,17 +1,17 @@
 """iCEBreaker (Lattice iCE40UP5K, SG48): the device image on a small iCE40 board.
 
-The UP5K has 5,280 logic cells, 30 block RAMs of 4 Kbit and 8 DSPs. This image (16-bit beats,
+The UP5K has 5,280 logic cells, 30 block RAMs of 4 Kbit and 8 DSPs. This image (8-bit beats,
 the port's time on the board clock instead of a DPLL, 4-entry JOURNAL frames, the statistics
-counters in block RAM) maps to 4,579 LUT4s, 2,694 flip-flops and 21 block RAMs in Yosys, which
-nextpnr packs into 6,405 logic cells: it does not fit yet (nextpnr stops at placement). The
-link's own logic (~1,500 LUT4s), the port (~1,650) and the register block (~800, its counter
-bank included) are what is left; the sizes below are the smallest
+counters and the small FIFOs in block RAM) maps to 4,164 LUT4s, 2,197 flip-flops and 29 block
+RAMs in Yosys, which nextpnr packs into 5,468 logic cells (104 %): it does not fit yet (nextpnr
+stops at placement). The link's own logic (~1,450 LUT4s), the port (~1,200) and the register
+block (~830, its counter bank included) are what is left; the sizes below are the smallest
 sensible, for when they shrink:
 
 | what | value | why |
 |---|---|---|
 | ports | 1 | the fewest |
-| datapath | 16-bit beats | a quarter of the 64-bit image's port and link datapaths; the same entries |
+| datapath | 8-bit beats | an eighth of the 64-bit image's datapaths; 80 times the UART's bytes at 24 MHz |
 | ring depth | 8 entries | 8 x 64 B of ring (the block RAMs also hold the link frame buffers) |
 | block size | 64 B | a small block, to save block RAM |
 | port clock | 24 MHz | the 12 MHz oscillator x 2 through an `SB_PLL40_PAD` (VCO 768 MHz) |
@@ -38,7 +38,7 @@ PFD_HZ = (10e6, 133e6)             # and its phase detector's
 BLOCK_BYTES = 64
 CONFIG = DevBoardConfig(name="icebreaker", ports=1, depth=8, block_bytes=BLOCK_BYTES, clock_hz=24_000_000,
                         baud=3_000_000, store_blocks=64, time_source="clock",
-                        max_payload=4 * entry_bytes(BLOCK_BYTES), datapath_bits=16)
+                        max_payload=4 * entry_bytes(BLOCK_BYTES), datapath_bits=8)
 
 
 def sb_pll40_dividers(f_in: int, f_out: int) -> dict:

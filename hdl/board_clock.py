@@ -5,14 +5,18 @@ A `DigitalPLL` (`hdl/dpll.py`) steers a port's time to the time base's broadcast
 port's oscillator is not the time base's. On a dev board with a single oscillator (the
 iCEBreaker) they are one clock: a locked DPLL would find no frequency error to correct, and its
 time would be the time base's own count of that clock. That count is what this core keeps,
-without the broadcast: local time in ns, 64 integer + 32 fractional bits as in the DPLL,
-advanced by the nominal period on every cycle from ½ ns at reset (the board's time origin; the
-½ makes the truncated `time` round to the nearest ns, as the DPLL's compensation does), so it
-reads n·period after n cycles to the nearest ns, give or take the period's rounding to 2**-32
-ns (under 1 ns per 10**9 cycles). It never moves backward.
+without the broadcast: local time in ns, advanced by the clock's period on every cycle from ½ ns
+at reset (the board's time origin; the ½ makes the whole-ns `time` the nearest ns), so it reads
+n·period after n cycles to the nearest ns, exactly: the period 10**9/clk_hz ns is P/Q in lowest
+terms, and the count keeps whole ns and a remainder in (2Q)ths of a ns (24 MHz: 41 ns and 2/3 ns
+a cycle), where the DPLL's 32 fractional bits would round the period and take 32 flip-flops
+and carries more (cells the iCEBreaker lacks). It never moves backward. `increment` reads the
+period as the DPLL's does, ns with 32 fractional bits.
 """
 
-from amaranth.hdl import Cat, Module, Signal
+from fractions import Fraction
+
+from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import Out
 
@@ -35,15 +39,20 @@ class BoardClock(wiring.Component):
 
     def __init__(self, *, clk_hz: float):
         self.inc = nominal_increment(clk_hz)
-        if not 0 < self.inc < 2**_WIDTH["increment"]:
+        if not float(clk_hz).is_integer() or not 0 < self.inc < 2**_WIDTH["increment"]:
             self._MustUse__silence = True  # a rejected core is not an unused one
-            raise ValueError(f"a {clk_hz} Hz clock's period does not fit the increment's "
-                             f"{_WIDTH['increment']} bits")
+            raise ValueError(f"a board clock counts a whole number of Hz whose period fits the "
+                             f"increment's {_WIDTH['increment']} bits (got {clk_hz} Hz)")
+        self.period = Fraction(10**9, int(clk_hz))      # ns, P/Q
         super().__init__()
 
     def elaborate(self, platform):
         m = Module()
-        frac = Signal(FRAC_BITS, init=1 << (FRAC_BITS - 1))
-        m.d.sync += Cat(frac, self.time).eq(Cat(frac, self.time) + self.inc)
+        whole, part = divmod(self.period.numerator, self.period.denominator)
+        unit = 2 * self.period.denominator          # the remainder counts ns / unit
+        rest = Signal(range(unit), init=self.period.denominator)       # ½ ns
+        step = rest + 2 * part
+        carry = step >= unit
+        m.d.sync += [rest.eq(Mux(carry, step - unit, step)), self.time.eq(self.time + whole + carry)]
         m.d.comb += self.increment.eq(self.inc)
         return m

@@ -16,9 +16,10 @@ emits one byte per input byte at most, holding one byte back so it can mark `las
 
 from amaranth.hdl import Array, Cat, Module, Signal
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
+
+from hdl.block_fifo import BlockFIFO
 
 FrameByte = data.StructLayout({"data": 8, "first": 1, "last": 1})
 CheckedFrameByte = data.StructLayout({"data": 8, "first": 1, "last": 1, "error": 1})
@@ -72,7 +73,7 @@ class COBSEncoder(wiring.Component):
             m.d.sync += [n.eq(0), wsel.eq(~wsel)]
 
         # --- emit: code byte, the group's bytes, its tail; two stages into a small FIFO --------
-        fifo = m.submodules.fifo = SyncFIFO(width=8, depth=_OUT_FIFO_DEPTH)
+        fifo = m.submodules.fifo = BlockFIFO(width=8, depth=_OUT_FIFO_DEPTH)
         m.d.comb += [self.o_stream.valid.eq(fifo.r_rdy), self.o_stream.payload.eq(fifo.r_data),
                      fifo.r_en.eq(self.o_stream.ready)]
         rsel = Signal()

@@ -21,7 +21,7 @@ restart from 0 as flip-flop counters would; until its word is written, a counter
 low bits and carry.
 """
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -57,10 +57,12 @@ class CounterBank(wiring.Component):
         # block RAM): the sequencer never reads the slot it writes, and a read of that slot gets
         # the word with its carry already added.
         rp, bus = ram.read_port(transparent_for=(wp,)), ram.read_port(transparent_for=(wp,))
-        low = Array(Signal(self.low_bits, name=f"low{slot}") if slot in self.counters
-                    else Const(0, self.low_bits) for slot in range(self.depth))
-        carry = Array(Signal(name=f"carry{slot}") if slot in self.counters else Const(0)
-                      for slot in range(self.depth))
+        # Per slot (a constant 0 where nothing counts); read by slot number with `word_select`,
+        # a multiplexer tree (an `Array` compares the slot number with every slot).
+        low = [Signal(self.low_bits, name=f"low{slot}") if slot in self.counters
+               else Const(0, self.low_bits) for slot in range(self.depth)]
+        carry = [Signal(name=f"carry{slot}") if slot in self.counters else Const(0)
+                 for slot in range(self.depth)]
 
         # The sequencer: `visit` is written this cycle; its word was read in the last one.
         visit = Signal(range(self.depth))
@@ -72,7 +74,7 @@ class CounterBank(wiring.Component):
         with m.If(last):
             m.d.sync += fresh.eq(1)
         m.d.comb += [rp.addr.eq(upcoming), wp.addr.eq(visit), wp.en.eq(1),
-                     wp.data.eq(Mux(fresh, rp.data, 0) + carry[visit])]
+                     wp.data.eq(Mux(fresh, rp.data, 0) + Cat(carry).bit_select(visit, 1))]
         for bit, slot in enumerate(self.counters):
             event = self.inc[bit]
             wraps = event & (low[slot] == (1 << self.low_bits) - 1)
@@ -83,8 +85,8 @@ class CounterBank(wiring.Component):
         # the word written, its carry in it).
         low_now, carry_now, written = Signal(self.low_bits), Signal(), Signal()
         m.d.comb += bus.addr.eq(self.r_addr)
-        m.d.sync += [low_now.eq(low[self.r_addr]),
-                     carry_now.eq(carry[self.r_addr] & (self.r_addr != visit)),
+        m.d.sync += [low_now.eq(Cat(low).word_select(self.r_addr, self.low_bits)),
+                     carry_now.eq(Cat(carry).bit_select(self.r_addr, 1) & (self.r_addr != visit)),
                      written.eq(fresh | (self.r_addr <= visit))]
         m.d.comb += self.r_data.eq(Cat(low_now, Mux(written, bus.data, 0) + carry_now))
         return m

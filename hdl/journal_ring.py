@@ -33,7 +33,7 @@ The layouts of the header are built from `firmware.abi.entry.HEADER_DTYPE`, the 
 of the entry format that the host reads too.
 """
 
-from amaranth.hdl import Array, Module, Signal, unsigned
+from amaranth.hdl import Array, Cat, Module, Signal, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory, ReadPort, WritePort
 from amaranth.lib.wiring import In, Out
@@ -168,8 +168,9 @@ class JournalRing(wiring.Component):
 
         m.d.comb += [
             self.fill.eq((self.head - self.tail)[:self.slot_bits + 1]),
-            self.status.eq(status[self.slot_addr]),
-            self.entry_kind.eq(kind[self.slot_addr]),
-            self.entry_mode.eq(mode[self.slot_addr]),
+            # Read with `word_select`, a multiplexer tree (an `Array` compares with every slot).
+            self.status.eq(Cat(*status).word_select(self.slot_addr, STATUS_BITS)),
+            self.entry_kind.eq(Cat(*kind).word_select(self.slot_addr, KIND_BITS)),
+            self.entry_mode.eq(Cat(*mode).word_select(self.slot_addr, MODE_BITS)),
         ]
         return m

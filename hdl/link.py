@@ -58,7 +58,6 @@ from contextlib import contextmanager
 import crc32c
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -265,7 +264,11 @@ class LinkController(wiring.Component):
                 with m.Elif(needs_port & (port >= n)):
                     m.d.comb += reason.eq(NakReason.BAD_PORT)
                 if store:
-                    with m.Elif((injects | reads) & (lba >= self.store_blocks)):
+                    # lba >= store_blocks as "a bit above the volume's, or the rest not below":
+                    # a 64-bit compare is a carry chain, a logic cell a bit on an iCE40.
+                    top = self.store_blocks.bit_length()
+                    outside = (lba[top:] != 0) | (lba[:top] >= self.store_blocks)
+                    with m.Elif((injects | reads) & outside):
                         m.d.comb += reason.eq(NakReason.BAD_LBA)
                     with m.Elif((injects & (self.inject.busy | blocked)) | (reads & reading["pending"])):
                         m.d.comb += reason.eq(NakReason.BUSY)
@@ -562,7 +565,7 @@ class LinkController(wiring.Component):
     def _send(self, m, resp_fifo, frames, written_sent):
         enc = m.submodules.cobs_enc = COBSEncoder()
         wiring.connect(m, enc.o_stream, wiring.flipped(self.tx))
-        out = m.submodules.tx_fifo = SyncFIFO(width=FrameByte.size, depth=_OUT_FIFO_DEPTH)
+        out = m.submodules.tx_fifo = BlockFIFO(width=FrameByte.size, depth=_OUT_FIFO_DEPTH)
         m.d.comb += [enc.i_stream.valid.eq(out.r_rdy), enc.i_stream.payload.eq(out.r_data),
                      out.r_en.eq(enc.i_stream.ready)]
         crc = m.submodules.tx_crc = CRC32C(8)
