@@ -10,6 +10,10 @@ meets a write to the same entry (that would take a full or an empty FIFO), so tr
 changes nothing, but on a block RAM that leaves a same-address read undefined Yosys builds a
 transparent read with one register of the entry's width and a non-transparent one with two. On
 other devices the memory is left to Yosys (an ECP5 puts it in distributed RAM).
+
+Against `SyncFIFO` (unbuffered) an entry comes out a cycle later. Writers that count credits
+on `level` instead of looking at `w_rdy` (the flush engine, the link's sender, the COBS
+encoder) may: from a depth of 3, `w_rdy` is exactly `level != depth`.
 """
 
 from amaranth.hdl import Elaboratable, Module, Mux, Signal

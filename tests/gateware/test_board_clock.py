@@ -9,7 +9,7 @@ from amaranth.sim import Simulator
 from hdl.board_clock import BoardClock
 
 
-@pytest.mark.parametrize("clk_hz", [24_000_000, 30_000_000, 12_000_000])
+@pytest.mark.parametrize("clk_hz", [24_000_000, 30_000_000, 12_000_000, 25_000_000, 7_000_000])
 def test_counts_the_nearest_ns_of_the_period(clk_hz):
     dut = BoardClock(clk_hz=clk_hz)
     cycles = 3000
