@@ -8,7 +8,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from hdl.journal_ring import check_datapath_bits
-from hdl.write_path import ReadCommand, WriteResponse, beat_layout, read_beat_layout
+from hdl.write_path import ReadCommand, WriteResponse, beat_layout, lba_in_volume, read_beat_layout
 
 STANDALONE_BLOCKS = 256        # the standalone boards' volume: 128 KiB of 512 B blocks, 64 DP16KD on
 #                                 the ULX3S's LFE5U-85F (of 208; its 4 x 16-entry rings take 16 more)
@@ -113,11 +113,7 @@ class BlockStore(wiring.Component):
                     with m.If(grant == q):
                         m.d.comb += source.ready.eq(1)
                         header = source.payload.data if owed is not None else source.payload.lba
-                        # < blocks as "no bit above the volume's and the rest below": a carry
-                        # chain over all 64 bits would take a logic cell a bit on an iCE40.
-                        top = self.blocks.bit_length()
-                        m.d.sync += [lba.eq(header),
-                                     in_range.eq((header[top:] == 0) & (header[:top] < self.blocks))]
+                        m.d.sync += [lba.eq(header), in_range.eq(lba_in_volume(header, self.blocks))]
                 m.next = "DISPATCH"
             with m.State("DISPATCH"):
                 # One cycle: the read port fetches the block's first word meanwhile.

@@ -22,8 +22,8 @@ Sequence numbers are 32 bits where they are counters, the host's (`ack`) or in a
 Datapath: a three-stage pipeline (choose the word and register its RAM addresses; the RAMs
 read; then assemble the word, update the CRC and push it into a small FIFO, `hdl.block_fifo`,
 whose read side is the output stream), so an entry follows the previous one with no idle cycle
-while the output is ready. The registered addresses keep the choice and the RAMs' address setup in separate
-cycles (on an ECP5 the two together were the image's longest path).
+while the output is ready. The registered addresses keep the choice and the RAMs' address
+setup in separate cycles (on an ECP5 the two together were the image's longest path).
 """
 
 import enum

@@ -71,7 +71,7 @@ from hdl.flush import AckLayout
 from hdl.inject import InjectorControl
 from hdl.journal_ring import check_datapath_bits
 from hdl.timestamper import SEQ_BITS, TIME_BITS
-from hdl.write_path import ReadCommand, beat_layout, read_beat_layout
+from hdl.write_path import ReadCommand, beat_layout, lba_in_volume, read_beat_layout
 
 CRC_RESIDUE = crc32c.crc32c(b"\0" + crc32c.crc32c(b"\0").to_bytes(4, "little"))
 IDENTITY_BYTES = 16
@@ -264,11 +264,7 @@ class LinkController(wiring.Component):
                 with m.Elif(needs_port & (port >= n)):
                     m.d.comb += reason.eq(NakReason.BAD_PORT)
                 if store:
-                    # lba >= store_blocks as "a bit above the volume's, or the rest not below":
-                    # a 64-bit compare is a carry chain, a logic cell a bit on an iCE40.
-                    top = self.store_blocks.bit_length()
-                    outside = (lba[top:] != 0) | (lba[:top] >= self.store_blocks)
-                    with m.Elif((injects | reads) & outside):
+                    with m.Elif((injects | reads) & ~lba_in_volume(lba, self.store_blocks)):
                         m.d.comb += reason.eq(NakReason.BAD_LBA)
                     with m.Elif((injects & (self.inject.busy | blocked)) | (reads & reading["pending"])):
                         m.d.comb += reason.eq(NakReason.BUSY)

@@ -23,7 +23,7 @@ pulses `reenable`. Nothing is dropped silently.
 
 import enum
 
-from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.hdl import Cat, Module, Mux, Signal, Value
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import WritePort
@@ -51,6 +51,13 @@ def read_beat_layout(datapath_bits: int) -> data.StructLayout:
 
 ReadCommand = data.StructLayout({"lba": 64})
 WriteResponse = data.StructLayout({"ok": 1})
+
+
+def lba_in_volume(lba: Value, blocks: int) -> Value:
+    """`lba` < `blocks` (a volume's size, fixed when built) as "no bit above the size's and the
+    rest below it": a compare over all 64 bits is a carry chain, a logic cell a bit on an iCE40."""
+    top = blocks.bit_length()
+    return (lba[top:] == 0) & (lba[:top] < blocks)
 
 
 def port_io_members(datapath_bits: int) -> dict:
