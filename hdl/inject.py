@@ -17,11 +17,13 @@ meanwhile.
 The result: `time`, the port's local time when the header beat went in (the cycle the port
 stamps the entry with), `seq`, the port's `entries_written` then (the entry's sequence
 number), and `status`. The injector is the only source of a standalone port's ingress, so the
-next completion on that port is this write's.
+next completion on that port is this write's, and the port's `stamp` (`JournalPort.stamp`:
+time and seq of the last request that went in, journaled or not) holds this write's until the
+next INJECT_WRITE: `time` and `seq` are the stamp of the chosen port, not a copy.
 
-Per port (`port[i]`, from the injector's side): `ingress` out, and what it watches in: `time`,
-`entries_written`, `wresp` (a primary completion taken this cycle) with `wresp_ok`, and
-`rbeat` (a pre-image beat taken this cycle) with `rbeat_ok` and `rbeat_last`.
+Per port (`port[i]`, from the injector's side): `ingress` out, and what it watches in: `stamp`,
+`wresp` (a primary completion taken this cycle) with `wresp_ok`, and `rbeat` (a pre-image beat
+taken this cycle) with `rbeat_ok` and `rbeat_last`.
 """
 
 from amaranth.hdl import Module, Signal
@@ -31,7 +33,7 @@ from amaranth.lib.wiring import In, Out
 
 from firmware.abi.entry import Status
 from hdl.journal_ring import check_datapath_bits
-from hdl.timestamper import SEQ_BITS, TIME_BITS
+from hdl.timestamper import SEQ_BITS, TIME_BITS, StampLayout
 from hdl.write_path import beat_layout
 
 
@@ -39,8 +41,7 @@ def inject_port_signature(datapath_bits: int) -> wiring.Signature:
     """One port as the injector sees it: the port's ingress and what it watches of the port."""
     return wiring.Signature({
         "ingress": Out(stream.Signature(beat_layout(datapath_bits))),
-        "time": In(TIME_BITS),
-        "entries_written": In(SEQ_BITS),
+        "stamp": In(StampLayout),
         "wresp": In(1),
         "wresp_ok": In(1),
         "rbeat": In(1),
@@ -72,7 +73,7 @@ def InjectorControl(ports: int, block_bytes: int, datapath_bits: int) -> wiring.
 def inject_port_watch(m: Module, watch, port) -> None:
     """Drive `watch` (an `inject_port_signature` port, flipped) from a `JournalPort`'s streams."""
     wresp, rdata = port.pri_wresp, port.pri_rdata
-    m.d.comb += [watch.time.eq(port.time), watch.entries_written.eq(port.entries_written),
+    m.d.comb += [watch.stamp.eq(port.stamp),
                  watch.wresp.eq(wresp.valid & wresp.ready), watch.wresp_ok.eq(wresp.payload.ok),
                  watch.rbeat.eq(rdata.valid & rdata.ready), watch.rbeat_ok.eq(rdata.payload.ok),
                  watch.rbeat_last.eq(rdata.payload.last)]
@@ -113,9 +114,9 @@ class Injector(wiring.Component):
             with m.If(port == p):
                 wiring.connect(m, ingress, wiring.flipped(self.port[p].ingress))
                 m.d.comb += [getattr(watch, name).eq(getattr(self.port[p], name))
-                             for name in ("time", "entries_written", "wresp", "wresp_ok", "rbeat",
-                                          "rbeat_ok", "rbeat_last")]
-        m.d.comb += rp.en.eq(1)
+                             for name in ("stamp", "wresp", "wresp_ok", "rbeat", "rbeat_ok",
+                                          "rbeat_last")]
+        m.d.comb += [rp.en.eq(1), c.time.eq(watch.stamp.timestamp), c.seq.eq(watch.stamp.seq)]
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(c.start):
@@ -126,7 +127,7 @@ class Injector(wiring.Component):
                 m.d.comb += [ingress.valid.eq(1), ingress.payload.first.eq(1), ingress.payload.data.eq(lba),
                              rp.addr.eq(0)]
                 with m.If(ingress.ready):
-                    m.d.sync += [c.time.eq(watch.time), c.seq.eq(watch.entries_written), word.eq(0)]
+                    m.d.sync += word.eq(0)
                     m.next = "DATA"
             with m.State("DATA"):
                 # The read port shows word `word`; the next address goes out with the handshake.

@@ -25,6 +25,10 @@ Interfaces (W = `datapath_bits`, B = `block_bytes`; every stream is `amaranth.li
 | `ack` | in | {seq: 32} | host stored every entry up to and including `seq` |
 | `resend` | in | 1 | pulse: go back to the oldest unacknowledged entry |
 | `flush` | out | {data: W, first, last} | entries as `firmware.abi.entry` bytes, `first`/`last` |
+| `stamp` | out | {timestamp: 64, port: 8, seq: 32} | the last request's (see below) |
+
+`stamp` is the `Timestamper`'s: the last request's time and seq, from the cycle after its header
+beat went in; an unjournaled request's (an invalid port's) is its time and the next seq.
 
 Counters and status (outputs of the same names, the port's registers in the register map): see
 `COUNTERS` below, defined in `firmware.abi.regmap`. Those in `EVENTS` (the statistics) are
@@ -39,7 +43,7 @@ from amaranth.lib.wiring import In, Out
 from firmware.abi.regmap import COUNTERS, EVENTS
 from hdl.flush import AckLayout, FlushEngine
 from hdl.journal_ring import JournalRing, check_geometry
-from hdl.timestamper import TIME_BITS, Timestamper
+from hdl.timestamper import TIME_BITS, StampLayout, Timestamper
 from hdl.write_path import WritePath, beat_layout, port_io_members
 
 
@@ -76,6 +80,7 @@ class JournalPort(wiring.Component):
             "ack": In(stream.Signature(AckLayout)),
             "resend": In(1),
             "flush": Out(stream.Signature(beat_layout(datapath_bits))),
+            "stamp": Out(StampLayout),
         }
         members.update({name: Out(1 if name in EVENTS else width) for name, width, _, _ in COUNTERS})
         super().__init__(members)
@@ -96,6 +101,7 @@ class JournalPort(wiring.Component):
         m.d.sync += tail.eq(flush.hold)
         m.d.comb += [
             stamper.time.eq(self.time), stamper.take.eq(writes.take), writes.stamp.eq(stamper.stamp),
+            stamper.note.eq(writes.unjournaled), self.stamp.eq(stamper.stamp),
             ring.head.eq(stamper.next_seq),
             writes.mode.eq(self.mode), writes.policy.eq(self.policy),
             writes.reenable.eq(self.reenable), writes.fill.eq(ring.fill),

@@ -17,15 +17,18 @@ StampLayout = data.StructLayout({"timestamp": TIME_BITS, "port": PORT_BITS, "seq
 
 
 class Timestamper(wiring.Component):
-    """Latches `time` and the next sequence number when `take` is high.
+    """Latches `time` and the next sequence number when `take` (or `note`) is high.
 
     `stamp` holds the triple of the last take from the following cycle on (registered, so the
     caller samples it one cycle after `take`). Sequence numbers start at 0 and count takes;
-    `next_seq` is the one the next take gets (the number of takes so far).
+    `next_seq` is the one the next take gets (the number of takes so far). `note` stamps a
+    request that gets no entry (an invalid port's write) without using up a sequence number:
+    `stamp` then reads the request's time and the seq the next take gets.
     """
 
     time: In(TIME_BITS)
     take: In(1)
+    note: In(1)
     stamp: Out(StampLayout)
     next_seq: Out(SEQ_BITS)
 
@@ -39,10 +42,8 @@ class Timestamper(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.d.comb += self.stamp.port.eq(self.port)
+        with m.If(self.take | self.note):
+            m.d.sync += [self.stamp.timestamp.eq(self.time), self.stamp.seq.eq(self.next_seq)]
         with m.If(self.take):
-            m.d.sync += [
-                self.stamp.timestamp.eq(self.time),
-                self.stamp.seq.eq(self.next_seq),
-                self.next_seq.eq(self.next_seq + 1),
-            ]
+            m.d.sync += self.next_seq.eq(self.next_seq + 1)
         return m
