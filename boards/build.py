@@ -46,8 +46,8 @@ LUT_CELLS = ("TRELLIS_COMB", "ICESTORM_LC")
 BRAM_CELLS = ("DP16KD", "ICESTORM_RAM")
 BUILD_NAME = "top"
 # A JSON report to read the figures from; timing is judged here, not by nextpnr (so a failing
-# build still reports); router2, which routes the ULX3S image in minutes where router1 stalls.
-NEXTPNR_OPTS = "--report {name}.report.json --timing-allow-fail --router router2 --seed 2"
+# build still reports); then the board's own options (its router: `DevBoardTop.nextpnr_opts`).
+NEXTPNR_OPTS = "--report {name}.report.json --timing-allow-fail --seed 2"
 
 
 class BuildError(RuntimeError):
@@ -139,6 +139,41 @@ class BuildResult:
                 f"brams={self.used(BRAM_CELLS)}")
 
 
+_READ_PORT = re.compile(r"(cell \$memrd_v2 \S+\n)(.*?\n)(\s*end\n)", re.S)
+_MEMID = re.compile(r'parameter \\MEMID "\\(\S+)"')
+_MASK = re.compile(r"parameter \\(TRANSPARENCY_MASK|COLLISION_X_MASK) (\d+)'[01]+")
+
+
+def _collision_x(mask: re.Match) -> str:
+    """A read port's mask parameter, set to: no write port transparent, every one a collision."""
+    name, width = mask[1], int(mask[2])
+    return f"parameter \\{name} {width}'{('1' if name == 'COLLISION_X_MASK' else '0') * width}"
+
+
+def collisions_dont_care(rtlil: str) -> str:
+    """`rtlil` with the read ports of every memory that carries `no_rw_check`
+    (`hdl.ram.NO_RW_CHECK`) returning an undefined word when they meet a write to the same
+    address: neither transparent nor read-first, which any block RAM implements as it is."""
+    out = []
+    for module in re.split(r"(?m)^(?=module )", rtlil):
+        marked, attrs = set(), []
+        for words in map(str.split, module.splitlines()):
+            if words[:1] == ["attribute"]:
+                attrs.append(words[1])
+                continue
+            if words[:1] == ["memory"] and "\\no_rw_check" in attrs:
+                marked.add(words[-1])
+            attrs = []
+
+        def mark(cell: re.Match, marked=marked) -> str:
+            if _MEMID.search(cell[2])[1] not in marked:
+                return cell[0]
+            return cell[1] + _MASK.sub(_collision_x, cell[2]) + cell[3]
+
+        out.append(_READ_PORT.sub(mark, module))
+    return "".join(out)
+
+
 SOURCE_LOCATIONS = re.compile(rb'attribute \\src "[^"]*"\n|\(\* src = "[^"]*" \*\)')
 
 
@@ -161,7 +196,8 @@ def build(board: str, *, root: Path = BUILD_ROOT / "boards", log=sys.stderr) -> 
     env = toolchain_env()
     os.environ["OPENFPGALOADER"] = env["OPENFPGALOADER"]     # read by the ULX3S platform
     plan = platform.build(top, name=BUILD_NAME, do_build=False, synth_opts=top.synth_opts,
-                          nextpnr_opts=NEXTPNR_OPTS.format(name=BUILD_NAME))
+                          nextpnr_opts=f"{NEXTPNR_OPTS.format(name=BUILD_NAME)} {top.nextpnr_opts}".strip())
+    plan.files[f"{BUILD_NAME}.il"] = collisions_dont_care(plan.files[f"{BUILD_NAME}.il"])
     build_dir = root / f"{board}-{design_digest(plan)}"
     report_path = build_dir / f"{BUILD_NAME}.report.json"
     bitstream = build_dir / f"{BUILD_NAME}{bitstream_ext}"

@@ -22,14 +22,15 @@ it only what the board has instead of a simulator:
   block RAM, and its write traffic is injected by the host over the link (INJECT_WRITE), which
   reads the volume back with READ_BLOCK (`portjournal demo --port`).
 - **LEDs** (`leds`, in the board's order): one per port lit while its DPLL is locked (always,
-  with a board clock), then link
-  activity (a byte in either direction) and write activity (a primary-write beat on any port),
-  stretched to `BLINK_S` so a single byte shows.
+  with a board clock), then link activity (a byte in either direction) and write activity (a
+  primary-write beat on any port), each lit to the end of the blink period after the one it was
+  seen in (periods of at least `BLINK_S`, counted by one free-running counter for all), so a
+  single byte shows.
 """
 
 from dataclasses import dataclass
 
-from amaranth.hdl import Cat, ClockDomain, ClockSignal, Elaboratable, Module, Signal
+from amaranth.hdl import Cat, ClockDomain, ClockSignal, Elaboratable, Module, Signal, Value
 from amaranth.lib import io, wiring
 from amaranth.lib.cdc import ResetSynchronizer
 
@@ -39,7 +40,7 @@ from firmware.image import DeviceImage
 from hdl.timebase import DEFAULT_BIT_RATE, DEFAULT_INTERVAL_NS, DEFAULT_UNIT_NS, TimeBase
 from hdl.uart import UART
 
-BLINK_S = 0.02          # an activity pulse is stretched to 20 ms, visible to the eye
+BLINK_S = 0.02          # an activity pulse lights its LED for at least 20 ms, visible to the eye
 
 
 @dataclass(frozen=True)
@@ -85,9 +86,10 @@ class DevBoardConfig:
 
 class DevBoardTop(Elaboratable):
     """The device image on a dev board; a board subclass provides `platform_class` and `pll`,
-    and may give Yosys options of its own (`synth_opts`)."""
+    and may give Yosys and nextpnr options of its own (`synth_opts`, `nextpnr_opts`)."""
 
     synth_opts = ""
+    nextpnr_opts = ""
 
     def __init__(self, config: DevBoardConfig):
         self.config = config
@@ -139,20 +141,24 @@ class DevBoardTop(Elaboratable):
             leds.append(led.o)
         for p in range(min(cfg.ports, len(leds))):
             m.d.comb += leds[p].eq(image.port[p].locked)
-        stretched = [self._stretch(m, link_busy, "link"), self._stretch(m, write_busy, "write")]
+        # One free-running count of blink periods for every activity LED.
+        period = Signal((round(cfg.clock_hz * BLINK_S) - 1).bit_length())
+        m.d.sync += period.eq(period + 1)
+        stretched = [self._stretch(m, link_busy, period.all(), "link"),
+                     self._stretch(m, write_busy, period.all(), "write")]
         for led, lit in zip(leds[cfg.ports:], stretched, strict=False):
             m.d.comb += led.eq(lit)
         return m
 
-    def _stretch(self, m: Module, pulse, name: str) -> Signal:
-        """`pulse` held high for `BLINK_S` after it was last seen."""
-        hold = round(self.config.clock_hz * BLINK_S)
-        left = Signal(range(hold + 1), name=f"{name}_blink")
-        with m.If(pulse):
-            m.d.sync += left.eq(hold)
-        with m.Elif(left != 0):
-            m.d.sync += left.eq(left - 1)
-        return left != 0
+    @staticmethod
+    def _stretch(m: Module, pulse, period_end, name: str) -> Value:
+        """`pulse` held until the end of the period after the one it was last seen in."""
+        seen, held = Signal(name=f"{name}_seen"), Signal(name=f"{name}_held")
+        with m.If(period_end):
+            m.d.sync += [held.eq(seen | pulse), seen.eq(0)]
+        with m.Elif(pulse):
+            m.d.sync += seen.eq(1)
+        return seen | held
 
     def leds(self, platform) -> list[tuple[str, int]]:
         """The board's LEDs (resource name, number) in order: port locks first, then link and

@@ -8,6 +8,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from hdl.journal_ring import check_datapath_bits
+from hdl.ram import NO_RW_CHECK
 from hdl.write_path import ReadCommand, WriteResponse, beat_layout, lba_in_volume, read_beat_layout
 
 STANDALONE_BLOCKS = 256        # the standalone boards' volume: 128 KiB of 512 B blocks, 64 DP16KD on
@@ -66,7 +67,9 @@ class BlockStore(wiring.Component):
         m = Module()
         words = self.block_words
         word_bits = (words - 1).bit_length()
-        mem = m.submodules.volume = Memory(shape=self.width, depth=self.blocks * words, init=[])
+        # One requester at a time reads or writes it.
+        mem = m.submodules.volume = Memory(shape=self.width, depth=self.blocks * words, init=[],
+                                           attrs=NO_RW_CHECK)
         wp = mem.write_port()
         rp = mem.read_port()
 

@@ -49,6 +49,8 @@ class ULX3SBoard(DevBoardTop):
     """`DevBoardTop` on the ULX3S: its PLL, buttons and LEDs."""
 
     platform_class = ULX3S_85F_Platform
+    # router2 routes this image in minutes where router1 stalls.
+    nextpnr_opts = "--router router2"
 
     def __init__(self, config: DevBoardConfig = CONFIG):
         super().__init__(config)

@@ -3,13 +3,13 @@
 Every register of the table becomes either a constant (global `const` registers: the image's
 identity and geometry), an input the block reads (`RO`: values and status), an event input
 it counts (`RO` registers in `EVENTS`: a one-cycle pulse per event, counted in a
-`hdl.counter_bank.CounterBank`, slot 16 × block + offset − 0x10), or an output it drives (`RW`:
-a control register holding the last value written; `W1P`: a one-cycle pulse when 1 is
-written). Global registers are members of the same name; each port's block is `port[i]`,
-whose members are named after the per-port registers. The bus is `RegisterBus` from
-`hdl.link`: reads take one cycle (`r_data` follows `r_addr` a cycle later), writes (`w_addr`,
-`w_data`, `w_en`) take effect at the end of the cycle `w_en` is high, so a read issued in the
-next cycle sees the new value. Unmapped addresses read 0 and ignore writes.
+`hdl.counter_bank.CounterBank`, slot 16 × block + offset − 0x10, by reads from two cycles
+after it), or an output it drives (`RW`: a control register holding the last value written;
+`W1P`: a one-cycle pulse when 1 is written). Global registers are members of the same name;
+each port's block is `port[i]`, whose members are named after the per-port registers. The bus
+is `RegisterBus` from `hdl.link`: reads take one cycle (`r_data` follows `r_addr` a cycle
+later), writes (`w_addr`, `w_data`, `w_en`) take effect at the end of the cycle `w_en` is high,
+so a read issued in the next cycle sees the new value. Unmapped addresses read 0 and ignore writes.
 
 The read data is a binary tree of 2:1 multiplexers over the address bits (the register's offset
 in its block, then the block), with empty subtrees cut off as zeros: a decoder written as one
@@ -117,7 +117,11 @@ class RegisterBlock(wiring.Component):
         bank = m.submodules.counters = CounterBank(depth=_SLOTS * (self.ports + 1), counters=order)
         addr = self.bus.r_addr
         slot = Cat(addr[:(_SLOTS - 1).bit_length()], addr[(PORT_STRIDE - 1).bit_length():])
-        m.d.comb += [bank.inc.eq(Cat(slots[s] for s in order)), bank.r_addr.eq(slot)]
+        # The pulses are registered on their way in (the cores' decisions that raise them are
+        # long paths of their own): a read sees the events up to two cycles before its own.
+        inc = Signal(len(order))
+        m.d.sync += inc.eq(Cat(slots[s] for s in order))
+        m.d.comb += [bank.inc.eq(inc), bank.r_addr.eq(slot)]
         return bank
 
     def _decode(self, values) -> Value:

@@ -5,11 +5,10 @@ flip-flops, a logic cell a bit, where one block RAM of the 30 would do: on the i
 link's response queue and the flush engine's output FIFO were ~700 of its 5,280 cells. This is
 `amaranth.lib.fifo.SyncFIFOBuffered` (same ports, same behaviour: `depth` entries, the head in
 the output register, a written entry readable two cycles later) with two differences: on an
-iCE40 its memory asks for block RAM, and its read port is declared transparent. A read never
-meets a write to the same entry (that would take a full or an empty FIFO), so transparency
-changes nothing, but on a block RAM that leaves a same-address read undefined Yosys builds a
-transparent read with one register of the entry's width and a non-transparent one with two. On
-other devices the memory is left to Yosys (an ECP5 puts it in distributed RAM).
+iCE40 its memory asks for block RAM, and it says that a read never meets a write to the same
+entry (that would take a full or an empty FIFO: `hdl.ram.NO_RW_CHECK`), so Yosys builds no
+emulation of one around the block RAM. On other devices the memory is left to Yosys (an ECP5
+puts it in distributed RAM).
 
 Against `SyncFIFO` (unbuffered) an entry comes out a cycle later. Writers that count credits
 on `level` instead of looking at `w_rdy` (the flush engine, the link's sender, the COBS
@@ -19,6 +18,8 @@ encoder) may: from a depth of 3, `w_rdy` is exactly `level != depth`.
 from amaranth.hdl import Elaboratable, Module, Mux, Signal
 from amaranth.lib.fifo import FIFOInterface
 from amaranth.lib.memory import Memory
+
+from hdl.ram import NO_RW_CHECK
 
 
 def _next(index: Signal, count: int):
@@ -39,11 +40,11 @@ class BlockFIFO(Elaboratable, FIFOInterface):
     def elaborate(self, platform):
         m = Module()
         inner = self.depth - 1              # entries in the RAM; one more in the output register
-        storage = m.submodules.storage = Memory(shape=self.width, depth=inner, init=[])
+        storage = m.submodules.storage = Memory(shape=self.width, depth=inner, init=[], attrs=NO_RW_CHECK)
         if getattr(platform, "family", None) == "iCE40":
             storage.attrs["ram_style"] = "block"
         w_port = storage.write_port()
-        r_port = storage.read_port(transparent_for=(w_port,))
+        r_port = storage.read_port()
         produce, consume = Signal(range(inner)), Signal(range(inner))
         stored = Signal(range(inner + 1))
 

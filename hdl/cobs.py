@@ -20,6 +20,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from hdl.block_fifo import BlockFIFO
+from hdl.ram import NO_RW_CHECK
 
 FrameByte = data.StructLayout({"data": 8, "first": 1, "last": 1})
 CheckedFrameByte = data.StructLayout({"data": 8, "first": 1, "last": 1, "error": 1})
@@ -39,7 +40,8 @@ class COBSEncoder(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        mem = m.submodules.mem = Memory(shape=8, depth=2 * 256, init=[])
+        # A group is read from one half while the next is written into the other.
+        mem = m.submodules.mem = Memory(shape=8, depth=2 * 256, init=[], attrs=NO_RW_CHECK)
         wp = mem.write_port()
         rp = mem.read_port()
 

@@ -33,6 +33,7 @@ from amaranth.lib.wiring import In, Out
 
 from firmware.abi.entry import Status
 from hdl.journal_ring import check_datapath_bits
+from hdl.ram import NO_RW_CHECK
 from hdl.timestamper import SEQ_BITS, TIME_BITS, StampLayout
 from hdl.write_path import beat_layout
 
@@ -96,7 +97,8 @@ class Injector(wiring.Component):
         m = Module()
         c = self.control
         words = self.block_words
-        buf = m.submodules.buf = Memory(shape=self.width, depth=words, init=[])
+        # Loaded while idle, read while busy: never both.
+        buf = m.submodules.buf = Memory(shape=self.width, depth=words, init=[], attrs=NO_RW_CHECK)
         wp = buf.write_port(granularity=8)
         rp = buf.read_port()
         m.d.comb += [wp.addr.eq(c.load_addr), wp.data.eq(c.load_data.replicate(self.width // 8)),

@@ -23,11 +23,11 @@ follows), go into small register files.
 
 Only 64-bit words in the header RAM keep it narrow: block RAMs are at most 16 (iCE40) or 36
 (ECP5) bits wide, so at a small depth a RAM's width, not its depth, sets how many it takes (the
-whole 162-bit phase-1 header took 11 of an iCE40's 30 for 8 entries). Both RAMs' read ports
-are transparent: the flush engine uses only what it reads of entries that are complete and not
-yet released, which nothing writes, so whether a read sees a write in the same cycle makes no
-difference, and on block RAMs that leave it undefined (iCE40, ECP5) Yosys emulates a
-transparent read with one register of the word's width, a non-transparent one with two.
+whole 162-bit phase-1 header took 11 of an iCE40's 30 for 8 entries). The flush engine uses
+only what it reads of entries that are complete and not yet released, which nothing writes, so
+whether a read sees a write in the same cycle makes no difference: both RAMs say so
+(`hdl.ram.NO_RW_CHECK`), and Yosys builds no emulation of either behaviour around a block RAM
+that leaves it undefined (iCE40, ECP5).
 
 The layouts of the header are built from `firmware.abi.entry.HEADER_DTYPE`, the one definition
 of the entry format that the host reads too.
@@ -39,6 +39,7 @@ from amaranth.lib.memory import Memory, ReadPort, WritePort
 from amaranth.lib.wiring import In, Out
 
 from firmware.abi.entry import HEADER_BYTES, HEADER_DTYPE, TRAILER_BYTES, Kind, Mode, Status
+from hdl.ram import NO_RW_CHECK
 from hdl.timestamper import TIME_BITS
 
 
@@ -137,8 +138,9 @@ class JournalRing(wiring.Component):
             "entry_kind": Out(KIND_BITS),
             "entry_mode": Out(MODE_BITS),
         })
-        self.data_mem = Memory(shape=datapath_bits, depth=depth * self.block_words, init=[])
-        self.meta_mem = Memory(shape=META_BITS, depth=depth * len(META_WORDS), init=[])
+        self.data_mem = Memory(shape=datapath_bits, depth=depth * self.block_words, init=[],
+                               attrs=NO_RW_CHECK)
+        self.meta_mem = Memory(shape=META_BITS, depth=depth * len(META_WORDS), init=[], attrs=NO_RW_CHECK)
 
     def elaborate(self, platform):
         m = Module()
@@ -147,7 +149,7 @@ class JournalRing(wiring.Component):
             m.submodules[name] = mem
             write_port = mem.write_port()
             wiring.connect(m, wiring.flipped(write), write_port)
-            wiring.connect(m, wiring.flipped(read), mem.read_port(transparent_for=(write_port,)))
+            wiring.connect(m, wiring.flipped(read), mem.read_port())
 
         status = Array(Signal(STATUS_BITS, name=f"status{i}") for i in range(self.depth))
         kind = Array(Signal(KIND_BITS, name=f"kind{i}") for i in range(self.depth))

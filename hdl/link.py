@@ -70,6 +70,7 @@ from hdl.crc import CRC32C
 from hdl.flush import AckLayout
 from hdl.inject import InjectorControl
 from hdl.journal_ring import check_datapath_bits
+from hdl.ram import NO_RW_CHECK
 from hdl.timestamper import SEQ_BITS, TIME_BITS
 from hdl.write_path import ReadCommand, beat_layout, lba_in_volume, read_beat_layout
 
@@ -99,12 +100,14 @@ def link_port_signature(datapath_bits: int) -> wiring.Signature:
     })
 
 
+_MAX_READ = (MAX_PAYLOAD - 4) // 4     # the most registers a REG_READ reads
+
 # Payload sources of a frame being sent.
 SRC_IDENTITY, SRC_REGS, SRC_NAK, SRC_BUF, SRC_WRITTEN = range(5)
 
 Response = data.StructLayout({
-    "src": 3, "ftype": 8, "port": 8, "seq": 16, "addr": ADDRESS_BITS, "count": 16, "prefix": 1,
-    "reason": 8,
+    "src": 3, "ftype": 8, "port": 8, "seq": 16, "addr": ADDRESS_BITS, "count": _MAX_READ.bit_length(),
+    "prefix": 1, "reason": 8,
 })
 
 _PARSE_BYTES = HEADER_BYTES + 8 + CRC_BYTES   # the longest request but INJECT_WRITE, whose block
@@ -112,7 +115,10 @@ _PARSE_BYTES = HEADER_BYTES + 8 + CRC_BYTES   # the longest request but INJECT_W
 _BLOCK_AT = HEADER_BYTES + INJECT.size        # INJECT_WRITE: frame offset of the block's first byte
 _REQUEST_PAYLOAD = {FrameType.IDENTIFY: 0, FrameType.REG_READ: 4, FrameType.REG_WRITE: 6,
                     FrameType.FLUSH: 0, FrameType.ACK: 4, FrameType.RESEND: 0}
-_MAX_READ = (MAX_PAYLOAD - 4) // 4
+# The longest frame either side may build: frame byte counters have its width. A received frame
+# too long to count saturates the count, and is refused as BAD_LENGTH (if its CRC is good).
+_FRAME_BYTES = HEADER_BYTES + MAX_PAYLOAD + CRC_BYTES
+_COUNT_MAX = (1 << _FRAME_BYTES.bit_length()) - 1
 _OUT_FIFO_DEPTH = 4
 _GRACE = 4                 # cycles a JOURNAL frame waits at an entry boundary for the next entry
 
@@ -184,7 +190,7 @@ class LinkController(wiring.Component):
         wiring.connect(m, wiring.flipped(self.rx), dec.i_stream)
         crc = m.submodules.rx_crc = CRC32C(8)
         buf = Array([Signal(8, name=f"rx_buf{i}") for i in range(_PARSE_BYTES)])
-        count = Signal(16)
+        count = Signal(range(_COUNT_MAX + 1))
         cobs_error = Signal()
         byte = dec.o_stream.payload
 
@@ -210,7 +216,9 @@ class LinkController(wiring.Component):
                 m.d.sync += written_queued.eq(0)
 
         resp = Signal(Response)
+        verdict = Signal(8)             # CHECK's: the NakReason of the frame received, or 0
         m.d.comb += resp_fifo.w_data.eq(resp)
+        m.d.sync += self.bus.w_en.eq(0)     # a register write: the cycle after ACT
         for p in range(n):          # pulses last one cycle; an ack is held until taken
             lp = self.port[p]
             m.d.sync += [lp.flush_cmd.eq(0), lp.resend.eq(0)]
@@ -219,14 +227,14 @@ class LinkController(wiring.Component):
         with m.FSM(name="rx"):
             with m.State("RECV"):
                 m.d.comb += dec.o_stream.ready.eq(1)
-                if store:       # the injector's result goes out as WRITTEN (CHECK queues the others)
+                if store:       # the injector's result goes out as WRITTEN (ACT queues the others)
                     with m.If(self.inject.done & ~written_queued & resp_fifo.w_rdy):
                         m.d.comb += [resp_fifo.w_en.eq(1), resp.src.eq(SRC_WRITTEN),
                                      resp.ftype.eq(FrameType.WRITTEN), resp.seq.eq(inject_seq),
                                      resp.port.eq(inject_port)]
                         m.d.sync += written_queued.eq(1)
-                index = Signal(16)
-                m.d.comb += index.eq(Cat(count)[:16])
+                index = Signal.like(count)
+                m.d.comb += index.eq(count)
                 with m.If(byte.first):
                     m.d.comb += index.eq(0)
                 m.d.comb += [crc.data.valid.eq(dec.o_stream.valid), crc.data.payload.data.eq(byte.data),
@@ -234,11 +242,13 @@ class LinkController(wiring.Component):
                 with m.If(dec.o_stream.valid):
                     with m.If(index < _PARSE_BYTES):
                         m.d.sync += buf[index[:(_PARSE_BYTES - 1).bit_length()]].eq(byte.data)
-                    m.d.sync += count.eq(index + (index != 0xFFFF))
+                    m.d.sync += count.eq(index + (index != _COUNT_MAX))
                     with m.If(byte.last):
                         m.d.sync += cobs_error.eq(byte.error)
                         m.next = "CHECK"
             with m.State("CHECK"):
+                # The frame's checks in priority order, registered: the action on their verdict
+                # (ACT) is the next cycle's.
                 reason = Signal(8)
                 expected = Signal(16)
                 is_request = Signal()
@@ -254,7 +264,7 @@ class LinkController(wiring.Component):
                     m.d.comb += reason.eq(NakReason.BAD_LENGTH)
                 with m.Elif(crc.crc != CRC_RESIDUE):
                     m.d.comb += reason.eq(NakReason.BAD_CRC)
-                with m.Elif(count != length + HEADER_BYTES + CRC_BYTES):
+                with m.Elif((count != length + HEADER_BYTES + CRC_BYTES) | (count == _COUNT_MAX)):
                     m.d.comb += reason.eq(NakReason.BAD_LENGTH)
                 with m.Elif(~is_request):
                     m.d.comb += reason.eq(NakReason.UNKNOWN_TYPE)
@@ -266,7 +276,15 @@ class LinkController(wiring.Component):
                 if store:
                     with m.Elif((injects | reads) & ~lba_in_volume(lba, self.store_blocks)):
                         m.d.comb += reason.eq(NakReason.BAD_LBA)
-                    with m.Elif((injects & (self.inject.busy | blocked)) | (reads & reading["pending"])):
+                m.d.sync += verdict.eq(reason)
+                m.next = "ACT"
+            with m.State("ACT"):
+                # BUSY is judged now, on the injector's and the pending READ_BLOCK's state.
+                reason = Signal(8)
+                m.d.comb += reason.eq(verdict)
+                if store:
+                    with m.If((verdict == 0) & ((injects & (self.inject.busy | blocked))
+                                                | (reads & reading["pending"]))):
                         m.d.comb += reason.eq(NakReason.BUSY)
 
                 # FLUSH and RESEND are answered by journal data, INJECT_WRITE and READ_BLOCK later.
@@ -311,7 +329,7 @@ class LinkController(wiring.Component):
                     with m.Else():
                         m.d.comb += self.rx_frames.eq(1)
                         with m.If(ftype == FrameType.REG_WRITE):
-                            m.d.comb += [self.bus.w_en.eq(1), self.bus.w_addr.eq(reg_addr),
+                            m.d.sync += [self.bus.w_en.eq(1), self.bus.w_addr.eq(reg_addr),
                                          self.bus.w_data.eq(reg_value)]
                         if store:
                             with m.If(injects):
@@ -339,7 +357,7 @@ class LinkController(wiring.Component):
         taken = dec.o_stream.valid & dec.o_stream.ready
         byte = dec.o_stream.payload
         index = Mux(byte.first, 0, count)           # this byte's offset in the frame
-        offset = Signal(16)
+        offset = Signal.like(count)
         m.d.comb += offset.eq(index - _BLOCK_AT)
         with m.If(taken):
             with m.If(byte.first):
@@ -358,7 +376,8 @@ class LinkController(wiring.Component):
         max_words = self.max_payload // word_bytes
         entry_words = entry_bytes(self.block_bytes) // word_bytes
         half = 1 << (max_words - 1).bit_length()
-        mem = m.submodules.frame_buf = Memory(shape=self.width, depth=2 * half, init=[])
+        # A frame is sent from one half while the next is collected into the other.
+        mem = m.submodules.frame_buf = Memory(shape=self.width, depth=2 * half, init=[], attrs=NO_RW_CHECK)
         wp = mem.write_port()
         rp = mem.read_port()
         frames = {
@@ -366,7 +385,7 @@ class LinkController(wiring.Component):
             "full": Signal(2), "rsel": Signal(),
             "ftype": Array([Signal(8, name=f"buf_type{i}") for i in range(2)]),
             "port": Array([Signal(8, name=f"buf_port{i}") for i in range(2)]),
-            "length": Array([Signal(16, name=f"buf_len{i}") for i in range(2)]),
+            "length": Array([Signal(range(MAX_PAYLOAD + 1), name=f"buf_len{i}") for i in range(2)]),
             "seq": Array([Signal(16, name=f"buf_seq{i}") for i in range(2)]),
         }
         full = frames["full"]
@@ -567,19 +586,29 @@ class LinkController(wiring.Component):
         crc = m.submodules.tx_crc = CRC32C(8)
         rp, full, rsel = frames["rp"], frames["full"], frames["rsel"]
 
+        # The frame being sent: the response queue's head (popped once its last byte is issued:
+        # stage B of that byte, a CRC byte, reads nothing of it), or the frame buffer's.
+        from_queue = Signal()
         desc = Signal(Response)
-        length = Signal(16)
-        total = Signal(17)
+        with m.If(from_queue):
+            m.d.comb += desc.eq(resp_fifo.r_data)
+        with m.Else():
+            m.d.comb += [desc.src.eq(SRC_BUF), desc.ftype.eq(frames["ftype"][rsel]),
+                         desc.port.eq(frames["port"][rsel]), desc.seq.eq(frames["seq"][rsel])]
+        length = Signal(range(MAX_PAYLOAD + 1))
+        # Byte counters of a frame: `i` the frame's byte, `j` the payload's, `reg_j` the values'
+        # (wrapping before the payload: they are read only there).
+        frame = range(_FRAME_BYTES + 1)
+        total = Signal(frame)
         m.d.comb += total.eq(length + HEADER_BYTES + CRC_BYTES)
-        i = Signal(17)
+        i = Signal(frame)
         issue = Signal()
         with m.FSM(name="send"):
             with m.State("IDLE"):
                 head = Signal(Response)
                 m.d.comb += head.eq(resp_fifo.r_data)
                 with m.If(resp_fifo.r_rdy):
-                    m.d.comb += resp_fifo.r_en.eq(1)
-                    m.d.sync += desc.eq(head)
+                    m.d.sync += from_queue.eq(1)
                     with m.Switch(head.src):
                         with m.Case(SRC_IDENTITY):
                             m.d.sync += length.eq(IDENTITY_BYTES)
@@ -592,16 +621,14 @@ class LinkController(wiring.Component):
                     m.d.sync += i.eq(0)
                     m.next = "SEND"
                 with m.Elif(full.bit_select(rsel, 1)):
-                    m.d.sync += [desc.eq(0), desc.src.eq(SRC_BUF), desc.ftype.eq(frames["ftype"][rsel]),
-                                 desc.port.eq(frames["port"][rsel]), desc.seq.eq(frames["seq"][rsel]),
-                                 length.eq(frames["length"][rsel]), i.eq(0)]
+                    m.d.sync += [from_queue.eq(0), length.eq(frames["length"][rsel]), i.eq(0)]
                     m.next = "SEND"
             with m.State("SEND"):
                 m.d.comb += issue.eq(out.level < _OUT_FIFO_DEPTH - 1)
                 with m.If(issue):
                     m.d.sync += i.eq(i + 1)
                     with m.If(i == total - 1):
-                        m.d.comb += self.tx_frames.eq(1)
+                        m.d.comb += [self.tx_frames.eq(1), resp_fifo.r_en.eq(from_queue)]
                         with m.If(desc.src == SRC_BUF):
                             m.d.sync += [full.bit_select(rsel, 1).eq(0), rsel.eq(~rsel)]
                         with m.If(desc.src == SRC_WRITTEN):
@@ -609,17 +636,17 @@ class LinkController(wiring.Component):
                         m.next = "IDLE"
 
         # Stage A: address the payload's source for byte i (buffer word, register).
-        j = Signal(17)
+        j = Signal(frame)
         m.d.comb += j.eq(i - HEADER_BYTES)
-        reg_j = Signal(17)
+        reg_j = Signal(frame)
         m.d.comb += reg_j.eq(j - 4 * desc.prefix)
         lanes = self.lane_bits
         m.d.comb += [rp.addr.eq(Cat(j[lanes:lanes + frames["half_bits"]], rsel)), rp.en.eq(1),
                      self.bus.r_addr.eq(desc.addr + reg_j[2:])]
 
         # Stage B: pick the byte, CRC it, queue it.
-        b_valid, b_i, b_j, b_reg_j = Signal(), Signal(17), Signal(17), Signal(17)
-        b_last_payload = Signal(17)
+        b_valid, b_i, b_j, b_reg_j = Signal(), Signal(frame), Signal(frame), Signal(frame)
+        b_last_payload = Signal(frame)
         m.d.sync += [b_valid.eq(issue), b_i.eq(i), b_j.eq(j), b_reg_j.eq(reg_j),
                      b_last_payload.eq(HEADER_BYTES + length)]
         header = Cat(desc.ftype, desc.port, desc.seq, length, Const(0, 16))

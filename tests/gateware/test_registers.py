@@ -37,6 +37,7 @@ def test_read_write_pulse():
         ctx.set(dut.rx_crc_errors, 1)                               # an event: 7 cycles, 7 counted
         await ctx.tick().repeat(7)
         ctx.set(dut.rx_crc_errors, 0)
+        await ctx.tick()                                            # the bank's input register
         ctx.set(dut.port[1].acknowledged, 0xABCDEF01)
         ctx.set(dut.port[0].invalid, 1)
         ctx.set(dut.port[1].dpll_time_hi, 0x89ABCDEF)               # a split DPLL value, by word
