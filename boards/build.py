@@ -159,9 +159,9 @@ def collisions_dont_care(rtlil: str) -> str:
         marked, attrs = set(), []
         for words in map(str.split, module.splitlines()):
             if words[:1] == ["attribute"]:
-                attrs.append(words[1])
+                attrs.append(words[1:3])
                 continue
-            if words[:1] == ["memory"] and "\\no_rw_check" in attrs:
+            if words[:1] == ["memory"] and ["\\no_rw_check", "1"] in attrs:
                 marked.add(words[-1])
             attrs = []
 

@@ -28,7 +28,8 @@ Interfaces (W = `datapath_bits`, B = `block_bytes`; every stream is `amaranth.li
 | `stamp` | out | {timestamp: 64, port: 8, seq: 32} | the last request's (see below) |
 
 `stamp` is the `Timestamper`'s: the last request's time and seq, from the cycle after its header
-beat went in; an unjournaled request's (an invalid port's) is its time and the next seq.
+beat went in; an unjournaled request's (an invalid port's) is its time and the next seq; a
+PORT_INVALID marker's, from its allocation until the request that found the ring full goes in.
 
 Counters and status (outputs of the same names, the port's registers in the register map): see
 `COUNTERS` below, defined in `firmware.abi.regmap`. Those in `EVENTS` (the statistics) are

@@ -13,12 +13,13 @@ import random
 import struct
 
 import cocotb
+import numpy as np
 import pytest
 from cocotb.triggers import ClockCycles
 from link_bench import LinkBytes
 
 from firmware.abi import regmap
-from firmware.abi.entry import Kind, Mode, Status, entry_bytes, unpack
+from firmware.abi.entry import HEADER_BYTES, HEADER_DTYPE, Kind, Mode, Status, entry_bytes, unpack
 from firmware.abi.frames import FEATURE_INJECTION, FLUSH_MARK, IDENTITY, INJECT, WRITTEN, FrameType, NakReason
 
 PORTS, BLOCK, DEPTH, BLOCKS = 2, 64, 8, 32
@@ -65,8 +66,10 @@ class Bench(LinkBytes):
             if kind == FrameType.FLUSH_MARK:
                 return entries, FLUSH_MARK.unpack(payload)
             assert kind == FrameType.JOURNAL, kind
-            size = entry_bytes(BLOCK)
-            entries += [unpack(payload[i:i + size]) for i in range(0, len(payload), size)]
+            while payload:          # writes and, on an invalidated port, a marker (no data)
+                length = int(np.frombuffer(payload[:HEADER_BYTES], HEADER_DTYPE)[0]["length"])
+                entries.append(unpack(payload[:entry_bytes(length)]))
+                payload = payload[entry_bytes(length):]
 
 
 @cocotb.test()
@@ -166,6 +169,35 @@ async def bad_requests_change_nothing(dut):
     assert await bench.read_block(5) == data
     assert await bench.read_block(0) == before[0]       # the refused one changed nothing
     assert await bench.read("entries_written", 0) == written + 1
+
+
+@cocotb.test()
+async def a_full_ring_invalidates_and_the_write_still_lands(dut):
+    """Policy INVALIDATE: the write that finds the ring full is preceded by a PORT_INVALID
+    marker and goes to the volume unjournaled; its WRITTEN has its own time, after the
+    marker's, and the seq after the marker's (the port's stamp of an unjournaled write)."""
+    rng = random.Random(cocotb.RANDOM_SEED + 2)
+    bench = Bench(dut)
+    await bench.start()
+    entries, (_, next_seq) = await bench.drain(0)        # an empty ring to start from
+    if entries:
+        bench.send(FrameType.ACK, struct.pack("<I", next_seq - 1), port=0)
+        await bench.expect(FrameType.ACKED, port=0)
+    await bench.write("policy", 1, 0)
+    writes = []
+    for _ in range(DEPTH):      # the last free slot is the marker's: the last write finds no room
+        lba, data = rng.randrange(BLOCKS), rng.randbytes(BLOCK)
+        writes.append((lba, data, await bench.inject(0, lba, data)))
+    (lba, data, (time, seq, status)) = writes[-1]
+    assert (seq, status) == (next_seq + DEPTH, Status.OK), (seq, status)
+    assert await bench.read_block(lba) == data
+    assert (await bench.read("invalid", 0), await bench.read("unjournaled", 0)) == (1, 1)
+    entries, _ = await bench.drain(0)
+    assert [f["seq"] for f, _ in entries] == list(range(next_seq, next_seq + DEPTH))
+    assert [(f["lba"], f["timestamp"]) for f, _ in entries[:-1]] == [(w[0], w[2][0]) for w in writes[:-1]]
+    marker = entries[-1][0]
+    assert (marker["kind"], marker["lba"], marker["length"]) == (Kind.PORT_INVALID, lba, 0), marker
+    assert writes[-2][2][0] <= marker["timestamp"] < time
 
 
 @pytest.mark.parametrize("width", [64, 16, 8])
