@@ -4,6 +4,7 @@ RAM, on every port's primary-storage streams and the link's READ_BLOCK (dev boar
 
 from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -31,15 +32,23 @@ class BlockStore(wiring.Component):
     `amaranth.lib.memory.Memory` of `datapath_bits` words with one write and one synchronous read
     port, so it maps to block RAM. One request is served at a time, whole: an arbiter takes the next
     requester in round-robin order — port 0's write, port 0's read, port 1's write, …, the
-    link's read — after the one it served last, and takes its header the next cycle (the choice
-    is registered, so the ports' handshakes do not chain through the arbiter). A write takes its
-    header beat (lba: a beat's width holds every lba of the volume, at most 2**`datapath_bits`
-    blocks) and its data beats, one a cycle, into the block, then owes its port a
-    completion (`ok`); a port's next write waits until that completion is taken. A read streams
-    the block's words out, the last one marked. A block outside the volume is neither written
-    nor read: the write completes with `ok` = 0, the read returns zero beats with `ok` = 0. The
-    volume starts as zeros.
+    link's read — after the one it served last. A write takes its header beat (lba: a beat's
+    width holds every lba of the volume, at most 2**`datapath_bits` blocks) and its data beats,
+    one a cycle, into the block, then owes its port a completion (`ok`); a port's next write
+    waits until that completion is taken. A read streams the block's words out, the last one
+    marked. A block outside the volume is neither written nor read: the write completes with
+    `ok` = 0, the read returns zero beats with `ok` = 0. The volume starts as zeros.
+
+    Every decision is a register away from the requesters and the RAM (the volume's RAMs span
+    the chip, and the requesters' handshakes are logic of their own): the arbiter chooses among
+    the valids of the cycle before (a stream's valid holds until its transfer) and takes the
+    header a cycle after the choice, from the granted requester alone, or gives the grant up if
+    that requester has since withdrawn; the volume's write port takes a registered beat, a cycle
+    after its handshake; a read's words are fetched ahead into a `SyncFIFOBuffered`, addressed
+    from a counter, so the requester's ready reaches neither the RAM nor its address.
     """
+
+    READ_AHEAD = 4      # words fetched ahead of a read's requester: full rate with a cycle's RAM read
 
     def __init__(self, *, ports: int, block_bytes: int, blocks: int, datapath_bits: int = 64):
         check_datapath_bits(self, datapath_bits)
@@ -72,6 +81,8 @@ class BlockStore(wiring.Component):
                                            attrs=NO_RW_CHECK)
         wp = mem.write_port()
         rp = mem.read_port()
+        ahead = m.submodules.ahead = SyncFIFOBuffered(width=len(self.link_rdata.payload.as_value()),
+                                                      depth=self.READ_AHEAD)
 
         # Requesters in round-robin order: each port's write then read, the link's read last.
         # (valid, source stream, sink stream, completion owed or None for a read, its ok)
@@ -86,14 +97,17 @@ class BlockStore(wiring.Component):
                          (port.rcmd.valid, port.rcmd, port.rdata, None, None)]
         requests.append((self.link_rcmd.valid, self.link_rcmd, self.link_rdata, None, None))
         count = len(requests)
+        waiting = Signal(count)             # the requesters' valids, a cycle old
+        m.d.sync += waiting.eq(Cat(valid for valid, *_ in requests))
 
         last = Signal(range(count), init=count - 1)    # the requester served last
         grant = Signal(range(count))
+        granted = Signal(count)         # `grant` one-hot, and high while a header or data beat is
+        taking = Signal()               # taken (ACCEPT, WRITE): each ready is then a gate of two
         lba = Signal(64)
+        block = lba[:max(1, (self.blocks - 1).bit_length())]
         in_range = Signal()
         word = Signal(range(words))
-        addr = Cat(word[:word_bits], lba[:max(1, (self.blocks - 1).bit_length())])
-        m.d.comb += [wp.addr.eq(addr), rp.addr.eq(addr)]
 
         chosen, found = Signal(range(count)), Signal()
         with m.Switch(last):
@@ -101,52 +115,67 @@ class BlockStore(wiring.Component):
                 with m.Case(r):
                     for i in reversed(range(1, count + 1)):
                         q = (r + i) % count
-                        with m.If(requests[q][0]):
+                        with m.If(waiting[q]):
                             m.d.comb += [chosen.eq(q), found.eq(1)]
 
+        # The volume's write port: a beat taken in WRITE, written the next cycle.
+        m.d.sync += wp.en.eq(0)
+        # Read ahead: `word` addresses the next word to fetch while `fetching`; `fetched` marks
+        # the RAM's output as the word addressed the cycle before, for the FIFO.
+        fetching, fetched, fetched_last = Signal(), Signal(), Signal()
+        m.d.comb += rp.addr.eq(Cat(word[:word_bits], block))
+        m.d.sync += [fetched.eq(0), fetched_last.eq(word == words - 1)]
+        m.d.comb += [ahead.w_en.eq(fetched),
+                     ahead.w_data.eq(Cat(Mux(in_range, rp.data, 0), fetched_last, in_range))]
+        with m.If(fetching & (ahead.w_level + fetched < self.READ_AHEAD)):
+            m.d.sync += [fetched.eq(1), word.eq(word + 1)]
+            with m.If(word == words - 1):
+                m.d.sync += fetching.eq(0)
+
+        m.d.comb += [source.ready.eq(granted[q] & taking) for q, (_, source, *_) in enumerate(requests)]
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(found):
-                    m.d.sync += [grant.eq(chosen), last.eq(chosen), word.eq(0)]
+                    m.d.sync += [grant.eq(chosen), last.eq(chosen), granted.eq(1 << chosen), taking.eq(1)]
                     m.next = "ACCEPT"
             with m.State("ACCEPT"):
-                # The header is taken a cycle after the choice, from the granted requester alone
-                # (its valid holds until then): no port's ready depends on another port's valid.
-                for q, (_, source, _, owed, _) in enumerate(requests):
+                # The header is taken a cycle after the choice, from the granted requester alone:
+                # no port's ready depends on another port's valid.
+                m.d.sync += taking.eq(0)
+                for q, (valid, source, _, owed, _) in enumerate(requests):
                     with m.If(grant == q):
-                        m.d.comb += source.ready.eq(1)
                         header = source.payload.data if owed is not None else source.payload.lba
-                        m.d.sync += [lba.eq(header), in_range.eq(lba_in_volume(header, self.blocks))]
-                m.next = "DISPATCH"
+                        m.d.sync += lba.eq(header)
+                        m.next = "DISPATCH" if owed is None else "CHECK"
+                        with m.If(~valid):
+                            m.next = "IDLE"
+                m.d.sync += word.eq(0)
+            with m.State("CHECK"):
+                # A write's lba against the volume, registered before its first data beat.
+                m.d.sync += [in_range.eq(lba_in_volume(lba, self.blocks)), taking.eq(1)]
+                m.next = "WRITE"
             with m.State("DISPATCH"):
-                # One cycle: the read port fetches the block's first word meanwhile.
-                for q, (_, _, _, owed, _) in enumerate(requests):
-                    with m.If(grant == q):
-                        m.next = "READ" if owed is None else "WRITE"
+                m.d.sync += [in_range.eq(lba_in_volume(lba, self.blocks)), fetching.eq(1)]
+                m.next = "READ"
             with m.State("WRITE"):
                 for q, (_, source, _, owed, ok) in enumerate(requests):
                     if owed is None:
                         continue
                     with m.If(grant == q):
-                        m.d.comb += [source.ready.eq(1), wp.data.eq(source.payload.data),
+                        m.d.sync += [wp.data.eq(source.payload.data), wp.addr.eq(rp.addr),
                                      wp.en.eq(source.valid & in_range)]
                         with m.If(source.valid):
                             m.d.sync += word.eq(word + 1)
                             with m.If(word == words - 1):
-                                m.d.sync += [owed.eq(1), ok.eq(in_range)]
+                                m.d.sync += [owed.eq(1), ok.eq(in_range), taking.eq(0)]
                                 m.next = "IDLE"
             with m.State("READ"):
-                # The read port shows word `word` (addressed the cycle before); the next word's
-                # address goes out with the handshake.
                 for q, (_, _, sink, owed, _) in enumerate(requests):
                     if owed is not None:
                         continue
                     with m.If(grant == q):
-                        m.d.comb += [sink.valid.eq(1), sink.payload.data.eq(Mux(in_range, rp.data, 0)),
-                                     sink.payload.ok.eq(in_range), sink.payload.last.eq(word == words - 1)]
-                        with m.If(sink.ready):
-                            m.d.comb += rp.addr.eq(Cat((word + 1)[:word_bits], addr[word_bits:]))
-                            m.d.sync += word.eq(word + 1)
-                            with m.If(word == words - 1):
-                                m.next = "IDLE"
+                        m.d.comb += [sink.valid.eq(ahead.r_rdy), sink.payload.eq(ahead.r_data),
+                                     ahead.r_en.eq(sink.ready)]
+                        with m.If(sink.valid & sink.ready & sink.payload.last):
+                            m.next = "IDLE"
         return m

@@ -6,10 +6,13 @@ host injects its traffic with INJECT_WRITE frames (`firmware.abi.frames`). The l
 it arrives (`control.load_*`), checks the frame, and then pulses `start` with the port and lba. The
 injector sends the request into that port's ingress exactly as a server does — a header beat
 (data = lba, its low `datapath_bits` bits) and `block_bytes * 8 / datapath_bits` data beats — so
-the port stamps, journals and forwards it to primary storage by its ordinary write path. It
+the port stamps, journals and forwards it to primary storage by its ordinary write path. The
+beats leave through a short queue (`SyncFIFOBuffered`) filled from the buffer ahead of the
+port, so the port's ready reaches neither the buffer nor its address (a timing path). It
 then waits for the port's write to end: the primary write's completion (`Status.OK`, or
 `PRIMARY_FAILED` when storage failed it), or, in copy-on-write mode, a failed pre-image read
-(`JOURNAL_FAILED`: the port consumes the data and writes nothing). `done` then holds the
+(`JOURNAL_FAILED`: the port consumes the data and writes nothing; the result waits until it
+has). `done` then holds the
 result until the link has sent it in a WRITTEN frame and pulses `release`; `busy` is high from
 `start` to `release`, and the link refuses another INJECT_WRITE (and does not load the buffer)
 meanwhile.
@@ -28,6 +31,7 @@ taken this cycle) with `rbeat_ok` and `rbeat_last`.
 
 from amaranth.hdl import Module, Signal
 from amaranth.lib import stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -83,6 +87,8 @@ def inject_port_watch(m: Module, watch, port) -> None:
 class Injector(wiring.Component):
     """One host-injected block write at a time into `port[i].ingress`; its outcome in `done`."""
 
+    READ_AHEAD = 4      # beats queued ahead of the port: full rate with a cycle's buffer read
+
     def __init__(self, *, ports: int, block_bytes: int, datapath_bits: int = 64):
         check_datapath_bits(self, datapath_bits)
         self.ports = ports
@@ -103,22 +109,43 @@ class Injector(wiring.Component):
         rp = buf.read_port()
         m.d.comb += [wp.addr.eq(c.load_addr), wp.data.eq(c.load_data.replicate(self.width // 8)),
                      wp.en.eq(c.load_en << c.load_lane)]      # one byte lane
+        beat = beat_layout(self.width)
+        out = m.submodules.out = SyncFIFOBuffered(width=beat.size, depth=self.READ_AHEAD)
+        head = beat(out.r_data)
 
         port = Signal(range(self.ports))
         lba = Signal(64)
         word = Signal(range(words))
         read_failed = Signal()          # a pre-image beat of this write came back failed
         ended = Signal()                # the port's write ended without a primary write
-        # The chosen port's ingress and watched signals, as if it were the only one.
-        ingress = stream.Signature(beat_layout(self.width)).create(path=("ingress",))
+        # The chosen port's ingress (the queue's head) and watched signals.
         watch = inject_port_signature(self.width).flip().create(path=("watch",))
         for p in range(self.ports):
+            ingress = self.port[p].ingress
+            m.d.comb += [ingress.valid.eq(out.r_rdy & (port == p)), ingress.payload.eq(head)]
             with m.If(port == p):
-                wiring.connect(m, ingress, wiring.flipped(self.port[p].ingress))
+                m.d.comb += out.r_en.eq(ingress.ready)
                 m.d.comb += [getattr(watch, name).eq(getattr(self.port[p], name))
                              for name in ("stamp", "wresp", "wresp_ok", "rbeat", "rbeat_ok",
                                           "rbeat_last")]
-        m.d.comb += [rp.en.eq(1), c.time.eq(watch.stamp.timestamp), c.seq.eq(watch.stamp.seq)]
+        m.d.comb += [c.time.eq(watch.stamp.timestamp), c.seq.eq(watch.stamp.seq)]
+
+        # Read ahead: the buffer's word `word` is addressed while `fetching`; `fetched` marks the
+        # RAM's output as the word addressed the cycle before, for the queue.
+        fetching, fetched, fetched_last = Signal(), Signal(), Signal()
+        m.d.comb += rp.addr.eq(word)
+        m.d.sync += [fetched.eq(0), fetched_last.eq(word == words - 1)]
+        push = Signal(beat)             # the queue's next beat: a fetched word, or the header
+        m.d.comb += [out.w_en.eq(fetched), out.w_data.eq(push),
+                     push.data.eq(rp.data), push.last.eq(fetched_last)]
+        with m.If(fetching & (out.w_level + fetched < self.READ_AHEAD)):
+            m.d.sync += [fetched.eq(1), word.eq(word + 1)]
+            with m.If(word == words - 1):
+                m.d.sync += fetching.eq(0)
+        # Every beat handed to the port (a copy-on-write port that failed its pre-image read
+        # still consumes the data: the result waits for that, so the queue is empty for the next).
+        drained = (out.r_level == 0) & ~fetched
+
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(c.start):
@@ -126,24 +153,13 @@ class Injector(wiring.Component):
                                  read_failed.eq(0), ended.eq(0)]
                     m.next = "HEADER"
             with m.State("HEADER"):
-                m.d.comb += [ingress.valid.eq(1), ingress.payload.first.eq(1), ingress.payload.data.eq(lba),
-                             rp.addr.eq(0)]
-                with m.If(ingress.ready):
-                    m.d.sync += word.eq(0)
-                    m.next = "DATA"
-            with m.State("DATA"):
-                # The read port shows word `word`; the next address goes out with the handshake.
-                m.d.comb += [ingress.valid.eq(1), ingress.payload.data.eq(rp.data),
-                             ingress.payload.last.eq(word == words - 1), rp.addr.eq(word)]
-                with m.If(ingress.ready):
-                    m.d.comb += rp.addr.eq(word + 1)
-                    m.d.sync += word.eq(word + 1)
-                    with m.If(word == words - 1):
-                        m.next = "WAIT"
-                self._watch_read(m, watch, read_failed, ended)
+                m.d.comb += [out.w_en.eq(1), push.data.eq(lba), push.first.eq(1), push.last.eq(0)]
+                with m.If(out.w_rdy):
+                    m.d.sync += [word.eq(0), fetching.eq(1)]
+                    m.next = "WAIT"
             with m.State("WAIT"):
                 self._watch_read(m, watch, read_failed, ended)
-                with m.If(ended):
+                with m.If(ended & drained):
                     m.d.sync += [c.status.eq(Status.JOURNAL_FAILED), c.done.eq(1)]
                     m.next = "DONE"
                 with m.Elif(watch.wresp):

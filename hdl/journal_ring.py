@@ -111,6 +111,10 @@ class JournalRing(wiring.Component):
     Read side (the flush engine): `meta_r`, `data_r` are synchronous RAM read ports;
     `slot_addr` selects the slot whose `status`, `entry_kind` and `entry_mode` are read
     combinationally from the registers.
+    `fill` (head - tail) is registered, a cycle behind the pointers: the write path allocates
+    at most every other cycle, so its room check always sees its last allocation (the check
+    and the subtraction together were the ECP5 build's longest path); a late tail only frees
+    room late.
     """
 
     def __init__(self, *, block_bytes: int = 512, datapath_bits: int = 64, depth: int = 16):
@@ -168,8 +172,8 @@ class JournalRing(wiring.Component):
         with m.If((self.done != self.head) & known.bit_select(done_slot, 1)):
             m.d.sync += self.done.eq(self.done + 1)
 
+        m.d.sync += self.fill.eq((self.head - self.tail)[:self.slot_bits + 1])
         m.d.comb += [
-            self.fill.eq((self.head - self.tail)[:self.slot_bits + 1]),
             # Read with `word_select`, a multiplexer tree (an `Array` compares with every slot).
             self.status.eq(Cat(*status).word_select(self.slot_addr, STATUS_BITS)),
             self.entry_kind.eq(Cat(*kind).word_select(self.slot_addr, KIND_BITS)),

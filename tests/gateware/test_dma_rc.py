@@ -421,6 +421,7 @@ async def reprogrammed_ring_starts_at_oldest_unacknowledged(dut):
     await take(count, ring_every=23)
     assert not board.expected[port] and ring.poll() == []
     assert await bench.read("acknowledged", port) == count
+    await ClockCycles(bench.dut.clk, 2)             # the ring's tail, then its fill register
     assert await bench.read("ring_fill", port) == 0
     assert await bench.read("resend_requests", port) == 3      # one per enable
 

@@ -418,25 +418,28 @@ class Scoreboard(uvm_scoreboard):
 
     @staticmethod
     def check_fill(bfm, entries):
-        """`ring_fill` each cycle against the model: entries stamped before this cycle (an
-        entry's timestamp is its allocation cycle) minus those acknowledged before the cycle
-        before it (the ring's tail follows the flush engine's a cycle later). Exact while
-        the flush engine is idle; while it drains, the entry being read is held as well, so the
-        fill may be higher (up to `depth`) but never lower."""
+        """`ring_fill` each cycle against the model: the ring's fill register holds the last
+        cycle's pointers, so entries stamped before the last cycle (an entry's timestamp is its
+        allocation cycle) minus those acknowledged before the cycle before that (the ring's
+        tail follows the flush engine's a cycle later). Exact while the flush engine is idle;
+        while it drains, and the cycle after (the register still holds the draining cycle's
+        pointers), the entry being read is held as well, so the fill may be higher (up to
+        `depth`) but never lower."""
         alloc = [unpack(raw)[0]["timestamp"] for raw in entries]
         assert alloc == sorted(alloc), "entry timestamps out of order"
-        acks, ai, acked, exact = bfm.ack_log, 0, 0, 0
+        acks, ai, acked, exact, was_draining = bfm.ack_log, 0, 0, 0, 0
         for now, fill, draining in bfm.fill_samples:
-            while ai < len(acks) and acks[ai][0] + NS_PER_CYCLE < now:
+            while ai < len(acks) and acks[ai][0] + 2 * NS_PER_CYCLE < now:
                 acked = max(acked, acks[ai][1] + 1)
                 ai += 1
-            want = bisect_left(alloc, now) - acked
+            want = bisect_left(alloc, now - NS_PER_CYCLE) - acked
             assert 0 <= want <= DEPTH, f"model fill {want} out of range at {now} ns"
-            if draining:
+            if draining or was_draining:
                 assert want <= fill <= DEPTH, f"ring_fill {fill} at {now} ns, model at least {want}"
             else:
                 assert fill == want, f"ring_fill {fill} at {now} ns (flush idle), model {want}"
                 exact += 1
+            was_draining = draining
         return exact
 
     @staticmethod
