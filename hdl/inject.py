@@ -114,6 +114,7 @@ class Injector(wiring.Component):
         head = beat(out.r_data)
 
         port = Signal(range(self.ports))
+        chosen = Signal(self.ports)     # `port` one-hot: each ingress valid a gate of two registers
         lba = Signal(64)
         word = Signal(range(words))
         read_failed = Signal()          # a pre-image beat of this write came back failed
@@ -122,7 +123,7 @@ class Injector(wiring.Component):
         watch = inject_port_signature(self.width).flip().create(path=("watch",))
         for p in range(self.ports):
             ingress = self.port[p].ingress
-            m.d.comb += [ingress.valid.eq(out.r_rdy & (port == p)), ingress.payload.eq(head)]
+            m.d.comb += [ingress.valid.eq(out.r_rdy & chosen[p]), ingress.payload.eq(head)]
             with m.If(port == p):
                 m.d.comb += out.r_en.eq(ingress.ready)
                 m.d.comb += [getattr(watch, name).eq(getattr(self.port[p], name))
@@ -149,7 +150,8 @@ class Injector(wiring.Component):
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(c.start):
-                    m.d.sync += [port.eq(c.start_port), lba.eq(c.start_lba), c.busy.eq(1),
+                    m.d.sync += [port.eq(c.start_port), chosen.eq(1 << c.start_port), lba.eq(c.start_lba),
+                                 c.busy.eq(1),
                                  read_failed.eq(0), ended.eq(0)]
                     m.next = "HEADER"
             with m.State("HEADER"):

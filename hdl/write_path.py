@@ -1,5 +1,7 @@
 """Write path of a journal port: the seed's three-phase write (figure 8), redo and copy-on-write.
 
+A header beat's route (forward only, journal, or mark the port invalid first) is chosen the cycle
+it arrives and taken the next (both a register away from the handshakes and enables they drive).
 Phase 1, when the request's header beat is accepted: take the (timestamp, port, seq) stamp,
 allocate the ring slot `seq % depth` with the entry's kind and mode, and write the header fields
 known now into the ring's header RAM: the timestamp in the next cycle (the stamp is registered),
@@ -121,6 +123,18 @@ class WritePath(wiring.Component):
         read_failed = Signal()
         meta_pending = Signal(len(META_WORDS))      # one-hot: the header word to write now
 
+        # A header's route, chosen in IDLE and taken in HEADER a cycle later (so the handshakes
+        # with primary storage and the stamp's and ring's enables start from registers): forward
+        # only (an invalid port), journal (redo or copy-on-write), or mark the port invalid first.
+        # Each is high only in HEADER: the take is a gate of registers and the storage's readies.
+        forward, redo, cow, mark = Signal(), Signal(), Signal(), Signal()
+        m.d.comb += [
+            self.take.eq((redo & inflight.w_rdy & pw.ready)
+                         | (cow & inflight.w_rdy & self.pri_rcmd.ready) | mark),
+            self.alloc_kind.eq(Mux(mark, Kind.PORT_INVALID, Kind.WRITE)),
+            self.alloc_mode.eq(Mux(mark, self.mode, Mux(cow, Mode.COPY_ON_WRITE, Mode.REDO))),
+        ]
+
         room_write = Signal()
         with m.If(self.policy == FullPolicy.INVALIDATE):
             m.d.comb += room_write.eq(self.fill < self.depth - 1)
@@ -138,9 +152,9 @@ class WritePath(wiring.Component):
             self.alloc.eq(self.take),
         ]
 
-        def start_entry(kind, mode):
-            m.d.comb += [self.take.eq(1), self.alloc_kind.eq(kind), self.alloc_mode.eq(mode)]
-            m.d.sync += [meta_pending.eq(1), lba.eq(ing.payload.data), beat.eq(0)]
+        def start_entry():
+            m.d.sync += [meta_pending.eq(1), lba.eq(ing.payload.data), beat.eq(0),
+                         forward.eq(0), redo.eq(0), cow.eq(0), mark.eq(0)]
 
         def next_beat(last_state):
             m.d.sync += beat.eq(beat + 1)
@@ -170,6 +184,20 @@ class WritePath(wiring.Component):
                     m.d.comb += ing.ready.eq(1)   # a data beat outside a request: count, drop
                     m.d.comb += self.protocol_errors.eq(1)
                 with m.Elif(ing.valid & self.invalid):
+                    m.d.sync += forward.eq(1)
+                    m.next = "HEADER"
+                with m.Elif(ing.valid & room_write):
+                    m.d.sync += [redo.eq(self.mode == Mode.REDO), cow.eq(self.mode != Mode.REDO)]
+                    m.next = "HEADER"
+                with m.Elif(ing.valid & (self.policy == FullPolicy.INVALIDATE)
+                            & (self.fill < self.depth)):
+                    m.d.sync += mark.eq(1)
+                    m.next = "HEADER"
+                with m.Elif(ing.valid):
+                    m.d.comb += self.stalling.eq(1)
+
+            with m.State("HEADER"):
+                with m.If(forward):
                     # Not journaled: forward to primary storage only.
                     m.d.comb += [pw.valid.eq(inflight.w_rdy), pw.payload.eq(ing.payload),
                                  ing.ready.eq(pw.ready & inflight.w_rdy)]
@@ -177,29 +205,26 @@ class WritePath(wiring.Component):
                         m.d.comb += inflight.w_en.eq(1)
                         m.d.comb += inflight.w_data.eq(slot)       # journaled bit clear
                         m.d.comb += self.unjournaled.eq(1)
-                        m.d.sync += [journal.eq(0), beat.eq(0)]
+                        m.d.sync += [journal.eq(0), beat.eq(0), forward.eq(0)]
                         m.next = "DATA"
-                with m.Elif(ing.valid & room_write & (self.mode == Mode.REDO)):
+                with m.If(redo):
                     m.d.comb += [pw.valid.eq(inflight.w_rdy), pw.payload.eq(ing.payload),
                                  ing.ready.eq(pw.ready & inflight.w_rdy)]
                     with m.If(pw.valid & pw.ready):
-                        start_entry(Kind.WRITE, Mode.REDO)
+                        start_entry()
                         m.d.sync += journal.eq(1)
                         m.next = "REDO_ISSUE"
-                with m.Elif(ing.valid & room_write):
+                with m.If(cow):
                     m.d.comb += [self.pri_rcmd.valid.eq(inflight.w_rdy),
                                  self.pri_rcmd.payload.lba.eq(ing.payload.data),
                                  ing.ready.eq(self.pri_rcmd.ready & inflight.w_rdy)]
                     with m.If(self.pri_rcmd.valid & self.pri_rcmd.ready):
-                        start_entry(Kind.WRITE, Mode.COPY_ON_WRITE)
+                        start_entry()
                         m.d.sync += read_failed.eq(0)
                         m.next = "COW_READ"
-                with m.Elif(ing.valid & (self.policy == FullPolicy.INVALIDATE)
-                            & (self.fill < self.depth)):
-                    start_entry(Kind.PORT_INVALID, self.mode)
+                with m.If(mark):
+                    start_entry()
                     m.next = "MARK"
-                with m.Elif(ing.valid):
-                    m.d.comb += self.stalling.eq(1)
 
             with m.State("REDO_ISSUE"):
                 # The header went to primary storage with the take; its slot is known now.
