@@ -133,6 +133,7 @@ class BlockStore(wiring.Component):
                 m.d.sync += fetching.eq(0)
 
         m.d.comb += [source.ready.eq(granted[q] & taking) for q, (_, source, *_) in enumerate(requests)]
+        m.d.comb += [sink.payload.eq(ahead.r_data) for _, _, sink, owed, _ in requests if owed is None]
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(found):
@@ -174,8 +175,7 @@ class BlockStore(wiring.Component):
                     if owed is not None:
                         continue
                     with m.If(grant == q):
-                        m.d.comb += [sink.valid.eq(ahead.r_rdy), sink.payload.eq(ahead.r_data),
-                                     ahead.r_en.eq(sink.ready)]
+                        m.d.comb += [sink.valid.eq(ahead.r_rdy), ahead.r_en.eq(sink.ready)]
                         with m.If(sink.valid & sink.ready & sink.payload.last):
                             m.next = "IDLE"
         return m
