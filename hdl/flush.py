@@ -4,7 +4,7 @@ Each entry goes out as exactly the bytes of `firmware.abi.entry` (little-endian,
 `datapath_bits` word per beat, `first` on its first beat and `last` on its last): the header
 is rebuilt from the entry's seq, the ring's header RAM (a header word within the timestamp or
 the lba reads that field's RAM word) and its per-slot registers, the data is read from the ring's
-data RAM, and the CRC-32C is computed in flight over header and data (`hdl.crc.CRC32C`) and
+data RAM, and the CRC-32C is computed in flight over header and data (`hdl.crc`'s update) and
 sent as the trailer with its zero pad.
 
 A *drain* starts on one of four triggers and lasts until every complete entry (`done`) has
@@ -42,7 +42,7 @@ from amaranth.lib.wiring import In, Out
 
 from firmware.abi.entry import Kind
 from hdl.block_fifo import BlockFIFO
-from hdl.crc import CRC32C
+from hdl.crc import INIT, XOROUT, update_matrix
 from hdl.journal_ring import (
     HEADER_BITS,
     KIND_BITS,
@@ -56,6 +56,12 @@ from hdl.journal_ring import (
 )
 from hdl.timestamper import SEQ_BITS
 from hdl.write_path import beat_layout
+
+
+def _xor_of(value, mask: int):
+    """The XOR of the bits of `value` set in `mask` (0 for none)."""
+    bits = [value[i] for i in range(len(value)) if mask >> i & 1]
+    return Cat(*bits).xor() if bits else 0
 
 
 class FlushTrigger(enum.IntEnum):
@@ -127,7 +133,6 @@ class FlushEngine(wiring.Component):
 
         fifo = m.submodules.fifo = BlockFIFO(width=len(self.out.payload.as_value()),
                                              depth=OUT_FIFO_DEPTH)
-        crc = m.submodules.crc = CRC32C(self.width)
         m.d.comb += [self.out.valid.eq(fifo.r_rdy), self.out.payload.eq(fifo.r_data),
                      fifo.r_en.eq(self.out.ready)]
 
@@ -301,14 +306,28 @@ class FlushEngine(wiring.Component):
         m.d.sync += [c_valid.eq(b_valid), c_first.eq(b_first), c_last.eq(b_last),
                      c_trailer.eq(b_trailer), c_index.eq(b_index),
                      c_word.eq(Mux(b_header, header_word, self.data_r.data))]
-        # The CRC register holds every header and data word's once the trailer reaches stage C.
-        trailer = Cat(crc.crc, Const(0, 32))
+        # The CRC in two steps, each an XOR tree from flip-flops: a word's own term is registered
+        # (`crc_in`), then folded into the register (`crc`) a cycle later; the trailer, at stage
+        # C right after the last data word, folds that word's term in on its way out.
+        # `crc` holds the CRC state XOR its initial value, which is the finished CRC (INIT and
+        # the final XOR are both all ones) and restarts as 0 after the last trailer word: a
+        # reset of its flip-flops rather than a select in front of its XORs.
+        assert INIT == XOROUT == (1 << 32) - 1
+        step = update_matrix(self.width)
+        offset = Cat(*(_xor_of(Const(INIT, 32), s) for s, _ in step)) ^ INIT    # M·INIT ^ INIT
+        crc, crc_in, crc_in_valid = Signal(32), Signal(32), Signal()
+        m.d.sync += [crc_in.eq(Cat(*(_xor_of(c_word, d) for _, d in step)) ^ offset),
+                     crc_in_valid.eq(c_valid & ~c_trailer)]
+        advanced = Cat(*(_xor_of(crc, s) for s, _ in step)) ^ crc_in
+        with m.If(crc_in_valid):
+            m.d.sync += crc.eq(advanced)
+        with m.If(c_valid & c_last):
+            m.d.sync += crc.eq(0)
+        trailer = Cat(Mux(crc_in_valid, advanced, crc), Const(0, 32))
         out_beat = Signal(self.out.payload.shape())
         m.d.comb += [
             out_beat.data.eq(c_word), out_beat.first.eq(c_first), out_beat.last.eq(c_last),
             fifo.w_en.eq(c_valid), fifo.w_data.eq(out_beat),
-            crc.data.valid.eq(c_valid & ~c_trailer), crc.data.payload.data.eq(c_word),
-            crc.data.payload.first.eq(c_first),
         ]
         with m.If(c_trailer):
             m.d.comb += out_beat.data.eq(trailer.word_select(c_index[:max(1, (tw - 1).bit_length())],
