@@ -244,10 +244,12 @@ class FlushEngine(wiring.Component):
         ]
         m.d.comb += [self.meta_r.en.eq(1), self.data_r.en.eq(1), self.slot_addr.eq(slot)]
 
-        # A marker has no data words; its kind is read a cycle after the start, well before its
-        # last header word issues.
-        marker = Signal()
-        m.d.sync += marker.eq(self.entry_kind == Kind.PORT_INVALID)
+        # The slot's registers are read at `cur`'s slot and registered: they are the entry's from
+        # two cycles after its start, when its first word reaches stage B. A marker has no data
+        # words; it is known well before its last header word issues (hw >= 4).
+        kind, mode, status = Signal(KIND_BITS), Signal(MODE_BITS), Signal(STATUS_BITS)
+        m.d.sync += [kind.eq(self.entry_kind), mode.eq(self.entry_mode), status.eq(self.status)]
+        marker = kind == Kind.PORT_INVALID
         # Between entries `cur` follows the next seq: it is the new entry's from the cycle after
         # its start, when its first word's RAM reads (none) are issued. What else a start
         # changes follows a cycle later, long before the next boundary: `send` moves past the
@@ -291,10 +293,10 @@ class FlushEngine(wiring.Component):
         # after this one's last word issues, at least one trailer word after its header's.
         header = Signal(HeaderLayout)
         m.d.comb += [
-            header.seq.eq(cur), header.port.eq(self.port), header.mode.eq(self.entry_mode),
-            header.status.eq(self.status), header.kind.eq(self.entry_kind),
+            header.seq.eq(cur), header.port.eq(self.port), header.mode.eq(mode),
+            header.status.eq(status), header.kind.eq(kind),
             header.timestamp.eq(self.meta_r.data), header.lba.eq(self.meta_r.data),
-            header.length.eq(Const(self.block_bytes) * (self.entry_kind == Kind.WRITE)),
+            header.length.eq(Const(self.block_bytes) * (kind == Kind.WRITE)),
         ]
 
         header_word = header.as_value().word_select(b_index[:max(1, (hw - 1).bit_length())], self.width)
