@@ -164,9 +164,9 @@ class FlushEngine(wiring.Component):
 
         # The next seq to start: `send`, the one after `cur`, or `acked` once the host has
         # acknowledged past it (`send` follows `acked` a cycle later), or `acked` itself while
-        # a resend is pending. Between an acknowledge and `send` following it no decision is
-        # taken (`settling`): the flags below, registered a cycle before their use, were taken
-        # on the old values.
+        # a resend is pending. For two cycles after `acked` moves (`settling`: it moved, then
+        # `send` followed) no decision is taken at a boundary, nor a start decided for the next
+        # cycle: the flags below, registered a cycle before their use, were taken on old values.
         send = Signal(SEQ_BITS)
         eff_send = Mux(resend_pending, self.acked, send)
         settling, settling2 = Signal(), Signal()
@@ -200,7 +200,7 @@ class FlushEngine(wiring.Component):
         # `eff_send` for the first time (`flushed` counts it) rather than again (`resent`).
         go, new = Signal(), Signal()
         room = fifo.level + fifo.w_en < OUT_FIFO_DEPTH - 4      # can_issue next cycle
-        m.d.sync += [go.eq(drain & room & ~settling2 & ~self.resend),
+        m.d.sync += [go.eq(drain & room & ~settling & ~self.resend),
                      new.eq(same(eff_send, sent_hw))]
         boundary = ~in_entry & ~settling
         start = Signal()
