@@ -55,6 +55,18 @@ when frames come back.
 **Lock.** `locked` rises in `TRACK` when the fast gains have been used up and the last
 LOCK_FRAMES frames all had |e| < LOCK_NS. `lock_count` counts these transitions.
 
+**Pipelining** (for a 100 MHz port clock on an ECP5). Everything after a frame is spread over
+registered steps, each one add, compare or small decision: the phase error and its range flags,
+the saturated error and the loop's flags (slew, lock window, acquisition span, step), the
+serial multiply, then the decisions (`update`) and two steps of adding and clamping (`settle`)
+before drift, the proportional term and the step take effect, about 40 cycles after the CRC
+check; the increment follows 3 cycles after drift and proportional term (sum, clamp, add).
+These delays are a few hundred ns in an interval of 100 µs or more: the loop's dynamics are
+unchanged, and the proportional term still acts for exactly N cycles. Local time itself is
+one add per cycle; `time` is the accumulator's integer part, no later than before: the
+Timestamper sees the same time. `rejected` counts a bad frame one cycle after the receiver
+drops it.
+
 Register view. The outputs below are defined in the register map, `firmware.abi.regmap`
 (`DPLL_OUTPUTS`, imported here: `DigitalPLL`'s outputs are built from it, so their names and
 widths cannot differ). In a port's register block each is `dpll_<name>`; outputs wider than 32
@@ -129,10 +141,17 @@ def registers_markdown() -> str:
 __doc__ += "\n" + registers_markdown() + "\n"
 
 
-def _saturate(value, bits: int):
-    """`value` (signed) limited to a signed `bits`-bit range."""
+def _fits(value, bits: int):
+    """Whether `value` (signed) is in the signed `bits`-bit range: its bits from bits − 1 up all
+    equal (an AND and an OR tree, where a compare with the range's ends is a long carry chain)."""
+    top = value[bits - 1:]
+    return top.all() | ~top.any()
+
+
+def _clip(value, bits: int, fits):
+    """`value` (signed) saturated to a signed `bits`-bit range, given `_fits(value, bits)`."""
     hi, lo = 2**(bits - 1) - 1, -2**(bits - 1)
-    return Mux(value > hi, hi, Mux(value < lo, lo, value))
+    return Mux(fits, value[:bits].as_signed(), Mux(value[-1], lo, hi))
 
 
 class DigitalPLL(wiring.Component):
@@ -207,6 +226,8 @@ class DigitalPLL(wiring.Component):
         fall = last & ~sync2
         idle_bits = IDLE_BITS * bit_cycles
         idle = Signal(range(idle_bits + 1))
+        quiet = Signal()            # idle == idle_bits, registered with it (no compare before a marker)
+        m.d.sync += quiet.eq(sync2 & (idle >= idle_bits - 1))
         with m.If(~sync2):
             m.d.sync += idle.eq(0)
         with m.Elif(idle != idle_bits):
@@ -217,13 +238,18 @@ class DigitalPLL(wiring.Component):
         frame = Signal(8 * FRAME_BYTES)
         byte_index = Signal(range(FRAME_BYTES + 1))
         bit_index = Signal(range(BITS_PER_BYTE + 1))
-        timer = Signal(range(2 * BITS_PER_BYTE * bit_cycles + 1))
+        # A bit timer loaded with (cycles to wait − 1) that fires when it has counted below zero:
+        # its sign bit is the event, so no compare sits before the receiver's decisions.
+        timer = Signal(signed((2 * bit_cycles).bit_length() + 1))
+        tick = timer[-1]
         first_sample = max(bit_cycles // 2 - SYNC_CYCLES - 1, 0)
         # CRC-32C of the payload, bit by bit as its data bits arrive (LSB first, as the
         # reflected CRC takes them: `hdl.crc.crc32c_step`), checked against bytes 6-9.
         crc = Signal(32)
         crc_bit = crc[0] ^ sync2
+        crc_ok = Signal()
         payload = frame[:8 * PAYLOAD_BYTES]
+        data_bit = (bit_index != 0) & (bit_index != BITS_PER_BYTE - 1)
         reject = Signal()
         good = Signal()
         # T·unit, also bit by bit: each payload bit that is set adds unit_ns << its index, so no
@@ -237,24 +263,25 @@ class DigitalPLL(wiring.Component):
 
         with m.FSM(name="rx"):
             with m.State("IDLE"):
-                with m.If(fall & (idle == idle_bits)):
+                # The accumulators start over in every idle cycle rather than on the marker's.
+                m.d.sync += [crc.eq(CRC_INIT), t_units.eq(0), t_addend.eq(self.unit_ns)]
+                with m.If(fall & quiet):
                     m.d.sync += [captured.eq(local), byte_index.eq(0), bit_index.eq(0),
-                                 timer.eq(first_sample), crc.eq(CRC_INIT),
-                                 t_units.eq(0), t_addend.eq(self.unit_ns)]
+                                 timer.eq(first_sample - 1)]
                     m.next = "BITS"
             with m.State("WAIT_START"):
                 # The next start bit follows the stop bit without a gap; allow two bit times.
                 m.d.sync += timer.eq(timer - 1)
                 with m.If(fall):
-                    m.d.sync += [bit_index.eq(0), timer.eq(first_sample)]
+                    m.d.sync += [bit_index.eq(0), timer.eq(first_sample - 1)]
                     m.next = "BITS"
-                with m.Elif(timer == 0):
+                with m.Elif(tick):
                     m.d.comb += reject.eq(1)
                     m.next = "IDLE"
             with m.State("BITS"):
                 m.d.sync += timer.eq(timer - 1)
-                with m.If(timer == 0):
-                    m.d.sync += [timer.eq(bit_cycles - 1), bit_index.eq(bit_index + 1)]
+                with m.If(tick):
+                    m.d.sync += [timer.eq(bit_cycles - 2), bit_index.eq(bit_index + 1)]
                     with m.If(bit_index == 0):          # start bit, sampled mid-bit
                         with m.If(sync2):
                             m.d.comb += reject.eq(1)
@@ -266,68 +293,73 @@ class DigitalPLL(wiring.Component):
                         with m.Elif(byte_index == FRAME_BYTES - 1):
                             m.next = "CHECK"
                         with m.Else():
-                            m.d.sync += [byte_index.eq(byte_index + 1), timer.eq(2 * bit_cycles)]
+                            m.d.sync += [byte_index.eq(byte_index + 1), timer.eq(2 * bit_cycles - 1)]
                             m.next = "WAIT_START"
-                    with m.Else():                       # data bit, LSB first
-                        m.d.sync += frame.eq(Cat(frame[1:], sync2))
-                        with m.If(byte_index < PAYLOAD_BYTES):
-                            m.d.sync += [crc.eq((crc >> 1) ^ Mux(crc_bit, POLY_REFLECTED, 0)),
-                                         t_units.eq(t_units + Mux(sync2, t_addend, 0)),
-                                         t_addend.eq(t_addend << 1)]
+                with m.If(tick & data_bit):              # data bit, LSB first
+                    m.d.sync += frame.eq(Cat(frame[1:], sync2))
+                    with m.If(byte_index < PAYLOAD_BYTES):
+                        m.d.sync += [crc.eq((crc >> 1) ^ Mux(crc_bit, POLY_REFLECTED, 0)),
+                                     t_units.eq(t_units + Mux(sync2, t_addend, 0)),
+                                     t_addend.eq(t_addend << 1)]
             with m.State("CHECK"):
-                m.d.sync += target.eq((t_units << FRAC_BITS) + self.compensation)
+                m.d.sync += [target.eq((t_units << FRAC_BITS) + self.compensation),
+                             crc_ok.eq((crc ^ CRC_XOROUT) == frame[8 * PAYLOAD_BYTES:])]
                 m.next = "VERIFY"
             with m.State("VERIFY"):
-                with m.If((crc ^ CRC_XOROUT) == frame[8 * PAYLOAD_BYTES:]):
-                    m.d.comb += good.eq(1)
-                with m.Else():
-                    m.d.comb += reject.eq(1)
+                m.d.comb += [good.eq(crc_ok), reject.eq(~crc_ok)]
                 m.next = "IDLE"
 
-        with m.If(reject):
+        rejected = Signal()         # counted a cycle after the decision, off the receiver's logic
+        m.d.sync += rejected.eq(reject)
+        with m.If(rejected):
             m.d.sync += self.rejected.eq(self.rejected + 1)
 
         # --- phase detector: e = T·unit + compensation − captured ----------------------------
+        # After `good`, one-hot stages (`pipe`) each leave one short step: the subtraction; the
+        # range checks; the saturated values and the acquisition span; the loop's inputs and
+        # flags. Then the multiply, then the loop update (`update`, `settle`).
         err_full = Signal(signed(full_bits))        # fixed point, FRAC_BITS
+        err_wide = err_full >> (FRAC_BITS - ERR_FRAC)
+        phase_wide = err_full >> FRAC_BITS
+        err_fits = Signal()
+        phase_fits = Signal()
+        behind = Signal()                           # e > 0: local time is behind
         err = Signal(signed(ERR_BITS))              # saturated, ERR_FRAC fractional bits
         err_first = Signal(signed(ERR_BITS))
         spread_in = Signal(signed(ERR_BITS + 1))
-        drift = Signal(signed(INC_BITS))
-        prop = Signal(signed(INC_BITS))
-        prop_left = Signal(range(self.interval_cycles + 1))
+        slew = Signal()                             # |e| >= SLEW_NS
+        close = Signal()                            # |e| < LOCK_NS
         t_frame = Signal.like(payload)               # T of the frame in the pipeline
         t_first = Signal.like(payload)               # T of the acquisition's first frame
+        since_first = Signal.like(payload)
         span = ACQUIRE_FRAMES * (self.interval_ns // self.unit_ns)
-        tracked = Signal(range(FAST_FRAMES + 1))
-        in_range = Signal(range(LOCK_FRAMES + 1))
-        since_good = Signal(range(self.holdover_cycles + 1))
-        pipe = Signal(3)                            # one-hot stages after a good frame
-        update = Signal()                           # the loop update, once the multiply is done
+        span_over = Signal()
+        span_done = Signal()
+        pipe = Signal(4)                            # one-hot stages after a good frame
         state = Signal(2)
         m.d.comb += self.state.eq(state)
 
-        # The proportional correction runs for one interval, then expires. (Written before
-        # the loop update below, which overrides it when a new correction starts.)
-        with m.If(prop_left != 0):
-            m.d.sync += prop_left.eq(prop_left - 1)
-        with m.Else():
-            m.d.sync += prop.eq(0)
-
-        m.d.sync += [pipe.eq(Cat(good, pipe[:2])), update.eq(0)]
+        m.d.sync += pipe.eq(Cat(good, pipe[:-1]))
         with m.If(good):
             m.d.sync += [
                 err_full.eq(target - captured),
                 t_frame.eq(payload),
                 self.frames.eq(self.frames + 1),
             ]
-        e_err = _saturate(err_full >> (FRAC_BITS - ERR_FRAC), ERR_BITS)
         with m.If(pipe[0]):
-            m.d.sync += [
-                err.eq(e_err),
-                self.phase_error.eq(_saturate(err_full >> FRAC_BITS, PHASE_BITS)),
-            ]
+            m.d.sync += [err_fits.eq(_fits(err_wide, ERR_BITS)),
+                         phase_fits.eq(_fits(phase_wide, PHASE_BITS)),
+                         behind.eq(~err_full[-1] & err_full.any()),
+                         since_first.eq(t_frame - t_first)]
         with m.If(pipe[1]):
-            m.d.sync += spread_in.eq(Mux(state == ACQUIRE, err - err_first, err))
+            m.d.sync += [err.eq(_clip(err_wide, ERR_BITS, err_fits)),
+                         self.phase_error.eq(_clip(phase_wide, PHASE_BITS, phase_fits)),
+                         span_over.eq(since_first > span),
+                         span_done.eq(since_first == span)]
+        with m.If(pipe[2]):
+            m.d.sync += [spread_in.eq(Mux(state == ACQUIRE, err - err_first, err)),
+                         slew.eq((err >= (SLEW_NS << ERR_FRAC)) | (err <= -(SLEW_NS << ERR_FRAC))),
+                         close.eq((err < (LOCK_NS << ERR_FRAC)) & (err > -(LOCK_NS << ERR_FRAC)))]
 
         # spread = e / N in increment units = spread_in x reciprocal >> SPREAD_SHIFT, multiplied
         # serially, MSB first (Horner: acc = 2·acc + bit·reciprocal, the sign bit weighing −1):
@@ -335,45 +367,64 @@ class DigitalPLL(wiring.Component):
         mul_x = Signal(ERR_BITS + 1)
         mul_acc = Signal(signed(ERR_BITS + 2 + self.reciprocal.bit_length()))
         mul_left = Signal(range(ERR_BITS + 2))
+        mul_busy = Signal()
+        mul_first = Signal()                        # the sign bit's step
         spread = mul_acc >> SPREAD_SHIFT
-        with m.If(pipe[2]):
-            m.d.sync += [mul_x.eq(spread_in), mul_acc.eq(0), mul_left.eq(ERR_BITS + 1)]
-        with m.Elif(mul_left != 0):
-            weight = Mux(mul_left == ERR_BITS + 1, -self.reciprocal, self.reciprocal)
+        update = Signal()                           # the loop update, once the multiply is done
+        m.d.sync += update.eq(0)
+        with m.If(pipe[3]):
+            m.d.sync += [mul_x.eq(spread_in), mul_acc.eq(0), mul_left.eq(ERR_BITS + 1),
+                         mul_busy.eq(1), mul_first.eq(1)]
+        with m.Elif(mul_busy):
+            weight = Mux(mul_first, -self.reciprocal, self.reciprocal)
             m.d.sync += [mul_acc.eq((mul_acc << 1) + Mux(mul_x[-1], weight, 0)),
-                         mul_x.eq(mul_x << 1), mul_left.eq(mul_left - 1)]
+                         mul_x.eq(mul_x << 1), mul_left.eq(mul_left - 1), mul_first.eq(0)]
             with m.If(mul_left == 1):
-                m.d.sync += update.eq(1)
+                m.d.sync += [update.eq(1), mul_busy.eq(0)]
 
-        drift_sum = Signal(signed(INC_BITS + 2))
+        # --- loop filter ---------------------------------------------------------------------
+        # `update` takes the decisions (state, counters, lock) from registered flags and
+        # registers the arithmetic's operands; `settle` (two one-hot stages) adds and clamps
+        # them and applies the result two cycles later: drift, the proportional term, the step.
+        drift = Signal(signed(INC_BITS))
+        prop = Signal(signed(INC_BITS))
+        # cycles the proportional term has left, minus 2: it expires when this goes negative
+        prop_left = Signal(signed(self.interval_cycles.bit_length() + 1), init=-1)
+        drift_add = Signal.like(spread)
+        drift_sum = Signal(signed(max(INC_BITS, len(spread)) + 1))
+        kp_raw = Signal.like(spread)
+        prop_next = Signal(signed(INC_BITS))
+        apply_prop = Signal()
+        apply_step = Signal()
+        settle = Signal(2)
+        tracked = Signal(range(FAST_FRAMES + 1))
+        in_range = Signal(range(LOCK_FRAMES + 1))
+        # cycles without a good frame before holdover ends, minus 1: expired when negative
+        holdover_left = Signal(signed(self.holdover_cycles.bit_length() + 1), init=self.holdover_cycles - 1)
+
+        m.d.sync += settle.eq(Cat(update, settle[0]))
         with m.If(update):
-            m.d.sync += since_good.eq(0)
+            m.d.sync += [holdover_left.eq(self.holdover_cycles - 1),
+                         drift_add.eq(0), apply_prop.eq(0), apply_step.eq(0)]
             with m.Switch(state):
                 with m.Case(UNLOCKED):
                     m.d.sync += [err_first.eq(err), t_first.eq(t_frame), state.eq(ACQUIRE)]
                 with m.Case(ACQUIRE):
                     # The estimate needs exactly ACQUIRE_FRAMES intervals between its two
                     # frames (by their T); a lost frame at the end restarts the acquisition.
-                    with m.If(t_frame - t_first > span):
+                    with m.If(span_over):
                         m.d.sync += [err_first.eq(err), t_first.eq(t_frame)]
-                    with m.Elif(t_frame - t_first == span):
-                        m.d.comb += drift_sum.eq(drift + (spread >> (ACQUIRE_FRAMES.bit_length() - 1)))
-                        m.d.sync += [drift.eq(_saturate_to(drift_sum, max_drift)),
+                    with m.Elif(span_done):
+                        m.d.sync += [drift_add.eq(spread >> (ACQUIRE_FRAMES.bit_length() - 1)),
+                                     apply_step.eq(behind),      # forward, once; never back
                                      tracked.eq(0), in_range.eq(0), state.eq(TRACK)]
-                        with m.If(err_full > 0):
-                            m.d.sync += step.eq(err_full)    # forward, once; never back
                 with m.Case(TRACK):
-                    slew = (err >= (SLEW_NS << ERR_FRAC)) | (err <= -(SLEW_NS << ERR_FRAC))
                     fast = tracked != FAST_FRAMES
                     with m.If(fast & ~slew):
                         m.d.sync += tracked.eq(tracked + 1)
                     kp = Mux(slew, spread, Mux(fast, spread >> KP_FAST_SHIFT, spread >> KP_SHIFT))
                     ki = Mux(slew, 0, Mux(fast, spread >> KI_FAST_SHIFT, spread >> KI_SHIFT))
-                    m.d.comb += drift_sum.eq(drift + ki)
-                    m.d.sync += [drift.eq(_saturate_to(drift_sum, max_drift)),
-                                 prop.eq(_saturate_to(kp, max_adj)),
-                                 prop_left.eq(self.interval_cycles)]
-                    close = (err < (LOCK_NS << ERR_FRAC)) & (err > -(LOCK_NS << ERR_FRAC))
+                    m.d.sync += [drift_add.eq(ki), kp_raw.eq(kp), apply_prop.eq(1)]
                     with m.If(~close):
                         m.d.sync += in_range.eq(0)
                     with m.Elif(in_range != LOCK_FRAMES):
@@ -381,17 +432,32 @@ class DigitalPLL(wiring.Component):
                     last_fast = tracked >= FAST_FRAMES - 1
                     with m.If(last_fast & close & (in_range >= LOCK_FRAMES - 1) & ~self.locked):
                         m.d.sync += [self.locked.eq(1), self.lock_count.eq(self.lock_count + 1)]
+        with m.Elif(holdover_left[-1]):
+            m.d.sync += [self.locked.eq(0), state.eq(UNLOCKED)]
         with m.Else():
-            with m.If(since_good == self.holdover_cycles):
-                m.d.sync += [self.locked.eq(0), state.eq(UNLOCKED)]
-            with m.Else():
-                m.d.sync += since_good.eq(since_good + 1)
+            m.d.sync += holdover_left.eq(holdover_left - 1)
+
+        # The proportional correction runs for one interval, then expires. (Written before
+        # `settle` below, which overrides it when a new correction starts.)
+        with m.If(prop_left[-1]):
+            m.d.sync += prop.eq(0)
+        with m.Else():
+            m.d.sync += prop_left.eq(prop_left - 1)
+        with m.If(settle[0]):
+            m.d.sync += [drift_sum.eq(drift + drift_add), prop_next.eq(_saturate_to(kp_raw, max_adj))]
+        with m.If(settle[1]):
+            m.d.sync += drift.eq(_saturate_to(drift_sum, max_drift))
+            with m.If(apply_prop):
+                m.d.sync += [prop.eq(prop_next), prop_left.eq(self.interval_cycles - 2)]
+            with m.If(apply_step):
+                m.d.sync += step.eq(err_full)
 
         # --- increment: nominal + drift + proportional, clamped ---------------------------
-        # (the sum registered first: one cycle later, and no sum, clamp and add in one cycle)
-        adj = Signal(signed(INC_BITS + 2))
-        m.d.sync += [adj.eq(drift + Mux(prop_left != 0, prop, 0)),
-                     inc.eq(inc_nom + _saturate_to(adj, max_adj))]
+        # (registered in three steps, sum, clamp and add: a few cycles later, and each short)
+        adj = Signal(signed(INC_BITS + 1))
+        adj_clamped = Signal(signed(INC_BITS))
+        m.d.sync += [adj.eq(drift + prop), adj_clamped.eq(_saturate_to(adj, max_adj)),
+                     inc.eq(inc_nom + adj_clamped)]
         return m
 
 
