@@ -63,9 +63,10 @@ before drift, the proportional term and the step take effect, about 40 cycles af
 check; the increment follows 3 cycles after drift and proportional term (sum, clamp, add).
 These delays are a few hundred ns in an interval of 100 µs or more: the loop's dynamics are
 unchanged, and the proportional term still acts for exactly N cycles. Local time itself is
-one add per cycle; `time` is the accumulator's integer part, no later than before: the
-Timestamper sees the same time. `rejected` counts a bad frame one cycle after the receiver
-drops it.
+one two-operand add per cycle, of a registered addend (the increment a cycle after it is set,
+or once the increment plus the step); `time` is the accumulator's integer part, as before:
+the Timestamper sees the same time, with no added latency. `rejected` counts a bad frame one
+cycle after the receiver drops it.
 
 Register view. The outputs below are defined in the register map, `firmware.abi.regmap`
 (`DPLL_OUTPUTS`, imported here: `DigitalPLL`'s outputs are built from it, so their names and
@@ -200,22 +201,16 @@ class DigitalPLL(wiring.Component):
         max_drift = inc_nom >> DRIFT_SHIFT
 
         # --- local time -------------------------------------------------------------------
-        # local = whole:frac, advanced by inc + step modulo 2**96 in 32-bit pieces with their
-        # carries (the same sum as one 96-bit adder; no operand wider than 64 bits, which
-        # keeps the DPLL cheap to simulate).
+        # local = whole:frac advances by `addend` modulo 2**96 on every cycle: one two-operand
+        # add, a single carry chain. `addend` is the increment, registered (so a new increment
+        # reaches local time a cycle after it is set), and in one cycle the increment plus the
+        # acquisition's forward step (see `settle` below).
         frac = Signal(FRAC_BITS)
         whole = Signal(TIME_BITS)
         local = Cat(frac, whole)
         inc = Signal(INC_BITS, init=inc_nom)
-        step = Signal(TIME_BITS + FRAC_BITS)       # added once, at acquisition
-        frac_sum = Signal(FRAC_BITS + 2)
-        low_sum = Signal(32 + 2)
-        m.d.comb += [frac_sum.eq(frac + inc[:FRAC_BITS] + step[:FRAC_BITS]),
-                     low_sum.eq(whole[:32] + inc[FRAC_BITS:] + step[FRAC_BITS:FRAC_BITS + 32]
-                                + frac_sum[FRAC_BITS:])]
-        high_sum = whole[32:] + step[FRAC_BITS + 32:] + low_sum[32:]
-        m.d.sync += [frac.eq(frac_sum[:FRAC_BITS]), whole.eq(Cat(low_sum[:32], high_sum[:32]))]
-        m.d.sync += step.eq(0)
+        addend = Signal(TIME_BITS + FRAC_BITS, init=inc_nom)
+        m.d.sync += [local.eq(local + addend), addend.eq(inc)]
         m.d.comb += [self.time.eq(whole), self.increment.eq(inc)]
 
         # --- synchroniser and marker detection -------------------------------------------
@@ -246,7 +241,10 @@ class DigitalPLL(wiring.Component):
         # CRC-32C of the payload, bit by bit as its data bits arrive (LSB first, as the
         # reflected CRC takes them: `hdl.crc.crc32c_step`), checked against bytes 6-9.
         crc = Signal(32)
-        crc_bit = crc[0] ^ sync2
+        bit_value = Signal()        # the last data bit sampled ...
+        got_data = Signal()         # ... taken in this cycle, the one after its sample
+        got_payload = Signal()      # ... and it is one of T's
+        crc_bit = crc[0] ^ bit_value
         crc_ok = Signal()
         payload = frame[:8 * PAYLOAD_BYTES]
         data_bit = (bit_index != 0) & (bit_index != BITS_PER_BYTE - 1)
@@ -261,53 +259,71 @@ class DigitalPLL(wiring.Component):
         t_addend = Signal.like(t_units)
         target = Signal(unsigned(full_bits))
 
-        with m.FSM(name="rx"):
-            with m.State("IDLE"):
-                # The accumulators start over in every idle cycle rather than on the marker's.
-                m.d.sync += [crc.eq(CRC_INIT), t_units.eq(0), t_addend.eq(self.unit_ns)]
-                with m.If(fall & quiet):
-                    m.d.sync += [captured.eq(local), byte_index.eq(0), bit_index.eq(0),
-                                 timer.eq(first_sample - 1)]
-                    m.next = "BITS"
-            with m.State("WAIT_START"):
-                # The next start bit follows the stop bit without a gap; allow two bit times.
-                m.d.sync += timer.eq(timer - 1)
-                with m.If(fall):
-                    m.d.sync += [bit_index.eq(0), timer.eq(first_sample - 1)]
-                    m.next = "BITS"
-                with m.Elif(tick):
-                    m.d.comb += reject.eq(1)
-                    m.next = "IDLE"
-            with m.State("BITS"):
-                m.d.sync += timer.eq(timer - 1)
-                with m.If(tick):
-                    m.d.sync += [timer.eq(bit_cycles - 2), bit_index.eq(bit_index + 1)]
-                    with m.If(bit_index == 0):          # start bit, sampled mid-bit
-                        with m.If(sync2):
-                            m.d.comb += reject.eq(1)
-                            m.next = "IDLE"
-                    with m.Elif(bit_index == BITS_PER_BYTE - 1):   # stop bit
-                        with m.If(~sync2):
-                            m.d.comb += reject.eq(1)
-                            m.next = "IDLE"
-                        with m.Elif(byte_index == FRAME_BYTES - 1):
-                            m.next = "CHECK"
-                        with m.Else():
-                            m.d.sync += [byte_index.eq(byte_index + 1), timer.eq(2 * bit_cycles - 1)]
-                            m.next = "WAIT_START"
-                with m.If(tick & data_bit):              # data bit, LSB first
-                    m.d.sync += frame.eq(Cat(frame[1:], sync2))
-                    with m.If(byte_index < PAYLOAD_BYTES):
-                        m.d.sync += [crc.eq((crc >> 1) ^ Mux(crc_bit, POLY_REFLECTED, 0)),
-                                     t_units.eq(t_units + Mux(sync2, t_addend, 0)),
-                                     t_addend.eq(t_addend << 1)]
-            with m.State("CHECK"):
-                m.d.sync += [target.eq((t_units << FRAC_BITS) + self.compensation),
-                             crc_ok.eq((crc ^ CRC_XOROUT) == frame[8 * PAYLOAD_BYTES:])]
-                m.next = "VERIFY"
-            with m.State("VERIFY"):
-                m.d.comb += [good.eq(crc_ok), reject.eq(~crc_ok)]
-                m.next = "IDLE"
+        # The receiver's states, one-hot: each state test is one flip-flop, not a decode.
+        rx_idle = Signal(init=1)    # waiting for a marker
+        rx_wait = Signal()          # between bytes: waiting for the next start bit
+        rx_bits = Signal()          # inside a byte
+        rx_check = Signal()         # the frame is in: T·unit and the CRC compared
+        rx_verify = Signal()        # good, or rejected
+        # What the next tick in a byte samples, registered: the indices hold for at least
+        # bit_cycles − 1 cycles before a tick (and at 0 in IDLE, where a marker needs two
+        # byte times of idle wire), so the registered copy is the current one at every tick.
+        sample_data = Signal()
+        sample_payload = Signal()
+        m.d.sync += [sample_data.eq(data_bit), sample_payload.eq(data_bit & (byte_index < PAYLOAD_BYTES))]
+
+        # A data bit is taken into the frame, the CRC and T·unit in the cycle after its sample,
+        # from registers (its value and two strobes): no decision and no wide fanout of the
+        # synchroniser sits before those 200 flip-flops. CHECK comes a stop bit later.
+        m.d.sync += [got_data.eq(0), got_payload.eq(0)]
+        with m.If(got_data):
+            m.d.sync += frame.eq(Cat(frame[1:], bit_value))
+        with m.If(got_payload):
+            m.d.sync += [crc.eq((crc >> 1) ^ Mux(crc_bit, POLY_REFLECTED, 0)),
+                         t_units.eq(t_units + Mux(bit_value, t_addend, 0)),
+                         t_addend.eq(t_addend << 1)]
+
+        with m.If(rx_idle):
+            # The accumulators start over and local time is captured in every idle cycle: the
+            # capture of the marker's cycle, the last idle one, stays.
+            m.d.sync += [crc.eq(CRC_INIT), t_units.eq(0), t_addend.eq(self.unit_ns),
+                         byte_index.eq(0), bit_index.eq(0), captured.eq(local)]
+            with m.If(fall & quiet):
+                m.d.sync += [timer.eq(first_sample - 1), rx_idle.eq(0), rx_bits.eq(1)]
+        with m.If(rx_wait):
+            # The next start bit follows the stop bit without a gap; allow two bit times.
+            m.d.sync += timer.eq(timer - 1)
+            with m.If(fall):
+                m.d.sync += [bit_index.eq(0), timer.eq(first_sample - 1), rx_wait.eq(0), rx_bits.eq(1)]
+            with m.Elif(tick):
+                m.d.comb += reject.eq(1)
+                m.d.sync += [rx_wait.eq(0), rx_idle.eq(1)]
+        with m.If(rx_bits):
+            m.d.sync += timer.eq(timer - 1)
+            with m.If(tick):
+                m.d.sync += [timer.eq(bit_cycles - 2), bit_index.eq(bit_index + 1)]
+                with m.If(bit_index == 0):          # start bit, sampled mid-bit
+                    with m.If(sync2):
+                        m.d.comb += reject.eq(1)
+                        m.d.sync += [rx_bits.eq(0), rx_idle.eq(1)]
+                with m.Elif(bit_index == BITS_PER_BYTE - 1):   # stop bit
+                    with m.If(~sync2):
+                        m.d.comb += reject.eq(1)
+                        m.d.sync += [rx_bits.eq(0), rx_idle.eq(1)]
+                    with m.Elif(byte_index == FRAME_BYTES - 1):
+                        m.d.sync += [rx_bits.eq(0), rx_check.eq(1)]
+                    with m.Else():
+                        m.d.sync += [byte_index.eq(byte_index + 1), timer.eq(2 * bit_cycles - 1),
+                                     rx_bits.eq(0), rx_wait.eq(1)]
+                with m.If(sample_data):              # data bit, LSB first
+                    m.d.sync += [bit_value.eq(sync2), got_data.eq(1), got_payload.eq(sample_payload)]
+        with m.If(rx_check):
+            m.d.sync += [target.eq((t_units << FRAC_BITS) + self.compensation),
+                         crc_ok.eq((crc ^ CRC_XOROUT) == frame[8 * PAYLOAD_BYTES:]),
+                         rx_check.eq(0), rx_verify.eq(1)]
+        with m.If(rx_verify):
+            m.d.comb += [good.eq(crc_ok), reject.eq(~crc_ok)]
+            m.d.sync += [rx_verify.eq(0), rx_idle.eq(1)]
 
         rejected = Signal()         # counted a cycle after the decision, off the receiver's logic
         m.d.sync += rejected.eq(reject)
@@ -384,8 +400,8 @@ class DigitalPLL(wiring.Component):
 
         # --- loop filter ---------------------------------------------------------------------
         # `update` takes the decisions (state, counters, lock) from registered flags and
-        # registers the arithmetic's operands; `settle` (two one-hot stages) adds and clamps
-        # them and applies the result two cycles later: drift, the proportional term, the step.
+        # registers the arithmetic's operands; `settle` (two one-hot stages) adds them, with
+        # their limit flags, then clamps and applies them: drift, the proportional term, the step.
         drift = Signal(signed(INC_BITS))
         prop = Signal(signed(INC_BITS))
         # cycles the proportional term has left, minus 2: it expires when this goes negative
@@ -393,16 +409,24 @@ class DigitalPLL(wiring.Component):
         drift_add = Signal.like(spread)
         drift_sum = Signal(signed(max(INC_BITS, len(spread)) + 1))
         kp_raw = Signal.like(spread)
-        prop_next = Signal(signed(INC_BITS))
         apply_prop = Signal()
         apply_step = Signal()
+        drift_over = Signal()
+        drift_under = Signal()
+        prop_over = Signal()
+        prop_under = Signal()
         settle = Signal(2)
         tracked = Signal(range(FAST_FRAMES + 1))
         in_range = Signal(range(LOCK_FRAMES + 1))
         # cycles without a good frame before holdover ends, minus 1: expired when negative
         holdover_left = Signal(signed(self.holdover_cycles.bit_length() + 1), init=self.holdover_cycles - 1)
 
-        m.d.sync += settle.eq(Cat(update, settle[0]))
+        # The lock test's inputs, registered: `close` is set before the multiply and the
+        # counters change only at `update`, so at `update` this is the current value.
+        lock_due = Signal()
+        m.d.sync += lock_due.eq(close & (tracked >= FAST_FRAMES - 1) & (in_range >= LOCK_FRAMES - 1))
+
+        m.d.sync += settle.eq(Cat(update, settle[:-1]))
         with m.If(update):
             m.d.sync += [holdover_left.eq(self.holdover_cycles - 1),
                          drift_add.eq(0), apply_prop.eq(0), apply_step.eq(0)]
@@ -429,8 +453,7 @@ class DigitalPLL(wiring.Component):
                         m.d.sync += in_range.eq(0)
                     with m.Elif(in_range != LOCK_FRAMES):
                         m.d.sync += in_range.eq(in_range + 1)
-                    last_fast = tracked >= FAST_FRAMES - 1
-                    with m.If(last_fast & close & (in_range >= LOCK_FRAMES - 1) & ~self.locked):
+                    with m.If(lock_due & ~self.locked):
                         m.d.sync += [self.locked.eq(1), self.lock_count.eq(self.lock_count + 1)]
         with m.Elif(holdover_left[-1]):
             m.d.sync += [self.locked.eq(0), state.eq(UNLOCKED)]
@@ -444,24 +467,36 @@ class DigitalPLL(wiring.Component):
         with m.Else():
             m.d.sync += prop_left.eq(prop_left - 1)
         with m.If(settle[0]):
-            m.d.sync += [drift_sum.eq(drift + drift_add), prop_next.eq(_saturate_to(kp_raw, max_adj))]
+            m.d.sync += [drift_sum.eq(drift + drift_add),
+                         *_limit_flags(drift + drift_add, max_drift, drift_over, drift_under),
+                         *_limit_flags(kp_raw, max_adj, prop_over, prop_under)]
         with m.If(settle[1]):
-            m.d.sync += drift.eq(_saturate_to(drift_sum, max_drift))
+            m.d.sync += drift.eq(_limit(drift_sum, max_drift, drift_over, drift_under))
             with m.If(apply_prop):
-                m.d.sync += [prop.eq(prop_next), prop_left.eq(self.interval_cycles - 2)]
+                m.d.sync += [prop.eq(_limit(kp_raw, max_adj, prop_over, prop_under)),
+                             prop_left.eq(self.interval_cycles - 2)]
             with m.If(apply_step):
-                m.d.sync += step.eq(err_full)
+                m.d.sync += addend.eq(inc + err_full[:len(addend)])     # e > 0 here
 
         # --- increment: nominal + drift + proportional, clamped ---------------------------
         # (registered in three steps, sum, clamp and add: a few cycles later, and each short)
         adj = Signal(signed(INC_BITS + 1))
+        adj_over = Signal()
+        adj_under = Signal()
         adj_clamped = Signal(signed(INC_BITS))
-        m.d.sync += [adj.eq(drift + prop), adj_clamped.eq(_saturate_to(adj, max_adj)),
+        m.d.sync += [adj.eq(drift + prop), *_limit_flags(drift + prop, max_adj, adj_over, adj_under),
+                     adj_clamped.eq(_limit(adj, max_adj, adj_over, adj_under)),
                      inc.eq(inc_nom + adj_clamped)]
         return m
 
 
-def _saturate_to(value, limit: int):
-    """`value` (signed) limited to ±`limit`."""
-    return Mux(value > limit, limit, Mux(value < -limit, -limit, value))
+def _limit_flags(value, limit: int, over, under):
+    """Assignments of the flags `_limit` takes: `value` (signed) above `limit`, below −`limit`
+    (registered with the value, so the clamp is a multiplexer behind two flip-flops)."""
+    return [over.eq(value > limit), under.eq(value < -limit)]
+
+
+def _limit(value, limit: int, over, under):
+    """`value` limited to ±`limit`, given its `_limit_flags`."""
+    return Mux(over, limit, Mux(under, -limit, value))
 
