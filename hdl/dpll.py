@@ -50,7 +50,8 @@ increases every cycle and only the one acquisition step moves it forward faster.
 **Holdover.** Without good frames the increment keeps the last drift (the proportional part
 expires after its interval). After `holdover_intervals` nominal intervals without a good
 frame `locked` drops and the loop goes back to `UNLOCKED` (keeping its drift), to re-acquire
-when frames come back.
+when frames come back. (Counted from the last frame's loop update; a frame whose CRC has
+checked by the timeout is still used, the timeout waiting the few cycles to its update.)
 
 **Lock.** `locked` rises in `TRACK` when the fast gains have been used up and the last
 LOCK_FRAMES frames all had |e| < LOCK_NS. `lock_count` counts these transitions.
@@ -355,9 +356,18 @@ class DigitalPLL(wiring.Component):
         state = Signal(2)
         m.d.comb += self.state.eq(state)
 
+        # A good frame is in flight from `good` to its `update`; holdover does not end then.
+        in_flight = Signal()
+        # The state, decoded and registered (one-hot, by state number): the state changes only
+        # at `update` and at the holdover's end, which waits for a frame in flight, so from
+        # the second stage after `good` to `update` this is the current state.
+        in_state = Signal(3, init=1 << UNLOCKED)
+        m.d.sync += in_state.eq(1 << state)
+
         m.d.sync += pipe.eq(Cat(good, pipe[:-1]))
         with m.If(good):
             m.d.sync += [
+                in_flight.eq(1),
                 err_full.eq(target - captured),
                 t_frame.eq(payload),
                 self.frames.eq(self.frames + 1),
@@ -373,7 +383,7 @@ class DigitalPLL(wiring.Component):
                          span_over.eq(since_first > span),
                          span_done.eq(since_first == span)]
         with m.If(pipe[2]):
-            m.d.sync += [spread_in.eq(Mux(state == ACQUIRE, err - err_first, err)),
+            m.d.sync += [spread_in.eq(Mux(in_state[ACQUIRE], err - err_first, err)),
                          slew.eq((err >= (SLEW_NS << ERR_FRAC)) | (err <= -(SLEW_NS << ERR_FRAC))),
                          close.eq((err < (LOCK_NS << ERR_FRAC)) & (err > -(LOCK_NS << ERR_FRAC)))]
 
@@ -428,34 +438,33 @@ class DigitalPLL(wiring.Component):
 
         m.d.sync += settle.eq(Cat(update, settle[:-1]))
         with m.If(update):
-            m.d.sync += [holdover_left.eq(self.holdover_cycles - 1),
+            m.d.sync += [holdover_left.eq(self.holdover_cycles - 1), in_flight.eq(0),
                          drift_add.eq(0), apply_prop.eq(0), apply_step.eq(0)]
-            with m.Switch(state):
-                with m.Case(UNLOCKED):
-                    m.d.sync += [err_first.eq(err), t_first.eq(t_frame), state.eq(ACQUIRE)]
-                with m.Case(ACQUIRE):
-                    # The estimate needs exactly ACQUIRE_FRAMES intervals between its two
-                    # frames (by their T); a lost frame at the end restarts the acquisition.
-                    with m.If(span_over):
-                        m.d.sync += [err_first.eq(err), t_first.eq(t_frame)]
-                    with m.Elif(span_done):
-                        m.d.sync += [drift_add.eq(spread >> (ACQUIRE_FRAMES.bit_length() - 1)),
-                                     apply_step.eq(behind),      # forward, once; never back
-                                     tracked.eq(0), in_range.eq(0), state.eq(TRACK)]
-                with m.Case(TRACK):
-                    fast = tracked != FAST_FRAMES
-                    with m.If(fast & ~slew):
-                        m.d.sync += tracked.eq(tracked + 1)
-                    kp = Mux(slew, spread, Mux(fast, spread >> KP_FAST_SHIFT, spread >> KP_SHIFT))
-                    ki = Mux(slew, 0, Mux(fast, spread >> KI_FAST_SHIFT, spread >> KI_SHIFT))
-                    m.d.sync += [drift_add.eq(ki), kp_raw.eq(kp), apply_prop.eq(1)]
-                    with m.If(~close):
-                        m.d.sync += in_range.eq(0)
-                    with m.Elif(in_range != LOCK_FRAMES):
-                        m.d.sync += in_range.eq(in_range + 1)
-                    with m.If(lock_due & ~self.locked):
-                        m.d.sync += [self.locked.eq(1), self.lock_count.eq(self.lock_count + 1)]
-        with m.Elif(holdover_left[-1]):
+            with m.If(in_state[UNLOCKED]):
+                m.d.sync += [err_first.eq(err), t_first.eq(t_frame), state.eq(ACQUIRE)]
+            with m.If(in_state[ACQUIRE]):
+                # The estimate needs exactly ACQUIRE_FRAMES intervals between its two
+                # frames (by their T); a lost frame at the end restarts the acquisition.
+                with m.If(span_over):
+                    m.d.sync += [err_first.eq(err), t_first.eq(t_frame)]
+                with m.Elif(span_done):
+                    m.d.sync += [drift_add.eq(spread >> (ACQUIRE_FRAMES.bit_length() - 1)),
+                                 apply_step.eq(behind),      # forward, once; never back
+                                 tracked.eq(0), in_range.eq(0), state.eq(TRACK)]
+            with m.If(in_state[TRACK]):
+                fast = tracked != FAST_FRAMES
+                with m.If(fast & ~slew):
+                    m.d.sync += tracked.eq(tracked + 1)
+                kp = Mux(slew, spread, Mux(fast, spread >> KP_FAST_SHIFT, spread >> KP_SHIFT))
+                ki = Mux(slew, 0, Mux(fast, spread >> KI_FAST_SHIFT, spread >> KI_SHIFT))
+                m.d.sync += [drift_add.eq(ki), kp_raw.eq(kp), apply_prop.eq(1)]
+                with m.If(~close):
+                    m.d.sync += in_range.eq(0)
+                with m.Elif(in_range != LOCK_FRAMES):
+                    m.d.sync += in_range.eq(in_range + 1)
+                with m.If(lock_due & ~self.locked):
+                    m.d.sync += [self.locked.eq(1), self.lock_count.eq(self.lock_count + 1)]
+        with m.Elif(holdover_left[-1] & ~in_flight):
             m.d.sync += [self.locked.eq(0), state.eq(UNLOCKED)]
         with m.Else():
             m.d.sync += holdover_left.eq(holdover_left - 1)
@@ -492,8 +501,10 @@ class DigitalPLL(wiring.Component):
 
 def _limit_flags(value, limit: int, over, under):
     """Assignments of the flags `_limit` takes: `value` (signed) above `limit`, below −`limit`
-    (registered with the value, so the clamp is a multiplexer behind two flip-flops)."""
-    return [over.eq(value > limit), under.eq(value < -limit)]
+    (registered with the value, so the clamp is a multiplexer behind two flip-flops). Sign
+    bits of sums rather than compares: with a `value` that is itself a sum, Yosys makes one
+    adder of each, not an adder and a compare in series."""
+    return [over.eq(~(value - (limit + 1))[-1]), under.eq((value + limit)[-1])]
 
 
 def _limit(value, limit: int, over, under):
