@@ -248,7 +248,7 @@ class DigitalPLL(wiring.Component):
         crc_bit = crc[0] ^ bit_value
         crc_ok = Signal()
         payload = frame[:8 * PAYLOAD_BYTES]
-        data_bit = (bit_index != 0) & (bit_index != BITS_PER_BYTE - 1)
+        data_bit = (bit_index != 0) & (bit_index < BITS_PER_BYTE - 1)     # not 10, after the stop bit
         reject = Signal()
         good = Signal()
         # T·unit, also bit by bit: each payload bit that is set adds unit_ns << its index, so no
@@ -266,9 +266,10 @@ class DigitalPLL(wiring.Component):
         rx_bits = Signal()          # inside a byte
         rx_check = Signal()         # the frame is in: T·unit and the CRC compared
         rx_verify = Signal()        # good, or rejected
-        # What the next tick in a byte samples, registered: the indices hold for at least
-        # bit_cycles − 1 cycles before a tick (and at 0 in IDLE, where a marker needs two
-        # byte times of idle wire), so the registered copy is the current one at every tick.
+        # What the next tick in a byte samples, registered: the indices hold for bit_cycles − 1
+        # cycles before a tick, except before a byte's first tick, which can come in the cycle
+        # after its start edge; that tick samples the start bit, and the indices of the wait
+        # before it (stop bit done: bit_index 10) and of IDLE (0) say "no data bit" too.
         sample_data = Signal()
         sample_payload = Signal()
         m.d.sync += [sample_data.eq(data_bit), sample_payload.eq(data_bit & (byte_index < PAYLOAD_BYTES))]
