@@ -50,10 +50,24 @@ increases every cycle and only the one acquisition step moves it forward faster.
 **Holdover.** Without good frames the increment keeps the last drift (the proportional part
 expires after its interval). After `holdover_intervals` nominal intervals without a good
 frame `locked` drops and the loop goes back to `UNLOCKED` (keeping its drift), to re-acquire
-when frames come back.
+when frames come back. (Counted from the last frame's loop update; a frame whose CRC has
+checked by the timeout is still used, the timeout waiting the few cycles to its update.)
 
 **Lock.** `locked` rises in `TRACK` when the fast gains have been used up and the last
 LOCK_FRAMES frames all had |e| < LOCK_NS. `lock_count` counts these transitions.
+
+**Pipelining** (for a 100 MHz port clock on an ECP5). Everything after a frame is spread over
+registered steps, each one add, compare or small decision: the phase error and its range flags,
+the saturated error and the loop's flags (slew, lock window, acquisition span, step), the
+serial multiply, then the decisions (`update`) and two steps of adding and clamping (`settle`)
+before drift, the proportional term and the step take effect, about 40 cycles after the CRC
+check; the increment follows 3 cycles after drift and proportional term (sum, clamp, add).
+These delays are a few hundred ns in an interval of 100 µs or more: the loop's dynamics are
+unchanged, and the proportional term still acts for exactly N cycles. Local time itself is
+one two-operand add per cycle, of a registered addend (the increment a cycle after it is set,
+or once the increment plus the step); `time` is the accumulator's integer part, as before:
+the Timestamper sees the same time, with no added latency. `rejected` counts a bad frame one
+cycle after the receiver drops it.
 
 Register view. The outputs below are defined in the register map, `firmware.abi.regmap`
 (`DPLL_OUTPUTS`, imported here: `DigitalPLL`'s outputs are built from it, so their names and
@@ -129,10 +143,17 @@ def registers_markdown() -> str:
 __doc__ += "\n" + registers_markdown() + "\n"
 
 
-def _saturate(value, bits: int):
-    """`value` (signed) limited to a signed `bits`-bit range."""
+def _fits(value, bits: int):
+    """Whether `value` (signed) is in the signed `bits`-bit range: its bits from bits − 1 up all
+    equal (an AND and an OR tree, where a compare with the range's ends is a long carry chain)."""
+    top = value[bits - 1:]
+    return top.all() | ~top.any()
+
+
+def _clip(value, bits: int, fits):
+    """`value` (signed) saturated to a signed `bits`-bit range, given `_fits(value, bits)`."""
     hi, lo = 2**(bits - 1) - 1, -2**(bits - 1)
-    return Mux(value > hi, hi, Mux(value < lo, lo, value))
+    return Mux(fits, value[:bits].as_signed(), Mux(value[-1], lo, hi))
 
 
 class DigitalPLL(wiring.Component):
@@ -181,22 +202,16 @@ class DigitalPLL(wiring.Component):
         max_drift = inc_nom >> DRIFT_SHIFT
 
         # --- local time -------------------------------------------------------------------
-        # local = whole:frac, advanced by inc + step modulo 2**96 in 32-bit pieces with their
-        # carries (the same sum as one 96-bit adder; no operand wider than 64 bits, which
-        # keeps the DPLL cheap to simulate).
+        # local = whole:frac advances by `addend` modulo 2**96 on every cycle: one two-operand
+        # add, a single carry chain. `addend` is the increment, registered (so a new increment
+        # reaches local time a cycle after it is set), and in one cycle the increment plus the
+        # acquisition's forward step (see `settle` below).
         frac = Signal(FRAC_BITS)
         whole = Signal(TIME_BITS)
         local = Cat(frac, whole)
         inc = Signal(INC_BITS, init=inc_nom)
-        step = Signal(TIME_BITS + FRAC_BITS)       # added once, at acquisition
-        frac_sum = Signal(FRAC_BITS + 2)
-        low_sum = Signal(32 + 2)
-        m.d.comb += [frac_sum.eq(frac + inc[:FRAC_BITS] + step[:FRAC_BITS]),
-                     low_sum.eq(whole[:32] + inc[FRAC_BITS:] + step[FRAC_BITS:FRAC_BITS + 32]
-                                + frac_sum[FRAC_BITS:])]
-        high_sum = whole[32:] + step[FRAC_BITS + 32:] + low_sum[32:]
-        m.d.sync += [frac.eq(frac_sum[:FRAC_BITS]), whole.eq(Cat(low_sum[:32], high_sum[:32]))]
-        m.d.sync += step.eq(0)
+        addend = Signal(TIME_BITS + FRAC_BITS, init=inc_nom)
+        m.d.sync += [local.eq(local + addend), addend.eq(inc)]
         m.d.comb += [self.time.eq(whole), self.increment.eq(inc)]
 
         # --- synchroniser and marker detection -------------------------------------------
@@ -207,6 +222,8 @@ class DigitalPLL(wiring.Component):
         fall = last & ~sync2
         idle_bits = IDLE_BITS * bit_cycles
         idle = Signal(range(idle_bits + 1))
+        quiet = Signal()            # idle == idle_bits, registered with it (no compare before a marker)
+        m.d.sync += quiet.eq(sync2 & (idle >= idle_bits - 1))
         with m.If(~sync2):
             m.d.sync += idle.eq(0)
         with m.Elif(idle != idle_bits):
@@ -217,13 +234,21 @@ class DigitalPLL(wiring.Component):
         frame = Signal(8 * FRAME_BYTES)
         byte_index = Signal(range(FRAME_BYTES + 1))
         bit_index = Signal(range(BITS_PER_BYTE + 1))
-        timer = Signal(range(2 * BITS_PER_BYTE * bit_cycles + 1))
+        # A bit timer loaded with (cycles to wait − 1) that fires when it has counted below zero:
+        # its sign bit is the event, so no compare sits before the receiver's decisions.
+        timer = Signal(signed((2 * bit_cycles).bit_length() + 1))
+        tick = timer[-1]
         first_sample = max(bit_cycles // 2 - SYNC_CYCLES - 1, 0)
         # CRC-32C of the payload, bit by bit as its data bits arrive (LSB first, as the
         # reflected CRC takes them: `hdl.crc.crc32c_step`), checked against bytes 6-9.
         crc = Signal(32)
-        crc_bit = crc[0] ^ sync2
+        bit_value = Signal()        # the last data bit sampled ...
+        got_data = Signal()         # ... taken in this cycle, the one after its sample
+        got_payload = Signal()      # ... and it is one of T's
+        crc_bit = crc[0] ^ bit_value
+        crc_ok = Signal()
         payload = frame[:8 * PAYLOAD_BYTES]
+        data_bit = (bit_index != 0) & (bit_index < BITS_PER_BYTE - 1)     # not 10, after the stop bit
         reject = Signal()
         good = Signal()
         # T·unit, also bit by bit: each payload bit that is set adds unit_ns << its index, so no
@@ -235,99 +260,133 @@ class DigitalPLL(wiring.Component):
         t_addend = Signal.like(t_units)
         target = Signal(unsigned(full_bits))
 
-        with m.FSM(name="rx"):
-            with m.State("IDLE"):
-                with m.If(fall & (idle == idle_bits)):
-                    m.d.sync += [captured.eq(local), byte_index.eq(0), bit_index.eq(0),
-                                 timer.eq(first_sample), crc.eq(CRC_INIT),
-                                 t_units.eq(0), t_addend.eq(self.unit_ns)]
-                    m.next = "BITS"
-            with m.State("WAIT_START"):
-                # The next start bit follows the stop bit without a gap; allow two bit times.
-                m.d.sync += timer.eq(timer - 1)
-                with m.If(fall):
-                    m.d.sync += [bit_index.eq(0), timer.eq(first_sample)]
-                    m.next = "BITS"
-                with m.Elif(timer == 0):
-                    m.d.comb += reject.eq(1)
-                    m.next = "IDLE"
-            with m.State("BITS"):
-                m.d.sync += timer.eq(timer - 1)
-                with m.If(timer == 0):
-                    m.d.sync += [timer.eq(bit_cycles - 1), bit_index.eq(bit_index + 1)]
-                    with m.If(bit_index == 0):          # start bit, sampled mid-bit
-                        with m.If(sync2):
-                            m.d.comb += reject.eq(1)
-                            m.next = "IDLE"
-                    with m.Elif(bit_index == BITS_PER_BYTE - 1):   # stop bit
-                        with m.If(~sync2):
-                            m.d.comb += reject.eq(1)
-                            m.next = "IDLE"
-                        with m.Elif(byte_index == FRAME_BYTES - 1):
-                            m.next = "CHECK"
-                        with m.Else():
-                            m.d.sync += [byte_index.eq(byte_index + 1), timer.eq(2 * bit_cycles)]
-                            m.next = "WAIT_START"
-                    with m.Else():                       # data bit, LSB first
-                        m.d.sync += frame.eq(Cat(frame[1:], sync2))
-                        with m.If(byte_index < PAYLOAD_BYTES):
-                            m.d.sync += [crc.eq((crc >> 1) ^ Mux(crc_bit, POLY_REFLECTED, 0)),
-                                         t_units.eq(t_units + Mux(sync2, t_addend, 0)),
-                                         t_addend.eq(t_addend << 1)]
-            with m.State("CHECK"):
-                m.d.sync += target.eq((t_units << FRAC_BITS) + self.compensation)
-                m.next = "VERIFY"
-            with m.State("VERIFY"):
-                with m.If((crc ^ CRC_XOROUT) == frame[8 * PAYLOAD_BYTES:]):
-                    m.d.comb += good.eq(1)
-                with m.Else():
-                    m.d.comb += reject.eq(1)
-                m.next = "IDLE"
+        # The receiver's states, one-hot: each state test is one flip-flop, not a decode.
+        rx_idle = Signal(init=1)    # waiting for a marker
+        rx_wait = Signal()          # between bytes: waiting for the next start bit
+        rx_bits = Signal()          # inside a byte
+        rx_check = Signal()         # the frame is in: T·unit and the CRC compared
+        rx_verify = Signal()        # good, or rejected
+        # What the next tick in a byte samples, registered: the indices hold for bit_cycles − 1
+        # cycles before a tick, except before a byte's first tick, which can come in the cycle
+        # after its start edge; that tick samples the start bit, and the indices of the wait
+        # before it (stop bit done: bit_index 10) and of IDLE (0) say "no data bit" too.
+        sample_data = Signal()
+        sample_payload = Signal()
+        m.d.sync += [sample_data.eq(data_bit), sample_payload.eq(data_bit & (byte_index < PAYLOAD_BYTES))]
 
-        with m.If(reject):
+        # A data bit is taken into the frame, the CRC and T·unit in the cycle after its sample,
+        # from registers (its value and two strobes): no decision and no wide fanout of the
+        # synchroniser sits before those 200 flip-flops. CHECK comes a stop bit later.
+        m.d.sync += [got_data.eq(0), got_payload.eq(0)]
+        with m.If(got_data):
+            m.d.sync += frame.eq(Cat(frame[1:], bit_value))
+        with m.If(got_payload):
+            m.d.sync += [crc.eq((crc >> 1) ^ Mux(crc_bit, POLY_REFLECTED, 0)),
+                         t_units.eq(t_units + Mux(bit_value, t_addend, 0)),
+                         t_addend.eq(t_addend << 1)]
+
+        with m.If(rx_idle):
+            # The accumulators start over and local time is captured in every idle cycle: the
+            # capture of the marker's cycle, the last idle one, stays.
+            m.d.sync += [crc.eq(CRC_INIT), t_units.eq(0), t_addend.eq(self.unit_ns),
+                         byte_index.eq(0), bit_index.eq(0), captured.eq(local)]
+            with m.If(fall & quiet):
+                m.d.sync += [timer.eq(first_sample - 1), rx_idle.eq(0), rx_bits.eq(1)]
+        with m.If(rx_wait):
+            # The next start bit follows the stop bit without a gap; allow two bit times.
+            m.d.sync += timer.eq(timer - 1)
+            with m.If(fall):
+                m.d.sync += [bit_index.eq(0), timer.eq(first_sample - 1), rx_wait.eq(0), rx_bits.eq(1)]
+            with m.Elif(tick):
+                m.d.comb += reject.eq(1)
+                m.d.sync += [rx_wait.eq(0), rx_idle.eq(1)]
+        with m.If(rx_bits):
+            m.d.sync += timer.eq(timer - 1)
+            with m.If(tick):
+                m.d.sync += [timer.eq(bit_cycles - 2), bit_index.eq(bit_index + 1)]
+                with m.If(bit_index == 0):          # start bit, sampled mid-bit
+                    with m.If(sync2):
+                        m.d.comb += reject.eq(1)
+                        m.d.sync += [rx_bits.eq(0), rx_idle.eq(1)]
+                with m.Elif(bit_index == BITS_PER_BYTE - 1):   # stop bit
+                    with m.If(~sync2):
+                        m.d.comb += reject.eq(1)
+                        m.d.sync += [rx_bits.eq(0), rx_idle.eq(1)]
+                    with m.Elif(byte_index == FRAME_BYTES - 1):
+                        m.d.sync += [rx_bits.eq(0), rx_check.eq(1)]
+                    with m.Else():
+                        m.d.sync += [byte_index.eq(byte_index + 1), timer.eq(2 * bit_cycles - 1),
+                                     rx_bits.eq(0), rx_wait.eq(1)]
+                with m.If(sample_data):              # data bit, LSB first
+                    m.d.sync += [bit_value.eq(sync2), got_data.eq(1), got_payload.eq(sample_payload)]
+        with m.If(rx_check):
+            m.d.sync += [target.eq((t_units << FRAC_BITS) + self.compensation),
+                         crc_ok.eq((crc ^ CRC_XOROUT) == frame[8 * PAYLOAD_BYTES:]),
+                         rx_check.eq(0), rx_verify.eq(1)]
+        with m.If(rx_verify):
+            m.d.comb += [good.eq(crc_ok), reject.eq(~crc_ok)]
+            m.d.sync += [rx_verify.eq(0), rx_idle.eq(1)]
+
+        rejected = Signal()         # counted a cycle after the decision, off the receiver's logic
+        m.d.sync += rejected.eq(reject)
+        with m.If(rejected):
             m.d.sync += self.rejected.eq(self.rejected + 1)
 
         # --- phase detector: e = T·unit + compensation − captured ----------------------------
+        # After `good`, one-hot stages (`pipe`) each leave one short step: the subtraction; the
+        # range checks; the saturated values and the acquisition span; the loop's inputs and
+        # flags. Then the multiply, then the loop update (`update`, `settle`).
         err_full = Signal(signed(full_bits))        # fixed point, FRAC_BITS
+        err_wide = err_full >> (FRAC_BITS - ERR_FRAC)
+        phase_wide = err_full >> FRAC_BITS
+        err_fits = Signal()
+        phase_fits = Signal()
+        behind = Signal()                           # e > 0: local time is behind
         err = Signal(signed(ERR_BITS))              # saturated, ERR_FRAC fractional bits
         err_first = Signal(signed(ERR_BITS))
         spread_in = Signal(signed(ERR_BITS + 1))
-        drift = Signal(signed(INC_BITS))
-        prop = Signal(signed(INC_BITS))
-        prop_left = Signal(range(self.interval_cycles + 1))
+        slew = Signal()                             # |e| >= SLEW_NS
+        close = Signal()                            # |e| < LOCK_NS
         t_frame = Signal.like(payload)               # T of the frame in the pipeline
         t_first = Signal.like(payload)               # T of the acquisition's first frame
+        since_first = Signal.like(payload)
         span = ACQUIRE_FRAMES * (self.interval_ns // self.unit_ns)
-        tracked = Signal(range(FAST_FRAMES + 1))
-        in_range = Signal(range(LOCK_FRAMES + 1))
-        since_good = Signal(range(self.holdover_cycles + 1))
-        pipe = Signal(3)                            # one-hot stages after a good frame
-        update = Signal()                           # the loop update, once the multiply is done
+        span_over = Signal()
+        span_done = Signal()
+        pipe = Signal(4)                            # one-hot stages after a good frame
         state = Signal(2)
         m.d.comb += self.state.eq(state)
 
-        # The proportional correction runs for one interval, then expires. (Written before
-        # the loop update below, which overrides it when a new correction starts.)
-        with m.If(prop_left != 0):
-            m.d.sync += prop_left.eq(prop_left - 1)
-        with m.Else():
-            m.d.sync += prop.eq(0)
+        # A good frame is in flight from `good` to its `update`; holdover does not end then.
+        in_flight = Signal()
+        # The state, decoded and registered (one-hot, by state number): the state changes only
+        # at `update` and at the holdover's end, which waits for a frame in flight, so from
+        # the second stage after `good` to `update` this is the current state.
+        in_state = Signal(3, init=1 << UNLOCKED)
+        m.d.sync += in_state.eq(1 << state)
 
-        m.d.sync += [pipe.eq(Cat(good, pipe[:2])), update.eq(0)]
+        m.d.sync += pipe.eq(Cat(good, pipe[:-1]))
         with m.If(good):
             m.d.sync += [
+                in_flight.eq(1),
                 err_full.eq(target - captured),
                 t_frame.eq(payload),
                 self.frames.eq(self.frames + 1),
             ]
-        e_err = _saturate(err_full >> (FRAC_BITS - ERR_FRAC), ERR_BITS)
         with m.If(pipe[0]):
-            m.d.sync += [
-                err.eq(e_err),
-                self.phase_error.eq(_saturate(err_full >> FRAC_BITS, PHASE_BITS)),
-            ]
+            m.d.sync += [err_fits.eq(_fits(err_wide, ERR_BITS)),
+                         phase_fits.eq(_fits(phase_wide, PHASE_BITS)),
+                         behind.eq(~err_full[-1] & err_full.any()),
+                         since_first.eq(t_frame - t_first)]
         with m.If(pipe[1]):
-            m.d.sync += spread_in.eq(Mux(state == ACQUIRE, err - err_first, err))
+            m.d.sync += [err.eq(_clip(err_wide, ERR_BITS, err_fits)),
+                         self.phase_error.eq(_clip(phase_wide, PHASE_BITS, phase_fits)),
+                         span_over.eq(since_first > span),
+                         span_done.eq(since_first == span)]
+        with m.If(pipe[2]):
+            m.d.sync += [spread_in.eq(Mux(in_state[ACQUIRE], err - err_first, err)),
+                         slew.eq((err >= (SLEW_NS << ERR_FRAC)) | (err <= -(SLEW_NS << ERR_FRAC))),
+                         close.eq((err < (LOCK_NS << ERR_FRAC)) & (err > -(LOCK_NS << ERR_FRAC)))]
 
         # spread = e / N in increment units = spread_in x reciprocal >> SPREAD_SHIFT, multiplied
         # serially, MSB first (Horner: acc = 2·acc + bit·reciprocal, the sign bit weighing −1):
@@ -335,67 +394,121 @@ class DigitalPLL(wiring.Component):
         mul_x = Signal(ERR_BITS + 1)
         mul_acc = Signal(signed(ERR_BITS + 2 + self.reciprocal.bit_length()))
         mul_left = Signal(range(ERR_BITS + 2))
+        mul_busy = Signal()
+        mul_first = Signal()                        # the sign bit's step
         spread = mul_acc >> SPREAD_SHIFT
-        with m.If(pipe[2]):
-            m.d.sync += [mul_x.eq(spread_in), mul_acc.eq(0), mul_left.eq(ERR_BITS + 1)]
-        with m.Elif(mul_left != 0):
-            weight = Mux(mul_left == ERR_BITS + 1, -self.reciprocal, self.reciprocal)
+        update = Signal()                           # the loop update, once the multiply is done
+        m.d.sync += update.eq(0)
+        with m.If(pipe[3]):
+            m.d.sync += [mul_x.eq(spread_in), mul_acc.eq(0), mul_left.eq(ERR_BITS + 1),
+                         mul_busy.eq(1), mul_first.eq(1)]
+        with m.Elif(mul_busy):
+            weight = Mux(mul_first, -self.reciprocal, self.reciprocal)
             m.d.sync += [mul_acc.eq((mul_acc << 1) + Mux(mul_x[-1], weight, 0)),
-                         mul_x.eq(mul_x << 1), mul_left.eq(mul_left - 1)]
+                         mul_x.eq(mul_x << 1), mul_left.eq(mul_left - 1), mul_first.eq(0)]
             with m.If(mul_left == 1):
-                m.d.sync += update.eq(1)
+                m.d.sync += [update.eq(1), mul_busy.eq(0)]
 
-        drift_sum = Signal(signed(INC_BITS + 2))
+        # --- loop filter ---------------------------------------------------------------------
+        # `update` takes the decisions (state, counters, lock) from registered flags and
+        # registers the arithmetic's operands; `settle` (two one-hot stages) adds them, with
+        # their limit flags, then clamps and applies them: drift, the proportional term, the step.
+        drift = Signal(signed(INC_BITS))
+        prop = Signal(signed(INC_BITS))
+        # cycles the proportional term has left, minus 2: it expires when this goes negative
+        prop_left = Signal(signed(self.interval_cycles.bit_length() + 1), init=-1)
+        drift_add = Signal.like(spread)
+        drift_sum = Signal(signed(max(INC_BITS, len(spread)) + 1))
+        kp_raw = Signal.like(spread)
+        apply_prop = Signal()
+        apply_step = Signal()
+        drift_over = Signal()
+        drift_under = Signal()
+        prop_over = Signal()
+        prop_under = Signal()
+        settle = Signal(2)
+        tracked = Signal(range(FAST_FRAMES + 1))
+        in_range = Signal(range(LOCK_FRAMES + 1))
+        # cycles without a good frame before holdover ends, minus 1: expired when negative
+        holdover_left = Signal(signed(self.holdover_cycles.bit_length() + 1), init=self.holdover_cycles - 1)
+
+        # The lock test's inputs, registered: `close` is set before the multiply and the
+        # counters change only at `update`, so at `update` this is the current value.
+        lock_due = Signal()
+        m.d.sync += lock_due.eq(close & (tracked >= FAST_FRAMES - 1) & (in_range >= LOCK_FRAMES - 1))
+
+        m.d.sync += settle.eq(Cat(update, settle[:-1]))
         with m.If(update):
-            m.d.sync += since_good.eq(0)
-            with m.Switch(state):
-                with m.Case(UNLOCKED):
-                    m.d.sync += [err_first.eq(err), t_first.eq(t_frame), state.eq(ACQUIRE)]
-                with m.Case(ACQUIRE):
-                    # The estimate needs exactly ACQUIRE_FRAMES intervals between its two
-                    # frames (by their T); a lost frame at the end restarts the acquisition.
-                    with m.If(t_frame - t_first > span):
-                        m.d.sync += [err_first.eq(err), t_first.eq(t_frame)]
-                    with m.Elif(t_frame - t_first == span):
-                        m.d.comb += drift_sum.eq(drift + (spread >> (ACQUIRE_FRAMES.bit_length() - 1)))
-                        m.d.sync += [drift.eq(_saturate_to(drift_sum, max_drift)),
-                                     tracked.eq(0), in_range.eq(0), state.eq(TRACK)]
-                        with m.If(err_full > 0):
-                            m.d.sync += step.eq(err_full)    # forward, once; never back
-                with m.Case(TRACK):
-                    slew = (err >= (SLEW_NS << ERR_FRAC)) | (err <= -(SLEW_NS << ERR_FRAC))
-                    fast = tracked != FAST_FRAMES
-                    with m.If(fast & ~slew):
-                        m.d.sync += tracked.eq(tracked + 1)
-                    kp = Mux(slew, spread, Mux(fast, spread >> KP_FAST_SHIFT, spread >> KP_SHIFT))
-                    ki = Mux(slew, 0, Mux(fast, spread >> KI_FAST_SHIFT, spread >> KI_SHIFT))
-                    m.d.comb += drift_sum.eq(drift + ki)
-                    m.d.sync += [drift.eq(_saturate_to(drift_sum, max_drift)),
-                                 prop.eq(_saturate_to(kp, max_adj)),
-                                 prop_left.eq(self.interval_cycles)]
-                    close = (err < (LOCK_NS << ERR_FRAC)) & (err > -(LOCK_NS << ERR_FRAC))
-                    with m.If(~close):
-                        m.d.sync += in_range.eq(0)
-                    with m.Elif(in_range != LOCK_FRAMES):
-                        m.d.sync += in_range.eq(in_range + 1)
-                    last_fast = tracked >= FAST_FRAMES - 1
-                    with m.If(last_fast & close & (in_range >= LOCK_FRAMES - 1) & ~self.locked):
-                        m.d.sync += [self.locked.eq(1), self.lock_count.eq(self.lock_count + 1)]
+            m.d.sync += [holdover_left.eq(self.holdover_cycles - 1), in_flight.eq(0),
+                         drift_add.eq(0), apply_prop.eq(0), apply_step.eq(0)]
+            with m.If(in_state[UNLOCKED]):
+                m.d.sync += [err_first.eq(err), t_first.eq(t_frame), state.eq(ACQUIRE)]
+            with m.If(in_state[ACQUIRE]):
+                # The estimate needs exactly ACQUIRE_FRAMES intervals between its two
+                # frames (by their T); a lost frame at the end restarts the acquisition.
+                with m.If(span_over):
+                    m.d.sync += [err_first.eq(err), t_first.eq(t_frame)]
+                with m.Elif(span_done):
+                    m.d.sync += [drift_add.eq(spread >> (ACQUIRE_FRAMES.bit_length() - 1)),
+                                 apply_step.eq(behind),      # forward, once; never back
+                                 tracked.eq(0), in_range.eq(0), state.eq(TRACK)]
+            with m.If(in_state[TRACK]):
+                fast = tracked != FAST_FRAMES
+                with m.If(fast & ~slew):
+                    m.d.sync += tracked.eq(tracked + 1)
+                kp = Mux(slew, spread, Mux(fast, spread >> KP_FAST_SHIFT, spread >> KP_SHIFT))
+                ki = Mux(slew, 0, Mux(fast, spread >> KI_FAST_SHIFT, spread >> KI_SHIFT))
+                m.d.sync += [drift_add.eq(ki), kp_raw.eq(kp), apply_prop.eq(1)]
+                with m.If(~close):
+                    m.d.sync += in_range.eq(0)
+                with m.Elif(in_range != LOCK_FRAMES):
+                    m.d.sync += in_range.eq(in_range + 1)
+                with m.If(lock_due & ~self.locked):
+                    m.d.sync += [self.locked.eq(1), self.lock_count.eq(self.lock_count + 1)]
+        with m.Elif(holdover_left[-1] & ~in_flight):
+            m.d.sync += [self.locked.eq(0), state.eq(UNLOCKED)]
         with m.Else():
-            with m.If(since_good == self.holdover_cycles):
-                m.d.sync += [self.locked.eq(0), state.eq(UNLOCKED)]
-            with m.Else():
-                m.d.sync += since_good.eq(since_good + 1)
+            m.d.sync += holdover_left.eq(holdover_left - 1)
+
+        # The proportional correction runs for one interval, then expires. (Written before
+        # `settle` below, which overrides it when a new correction starts.)
+        with m.If(prop_left[-1]):
+            m.d.sync += prop.eq(0)
+        with m.Else():
+            m.d.sync += prop_left.eq(prop_left - 1)
+        with m.If(settle[0]):
+            m.d.sync += [drift_sum.eq(drift + drift_add),
+                         *_limit_flags(drift + drift_add, max_drift, drift_over, drift_under),
+                         *_limit_flags(kp_raw, max_adj, prop_over, prop_under)]
+        with m.If(settle[1]):
+            m.d.sync += drift.eq(_limit(drift_sum, max_drift, drift_over, drift_under))
+            with m.If(apply_prop):
+                m.d.sync += [prop.eq(_limit(kp_raw, max_adj, prop_over, prop_under)),
+                             prop_left.eq(self.interval_cycles - 2)]
+            with m.If(apply_step):
+                m.d.sync += addend.eq(inc + err_full[:len(addend)])     # e > 0 here
 
         # --- increment: nominal + drift + proportional, clamped ---------------------------
-        # (the sum registered first: one cycle later, and no sum, clamp and add in one cycle)
-        adj = Signal(signed(INC_BITS + 2))
-        m.d.sync += [adj.eq(drift + Mux(prop_left != 0, prop, 0)),
-                     inc.eq(inc_nom + _saturate_to(adj, max_adj))]
+        # (registered in three steps, sum, clamp and add: a few cycles later, and each short)
+        adj = Signal(signed(INC_BITS + 1))
+        adj_over = Signal()
+        adj_under = Signal()
+        adj_clamped = Signal(signed(INC_BITS))
+        m.d.sync += [adj.eq(drift + prop), *_limit_flags(drift + prop, max_adj, adj_over, adj_under),
+                     adj_clamped.eq(_limit(adj, max_adj, adj_over, adj_under)),
+                     inc.eq(inc_nom + adj_clamped)]
         return m
 
 
-def _saturate_to(value, limit: int):
-    """`value` (signed) limited to ±`limit`."""
-    return Mux(value > limit, limit, Mux(value < -limit, -limit, value))
+def _limit_flags(value, limit: int, over, under):
+    """Assignments of the flags `_limit` takes: `value` (signed) above `limit`, below −`limit`
+    (registered with the value, so the clamp is a multiplexer behind two flip-flops). Sign
+    bits of sums rather than compares: with a `value` that is itself a sum, Yosys makes one
+    adder of each, not an adder and a compare in series."""
+    return [over.eq(~(value - (limit + 1))[-1]), under.eq((value + limit)[-1])]
+
+
+def _limit(value, limit: int, over, under):
+    """`value` limited to ±`limit`, given its `_limit_flags`."""
+    return Mux(over, limit, Mux(under, -limit, value))
 

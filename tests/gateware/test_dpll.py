@@ -103,6 +103,42 @@ def test_timebase_frame_in_amaranth_sim():
     sim.run()
 
 
+def test_dpll_at_four_cycles_per_bit():
+    """The fewest cycles per bit (the ULX3S's time base: 7.5 Mbit/s at 30 MHz), where a byte's
+    first tick comes in the cycle after its start edge: every frame is received, the loop
+    locks, and time increases at every cycle (Amaranth simulator, one clock, 20 µs interval)."""
+    from amaranth.hdl import Module
+    from amaranth.sim import Simulator
+
+    from hdl.dpll import DigitalPLL
+    from hdl.timebase import TimeBase
+
+    clk_hz, bit_rate, interval_ns, intervals = 30_000_000, 7_500_000, 20_000, 30
+    m = Module()
+    tb = m.submodules.tb = TimeBase(ref_hz=clk_hz, interval_ns=interval_ns, unit_ns=interval_ns,
+                                    bit_rate=bit_rate)
+    dut = m.submodules.dut = DigitalPLL(clk_hz=clk_hz, interval_ns=interval_ns, unit_ns=interval_ns,
+                                        bit_rate=bit_rate)
+    m.d.comb += dut.wire.eq(tb.wire)
+    assert dut.bit_cycles == 4
+
+    async def bench(ctx):
+        last = -1
+        for _ in range(intervals * tb.interval_cycles):
+            await ctx.tick()
+            now = ctx.get(dut.time)
+            assert now > last, f"time {now} after {last}"
+            last = now
+        assert ctx.get(dut.rejected) == 0 and ctx.get(dut.frames) == intervals - 1
+        assert ctx.get(dut.state) == TRACK and ctx.get(dut.locked)
+        assert abs(ctx.get(dut.phase_error)) < LOCK_NS
+
+    sim = Simulator(m)
+    sim.add_clock(1 / clk_hz)
+    sim.add_testbench(bench)
+    sim.run()
+
+
 def test_dpll_rejects_bad_parameters():
     from hdl.dpll import DigitalPLL
 
