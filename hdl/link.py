@@ -465,6 +465,7 @@ class LinkController(wiring.Component):
         # Round robin: the first port at or after `rr` with a mark ready, else with an entry.
         rr = Signal(range(n))
         cur = Signal(range(n))
+        cur_oh = Signal(n)              # JOURNAL's `cur`, one-hot: its stream's `ready` and stop
 
         def pick(cands, name):
             chosen, found = Signal(range(n), name=f"{name}_port"), Signal(name=f"{name}_found")
@@ -479,12 +480,12 @@ class LinkController(wiring.Component):
 
         mark_port, any_mark = pick(mark_ready, "mark")
         data_port, any_data = pick(Cat(*(self.port[p].flush.valid for p in range(n))), "data")
+        # JOURNAL takes port `cur`'s beats into a register (`beat`, `valid`) and writes them from
+        # there a cycle later.
         beat = Signal(beat_layout(self.width))
         valid = Signal()
-        for p in range(n):
-            with m.If(cur == p):
-                m.d.comb += [beat.eq(self.port[p].flush.payload), valid.eq(self.port[p].flush.valid)]
-        in_entry = Signal()
+        m.d.sync += valid.eq(0)
+        in_entry = Signal()             # the last beat written was not an entry's last
         stamp_at = 8 // word_bytes        # the beat the entry's timestamp starts on (byte 8)
         # The entry's beat number, counting on past the timestamp's beats and then holding: 0
         # starts the seq, stamp_at the timestamp (with 64-bit beats: 0 the seq word, 1 the
@@ -531,52 +532,60 @@ class LinkController(wiring.Component):
                                     Mux(mark_idle[p], mark_time[p], last_stamp[p]), mark_seq[p]))
                         m.next = "MARK"
                     with m.Elif(any_data):
-                        m.d.sync += [cur.eq(data_port), in_entry.eq(0), grace.eq(_GRACE)]
+                        m.d.sync += [cur.eq(data_port), cur_oh.eq(1 << data_port), in_entry.eq(0),
+                                     grace.eq(_GRACE)]
                         m.next = "JOURNAL"
             with m.State("JOURNAL"):
-                # The port's mark goes first; the stream's `ready` is of registers only (with no
-                # entry at a boundary past the grace time, it does not matter).
-                at_boundary = ~in_entry
-                mark_stop, stop = Signal(), Signal()
-                m.d.comb += [mark_stop.eq(at_boundary & (mark_ready | mark_new).bit_select(cur, 1)),
-                             stop.eq(mark_stop | (at_boundary & (grace == 0) & ~valid))]
+                # A beat is taken when the register will be written from next cycle, so never
+                # after an entry's last beat: at the boundary that follows (register empty), the
+                # port's mark goes first, and the frame ends when no entry came in the grace time.
+                # The stream's `ready` is of registers only.
+                at_boundary = ~in_entry & ~valid
+                stop = Signal()
+                m.d.comb += stop.eq(at_boundary & (((mark_ready | mark_new) & cur_oh).any() | (grace == 0)))
                 for p in range(n):
+                    lp = self.port[p]
+                    m.d.comb += lp.flush.ready.eq(cur_oh[p] & ~stop & ~(valid & beat.last))
                     with m.If(cur == p):
-                        m.d.comb += self.port[p].flush.ready.eq(~mark_stop)
+                        m.d.sync += beat.eq(lp.flush.payload)       # used only if taken
+                        with m.If(lp.flush.valid & lp.flush.ready):
+                            m.d.sync += valid.eq(1)
                 with m.If(stop):
                     with m.If(widx != 0):
                         close_port(FrameType.JOURNAL, Cat(Const(0, self.lane_bits), widx))
                     m.next = "IDLE"
-                with m.Else():
-                    with m.If(at_boundary & ~valid):
-                        m.d.sync += grace.eq(grace - 1)
-                    with m.If(valid):
-                        m.d.comb += wp.en.eq(1)
-                        m.d.sync += [widx.eq(widx + 1), in_entry.eq(~beat.last), grace.eq(_GRACE),
-                                     beat_k.eq(beat_k + (beat_k != 2 * stamp_at + 1))]
-                        with m.If(beat.first):
-                            m.d.sync += beat_k.eq(1)
-                        # The entry's seq + 1 and timestamp go into the port's `link_next` and
-                        # `last_stamp` a word at a time as their beats pass: they are read only
-                        # between entries (IDLE, a boundary), when the words are whole.
-                        for i in range(max(1, SEQ_BITS // self.width)):
-                            with m.If(beat.first if i == 0 else beat_k == i):
-                                next_word = Signal(seq_w + 1, name=f"next_seq_word{i}")
-                                m.d.comb += next_word.eq(beat.data[:seq_w] + (1 if i == 0 else seq_carry))
-                                m.d.sync += seq_carry.eq(next_word[-1])
-                                for p in range(n):
-                                    with m.If(cur == p):
-                                        m.d.sync += link_next[p].word_select(i, seq_w).eq(next_word[:seq_w])
-                        for i in range(TIME_BITS // self.width):
-                            with m.If(beat_k == stamp_at + i):
-                                for p in range(n):
-                                    with m.If(cur == p):
-                                        m.d.sync += last_stamp[p].word_select(i, self.width).eq(beat.data)
-                        with m.If(beat.last):
-                            m.d.comb += self.tx_journal_entries.eq(1)
-                            with m.If(widx + 1 + entry_words > max_words):
-                                close_port(FrameType.JOURNAL, Cat(Const(0, self.lane_bits), widx + 1))
-                                m.next = "IDLE"
+                # The grace time counts down at a boundary (a beat taken there starts again).
+                with m.If(valid):
+                    m.d.sync += grace.eq(_GRACE)
+                with m.Elif(at_boundary & ~stop):
+                    m.d.sync += grace.eq(grace - 1)
+                with m.If(valid):
+                    m.d.comb += wp.en.eq(1)
+                    m.d.sync += [widx.eq(widx + 1), in_entry.eq(~beat.last),
+                                 beat_k.eq(beat_k + (beat_k != 2 * stamp_at + 1))]
+                    with m.If(beat.first):
+                        m.d.sync += beat_k.eq(1)
+                    # The entry's seq + 1 and timestamp go into the port's `link_next` and
+                    # `last_stamp` a word at a time as their beats pass: they are read only
+                    # between entries (IDLE, a boundary), when the words are whole.
+                    for i in range(max(1, SEQ_BITS // self.width)):
+                        with m.If(beat.first if i == 0 else beat_k == i):
+                            next_word = Signal(seq_w + 1, name=f"next_seq_word{i}")
+                            m.d.comb += next_word.eq(beat.data[:seq_w] + (1 if i == 0 else seq_carry))
+                            m.d.sync += seq_carry.eq(next_word[-1])
+                            for p in range(n):
+                                with m.If(cur == p):
+                                    m.d.sync += link_next[p].word_select(i, seq_w).eq(next_word[:seq_w])
+                    for i in range(TIME_BITS // self.width):
+                        with m.If(beat_k == stamp_at + i):
+                            for p in range(n):
+                                with m.If(cur == p):
+                                    m.d.sync += last_stamp[p].word_select(i, self.width).eq(beat.data)
+                    with m.If(beat.last):
+                        m.d.comb += self.tx_journal_entries.eq(1)
+                        with m.If(widx >= max_words - entry_words):     # no room for another
+                            close_port(FrameType.JOURNAL, Cat(Const(0, self.lane_bits), widx + 1))
+                            m.next = "IDLE"
             with m.State("MARK"):
                 word, last = self._word(mark_word, widx)
                 m.d.comb += [wp.en.eq(1), wp.data.eq(word)]
