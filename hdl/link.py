@@ -214,8 +214,8 @@ class LinkController(wiring.Component):
         inject_seq, inject_port = Signal(16), Signal(8)     # the INJECT_WRITE under way
         if store:
             self._load_block(m, got, got_byte, got_index, ftype, blocked)
-            m.d.comb += self.inject.release.eq(written_sent)
-            with m.If(written_sent):
+            m.d.sync += self.inject.release.eq(written_sent)    # registered: a cycle after the frame
+            with m.If(self.inject.release):
                 m.d.comb += self.injected_writes.eq(1)
                 m.d.sync += written_queued.eq(0)
 
