@@ -65,7 +65,7 @@ from firmware.abi.entry import entry_bytes
 from firmware.abi.frames import CRC_BYTES, HEADER_BYTES, INJECT, MAX_PAYLOAD, WRITTEN, FrameType, NakReason
 from firmware.abi.regmap import ADDRESS_BITS, LINK_COUNTERS, address
 from hdl.block_fifo import BlockFIFO
-from hdl.cobs import COBSDecoder, COBSEncoder, FrameByte
+from hdl.cobs import CheckedFrameByte, COBSDecoder, COBSEncoder, FrameByte
 from hdl.crc import CRC32C
 from hdl.flush import AckLayout
 from hdl.inject import InjectorControl
@@ -119,7 +119,8 @@ _REQUEST_PAYLOAD = {FrameType.IDENTIFY: 0, FrameType.REG_READ: 4, FrameType.REG_
 # too long to count saturates the count, and is refused as BAD_LENGTH (if its CRC is good).
 _FRAME_BYTES = HEADER_BYTES + MAX_PAYLOAD + CRC_BYTES
 _COUNT_MAX = (1 << _FRAME_BYTES.bit_length()) - 1
-_OUT_FIFO_DEPTH = 4
+_OUT_FIFO_DEPTH = 8
+_IN_FLIGHT = 4             # bytes of a frame in the send stages (A to D) besides the one issued
 _GRACE = 4                 # cycles a JOURNAL frame waits at an entry boundary for the next entry
 
 
@@ -185,14 +186,19 @@ class LinkController(wiring.Component):
 
     # --- receive: deframe, check, act, queue the response --------------------------------------
     def _receive(self, m, resp_fifo, reading, written_sent):
+        """Receive, a frame at a time: RECV (the bytes, a stage each: registered from the decoder
+        with their offset, then kept, CRC'd and loaded), CHECK (the checks' flags, registered),
+        VERDICT (their priority: the NakReason, or 0), ACT (BUSY; the response and every action
+        decided and registered), COMMIT (the response queued, the actions' pulses a cycle later).
+        A byte at 2 Mbaud is 50 cycles: the stages cost the link nothing."""
         n = self.ports
         dec = m.submodules.cobs_dec = COBSDecoder()
         wiring.connect(m, wiring.flipped(self.rx), dec.i_stream)
         crc = m.submodules.rx_crc = CRC32C(8)
         buf = Array([Signal(8, name=f"rx_buf{i}") for i in range(_PARSE_BYTES)])
-        count = Signal(range(_COUNT_MAX + 1))
+        count = Signal(range(_COUNT_MAX + 1))      # the frame's bytes taken so far
+        got, got_byte, got_index = Signal(), Signal(CheckedFrameByte), Signal.like(count)   # stage 1
         cobs_error = Signal()
-        byte = dec.o_stream.payload
 
         def u16(i):
             return Cat(buf[i], buf[i + 1])
@@ -202,115 +208,170 @@ class LinkController(wiring.Component):
         reg_value = Cat(buf[10], buf[11], buf[12], buf[13])
         ack_seq = Cat(buf[8], buf[9], buf[10], buf[11])
         lba = Cat(*(buf[8 + i] for i in range(INJECT.size)))
-        injects = ftype == FrameType.INJECT_WRITE
-        reads = ftype == FrameType.READ_BLOCK
         store = bool(self.store_blocks)
         blocked = Signal()              # the injector was busy while this frame's block arrived
         written_queued = Signal()       # the injector's WRITTEN response is in the queue
         inject_seq, inject_port = Signal(16), Signal(8)     # the INJECT_WRITE under way
         if store:
-            self._load_block(m, dec, count, ftype, blocked)
-            m.d.comb += self.inject.release.eq(written_sent)
-            with m.If(written_sent):
+            self._load_block(m, got, got_byte, got_index, ftype, blocked)
+            m.d.sync += self.inject.release.eq(written_sent)    # registered: a cycle after the frame
+            with m.If(self.inject.release):
                 m.d.comb += self.injected_writes.eq(1)
                 m.d.sync += written_queued.eq(0)
 
+        # CHECK's flags and decoded fields, registered.
+        kinds = [FrameType.FLUSH, FrameType.RESEND, FrameType.ACK, FrameType.REG_READ, FrameType.REG_WRITE,
+                 FrameType.IDENTIFY, FrameType.INJECT_WRITE, FrameType.READ_BLOCK]
+        kind = {k: Signal(name=f"is_{k.name.lower()}") for k in kinds}
+        at_port = Signal(n)             # one-hot: the frame's port
+        want = Signal(17)               # the frame's bytes its length field says
+        flags = {name: Signal(name=f"flag_{name}") for name in
+                 ("cobs", "short", "crc", "saturated", "type", "size", "port", "lba")}
+        verdict = Signal(8)             # VERDICT's: the NakReason of the frame received, or 0
+        # ACT's decisions, registered: COMMIT carries them out.
         resp = Signal(Response)
-        verdict = Signal(8)             # CHECK's: the NakReason of the frame received, or 0
-        m.d.comb += resp_fifo.w_data.eq(resp)
-        m.d.sync += self.bus.w_en.eq(0)     # a register write: the cycle after ACT
-        for p in range(n):          # pulses last one cycle; an ack is held until taken
+        responds = Signal()
+        act = {name: Signal(name=f"act_{name}") for name in ("write", "inject", "read", "nak", "ok")}
+        act_flush, act_resend, act_ack = Signal(n), Signal(n), Signal(n)
+        reason = Signal(8)              # the final NakReason (BUSY included)
+        go = Signal()                   # COMMIT carries out ACT's decisions now
+        written_resp = Signal(Response)
+        m.d.comb += [written_resp.src.eq(SRC_WRITTEN), written_resp.ftype.eq(FrameType.WRITTEN),
+                     written_resp.seq.eq(inject_seq), written_resp.port.eq(inject_port)]
+
+        # COMMIT's pulses, a cycle after it (the frame's fields stay in `buf` that long: RECV's
+        # first stage takes a byte in that cycle at the earliest, its second keeps it the next).
+        m.d.sync += self.bus.w_en.eq(go & act["write"])
+        m.d.sync += [self.bus.w_addr.eq(reg_addr), self.bus.w_data.eq(reg_value)]
+        if store:
+            m.d.sync += self.inject.start.eq(go & act["inject"])
+            m.d.comb += [self.inject.start_port.eq(port), self.inject.start_lba.eq(lba)]
+        for p in range(n):
             lp = self.port[p]
-            m.d.sync += [lp.flush_cmd.eq(0), lp.resend.eq(0)]
-            with m.If(lp.ack.ready):
+            m.d.sync += [lp.flush_cmd.eq(go & act_flush[p]), lp.resend.eq(go & act_resend[p])]
+            with m.If(lp.ack.ready):        # an ack is held until taken
                 m.d.sync += lp.ack.valid.eq(0)
+            with m.If(go & act_ack[p]):
+                m.d.sync += lp.ack.valid.eq(1)
+            with m.If(~lp.ack.valid | lp.ack.ready):    # loaded while free: the request's at `go`
+                m.d.sync += lp.ack.payload.seq.eq(ack_seq)
+
+        m.d.sync += got.eq(0)
         with m.FSM(name="rx"):
             with m.State("RECV"):
-                m.d.comb += dec.o_stream.ready.eq(1)
-                if store:       # the injector's result goes out as WRITTEN (ACT queues the others)
+                if store:       # the injector's result goes out as WRITTEN (COMMIT queues the others)
                     with m.If(self.inject.done & ~written_queued & resp_fifo.w_rdy):
-                        m.d.comb += [resp_fifo.w_en.eq(1), resp.src.eq(SRC_WRITTEN),
-                                     resp.ftype.eq(FrameType.WRITTEN), resp.seq.eq(inject_seq),
-                                     resp.port.eq(inject_port)]
+                        m.d.comb += [resp_fifo.w_en.eq(1), resp_fifo.w_data.eq(written_resp)]
                         m.d.sync += written_queued.eq(1)
-                index = Signal.like(count)
-                m.d.comb += index.eq(count)
-                with m.If(byte.first):
-                    m.d.comb += index.eq(0)
-                m.d.comb += [crc.data.valid.eq(dec.o_stream.valid), crc.data.payload.data.eq(byte.data),
-                             crc.data.payload.first.eq(byte.first)]
-                with m.If(dec.o_stream.valid):
-                    with m.If(index < _PARSE_BYTES):
-                        m.d.sync += buf[index[:(_PARSE_BYTES - 1).bit_length()]].eq(byte.data)
-                    m.d.sync += count.eq(index + (index != _COUNT_MAX))
-                    with m.If(byte.last):
-                        m.d.sync += cobs_error.eq(byte.error)
+                # Stage 1: the decoder's byte and its offset (none after a frame's last byte).
+                byte = dec.o_stream.payload
+                m.d.comb += dec.o_stream.ready.eq(~(got & got_byte.last))
+                with m.If(dec.o_stream.valid & dec.o_stream.ready):
+                    index = Mux(byte.first, 0, count)
+                    m.d.sync += [got.eq(1), got_byte.eq(byte), got_index.eq(index),
+                                 count.eq(index + (index != _COUNT_MAX))]
+                # Stage 2: keep the first bytes, CRC every one.
+                m.d.comb += [crc.data.valid.eq(got), crc.data.payload.data.eq(got_byte.data),
+                             crc.data.payload.first.eq(got_byte.first)]
+                with m.If(got):
+                    with m.If(got_index < _PARSE_BYTES):
+                        m.d.sync += buf[got_index[:(_PARSE_BYTES - 1).bit_length()]].eq(got_byte.data)
+                    with m.If(got_byte.last):
+                        m.d.sync += cobs_error.eq(got_byte.error)
                         m.next = "CHECK"
             with m.State("CHECK"):
-                # The frame's checks in priority order, registered: the action on their verdict
-                # (ACT) is the next cycle's.
-                reason = Signal(8)
                 expected = Signal(16)
                 is_request = Signal()
                 with m.Switch(ftype):
-                    for kind, size in self.requests.items():
-                        with m.Case(kind):
+                    for k, size in self.requests.items():
+                        with m.Case(k):
                             m.d.comb += [expected.eq(size), is_request.eq(1)]
-                needs_port = ((ftype == FrameType.FLUSH) | (ftype == FrameType.ACK)
-                              | (ftype == FrameType.RESEND) | injects)
-                with m.If(cobs_error):
-                    m.d.comb += reason.eq(NakReason.BAD_COBS)
-                with m.Elif(count < HEADER_BYTES + CRC_BYTES):
-                    m.d.comb += reason.eq(NakReason.BAD_LENGTH)
-                with m.Elif(crc.crc != CRC_RESIDUE):
-                    m.d.comb += reason.eq(NakReason.BAD_CRC)
-                with m.Elif((count != length + HEADER_BYTES + CRC_BYTES) | (count == _COUNT_MAX)):
-                    m.d.comb += reason.eq(NakReason.BAD_LENGTH)
-                with m.Elif(~is_request):
-                    m.d.comb += reason.eq(NakReason.UNKNOWN_TYPE)
-                with m.Elif((length != expected)
-                            | ((ftype == FrameType.REG_READ) & (reg_count > _MAX_READ))):
-                    m.d.comb += reason.eq(NakReason.BAD_LENGTH)
-                with m.Elif(needs_port & (port >= n)):
-                    m.d.comb += reason.eq(NakReason.BAD_PORT)
+                needs_port = Signal()
+                m.d.comb += needs_port.eq((ftype == FrameType.FLUSH) | (ftype == FrameType.ACK)
+                                          | (ftype == FrameType.RESEND) | (ftype == FrameType.INJECT_WRITE))
+                lba_bad = Const(0)
                 if store:
-                    with m.Elif((injects | reads) & ~lba_in_volume(lba, self.store_blocks)):
-                        m.d.comb += reason.eq(NakReason.BAD_LBA)
-                m.d.sync += verdict.eq(reason)
+                    lba_bad = (((ftype == FrameType.INJECT_WRITE) | (ftype == FrameType.READ_BLOCK))
+                               & ~lba_in_volume(lba, self.store_blocks))
+                m.d.sync += [
+                    want.eq(length + HEADER_BYTES + CRC_BYTES),
+                    flags["cobs"].eq(cobs_error),
+                    flags["short"].eq(count < HEADER_BYTES + CRC_BYTES),
+                    flags["crc"].eq(crc.crc != CRC_RESIDUE),
+                    flags["saturated"].eq(count == _COUNT_MAX),
+                    flags["type"].eq(~is_request),
+                    flags["size"].eq((length != expected)
+                                     | ((ftype == FrameType.REG_READ) & (reg_count > _MAX_READ))),
+                    flags["port"].eq(needs_port & (port >= n)),
+                    flags["lba"].eq(lba_bad),
+                    at_port.eq(Cat(port == p for p in range(n))),
+                ]
+                m.d.sync += [kind[k].eq(ftype == k) for k in kinds]
+                m.next = "VERDICT"
+            with m.State("VERDICT"):
+                # The frame's checks in priority order.
+                why = Signal(8)
+                with m.If(flags["cobs"]):
+                    m.d.comb += why.eq(NakReason.BAD_COBS)
+                with m.Elif(flags["short"]):
+                    m.d.comb += why.eq(NakReason.BAD_LENGTH)
+                with m.Elif(flags["crc"]):
+                    m.d.comb += why.eq(NakReason.BAD_CRC)
+                with m.Elif((count != want) | flags["saturated"]):
+                    m.d.comb += why.eq(NakReason.BAD_LENGTH)
+                with m.Elif(flags["type"]):
+                    m.d.comb += why.eq(NakReason.UNKNOWN_TYPE)
+                with m.Elif(flags["size"]):
+                    m.d.comb += why.eq(NakReason.BAD_LENGTH)
+                with m.Elif(flags["port"]):
+                    m.d.comb += why.eq(NakReason.BAD_PORT)
+                with m.Elif(flags["lba"]):
+                    m.d.comb += why.eq(NakReason.BAD_LBA)
+                m.d.sync += verdict.eq(why)
                 m.next = "ACT"
             with m.State("ACT"):
-                # BUSY is judged now, on the injector's and the pending READ_BLOCK's state.
-                reason = Signal(8)
-                m.d.comb += reason.eq(verdict)
+                # BUSY is judged now, on the injector's and the pending READ_BLOCK's state (only
+                # the link starts either, so a state found idle stays so until COMMIT).
+                final = Signal(8)
+                m.d.comb += final.eq(verdict)
                 if store:
-                    with m.If((verdict == 0) & ((injects & (self.inject.busy | blocked))
-                                                | (reads & reading["pending"]))):
-                        m.d.comb += reason.eq(NakReason.BUSY)
-
-                # FLUSH and RESEND are answered by journal data, INJECT_WRITE and READ_BLOCK later.
-                responds = (reason != 0) | ((ftype != FrameType.FLUSH) & (ftype != FrameType.RESEND)
-                                            & ~injects & ~reads)
-                with m.If(reason != 0):
-                    m.d.comb += [resp.src.eq(SRC_NAK), resp.ftype.eq(FrameType.NAK), resp.reason.eq(reason)]
+                    with m.If((verdict == 0) & ((kind[FrameType.INJECT_WRITE] & (self.inject.busy | blocked))
+                                                | (kind[FrameType.READ_BLOCK] & reading["pending"]))):
+                        m.d.comb += final.eq(NakReason.BUSY)
+                ok = final == 0
+                r = Signal(Response)
+                with m.If(~ok):
+                    m.d.comb += [r.src.eq(SRC_NAK), r.ftype.eq(FrameType.NAK), r.reason.eq(final)]
                 with m.Else():
-                    m.d.comb += [resp.seq.eq(seq), resp.port.eq(port), resp.src.eq(SRC_REGS)]
-                    with m.Switch(ftype):
-                        with m.Case(FrameType.IDENTIFY):
-                            m.d.comb += [resp.src.eq(SRC_IDENTITY), resp.ftype.eq(FrameType.IDENTITY),
-                                         resp.port.eq(0)]
-                        with m.Case(FrameType.REG_READ):
-                            m.d.comb += [resp.ftype.eq(FrameType.REG_VALUES), resp.addr.eq(reg_addr),
-                                         resp.count.eq(reg_count), resp.prefix.eq(1)]
-                        with m.Case(FrameType.REG_WRITE):
-                            m.d.comb += [resp.ftype.eq(FrameType.REG_VALUES), resp.addr.eq(reg_addr),
-                                         resp.count.eq(1), resp.prefix.eq(1)]
-                        with m.Case(FrameType.ACK):
-                            m.d.comb += [resp.ftype.eq(FrameType.ACKED), resp.count.eq(1)]
-                            for p in range(n):
-                                with m.If(port == p):
-                                    m.d.comb += resp.addr.eq(address("acknowledged", p))
-
-                with m.If(~responds | resp_fifo.w_rdy):
+                    m.d.comb += [r.seq.eq(seq), r.port.eq(port), r.src.eq(SRC_REGS)]
+                    with m.If(kind[FrameType.IDENTIFY]):
+                        m.d.comb += [r.src.eq(SRC_IDENTITY), r.ftype.eq(FrameType.IDENTITY), r.port.eq(0)]
+                    with m.If(kind[FrameType.REG_READ]):
+                        m.d.comb += [r.ftype.eq(FrameType.REG_VALUES), r.addr.eq(reg_addr),
+                                     r.count.eq(reg_count), r.prefix.eq(1)]
+                    with m.If(kind[FrameType.REG_WRITE]):
+                        m.d.comb += [r.ftype.eq(FrameType.REG_VALUES), r.addr.eq(reg_addr),
+                                     r.count.eq(1), r.prefix.eq(1)]
+                    with m.If(kind[FrameType.ACK]):
+                        m.d.comb += [r.ftype.eq(FrameType.ACKED), r.count.eq(1)]
+                        for p in range(n):
+                            with m.If(at_port[p]):
+                                m.d.comb += r.addr.eq(address("acknowledged", p))
+                # FLUSH and RESEND are answered by journal data, INJECT_WRITE and READ_BLOCK later.
+                later = (kind[FrameType.FLUSH] | kind[FrameType.RESEND] | kind[FrameType.INJECT_WRITE]
+                         | kind[FrameType.READ_BLOCK])
+                m.d.sync += [resp.eq(r), responds.eq(~ok | ~later), reason.eq(final),
+                             act["ok"].eq(ok), act["nak"].eq(~ok),
+                             act["write"].eq(ok & kind[FrameType.REG_WRITE]),
+                             act["inject"].eq(ok & kind[FrameType.INJECT_WRITE]),
+                             act["read"].eq(ok & kind[FrameType.READ_BLOCK]),
+                             act_flush.eq(at_port & Mux(ok & kind[FrameType.FLUSH], (1 << n) - 1, 0)),
+                             act_resend.eq(at_port & Mux(ok & kind[FrameType.RESEND], (1 << n) - 1, 0)),
+                             act_ack.eq(at_port & Mux(ok & kind[FrameType.ACK], (1 << n) - 1, 0))]
+                m.next = "COMMIT"
+            with m.State("COMMIT"):
+                m.d.comb += [go.eq(~responds | resp_fifo.w_rdy), resp_fifo.w_data.eq(resp)]
+                with m.If(go):
                     m.d.comb += resp_fifo.w_en.eq(responds)
                     m.next = "RECV"
                     counters = {NakReason.BAD_COBS: self.rx_cobs_errors,
@@ -324,48 +385,28 @@ class LinkController(wiring.Component):
                         for code, counter in counters.items():
                             with m.Case(code):
                                 m.d.comb += counter.eq(1)
-                    with m.If(reason != 0):
-                        m.d.comb += self.naks_sent.eq(1)
-                    with m.Else():
-                        m.d.comb += self.rx_frames.eq(1)
-                        with m.If(ftype == FrameType.REG_WRITE):
-                            m.d.sync += [self.bus.w_en.eq(1), self.bus.w_addr.eq(reg_addr),
-                                         self.bus.w_data.eq(reg_value)]
-                        if store:
-                            with m.If(injects):
-                                m.d.comb += [self.inject.start.eq(1), self.inject.start_port.eq(port),
-                                             self.inject.start_lba.eq(lba)]
-                                m.d.sync += [inject_seq.eq(seq), inject_port.eq(port)]
-                            with m.If(reads):
-                                m.d.sync += [reading["pending"].eq(1), reading["lba"].eq(lba),
-                                             reading["seq"].eq(seq)]
-                        for p in range(n):
-                            lp = self.port[p]
-                            with m.If(port == p):
-                                with m.Switch(ftype):
-                                    with m.Case(FrameType.FLUSH):
-                                        m.d.sync += lp.flush_cmd.eq(1)
-                                    with m.Case(FrameType.RESEND):
-                                        m.d.sync += lp.resend.eq(1)
-                                    with m.Case(FrameType.ACK):
-                                        m.d.sync += [lp.ack.valid.eq(1), lp.ack.payload.seq.eq(ack_seq)]
+                    m.d.comb += [self.naks_sent.eq(act["nak"]), self.rx_frames.eq(act["ok"])]
+                    if store:
+                        with m.If(act["inject"]):
+                            m.d.sync += [inject_seq.eq(seq), inject_port.eq(port)]
+                        with m.If(act["read"]):
+                            m.d.sync += [reading["pending"].eq(1), reading["lba"].eq(lba),
+                                         reading["seq"].eq(seq)]
 
-
-    def _load_block(self, m, dec, count, ftype, blocked):
-        """INJECT_WRITE's block bytes into the injector's buffer as they arrive (if it is idle)."""
+    def _load_block(self, m, got, byte, index, ftype, blocked):
+        """INJECT_WRITE's block bytes into the injector's buffer as they arrive (if it is idle):
+        from RECV's first stage (`got`: a byte at frame offset `index`), registered on the way out.
+        The injector becomes busy only by the link's `start`, never while a frame arrives."""
         inj = self.inject
-        taken = dec.o_stream.valid & dec.o_stream.ready
-        byte = dec.o_stream.payload
-        index = Mux(byte.first, 0, count)           # this byte's offset in the frame
-        offset = Signal.like(count)
+        offset = Signal.like(index)
         m.d.comb += offset.eq(index - _BLOCK_AT)
-        with m.If(taken):
+        with m.If(got):
             with m.If(byte.first):
                 m.d.sync += blocked.eq(inj.busy)
             with m.Elif(inj.busy):
                 m.d.sync += blocked.eq(1)
         in_block = (index >= _BLOCK_AT) & (index < _BLOCK_AT + self.block_bytes)
-        m.d.comb += [inj.load_en.eq(taken & in_block & (ftype == FrameType.INJECT_WRITE) & ~inj.busy),
+        m.d.sync += [inj.load_en.eq(got & in_block & (ftype == FrameType.INJECT_WRITE) & ~inj.busy),
                      inj.load_addr.eq(offset[self.lane_bits:]), inj.load_lane.eq(offset[:self.lane_bits]),
                      inj.load_data.eq(byte.data)]
 
@@ -399,7 +440,9 @@ class LinkController(wiring.Component):
         mark_seq = [Signal(SEQ_BITS, name=f"mark_seq{p}") for p in range(n)]
         mark_time = [Signal(TIME_BITS, name=f"mark_time{p}") for p in range(n)]
         mark_idle = [Signal(name=f"mark_idle{p}") for p in range(n)]    # every allocated entry sent
-        mark_ready = Signal(n)
+        # Registered, so a cycle late: a mark pending with every entry before it sent, and a
+        # drain that ended a cycle ago (its mark may be ready, `mark_ready` does not say yet).
+        mark_ready, mark_new = Signal(n), Signal(n)
         mark_taken = Signal(n)          # the mark goes into a frame buffer now
         for p in range(n):
             lp = self.port[p]
@@ -416,11 +459,13 @@ class LinkController(wiring.Component):
             with m.If(ended):                   # a newer mark wins over the one being taken
                 m.d.sync += [mark_pending[p].eq(1), mark_seq[p].eq(lp.flushed), mark_time[p].eq(lp.time),
                              mark_idle[p].eq(lp.entries_written == lp.flushed)]
-            m.d.comb += mark_ready[p].eq(mark_pending[p] & (link_next[p] == mark_seq[p]))
+            m.d.sync += [mark_ready[p].eq(mark_pending[p] & (link_next[p] == mark_seq[p])),
+                         mark_new[p].eq(ended)]
 
         # Round robin: the first port at or after `rr` with a mark ready, else with an entry.
         rr = Signal(range(n))
         cur = Signal(range(n))
+        cur_oh = Signal(n)              # JOURNAL's `cur`, one-hot: its stream's `ready` and stop
 
         def pick(cands, name):
             chosen, found = Signal(range(n), name=f"{name}_port"), Signal(name=f"{name}_found")
@@ -435,12 +480,12 @@ class LinkController(wiring.Component):
 
         mark_port, any_mark = pick(mark_ready, "mark")
         data_port, any_data = pick(Cat(*(self.port[p].flush.valid for p in range(n))), "data")
+        # JOURNAL takes port `cur`'s beats into a register (`beat`, `valid`) and writes them from
+        # there a cycle later.
         beat = Signal(beat_layout(self.width))
         valid = Signal()
-        for p in range(n):
-            with m.If(cur == p):
-                m.d.comb += [beat.eq(self.port[p].flush.payload), valid.eq(self.port[p].flush.valid)]
-        in_entry = Signal()
+        m.d.sync += valid.eq(0)
+        in_entry = Signal()             # the last beat written was not an entry's last
         stamp_at = 8 // word_bytes        # the beat the entry's timestamp starts on (byte 8)
         # The entry's beat number, counting on past the timestamp's beats and then holding: 0
         # starts the seq, stamp_at the timestamp (with 64-bit beats: 0 the seq word, 1 the
@@ -487,50 +532,60 @@ class LinkController(wiring.Component):
                                     Mux(mark_idle[p], mark_time[p], last_stamp[p]), mark_seq[p]))
                         m.next = "MARK"
                     with m.Elif(any_data):
-                        m.d.sync += [cur.eq(data_port), in_entry.eq(0), grace.eq(_GRACE)]
+                        m.d.sync += [cur.eq(data_port), cur_oh.eq(1 << data_port), in_entry.eq(0),
+                                     grace.eq(_GRACE)]
                         m.next = "JOURNAL"
             with m.State("JOURNAL"):
-                at_boundary = ~in_entry
+                # A beat is taken when the register will be written from next cycle, so never
+                # after an entry's last beat: at the boundary that follows (register empty), the
+                # port's mark goes first, and the frame ends when no entry came in the grace time.
+                # The stream's `ready` is of registers only.
+                at_boundary = ~in_entry & ~valid
                 stop = Signal()
-                with m.If(at_boundary):
-                    m.d.comb += stop.eq(mark_ready.bit_select(cur, 1) | ((grace == 0) & ~valid))
-                    with m.If(stop):
-                        with m.If(widx != 0):
-                            close_port(FrameType.JOURNAL, Cat(Const(0, self.lane_bits), widx))
-                        m.next = "IDLE"
-                with m.If(~stop):
-                    for p in range(n):
-                        with m.If(cur == p):
-                            m.d.comb += self.port[p].flush.ready.eq(1)
-                    with m.If(at_boundary & ~valid):
-                        m.d.sync += grace.eq(grace - 1)
-                    with m.If(valid):
-                        m.d.comb += wp.en.eq(1)
-                        m.d.sync += [widx.eq(widx + 1), in_entry.eq(~beat.last), grace.eq(_GRACE),
-                                     beat_k.eq(beat_k + (beat_k != 2 * stamp_at + 1))]
-                        with m.If(beat.first):
-                            m.d.sync += beat_k.eq(1)
-                        # The entry's seq + 1 and timestamp go into the port's `link_next` and
-                        # `last_stamp` a word at a time as their beats pass: they are read only
-                        # between entries (IDLE, a boundary), when the words are whole.
-                        for i in range(max(1, SEQ_BITS // self.width)):
-                            with m.If(beat.first if i == 0 else beat_k == i):
-                                next_word = Signal(seq_w + 1, name=f"next_seq_word{i}")
-                                m.d.comb += next_word.eq(beat.data[:seq_w] + (1 if i == 0 else seq_carry))
-                                m.d.sync += seq_carry.eq(next_word[-1])
-                                for p in range(n):
-                                    with m.If(cur == p):
-                                        m.d.sync += link_next[p].word_select(i, seq_w).eq(next_word[:seq_w])
-                        for i in range(TIME_BITS // self.width):
-                            with m.If(beat_k == stamp_at + i):
-                                for p in range(n):
-                                    with m.If(cur == p):
-                                        m.d.sync += last_stamp[p].word_select(i, self.width).eq(beat.data)
-                        with m.If(beat.last):
-                            m.d.comb += self.tx_journal_entries.eq(1)
-                            with m.If(widx + 1 + entry_words > max_words):
-                                close_port(FrameType.JOURNAL, Cat(Const(0, self.lane_bits), widx + 1))
-                                m.next = "IDLE"
+                m.d.comb += stop.eq(at_boundary & (((mark_ready | mark_new) & cur_oh).any() | (grace == 0)))
+                for p in range(n):
+                    lp = self.port[p]
+                    m.d.comb += lp.flush.ready.eq(cur_oh[p] & ~stop & ~(valid & beat.last))
+                    with m.If(cur == p):
+                        m.d.sync += beat.eq(lp.flush.payload)       # used only if taken
+                        with m.If(lp.flush.valid & lp.flush.ready):
+                            m.d.sync += valid.eq(1)
+                with m.If(stop):
+                    with m.If(widx != 0):
+                        close_port(FrameType.JOURNAL, Cat(Const(0, self.lane_bits), widx))
+                    m.next = "IDLE"
+                # The grace time counts down at a boundary (a beat taken there starts again).
+                with m.If(valid):
+                    m.d.sync += grace.eq(_GRACE)
+                with m.Elif(at_boundary & ~stop):
+                    m.d.sync += grace.eq(grace - 1)
+                with m.If(valid):
+                    m.d.comb += wp.en.eq(1)
+                    m.d.sync += [widx.eq(widx + 1), in_entry.eq(~beat.last),
+                                 beat_k.eq(beat_k + (beat_k != 2 * stamp_at + 1))]
+                    with m.If(beat.first):
+                        m.d.sync += beat_k.eq(1)
+                    # The entry's seq + 1 and timestamp go into the port's `link_next` and
+                    # `last_stamp` a word at a time as their beats pass: they are read only
+                    # between entries (IDLE, a boundary), when the words are whole.
+                    for i in range(max(1, SEQ_BITS // self.width)):
+                        with m.If(beat.first if i == 0 else beat_k == i):
+                            next_word = Signal(seq_w + 1, name=f"next_seq_word{i}")
+                            m.d.comb += next_word.eq(beat.data[:seq_w] + (1 if i == 0 else seq_carry))
+                            m.d.sync += seq_carry.eq(next_word[-1])
+                            for p in range(n):
+                                with m.If(cur == p):
+                                    m.d.sync += link_next[p].word_select(i, seq_w).eq(next_word[:seq_w])
+                    for i in range(TIME_BITS // self.width):
+                        with m.If(beat_k == stamp_at + i):
+                            for p in range(n):
+                                with m.If(cur == p):
+                                    m.d.sync += last_stamp[p].word_select(i, self.width).eq(beat.data)
+                    with m.If(beat.last):
+                        m.d.comb += self.tx_journal_entries.eq(1)
+                        with m.If(widx >= max_words - entry_words):     # no room for another
+                            close_port(FrameType.JOURNAL, Cat(Const(0, self.lane_bits), widx + 1))
+                            m.next = "IDLE"
             with m.State("MARK"):
                 word, last = self._word(mark_word, widx)
                 m.d.comb += [wp.en.eq(1), wp.data.eq(word)]
@@ -578,6 +633,11 @@ class LinkController(wiring.Component):
 
     # --- send: header, payload, CRC into the COBS encoder ---------------------------------------
     def _send(self, m, resp_fifo, frames, written_sent):
+        """A frame a byte a cycle, each byte through five stages: S (the byte's number `i`), A (its
+        kind, its lanes and the payload's addresses, registered: the frame buffer's read port and
+        the register bus read there in B), B (a header or constant byte picked), C (the frame
+        buffer's byte and the register's picked), D (the byte), E (CRC'd; queued, a CRC byte
+        from the CRC of the bytes before it)."""
         enc = m.submodules.cobs_enc = COBSEncoder()
         wiring.connect(m, enc.o_stream, wiring.flipped(self.tx))
         out = m.submodules.tx_fifo = BlockFIFO(width=FrameByte.size, depth=_OUT_FIFO_DEPTH)
@@ -586,29 +646,26 @@ class LinkController(wiring.Component):
         crc = m.submodules.tx_crc = CRC32C(8)
         rp, full, rsel = frames["rp"], frames["full"], frames["rsel"]
 
-        # The frame being sent: the response queue's head (popped once its last byte is issued:
-        # stage B of that byte, a CRC byte, reads nothing of it), or the frame buffer's.
+        # The frame being sent, latched when it starts: the response queue's head (popped once
+        # its last byte is issued: the later stages read only their own registers then), or the
+        # frame buffer's.
         from_queue = Signal()
         desc = Signal(Response)
-        with m.If(from_queue):
-            m.d.comb += desc.eq(resp_fifo.r_data)
-        with m.Else():
-            m.d.comb += [desc.src.eq(SRC_BUF), desc.ftype.eq(frames["ftype"][rsel]),
-                         desc.port.eq(frames["port"][rsel]), desc.seq.eq(frames["seq"][rsel])]
         length = Signal(range(MAX_PAYLOAD + 1))
-        # Byte counters of a frame: `i` the frame's byte, `j` the payload's, `reg_j` the values'
-        # (wrapping before the payload: they are read only there).
         frame = range(_FRAME_BYTES + 1)
-        total = Signal(frame)
-        m.d.comb += total.eq(length + HEADER_BYTES + CRC_BYTES)
+        last_i, payload_end = Signal(frame), Signal(frame)      # the last byte, the first CRC byte
         i = Signal(frame)
+        # Stage S issues a byte when the queue has room for it and every byte in the stages, by
+        # its level a cycle ago (registered; a byte a cycle comes in at most).
+        room = Signal()
+        m.d.sync += room.eq(out.level < _OUT_FIFO_DEPTH - _IN_FLIGHT - 1)
         issue = Signal()
         with m.FSM(name="send"):
             with m.State("IDLE"):
                 head = Signal(Response)
                 m.d.comb += head.eq(resp_fifo.r_data)
                 with m.If(resp_fifo.r_rdy):
-                    m.d.sync += from_queue.eq(1)
+                    m.d.sync += [from_queue.eq(1), desc.eq(head)]
                     with m.Switch(head.src):
                         with m.Case(SRC_IDENTITY):
                             m.d.sync += length.eq(IDENTITY_BYTES)
@@ -618,16 +675,21 @@ class LinkController(wiring.Component):
                             m.d.sync += length.eq(1)
                         with m.Case(SRC_WRITTEN):
                             m.d.sync += length.eq(WRITTEN.size)
-                    m.d.sync += i.eq(0)
-                    m.next = "SEND"
+                    m.next = "START"
                 with m.Elif(full.bit_select(rsel, 1)):
-                    m.d.sync += [from_queue.eq(0), length.eq(frames["length"][rsel]), i.eq(0)]
-                    m.next = "SEND"
+                    m.d.sync += [from_queue.eq(0), desc.eq(0), desc.src.eq(SRC_BUF),
+                                 desc.ftype.eq(frames["ftype"][rsel]), desc.port.eq(frames["port"][rsel]),
+                                 desc.seq.eq(frames["seq"][rsel]), length.eq(frames["length"][rsel])]
+                    m.next = "START"
+            with m.State("START"):
+                m.d.sync += [i.eq(0), last_i.eq(length + HEADER_BYTES + CRC_BYTES - 1),
+                             payload_end.eq(length + HEADER_BYTES)]
+                m.next = "SEND"
             with m.State("SEND"):
-                m.d.comb += issue.eq(out.level < _OUT_FIFO_DEPTH - 1)
+                m.d.comb += issue.eq(room)
                 with m.If(issue):
                     m.d.sync += i.eq(i + 1)
-                    with m.If(i == total - 1):
+                    with m.If(i == last_i):
                         m.d.comb += [self.tx_frames.eq(1), resp_fifo.r_en.eq(from_queue)]
                         with m.If(desc.src == SRC_BUF):
                             m.d.sync += [full.bit_select(rsel, 1).eq(0), rsel.eq(~rsel)]
@@ -635,48 +697,71 @@ class LinkController(wiring.Component):
                             m.d.comb += written_sent.eq(1)
                         m.next = "IDLE"
 
-        # Stage A: address the payload's source for byte i (buffer word, register).
-        j = Signal(frame)
-        m.d.comb += j.eq(i - HEADER_BYTES)
-        reg_j = Signal(frame)
-        m.d.comb += reg_j.eq(j - 4 * desc.prefix)
+        # Stage A: the byte's kind and lanes; the payload source's addresses (buffer word, register).
         lanes = self.lane_bits
-        m.d.comb += [rp.addr.eq(Cat(j[lanes:lanes + frames["half_bits"]], rsel)), rp.en.eq(1),
-                     self.bus.r_addr.eq(desc.addr + reg_j[2:])]
+        j = Signal(frame)                   # the payload's byte
+        reg_j = Signal(frame)               # the values' byte (after a REG_VALUES prefix)
+        m.d.comb += [j.eq(i - HEADER_BYTES), reg_j.eq(j - 4 * desc.prefix)]
+        a = {name: Signal(name=f"a_{name}") for name in ("valid", "header", "crc", "first", "last", "prefix")}
+        a_i, a_j, a_reg_lane = Signal(3), Signal(4), Signal(2)
+        a_lane, a_crc_index = Signal(max(lanes, 1)), Signal(2)
+        rp_addr, r_addr = Signal.like(rp.addr), Signal.like(self.bus.r_addr)
+        m.d.comb += [rp.addr.eq(rp_addr), rp.en.eq(1), self.bus.r_addr.eq(r_addr)]
+        m.d.sync += [a["valid"].eq(issue), a["header"].eq(i < HEADER_BYTES), a["crc"].eq(i >= payload_end),
+                     a["first"].eq(i == 0), a["last"].eq(i == last_i), a["prefix"].eq(desc.prefix & (j < 4)),
+                     a_i.eq(i), a_j.eq(j), a_reg_lane.eq(reg_j), a_lane.eq(j[:lanes] if lanes else 0),
+                     a_crc_index.eq(i - payload_end),
+                     rp_addr.eq(Cat(j[lanes:lanes + frames["half_bits"]], rsel)),
+                     r_addr.eq(desc.addr + reg_j[2:])]
 
-        # Stage B: pick the byte, CRC it, queue it.
-        b_valid, b_i, b_j, b_reg_j = Signal(), Signal(frame), Signal(frame), Signal(frame)
-        b_last_payload = Signal(frame)
-        m.d.sync += [b_valid.eq(issue), b_i.eq(i), b_j.eq(j), b_reg_j.eq(reg_j),
-                     b_last_payload.eq(HEADER_BYTES + length)]
+        # Stage B: a header or constant byte; which source the others come from.
+        b = {name: Signal(name=f"b_{name}") for name in ("valid", "buf", "reg", "crc", "first", "last")}
+        b_const, b_lane, b_reg_lane, b_crc_index = Signal(8), Signal.like(a_lane), Signal(2), Signal(2)
+        m.d.sync += [b[k].eq(a[k]) for k in ("valid", "crc", "first", "last")]
+        m.d.sync += [b_lane.eq(a_lane), b_reg_lane.eq(a_reg_lane), b_crc_index.eq(a_crc_index),
+                     b["buf"].eq(0), b["reg"].eq(0)]
         header = Cat(desc.ftype, desc.port, desc.seq, length, Const(0, 16))
         identity = Const(int.from_bytes(self.identity, "little"), 8 * IDENTITY_BYTES)
-        byte = Signal(8)
-        is_crc = b_i >= b_last_payload
-        with m.If(b_i < HEADER_BYTES):
-            m.d.comb += byte.eq(header.word_select(b_i[:3], 8))
-        with m.Elif(~is_crc):
+        with m.If(a["header"]):
+            m.d.sync += b_const.eq(header.word_select(a_i, 8))
+        with m.Elif(~a["crc"]):
             with m.Switch(desc.src):
                 with m.Case(SRC_BUF):
-                    m.d.comb += byte.eq(rp.data.word_select(b_j[:lanes], 8))
+                    m.d.sync += b["buf"].eq(1)
                 with m.Case(SRC_IDENTITY):
-                    m.d.comb += byte.eq(identity.word_select(b_j[:4], 8))
+                    m.d.sync += b_const.eq(identity.word_select(a_j, 8))
                 with m.Case(SRC_NAK):
-                    m.d.comb += byte.eq(desc.reason)
+                    m.d.sync += b_const.eq(desc.reason)
                 if self.store_blocks:
                     inj = self.inject
                     written = Cat(inj.time, inj.seq, inj.status, Const(0, 24))
                     with m.Case(SRC_WRITTEN):
-                        m.d.comb += byte.eq(written.word_select(b_j[:4], 8))
+                        m.d.sync += b_const.eq(written.word_select(a_j, 8))
                 with m.Case(SRC_REGS):
-                    with m.If(desc.prefix & (b_j < 4)):
-                        m.d.comb += byte.eq(Cat(desc.addr, desc.count).word_select(b_j[:2], 8))
+                    with m.If(a["prefix"]):
+                        m.d.sync += b_const.eq(Cat(desc.addr, desc.count).word_select(a_j[:2], 8))
                     with m.Else():
-                        m.d.comb += byte.eq(self.bus.r_data.word_select(b_reg_j[:2], 8))
-        with m.Else():
-            m.d.comb += byte.eq(crc.crc.word_select((b_i - b_last_payload)[:2], 8))
+                        m.d.sync += b["reg"].eq(1)
+
+        # Stage C: the frame buffer's and the register's bytes (read from A's addresses).
+        c = {name: Signal(name=f"c_{name}") for name in ("valid", "buf", "reg", "crc", "first", "last")}
+        c_buf, c_reg, c_const, c_crc_index = Signal(8), Signal(8), Signal(8), Signal(2)
+        m.d.sync += [c[k].eq(b[k]) for k in c]
+        m.d.sync += [c_buf.eq(rp.data.word_select(b_lane, 8) if lanes else rp.data),
+                     c_reg.eq(self.bus.r_data.word_select(b_reg_lane, 8)), c_const.eq(b_const),
+                     c_crc_index.eq(b_crc_index)]
+
+        # Stage D: the byte.
+        d = {name: Signal(name=f"d_{name}") for name in ("valid", "crc", "first", "last")}
+        d_byte, d_crc_index = Signal(8), Signal(2)
+        m.d.sync += [d[k].eq(c[k]) for k in d]
+        m.d.sync += [d_byte.eq(Mux(c["buf"], c_buf, Mux(c["reg"], c_reg, c_const))),
+                     d_crc_index.eq(c_crc_index)]
+
+        # Stage E: CRC it, queue it (a CRC byte: the CRC's, of every byte before the first).
         o = Signal(FrameByte)
-        m.d.comb += [o.data.eq(byte), o.first.eq(b_i == 0), o.last.eq(b_i == b_last_payload + CRC_BYTES - 1),
-                     out.w_en.eq(b_valid), out.w_data.eq(o),
-                     crc.data.valid.eq(b_valid & ~is_crc), crc.data.payload.data.eq(byte),
-                     crc.data.payload.first.eq(b_i == 0)]
+        m.d.comb += [o.data.eq(Mux(d["crc"], crc.crc.word_select(d_crc_index, 8), d_byte)),
+                     o.first.eq(d["first"]), o.last.eq(d["last"]),
+                     out.w_en.eq(d["valid"]), out.w_data.eq(o),
+                     crc.data.valid.eq(d["valid"] & ~d["crc"]), crc.data.payload.data.eq(d_byte),
+                     crc.data.payload.first.eq(d["first"])]
