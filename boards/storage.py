@@ -103,7 +103,8 @@ class BlockStore(wiring.Component):
         last = Signal(range(count), init=count - 1)    # the requester served last
         grant = Signal(range(count))
         granted = Signal(count)         # `grant` one-hot, and high while a header or data beat is
-        taking = Signal()               # taken (ACCEPT, WRITE): each ready is then a gate of two
+        taking = Signal()               # taken (ACCEPT, WRITE) or a read's words sent (READ): each
+        sending = Signal()              # ready and valid is then a gate of registers
         lba = Signal(64)
         block = lba[:max(1, (self.blocks - 1).bit_length())]
         in_range = Signal()
@@ -133,7 +134,11 @@ class BlockStore(wiring.Component):
                 m.d.sync += fetching.eq(0)
 
         m.d.comb += [source.ready.eq(granted[q] & taking) for q, (_, source, *_) in enumerate(requests)]
-        m.d.comb += [sink.payload.eq(ahead.r_data) for _, _, sink, owed, _ in requests if owed is None]
+        for q, (_, _, sink, owed, _) in enumerate(requests):
+            if owed is None:
+                m.d.comb += [sink.payload.eq(ahead.r_data), sink.valid.eq(granted[q] & sending & ahead.r_rdy)]
+                with m.If(granted[q] & sending):
+                    m.d.comb += ahead.r_en.eq(sink.ready)
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(found):
@@ -156,7 +161,7 @@ class BlockStore(wiring.Component):
                 m.d.sync += [in_range.eq(lba_in_volume(lba, self.blocks)), taking.eq(1)]
                 m.next = "WRITE"
             with m.State("DISPATCH"):
-                m.d.sync += [in_range.eq(lba_in_volume(lba, self.blocks)), fetching.eq(1)]
+                m.d.sync += [in_range.eq(lba_in_volume(lba, self.blocks)), fetching.eq(1), sending.eq(1)]
                 m.next = "READ"
             with m.State("WRITE"):
                 for q, (_, source, _, owed, ok) in enumerate(requests):
@@ -171,11 +176,7 @@ class BlockStore(wiring.Component):
                                 m.d.sync += [owed.eq(1), ok.eq(in_range), taking.eq(0)]
                                 m.next = "IDLE"
             with m.State("READ"):
-                for q, (_, _, sink, owed, _) in enumerate(requests):
-                    if owed is not None:
-                        continue
-                    with m.If(grant == q):
-                        m.d.comb += [sink.valid.eq(ahead.r_rdy), ahead.r_en.eq(sink.ready)]
-                        with m.If(sink.valid & sink.ready & sink.payload.last):
-                            m.next = "IDLE"
+                with m.If(ahead.r_rdy & ahead.r_en & read_beat_layout(self.width)(ahead.r_data).last):
+                    m.d.sync += sending.eq(0)
+                    m.next = "IDLE"
         return m

@@ -107,7 +107,9 @@ class JournalRing(wiring.Component):
     Write side (the write path): `alloc` records `alloc_kind` and `alloc_mode` of the entry in
     slot `head % depth` and clears its status (`head` advances with it); `meta_w` and `data_w`
     are RAM write ports; two status writes per cycle (a primary completion and the phase-1
-    outcome of a newer entry can land together).
+    outcome of a newer entry can land together), each registered and applied a cycle later (a
+    slot is allocated, and its status cleared, long before its outcome is known; `done` then
+    passes it a cycle later).
     Read side (the flush engine): `meta_r`, `data_r` are synchronous RAM read ports;
     `slot_addr` selects the slot whose `status`, `entry_kind` and `entry_mode` are read
     combinationally from the registers.
@@ -165,10 +167,12 @@ class JournalRing(wiring.Component):
         with m.If(self.alloc):
             m.d.sync += [known.bit_select(head_slot, 1).eq(0),
                          kind[head_slot].eq(self.alloc_kind), mode[head_slot].eq(self.alloc_mode)]
-        for port in (self.status_w0, self.status_w1):
-            slot = port.addr[:self.slot_bits]
-            with m.If(port.en):
-                m.d.sync += [status[slot].eq(port.status), known.bit_select(slot, 1).eq(1)]
+        for i, write in enumerate((self.status_w0, self.status_w1)):
+            en, slot = Signal(name=f"status_en{i}"), Signal(self.slot_bits, name=f"status_slot{i}")
+            outcome = Signal(STATUS_BITS, name=f"status{i}_value")
+            m.d.sync += [en.eq(write.en), slot.eq(write.addr), outcome.eq(write.status)]
+            with m.If(en):
+                m.d.sync += [status[slot].eq(outcome), known.bit_select(slot, 1).eq(1)]
         with m.If((self.done != self.head) & known.bit_select(done_slot, 1)):
             m.d.sync += self.done.eq(self.done + 1)
 

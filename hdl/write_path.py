@@ -134,6 +134,17 @@ class WritePath(wiring.Component):
             self.alloc_kind.eq(Mux(mark, Kind.PORT_INVALID, Kind.WRITE)),
             self.alloc_mode.eq(Mux(mark, self.mode, Mux(cow, Mode.COPY_ON_WRITE, Mode.REDO))),
         ]
+        # The in-flight queue's writes, from registers too: a forwarded header (journaled bit
+        # clear), the cycle after a redo header's take (REDO_ISSUE), a copy-on-write's header
+        # (COW_ISSUE, once its pre-image is journaled).
+        redo_issue, cow_issue = Signal(), Signal()
+        forwarding = forward & inflight.w_rdy & pw.ready
+        m.d.sync += redo_issue.eq(redo & self.take)
+        m.d.comb += [
+            self.unjournaled.eq(forwarding),
+            inflight.w_en.eq(forwarding | redo_issue | (cow_issue & pw.ready)),
+            inflight.w_data.eq(Cat(slot, ~forward)),
+        ]
 
         room_write = Signal()
         with m.If(self.policy == FullPolicy.INVALIDATE):
@@ -202,9 +213,6 @@ class WritePath(wiring.Component):
                     m.d.comb += [pw.valid.eq(inflight.w_rdy), pw.payload.eq(ing.payload),
                                  ing.ready.eq(pw.ready & inflight.w_rdy)]
                     with m.If(pw.valid & pw.ready):
-                        m.d.comb += inflight.w_en.eq(1)
-                        m.d.comb += inflight.w_data.eq(slot)       # journaled bit clear
-                        m.d.comb += self.unjournaled.eq(1)
                         m.d.sync += [journal.eq(0), beat.eq(0), forward.eq(0)]
                         m.next = "DATA"
                 with m.If(redo):
@@ -228,8 +236,6 @@ class WritePath(wiring.Component):
 
             with m.State("REDO_ISSUE"):
                 # The header went to primary storage with the take; its slot is known now.
-                m.d.comb += [inflight.w_en.eq(1),
-                             inflight.w_data.eq(slot | (1 << self.slot_bits))]
                 m.next = "DATA"
                 self._forward(m, journal, beat, next_beat)
 
@@ -252,15 +258,14 @@ class WritePath(wiring.Component):
                             m.d.comb += self.journal_failures.eq(1)
                             m.next = "DRAIN"
                         with m.Else():
+                            m.d.sync += cow_issue.eq(1)
                             m.next = "COW_ISSUE"
 
             with m.State("COW_ISSUE"):
                 # Pre-image journaled: now the primary write (header beat from the saved lba).
                 m.d.comb += [pw.valid.eq(1), pw.payload.data.eq(lba), pw.payload.first.eq(1)]
                 with m.If(pw.ready):
-                    m.d.comb += [inflight.w_en.eq(1),
-                                 inflight.w_data.eq(slot | (1 << self.slot_bits))]
-                    m.d.sync += [journal.eq(0), beat.eq(0)]
+                    m.d.sync += [journal.eq(0), beat.eq(0), cow_issue.eq(0)]
                     m.next = "DATA"
 
             with m.State("DRAIN"):

@@ -111,6 +111,18 @@ class PortBfm:
         while self.s.ingress:
             await RisingEdge(self.dut.clk)
 
+    async def completions_taken(self):
+        """Every primary write issued so far has had its completion taken by the port, and the
+        ring has recorded it (its status writes land a cycle later)."""
+        while self.s.wresp:
+            await RisingEdge(self.dut.clk)
+        await ClockCycles(self.dut.clk, 3)
+
+    async def flush_idle(self):
+        """The flush engine is not draining."""
+        while int(self.dut.draining.value):
+            await RisingEdge(self.dut.clk)
+
     def pulse(self, name: str):
         self.pulses.add(name)
 

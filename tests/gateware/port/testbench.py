@@ -598,11 +598,13 @@ class TrafficTest(BaseTest):
         await self.writes(quarter, Mode.REDO)
         host.configure(timer_period=300)
         await self.writes(quarter, Mode.COPY_ON_WRITE)
-        # Flush commands; a slow timer as the host's backstop for entries that completed after
-        # the last command's drain (else a full ring of unsent entries waits forever).
-        host.configure(timer_period=3000)
+        # Flush commands alone: each once the last writes have completed and the engine is idle,
+        # so it drains them (a command with nothing complete drains nothing).
+        host.configure()
         for _ in range(quarter // 4):
             await self.writes(4)
+            await self.bfm.completions_taken()
+            await self.bfm.flush_idle()
             host.flush_now()
         # No acknowledges for a while: the ring fills and ingress waits.
         host.acks_paused = True
