@@ -121,16 +121,18 @@ class BlockStore(wiring.Component):
 
         # The volume's write port: a beat taken in WRITE, written the next cycle.
         m.d.sync += wp.en.eq(0)
-        # Read ahead: `word` addresses the next word to fetch while `fetching`; `fetched` marks
-        # the RAM's output as the word addressed the cycle before, for the FIFO.
+        # Read ahead: `fetch` addresses the next word to fetch while `fetching` (a counter of its
+        # own: a write's beat handshake stays off the RAM's address); `fetched` marks the RAM's
+        # output as the word addressed the cycle before, for the FIFO.
         fetching, fetched, fetched_last = Signal(), Signal(), Signal()
-        m.d.comb += rp.addr.eq(Cat(word[:word_bits], block))
-        m.d.sync += [fetched.eq(0), fetched_last.eq(word == words - 1)]
+        fetch = Signal(range(words))
+        m.d.comb += rp.addr.eq(Cat(fetch[:word_bits], block))
+        m.d.sync += [fetched.eq(0), fetched_last.eq(fetch == words - 1)]
         m.d.comb += [ahead.w_en.eq(fetched),
                      ahead.w_data.eq(Cat(Mux(in_range, rp.data, 0), fetched_last, in_range))]
         with m.If(fetching & (ahead.w_level + fetched < self.READ_AHEAD)):
-            m.d.sync += [fetched.eq(1), word.eq(word + 1)]
-            with m.If(word == words - 1):
+            m.d.sync += [fetched.eq(1), fetch.eq(fetch + 1)]
+            with m.If(fetch == words - 1):
                 m.d.sync += fetching.eq(0)
 
         m.d.comb += [source.ready.eq(granted[q] & taking) for q, (_, source, *_) in enumerate(requests)]
@@ -155,7 +157,7 @@ class BlockStore(wiring.Component):
                         m.next = "DISPATCH" if owed is None else "CHECK"
                         with m.If(~valid):
                             m.next = "IDLE"
-                m.d.sync += word.eq(0)
+                m.d.sync += [word.eq(0), fetch.eq(0)]
             with m.State("CHECK"):
                 # A write's lba against the volume, registered before its first data beat.
                 m.d.sync += [in_range.eq(lba_in_volume(lba, self.blocks)), taking.eq(1)]
@@ -168,8 +170,8 @@ class BlockStore(wiring.Component):
                     if owed is None:
                         continue
                     with m.If(grant == q):
-                        m.d.sync += [wp.data.eq(source.payload.data), wp.addr.eq(rp.addr),
-                                     wp.en.eq(source.valid & in_range)]
+                        m.d.sync += [wp.data.eq(source.payload.data), wp.en.eq(source.valid & in_range),
+                                     wp.addr.eq(Cat(word[:word_bits], block))]
                         with m.If(source.valid):
                             m.d.sync += word.eq(word + 1)
                             with m.If(word == words - 1):

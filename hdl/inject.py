@@ -29,7 +29,7 @@ Per port (`port[i]`, from the injector's side): `ingress` out, and what it watch
 taken this cycle) with `rbeat_ok` and `rbeat_last`.
 """
 
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Cat, Module, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -125,11 +125,11 @@ class Injector(wiring.Component):
             ingress = self.port[p].ingress
             m.d.comb += [ingress.valid.eq(out.r_rdy & chosen[p]), ingress.payload.eq(head)]
             with m.If(port == p):
-                m.d.comb += out.r_en.eq(ingress.ready)
                 m.d.comb += [getattr(watch, name).eq(getattr(self.port[p], name))
                              for name in ("stamp", "wresp", "wresp_ok", "rbeat", "rbeat_ok",
                                           "rbeat_last")]
-        m.d.comb += [c.time.eq(watch.stamp.timestamp), c.seq.eq(watch.stamp.seq)]
+        taken = Cat(chosen[p] & self.port[p].ingress.ready for p in range(self.ports))
+        m.d.comb += [c.time.eq(watch.stamp.timestamp), c.seq.eq(watch.stamp.seq), out.r_en.eq(taken.any())]
 
         # Read ahead: the buffer's word `word` is addressed while `fetching`; `fetched` marks the
         # RAM's output as the word addressed the cycle before, for the queue.

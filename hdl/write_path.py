@@ -164,8 +164,7 @@ class WritePath(wiring.Component):
         ]
 
         def start_entry():
-            m.d.sync += [meta_pending.eq(1), lba.eq(ing.payload.data), beat.eq(0),
-                         forward.eq(0), redo.eq(0), cow.eq(0), mark.eq(0)]
+            m.d.sync += [meta_pending.eq(1), forward.eq(0), redo.eq(0), cow.eq(0), mark.eq(0)]
 
         def next_beat(last_state):
             m.d.sync += beat.eq(beat + 1)
@@ -208,12 +207,14 @@ class WritePath(wiring.Component):
                     m.d.comb += self.stalling.eq(1)
 
             with m.State("HEADER"):
+                # The header holds at ingress until taken: its lba is copied every cycle.
+                m.d.sync += [lba.eq(ing.payload.data), beat.eq(0)]
                 with m.If(forward):
                     # Not journaled: forward to primary storage only.
                     m.d.comb += [pw.valid.eq(inflight.w_rdy), pw.payload.eq(ing.payload),
                                  ing.ready.eq(pw.ready & inflight.w_rdy)]
                     with m.If(pw.valid & pw.ready):
-                        m.d.sync += [journal.eq(0), beat.eq(0), forward.eq(0)]
+                        m.d.sync += [journal.eq(0), forward.eq(0)]
                         m.next = "DATA"
                 with m.If(redo):
                     m.d.comb += [pw.valid.eq(inflight.w_rdy), pw.payload.eq(ing.payload),
