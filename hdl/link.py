@@ -121,7 +121,8 @@ _FRAME_BYTES = HEADER_BYTES + MAX_PAYLOAD + CRC_BYTES
 _COUNT_MAX = (1 << _FRAME_BYTES.bit_length()) - 1
 _OUT_FIFO_DEPTH = 8
 _IN_FLIGHT = 4             # bytes of a frame in the send stages (A to D) besides the one issued
-_GRACE = 4                 # cycles a JOURNAL frame waits at an entry boundary for the next entry
+_GRACE = 4                 # turns (a cycle, every other cycle) a JOURNAL frame offers at an entry
+#                            boundary for the next entry
 
 
 @contextmanager
@@ -494,6 +495,12 @@ class LinkController(wiring.Component):
         seq_w = min(self.width, SEQ_BITS)
         seq_carry = Signal()            # seq + 1's carry into its next word (beats under 32 bits)
         grace = Signal(range(_GRACE + 1))
+        open_ = Signal()                # JOURNAL may take port `cur`'s beats
+        stop = Signal()                 # JOURNAL's frame ends now (decided a cycle ago)
+        taken, taken_last = Signal(), Signal()     # a beat of port `cur`'s taken now, an entry's last
+        flush = [self.port[p].flush for p in range(n)]
+        m.d.comb += [taken.eq(Cat(f.valid & f.ready for f in flush).any()),
+                     taken_last.eq(Cat(f.valid & f.ready & f.payload.last for f in flush).any())]
         m.d.comb += [wp.addr.eq(Cat(widx[:frames["half_bits"]], wsel)), wp.data.eq(beat.data)]
 
         def close(ftype, length, seq=0):
@@ -515,6 +522,7 @@ class LinkController(wiring.Component):
         # mark. (Read from the port's registers as they were written, a drain ending between its
         # time word and its seq word paired the old time with the new seq and lost the new mark.)
         mark_word = Signal(-(-(TIME_BITS + SEQ_BITS) // self.width) * self.width)
+        read_regs = self._read_regs(m, reading) if self.store_blocks else None
         with m.FSM(name="collect"):
             with m.State("IDLE"):
                 block_first = reading["pending"] if self.store_blocks else Const(0)
@@ -533,34 +541,39 @@ class LinkController(wiring.Component):
                         m.next = "MARK"
                     with m.Elif(any_data):
                         m.d.sync += [cur.eq(data_port), cur_oh.eq(1 << data_port), in_entry.eq(0),
-                                     grace.eq(_GRACE)]
+                                     grace.eq(_GRACE), open_.eq(1), stop.eq(0)]
                         m.next = "JOURNAL"
             with m.State("JOURNAL"):
-                # A beat is taken when the register will be written from next cycle, so never
-                # after an entry's last beat: at the boundary that follows (register empty), the
-                # port's mark goes first, and the frame ends when no entry came in the grace time.
-                # The stream's `ready` is of registers only.
+                # A beat is taken when the register will be written from next cycle. The stream's
+                # `ready` is of registers only: `open`, closed once an entry's last beat is taken
+                # and at a boundary (register empty) that took none. A boundary with `open` closed
+                # decides, registered: the port's mark goes first, and the frame ends (`stop`, the
+                # cycle after) when no entry came in the grace turns; else `open` again for a turn.
+                # A drain that ended in the deciding cycle holds `ready` off the turn after (its
+                # `mark_new`), so no entry of a next drain passes its mark.
                 at_boundary = ~in_entry & ~valid
-                stop = Signal()
-                m.d.comb += stop.eq(at_boundary & (((mark_ready | mark_new) & cur_oh).any() | (grace == 0)))
                 for p in range(n):
                     lp = self.port[p]
-                    m.d.comb += lp.flush.ready.eq(cur_oh[p] & ~stop & ~(valid & beat.last))
-                    with m.If(cur == p):
+                    m.d.comb += lp.flush.ready.eq(cur_oh[p] & open_ & ~mark_new[p])
+                    with m.If(cur_oh[p]):
                         m.d.sync += beat.eq(lp.flush.payload)       # used only if taken
-                        with m.If(lp.flush.valid & lp.flush.ready):
-                            m.d.sync += valid.eq(1)
+                with m.If(taken):
+                    m.d.sync += valid.eq(1)
+                with m.If(open_):
+                    with m.If(Mux(taken, taken_last, at_boundary)):
+                        m.d.sync += open_.eq(0)
+                with m.Elif(at_boundary & ~stop):
+                    with m.If(((mark_ready | mark_new) & cur_oh).any() | (grace == 0)):
+                        m.d.sync += stop.eq(1)
+                    with m.Else():
+                        m.d.sync += [open_.eq(1), grace.eq(grace - 1)]
                 with m.If(stop):
                     with m.If(widx != 0):
                         close_port(FrameType.JOURNAL, Cat(Const(0, self.lane_bits), widx))
                     m.next = "IDLE"
-                # The grace time counts down at a boundary (a beat taken there starts again).
-                with m.If(valid):
-                    m.d.sync += grace.eq(_GRACE)
-                with m.Elif(at_boundary & ~stop):
-                    m.d.sync += grace.eq(grace - 1)
                 with m.If(valid):
                     m.d.comb += wp.en.eq(1)
+                    m.d.sync += grace.eq(_GRACE)
                     m.d.sync += [widx.eq(widx + 1), in_entry.eq(~beat.last),
                                  beat_k.eq(beat_k + (beat_k != 2 * stamp_at + 1))]
                     with m.If(beat.first):
@@ -594,7 +607,7 @@ class LinkController(wiring.Component):
                     close_port(FrameType.FLUSH_MARK, 12)
                     m.next = "IDLE"
             if self.store_blocks:
-                self._read_block(m, reading, wp, widx, close)
+                self._read_block(m, reading, wp, widx, close, read_regs)
         return frames
 
     def _word(self, value, widx):
@@ -606,27 +619,40 @@ class LinkController(wiring.Component):
         index = widx[:(words - 1).bit_length()]
         return value.word_select(index, self.width), index == words - 1
 
-    def _read_block(self, m, reading, wp, widx, close):
-        """READ_BLOCK: the lba, then the block's words from the store, into a BLOCK frame."""
+    def _read_regs(self, m, reading):
+        """`_read_block`'s registers beside its states: the command's `valid` (until taken) and
+        the data beat taken (valid, data, last), a cycle late; and the lba, 64 bits wide."""
         cmd, rdata = self.store_rcmd, self.store_rdata
+        lba = Signal(64)
+        m.d.comb += [lba.eq(reading["lba"]), cmd.payload.lba.eq(lba)]
+        with m.If(cmd.ready):
+            m.d.sync += cmd.valid.eq(0)
+        got, got_last = Signal(name="rd_got"), Signal(name="rd_last")
+        got_data = Signal(self.width, name="rd_data")
+        m.d.sync += [got.eq(rdata.valid & rdata.ready), got_data.eq(rdata.payload.data),
+                     got_last.eq(rdata.payload.last)]
+        return lba, got, got_data, got_last
+
+    def _read_block(self, m, reading, wp, widx, close, regs):
+        """READ_BLOCK: the lba, then the block's words from the store, into a BLOCK frame. The
+        store's stream signals go into registers only: the command's `valid` is a register, raised
+        with the lba's last word, and each data beat is registered and written a cycle later."""
+        cmd, rdata = self.store_rcmd, self.store_rdata
+        lba, got, got_data, got_last = regs
         with m.State("BLOCK_CMD"):
-            # The lba a word a cycle; the command goes out with its last word.
-            lba = Signal(64)
-            m.d.comb += lba.eq(reading["lba"])
+            # The lba a word a cycle; the command goes out after its last word.
             word, last = self._word(lba, widx)
-            m.d.comb += [cmd.valid.eq(1 if last is None else last), cmd.payload.lba.eq(lba),
-                         wp.data.eq(word)]
-            with m.If(cmd.ready if last is None else ~last | cmd.ready):
-                m.d.comb += wp.en.eq(1)
-                m.d.sync += widx.eq(widx + 1)
-                with _when(m, last):
-                    m.next = "BLOCK_DATA"
+            m.d.comb += [wp.en.eq(1), wp.data.eq(word)]
+            m.d.sync += widx.eq(widx + 1)
+            with _when(m, last):
+                m.d.sync += cmd.valid.eq(1)
+                m.next = "BLOCK_DATA"
         with m.State("BLOCK_DATA"):
-            m.d.comb += [rdata.ready.eq(1), wp.data.eq(rdata.payload.data)]
-            with m.If(rdata.valid):
+            m.d.comb += [rdata.ready.eq(1), wp.data.eq(got_data)]
+            with m.If(got):
                 m.d.comb += wp.en.eq(1)
                 m.d.sync += widx.eq(widx + 1)
-                with m.If(rdata.payload.last):
+                with m.If(got_last):
                     close(FrameType.BLOCK, INJECT.size + self.block_bytes, reading["seq"])
                     m.d.sync += reading["pending"].eq(0)
                     m.next = "IDLE"
