@@ -121,7 +121,8 @@ _FRAME_BYTES = HEADER_BYTES + MAX_PAYLOAD + CRC_BYTES
 _COUNT_MAX = (1 << _FRAME_BYTES.bit_length()) - 1
 _OUT_FIFO_DEPTH = 8
 _IN_FLIGHT = 4             # bytes of a frame in the send stages (A to D) besides the one issued
-_GRACE = 4                 # cycles a JOURNAL frame waits at an entry boundary for the next entry
+_GRACE = 4                 # turns (a cycle, every other cycle) a JOURNAL frame offers at an entry
+#                            boundary for the next entry
 
 
 @contextmanager
@@ -188,8 +189,8 @@ class LinkController(wiring.Component):
     def _receive(self, m, resp_fifo, reading, written_sent):
         """Receive, a frame at a time: RECV (the bytes, a stage each: registered from the decoder
         with their offset, then kept, CRC'd and loaded), CHECK (the checks' flags, registered),
-        VERDICT (their priority: the NakReason, or 0), ACT (BUSY; the response and every action
-        decided and registered), COMMIT (the response queued, the actions' pulses a cycle later).
+        VERDICT (their priority, then BUSY: the NakReason, or 0), ACT (the response and every
+        action decided and registered), COMMIT (the response queued, the actions' pulses a cycle later).
         A byte at 2 Mbaud is 50 cycles: the stages cost the link nothing."""
         n = self.ports
         dec = m.submodules.cobs_dec = COBSDecoder()
@@ -228,6 +229,7 @@ class LinkController(wiring.Component):
         flags = {name: Signal(name=f"flag_{name}") for name in
                  ("cobs", "short", "crc", "saturated", "type", "size", "port", "lba")}
         verdict = Signal(8)             # VERDICT's: the NakReason of the frame received, or 0
+        verdict_ok = Signal()           # VERDICT's: the frame is good (`verdict` is 0)
         # ACT's decisions, registered: COMMIT carries them out.
         resp = Signal(Response)
         responds = Signal()
@@ -327,18 +329,16 @@ class LinkController(wiring.Component):
                     m.d.comb += why.eq(NakReason.BAD_PORT)
                 with m.Elif(flags["lba"]):
                     m.d.comb += why.eq(NakReason.BAD_LBA)
-                m.d.sync += verdict.eq(why)
-                m.next = "ACT"
-            with m.State("ACT"):
                 # BUSY is judged now, on the injector's and the pending READ_BLOCK's state (only
                 # the link starts either, so a state found idle stays so until COMMIT).
-                final = Signal(8)
-                m.d.comb += final.eq(verdict)
                 if store:
-                    with m.If((verdict == 0) & ((kind[FrameType.INJECT_WRITE] & (self.inject.busy | blocked))
-                                                | (kind[FrameType.READ_BLOCK] & reading["pending"]))):
-                        m.d.comb += final.eq(NakReason.BUSY)
-                ok = final == 0
+                    with m.Elif((kind[FrameType.INJECT_WRITE] & (self.inject.busy | blocked))
+                                | (kind[FrameType.READ_BLOCK] & reading["pending"])):
+                        m.d.comb += why.eq(NakReason.BUSY)
+                m.d.sync += [verdict.eq(why), verdict_ok.eq(why == 0)]
+                m.next = "ACT"
+            with m.State("ACT"):
+                final, ok = verdict, verdict_ok
                 r = Signal(Response)
                 with m.If(~ok):
                     m.d.comb += [r.src.eq(SRC_NAK), r.ftype.eq(FrameType.NAK), r.reason.eq(final)]
@@ -468,14 +468,18 @@ class LinkController(wiring.Component):
         cur_oh = Signal(n)              # JOURNAL's `cur`, one-hot: its stream's `ready` and stop
 
         def pick(cands, name):
+            """The port picked among `cands`, and whether one was, registered: IDLE acts on the
+            picks of a cycle ago (a mark taken is off them by the time IDLE acts again, and JOURNAL
+            checks the marks itself before it takes a beat)."""
             chosen, found = Signal(range(n), name=f"{name}_port"), Signal(name=f"{name}_found")
+            m.d.sync += found.eq(0)
             with m.Switch(rr):
                 for r in range(n):
                     with m.Case(r):
                         for i in reversed(range(n)):
                             q = (r + i) % n
                             with m.If(cands[q]):
-                                m.d.comb += [chosen.eq(q), found.eq(1)]
+                                m.d.sync += [chosen.eq(q), found.eq(1)]
             return chosen, found
 
         mark_port, any_mark = pick(mark_ready, "mark")
@@ -494,13 +498,24 @@ class LinkController(wiring.Component):
         seq_w = min(self.width, SEQ_BITS)
         seq_carry = Signal()            # seq + 1's carry into its next word (beats under 32 bits)
         grace = Signal(range(_GRACE + 1))
+        open_ = Signal()                # JOURNAL may take port `cur`'s beats
+        stop = Signal()                 # JOURNAL's frame ends now (decided a cycle ago)
+        taken, taken_last = Signal(), Signal()     # a beat of port `cur`'s taken now, an entry's last
+        flush = [self.port[p].flush for p in range(n)]
+        m.d.comb += [taken.eq(Cat(f.valid & f.ready for f in flush).any()),
+                     taken_last.eq(Cat(f.valid & f.ready & f.payload.last for f in flush).any())]
         m.d.comb += [wp.addr.eq(Cat(widx[:frames["half_bits"]], wsel)), wp.data.eq(beat.data)]
+
+        # A frame closed is handed over a cycle later (`closing`, from registers: the decisions
+        # that close a frame are the states' own), and IDLE starts nothing until then.
+        closing = Signal()
+        close_type, close_seq = Signal(8), Signal(16)
+        close_len = Signal(range(MAX_PAYLOAD + 1))
+        m.d.sync += closing.eq(0)
 
         def close(ftype, length, seq=0):
             """The buffer being filled is a whole frame: hand it to the sender, fill the other."""
-            m.d.sync += [full.bit_select(wsel, 1).eq(1), frames["ftype"][wsel].eq(ftype),
-                         frames["port"][wsel].eq(cur), frames["length"][wsel].eq(length),
-                         frames["seq"][wsel].eq(seq), wsel.eq(~wsel), widx.eq(0)]
+            m.d.sync += [closing.eq(1), close_type.eq(ftype), close_len.eq(length), close_seq.eq(seq)]
 
         def close_port(ftype, length):
             """`close`, a frame of port `cur`'s stream: the next port's turn comes."""
@@ -515,15 +530,16 @@ class LinkController(wiring.Component):
         # mark. (Read from the port's registers as they were written, a drain ending between its
         # time word and its seq word paired the old time with the new seq and lost the new mark.)
         mark_word = Signal(-(-(TIME_BITS + SEQ_BITS) // self.width) * self.width)
+        read_regs = self._read_regs(m, reading) if self.store_blocks else None
         with m.FSM(name="collect"):
             with m.State("IDLE"):
                 block_first = reading["pending"] if self.store_blocks else Const(0)
-                with m.If(~full.bit_select(wsel, 1)):
+                with m.If(~closing & ~full.bit_select(wsel, 1)):
                     with m.If(block_first):     # a READ_BLOCK's block (only with a store)
                         if self.store_blocks:
                             m.d.sync += cur.eq(0)
                             m.next = "BLOCK_CMD"
-                    with m.Elif(any_mark):
+                    with m.Elif(any_mark & mark_ready.bit_select(mark_port, 1)):     # still ready
                         m.d.sync += cur.eq(mark_port)
                         for p in range(n):
                             with m.If(mark_port == p):
@@ -533,34 +549,39 @@ class LinkController(wiring.Component):
                         m.next = "MARK"
                     with m.Elif(any_data):
                         m.d.sync += [cur.eq(data_port), cur_oh.eq(1 << data_port), in_entry.eq(0),
-                                     grace.eq(_GRACE)]
+                                     grace.eq(_GRACE), open_.eq(0), stop.eq(0)]
                         m.next = "JOURNAL"
             with m.State("JOURNAL"):
-                # A beat is taken when the register will be written from next cycle, so never
-                # after an entry's last beat: at the boundary that follows (register empty), the
-                # port's mark goes first, and the frame ends when no entry came in the grace time.
-                # The stream's `ready` is of registers only.
+                # A beat is taken when the register will be written from next cycle. The stream's
+                # `ready` is of registers only: `open`, closed once an entry's last beat is taken
+                # and at a boundary (register empty) that took none. A boundary with `open` closed
+                # (the first cycle is one) decides, registered: the port's mark goes first, and the
+                # frame ends (`stop`, the cycle after) when no entry came in the grace turns; else
+                # `open` again for a turn. A drain that ended in the deciding cycle holds `ready`
+                # off the turn after (its `mark_new`), so no entry of a next drain passes its mark.
                 at_boundary = ~in_entry & ~valid
-                stop = Signal()
-                m.d.comb += stop.eq(at_boundary & (((mark_ready | mark_new) & cur_oh).any() | (grace == 0)))
                 for p in range(n):
                     lp = self.port[p]
-                    m.d.comb += lp.flush.ready.eq(cur_oh[p] & ~stop & ~(valid & beat.last))
-                    with m.If(cur == p):
+                    m.d.comb += lp.flush.ready.eq(cur_oh[p] & open_ & ~mark_new[p])
+                    with m.If(cur_oh[p]):
                         m.d.sync += beat.eq(lp.flush.payload)       # used only if taken
-                        with m.If(lp.flush.valid & lp.flush.ready):
-                            m.d.sync += valid.eq(1)
+                with m.If(taken):
+                    m.d.sync += valid.eq(1)
+                with m.If(open_):
+                    with m.If(Mux(taken, taken_last, at_boundary)):
+                        m.d.sync += open_.eq(0)
+                with m.Elif(at_boundary & ~stop):
+                    with m.If(((mark_ready | mark_new) & cur_oh).any() | (grace == 0)):
+                        m.d.sync += stop.eq(1)
+                    with m.Else():
+                        m.d.sync += [open_.eq(1), grace.eq(grace - 1)]
                 with m.If(stop):
                     with m.If(widx != 0):
                         close_port(FrameType.JOURNAL, Cat(Const(0, self.lane_bits), widx))
                     m.next = "IDLE"
-                # The grace time counts down at a boundary (a beat taken there starts again).
-                with m.If(valid):
-                    m.d.sync += grace.eq(_GRACE)
-                with m.Elif(at_boundary & ~stop):
-                    m.d.sync += grace.eq(grace - 1)
                 with m.If(valid):
                     m.d.comb += wp.en.eq(1)
+                    m.d.sync += grace.eq(_GRACE)
                     m.d.sync += [widx.eq(widx + 1), in_entry.eq(~beat.last),
                                  beat_k.eq(beat_k + (beat_k != 2 * stamp_at + 1))]
                     with m.If(beat.first):
@@ -594,7 +615,11 @@ class LinkController(wiring.Component):
                     close_port(FrameType.FLUSH_MARK, 12)
                     m.next = "IDLE"
             if self.store_blocks:
-                self._read_block(m, reading, wp, widx, close)
+                self._read_block(m, reading, wp, widx, close, read_regs)
+        with m.If(closing):
+            m.d.sync += [full.bit_select(wsel, 1).eq(1), frames["ftype"][wsel].eq(close_type),
+                         frames["port"][wsel].eq(cur), frames["length"][wsel].eq(close_len),
+                         frames["seq"][wsel].eq(close_seq), wsel.eq(~wsel), widx.eq(0)]
         return frames
 
     def _word(self, value, widx):
@@ -606,27 +631,40 @@ class LinkController(wiring.Component):
         index = widx[:(words - 1).bit_length()]
         return value.word_select(index, self.width), index == words - 1
 
-    def _read_block(self, m, reading, wp, widx, close):
-        """READ_BLOCK: the lba, then the block's words from the store, into a BLOCK frame."""
+    def _read_regs(self, m, reading):
+        """`_read_block`'s registers beside its states: the command's `valid` (until taken) and
+        the data beat taken (valid, data, last), a cycle late; and the lba, 64 bits wide."""
         cmd, rdata = self.store_rcmd, self.store_rdata
+        lba = Signal(64)
+        m.d.comb += [lba.eq(reading["lba"]), cmd.payload.lba.eq(lba)]
+        with m.If(cmd.ready):
+            m.d.sync += cmd.valid.eq(0)
+        got, got_last = Signal(name="rd_got"), Signal(name="rd_last")
+        got_data = Signal(self.width, name="rd_data")
+        m.d.sync += [got.eq(rdata.valid & rdata.ready), got_data.eq(rdata.payload.data),
+                     got_last.eq(rdata.payload.last)]
+        return lba, got, got_data, got_last
+
+    def _read_block(self, m, reading, wp, widx, close, regs):
+        """READ_BLOCK: the lba, then the block's words from the store, into a BLOCK frame. The
+        store's stream signals go into registers only: the command's `valid` is a register, raised
+        with the lba's last word, and each data beat is registered and written a cycle later."""
+        cmd, rdata = self.store_rcmd, self.store_rdata
+        lba, got, got_data, got_last = regs
         with m.State("BLOCK_CMD"):
-            # The lba a word a cycle; the command goes out with its last word.
-            lba = Signal(64)
-            m.d.comb += lba.eq(reading["lba"])
+            # The lba a word a cycle; the command goes out after its last word.
             word, last = self._word(lba, widx)
-            m.d.comb += [cmd.valid.eq(1 if last is None else last), cmd.payload.lba.eq(lba),
-                         wp.data.eq(word)]
-            with m.If(cmd.ready if last is None else ~last | cmd.ready):
-                m.d.comb += wp.en.eq(1)
-                m.d.sync += widx.eq(widx + 1)
-                with _when(m, last):
-                    m.next = "BLOCK_DATA"
+            m.d.comb += [wp.en.eq(1), wp.data.eq(word)]
+            m.d.sync += widx.eq(widx + 1)
+            with _when(m, last):
+                m.d.sync += cmd.valid.eq(1)
+                m.next = "BLOCK_DATA"
         with m.State("BLOCK_DATA"):
-            m.d.comb += [rdata.ready.eq(1), wp.data.eq(rdata.payload.data)]
-            with m.If(rdata.valid):
+            m.d.comb += [rdata.ready.eq(1), wp.data.eq(got_data)]
+            with m.If(got):
                 m.d.comb += wp.en.eq(1)
                 m.d.sync += widx.eq(widx + 1)
-                with m.If(rdata.payload.last):
+                with m.If(got_last):
                     close(FrameType.BLOCK, INJECT.size + self.block_bytes, reading["seq"])
                     m.d.sync += reading["pending"].eq(0)
                     m.next = "IDLE"
@@ -653,8 +691,9 @@ class LinkController(wiring.Component):
         desc = Signal(Response)
         length = Signal(range(MAX_PAYLOAD + 1))
         frame = range(_FRAME_BYTES + 1)
-        last_i, payload_end = Signal(frame), Signal(frame)      # the last byte, the first CRC byte
+        payload_end = Signal(frame)     # the first CRC byte
         i = Signal(frame)
+        at_last, before_last = Signal(), Signal(frame)     # `i` is the frame's last byte; the one before it
         # Stage S issues a byte when the queue has room for it and every byte in the stages, by
         # its level a cycle ago (registered; a byte a cycle comes in at most).
         room = Signal()
@@ -682,14 +721,14 @@ class LinkController(wiring.Component):
                                  desc.seq.eq(frames["seq"][rsel]), length.eq(frames["length"][rsel])]
                     m.next = "START"
             with m.State("START"):
-                m.d.sync += [i.eq(0), last_i.eq(length + HEADER_BYTES + CRC_BYTES - 1),
+                m.d.sync += [i.eq(0), at_last.eq(0), before_last.eq(length + HEADER_BYTES + CRC_BYTES - 2),
                              payload_end.eq(length + HEADER_BYTES)]
                 m.next = "SEND"
             with m.State("SEND"):
                 m.d.comb += issue.eq(room)
                 with m.If(issue):
-                    m.d.sync += i.eq(i + 1)
-                    with m.If(i == last_i):
+                    m.d.sync += [i.eq(i + 1), at_last.eq(i == before_last)]
+                    with m.If(at_last):
                         m.d.comb += [self.tx_frames.eq(1), resp_fifo.r_en.eq(from_queue)]
                         with m.If(desc.src == SRC_BUF):
                             m.d.sync += [full.bit_select(rsel, 1).eq(0), rsel.eq(~rsel)]
@@ -708,7 +747,7 @@ class LinkController(wiring.Component):
         rp_addr, r_addr = Signal.like(rp.addr), Signal.like(self.bus.r_addr)
         m.d.comb += [rp.addr.eq(rp_addr), rp.en.eq(1), self.bus.r_addr.eq(r_addr)]
         m.d.sync += [a["valid"].eq(issue), a["header"].eq(i < HEADER_BYTES), a["crc"].eq(i >= payload_end),
-                     a["first"].eq(i == 0), a["last"].eq(i == last_i), a["prefix"].eq(desc.prefix & (j < 4)),
+                     a["first"].eq(i == 0), a["last"].eq(at_last), a["prefix"].eq(desc.prefix & (j < 4)),
                      a_i.eq(i), a_j.eq(j), a_reg_lane.eq(reg_j), a_lane.eq(j[:lanes] if lanes else 0),
                      a_crc_index.eq(i - payload_end),
                      rp_addr.eq(Cat(j[lanes:lanes + frames["half_bits"]], rsel)),
