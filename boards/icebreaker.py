@@ -3,8 +3,8 @@
 The UP5K has 5,280 logic cells, 30 block RAMs of 4 Kbit and 8 DSPs. This image (8-bit beats,
 the port's time on the board clock instead of a DPLL, 4-entry JOURNAL frames, the statistics
 counters and the small FIFOs in block RAM, no read-write collision logic around its block RAMs:
-`hdl.ram`) maps to ~3,900 LUT4s, ~1,830 flip-flops and 29 block RAMs in Yosys, which nextpnr
-packs into ~4,900 logic cells (93 %) and routes (router1) at ~19.4 MHz: the port clock is 18 MHz.
+`hdl.ram`) maps to ~3,850 LUT4s, ~2,360 flip-flops and 29 block RAMs in Yosys, which nextpnr
+packs into ~5,200 logic cells (98 %) and routes (router1) at ~27 MHz: the port clock is 18 MHz.
 The sizes below are the smallest sensible:
 
 | what | value | why |
@@ -13,7 +13,7 @@ The sizes below are the smallest sensible:
 | datapath | 8-bit beats | an eighth of the 64-bit image's datapaths; 60 times the UART's bytes at 18 MHz |
 | ring depth | 8 entries | 8 x 64 B of ring (the block RAMs also hold the link frame buffers) |
 | block size | 64 B | a small block, to save block RAM |
-| port clock | 18 MHz | 12 MHz x 3/2 through an `SB_PLL40_PAD` (VCO 576 MHz); the image routes at ~19.4 MHz |
+| port clock | 18 MHz | 12 MHz x 3/2 through an `SB_PLL40_PAD` (VCO 576 MHz); the image routes at ~27 MHz |
 | port time | `BoardClock`, no DPLL (`time_source="clock"`) | one oscillator: nothing to correct |
 | link | 3 Mbaud 8N1 on the FT2232H's second channel (6 cycles per bit, exact) | |
 | JOURNAL frames | up to 4 entries (416 B) | frame buffers of 2 block RAMs' depth |

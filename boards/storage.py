@@ -48,7 +48,8 @@ class BlockStore(wiring.Component):
     from a counter, so the requester's ready reaches neither the RAM nor its address.
     """
 
-    READ_AHEAD = 4      # words fetched ahead of a read's requester: full rate with a cycle's RAM read
+    READ_AHEAD = 2      # words fetched ahead of a read's requester: about a word every other cycle, far
+    #                     above a dev board's link; each more entry is a word of flip-flops on an iCE40
 
     def __init__(self, *, ports: int, block_bytes: int, blocks: int, datapath_bits: int = 64):
         check_datapath_bits(self, datapath_bits)

@@ -87,7 +87,8 @@ def inject_port_watch(m: Module, watch, port) -> None:
 class Injector(wiring.Component):
     """One host-injected block write at a time into `port[i].ingress`; its outcome in `done`."""
 
-    READ_AHEAD = 4      # beats queued ahead of the port: full rate with a cycle's buffer read
+    READ_AHEAD = 2      # beats queued ahead of the port: about one every other cycle, far above the link's
+    #                     pace of loading them; each more entry is a word of flip-flops on an iCE40
 
     def __init__(self, *, ports: int, block_bytes: int, datapath_bits: int = 64):
         check_datapath_bits(self, datapath_bits)
