@@ -48,8 +48,8 @@ class BlockStore(wiring.Component):
     from a counter, so the requester's ready reaches neither the RAM nor its address.
     """
 
-    READ_AHEAD = 2      # words fetched ahead of a read's requester: about a word every other cycle, far
-    #                     above a dev board's link; each more entry is a word of flip-flops on an iCE40
+    READ_AHEAD = 3      # the read-ahead queue: about a word every other cycle, far above a dev board's
+    #                     link; each more entry is a word of flip-flops on an iCE40
 
     def __init__(self, *, ports: int, block_bytes: int, blocks: int, datapath_bits: int = 64):
         check_datapath_bits(self, datapath_bits)
@@ -131,12 +131,16 @@ class BlockStore(wiring.Component):
         m.d.sync += [fetched.eq(0), fetched_last.eq(fetch == words - 1)]
         m.d.comb += [ahead.w_en.eq(fetched),
                      ahead.w_data.eq(Cat(Mux(in_range, rp.data, 0), fetched_last, in_range))]
-        with m.If(fetching & (ahead.w_level + fetched < self.READ_AHEAD)):
+        # A fetched word is written the next cycle, into the queue's inner slots (its head register
+        # takes it a cycle later): fetch while its level and the word in flight leave one free.
+        with m.If(fetching & (ahead.w_level + fetched < self.READ_AHEAD - 1)):
             m.d.sync += [fetched.eq(1), fetch.eq(fetch + 1)]
             with m.If(fetch == words - 1):
                 m.d.sync += fetching.eq(0)
 
-        m.d.comb += [source.ready.eq(granted[q] & taking) for q, (_, source, *_) in enumerate(requests)]
+        for q, (_, source, _, owed, _) in enumerate(requests):
+            # A write's source waits for its completion to be taken (a late `wresp.ready`).
+            m.d.comb += source.ready.eq(granted[q] & taking & (~owed if owed is not None else 1))
         for q, (_, _, sink, owed, _) in enumerate(requests):
             if owed is None:
                 m.d.comb += [sink.payload.eq(ahead.r_data), sink.valid.eq(granted[q] & sending & ahead.r_rdy)]

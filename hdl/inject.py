@@ -87,8 +87,8 @@ def inject_port_watch(m: Module, watch, port) -> None:
 class Injector(wiring.Component):
     """One host-injected block write at a time into `port[i].ingress`; its outcome in `done`."""
 
-    READ_AHEAD = 2      # beats queued ahead of the port: about one every other cycle, far above the link's
-    #                     pace of loading them; each more entry is a word of flip-flops on an iCE40
+    READ_AHEAD = 3      # the beats' queue: about one every other cycle, far above the link's pace of
+    #                     loading them; each more entry is a word of flip-flops on an iCE40
 
     def __init__(self, *, ports: int, block_bytes: int, datapath_bits: int = 64):
         check_datapath_bits(self, datapath_bits)
@@ -140,7 +140,9 @@ class Injector(wiring.Component):
         push = Signal(beat)             # the queue's next beat: a fetched word, or the header
         m.d.comb += [out.w_en.eq(fetched), out.w_data.eq(push),
                      push.data.eq(rp.data), push.last.eq(fetched_last)]
-        with m.If(fetching & (out.w_level + fetched < self.READ_AHEAD)):
+        # A fetched word is written the next cycle, into the queue's inner slots (its head register
+        # takes it a cycle later): fetch while its level and the word in flight leave one free.
+        with m.If(fetching & (out.w_level + fetched < self.READ_AHEAD - 1)):
             m.d.sync += [fetched.eq(1), word.eq(word + 1)]
             with m.If(word == words - 1):
                 m.d.sync += fetching.eq(0)
