@@ -4,12 +4,12 @@ RAM, on every port's primary-storage streams and the link's READ_BLOCK (dev boar
 
 from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import stream, wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from hdl.journal_ring import check_datapath_bits
 from hdl.ram import NO_RW_CHECK
+from hdl.read_ahead import ReadAhead
 from hdl.write_path import ReadCommand, WriteResponse, beat_layout, lba_in_volume, read_beat_layout
 
 STANDALONE_BLOCKS = 256        # the standalone boards' volume: 128 KiB of 512 B blocks, 64 DP16KD on
@@ -44,8 +44,8 @@ class BlockStore(wiring.Component):
     the valids of the cycle before (a stream's valid holds until its transfer) and takes the
     header a cycle after the choice, from the granted requester alone, or gives the grant up if
     that requester has since withdrawn; the volume's write port takes a registered beat, a cycle
-    after its handshake; a read's words are fetched ahead into a `SyncFIFOBuffered`, addressed
-    from a counter, so the requester's ready reaches neither the RAM nor its address.
+    after its handshake; a read's words are fetched ahead into a queue (`hdl.read_ahead`), so the
+    requester's ready reaches neither the RAM nor its address.
     """
 
     READ_AHEAD = 3      # the read-ahead queue: about a word every other cycle, far above a dev board's
@@ -82,8 +82,7 @@ class BlockStore(wiring.Component):
                                            attrs=NO_RW_CHECK)
         wp = mem.write_port()
         rp = mem.read_port()
-        ahead = m.submodules.ahead = SyncFIFOBuffered(width=len(self.link_rdata.payload.as_value()),
-                                                      depth=self.READ_AHEAD)
+        ahead = m.submodules.ahead = ReadAhead(width=self.width, words=words, depth=self.READ_AHEAD)
 
         # Requesters in round-robin order: each port's write then read, the link's read last.
         # (valid, source stream, sink stream, completion owed or None for a read, its ok)
@@ -122,30 +121,20 @@ class BlockStore(wiring.Component):
 
         # The volume's write port: a beat taken in WRITE, written the next cycle.
         m.d.sync += wp.en.eq(0)
-        # Read ahead: `fetch` addresses the next word to fetch while `fetching` (a counter of its
-        # own: a write's beat handshake stays off the RAM's address); `fetched` marks the RAM's
-        # output as the word addressed the cycle before, for the FIFO.
-        fetching, fetched, fetched_last = Signal(), Signal(), Signal()
-        fetch = Signal(range(words))
-        m.d.comb += rp.addr.eq(Cat(fetch[:word_bits], block))
-        m.d.sync += [fetched.eq(0), fetched_last.eq(fetch == words - 1)]
-        m.d.comb += [ahead.w_en.eq(fetched),
-                     ahead.w_data.eq(Cat(Mux(in_range, rp.data, 0), fetched_last, in_range))]
-        # A fetched word is written the next cycle, into the queue's inner slots (its head register
-        # takes it a cycle later): fetch while its level and the word in flight leave one free.
-        with m.If(fetching & (ahead.w_level + fetched < self.READ_AHEAD - 1)):
-            m.d.sync += [fetched.eq(1), fetch.eq(fetch + 1)]
-            with m.If(fetch == words - 1):
-                m.d.sync += fetching.eq(0)
+        # A read's words come out of the read-ahead queue; a block outside the volume reads as zeros.
+        m.d.comb += [rp.addr.eq(Cat(ahead.addr, block)), ahead.data.eq(rp.data)]
+        head = Signal(read_beat_layout(self.width))
+        m.d.comb += [head.data.eq(Mux(in_range, ahead.out.payload.data, 0)),
+                     head.last.eq(ahead.out.payload.last), head.ok.eq(in_range)]
 
         for q, (_, source, _, owed, _) in enumerate(requests):
             # A write's source waits for its completion to be taken (a late `wresp.ready`).
             m.d.comb += source.ready.eq(granted[q] & taking & (~owed if owed is not None else 1))
         for q, (_, _, sink, owed, _) in enumerate(requests):
             if owed is None:
-                m.d.comb += [sink.payload.eq(ahead.r_data), sink.valid.eq(granted[q] & sending & ahead.r_rdy)]
+                m.d.comb += [sink.payload.eq(head), sink.valid.eq(granted[q] & sending & ahead.out.valid)]
                 with m.If(granted[q] & sending):
-                    m.d.comb += ahead.r_en.eq(sink.ready)
+                    m.d.comb += ahead.out.ready.eq(sink.ready)
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(found):
@@ -162,13 +151,14 @@ class BlockStore(wiring.Component):
                         m.next = "DISPATCH" if owed is None else "CHECK"
                         with m.If(~valid):
                             m.next = "IDLE"
-                m.d.sync += [word.eq(0), fetch.eq(0)]
+                m.d.sync += word.eq(0)
             with m.State("CHECK"):
                 # A write's lba against the volume, registered before its first data beat.
                 m.d.sync += [in_range.eq(lba_in_volume(lba, self.blocks)), taking.eq(1)]
                 m.next = "WRITE"
             with m.State("DISPATCH"):
-                m.d.sync += [in_range.eq(lba_in_volume(lba, self.blocks)), fetching.eq(1), sending.eq(1)]
+                m.d.sync += [in_range.eq(lba_in_volume(lba, self.blocks)), sending.eq(1)]
+                m.d.comb += ahead.start.eq(1)
                 m.next = "READ"
             with m.State("WRITE"):
                 for q, (_, source, _, owed, ok) in enumerate(requests):
@@ -183,7 +173,7 @@ class BlockStore(wiring.Component):
                                 m.d.sync += [owed.eq(1), ok.eq(in_range), taking.eq(0)]
                                 m.next = "IDLE"
             with m.State("READ"):
-                with m.If(ahead.r_rdy & ahead.r_en & read_beat_layout(self.width)(ahead.r_data).last):
+                with m.If(ahead.out.valid & ahead.out.ready & ahead.out.payload.last):
                     m.d.sync += sending.eq(0)
                     m.next = "IDLE"
         return m

@@ -7,8 +7,8 @@ it arrives (`control.load_*`), checks the frame, and then pulses `start` with th
 injector sends the request into that port's ingress exactly as a server does — a header beat
 (data = lba, its low `datapath_bits` bits) and `block_bytes * 8 / datapath_bits` data beats — so
 the port stamps, journals and forwards it to primary storage by its ordinary write path. The
-beats leave through a short queue (`SyncFIFOBuffered`) filled from the buffer ahead of the
-port, so the port's ready reaches neither the buffer nor its address (a timing path). It
+data beats leave through a short queue filled from the buffer ahead of the port
+(`hdl.read_ahead`), so the port's ready reaches neither the buffer nor its address. It
 then waits for the port's write to end: the primary write's completion (`Status.OK`, or
 `PRIMARY_FAILED` when storage failed it), or, in copy-on-write mode, a failed pre-image read
 (`JOURNAL_FAILED`: the port consumes the data and writes nothing; the result waits until it
@@ -29,15 +29,15 @@ Per port (`port[i]`, from the injector's side): `ingress` out, and what it watch
 taken this cycle) with `rbeat_ok` and `rbeat_last`.
 """
 
-from amaranth.hdl import Cat, Module, Signal
+from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import stream, wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from firmware.abi.entry import Status
 from hdl.journal_ring import check_datapath_bits
 from hdl.ram import NO_RW_CHECK
+from hdl.read_ahead import ReadAhead
 from hdl.timestamper import SEQ_BITS, TIME_BITS, StampLayout
 from hdl.write_path import beat_layout
 
@@ -111,60 +111,48 @@ class Injector(wiring.Component):
         m.d.comb += [wp.addr.eq(c.load_addr), wp.data.eq(c.load_data.replicate(self.width // 8)),
                      wp.en.eq(c.load_en << c.load_lane)]      # one byte lane
         beat = beat_layout(self.width)
-        out = m.submodules.out = SyncFIFOBuffered(width=beat.size, depth=self.READ_AHEAD)
-        head = beat(out.r_data)
+        ahead = m.submodules.ahead = ReadAhead(width=self.width, words=words, depth=self.READ_AHEAD)
+        m.d.comb += [rp.addr.eq(ahead.addr), ahead.data.eq(rp.data)]
 
         port = Signal(range(self.ports))
         chosen = Signal(self.ports)     # `port` one-hot: each ingress valid a gate of two registers
         lba = Signal(64)
-        word = Signal(range(words))
+        header = Signal()               # the header beat is offered, ahead of the block's words
         read_failed = Signal()          # a pre-image beat of this write came back failed
         ended = Signal()                # the port's write ended without a primary write
-        # The chosen port's ingress (the queue's head) and watched signals.
+        # The chosen port's ingress (the header, then the queue's head) and watched signals.
+        offered = Signal(beat)
+        m.d.comb += [offered.data.eq(Mux(header, lba, ahead.out.payload.data)), offered.first.eq(header),
+                     offered.last.eq(~header & ahead.out.payload.last)]
         watch = inject_port_signature(self.width).flip().create(path=("watch",))
         for p in range(self.ports):
             ingress = self.port[p].ingress
-            m.d.comb += [ingress.valid.eq(out.r_rdy & chosen[p]), ingress.payload.eq(head)]
+            m.d.comb += [ingress.valid.eq((header | ahead.out.valid) & chosen[p]),
+                         ingress.payload.eq(offered)]
             with m.If(port == p):
                 m.d.comb += [getattr(watch, name).eq(getattr(self.port[p], name))
                              for name in ("stamp", "wresp", "wresp_ok", "rbeat", "rbeat_ok",
                                           "rbeat_last")]
-        taken = Cat(chosen[p] & self.port[p].ingress.ready for p in range(self.ports))
-        m.d.comb += [c.time.eq(watch.stamp.timestamp), c.seq.eq(watch.stamp.seq), out.r_en.eq(taken.any())]
-
-        # Read ahead: the buffer's word `word` is addressed while `fetching`; `fetched` marks the
-        # RAM's output as the word addressed the cycle before, for the queue.
-        fetching, fetched, fetched_last = Signal(), Signal(), Signal()
-        m.d.comb += rp.addr.eq(word)
-        m.d.sync += [fetched.eq(0), fetched_last.eq(word == words - 1)]
-        push = Signal(beat)             # the queue's next beat: a fetched word, or the header
-        m.d.comb += [out.w_en.eq(fetched), out.w_data.eq(push),
-                     push.data.eq(rp.data), push.last.eq(fetched_last)]
-        # A fetched word is written the next cycle, into the queue's inner slots (its head register
-        # takes it a cycle later): fetch while its level and the word in flight leave one free.
-        with m.If(fetching & (out.w_level + fetched < self.READ_AHEAD - 1)):
-            m.d.sync += [fetched.eq(1), word.eq(word + 1)]
-            with m.If(word == words - 1):
-                m.d.sync += fetching.eq(0)
-        # Every beat handed to the port (a copy-on-write port that failed its pre-image read
-        # still consumes the data: the result waits for that, so the queue is empty for the next).
-        drained = (out.r_level == 0) & ~fetched
+        taken = Cat(chosen[p] & self.port[p].ingress.ready for p in range(self.ports)).any()
+        m.d.comb += [c.time.eq(watch.stamp.timestamp), c.seq.eq(watch.stamp.seq),
+                     ahead.out.ready.eq(taken & ~header)]
 
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(c.start):
                     m.d.sync += [port.eq(c.start_port), chosen.eq(1 << c.start_port), lba.eq(c.start_lba),
-                                 c.busy.eq(1),
-                                 read_failed.eq(0), ended.eq(0)]
+                                 header.eq(1), c.busy.eq(1), read_failed.eq(0), ended.eq(0)]
+                    m.d.comb += ahead.start.eq(1)
                     m.next = "HEADER"
             with m.State("HEADER"):
-                m.d.comb += [out.w_en.eq(1), push.data.eq(lba), push.first.eq(1), push.last.eq(0)]
-                with m.If(out.w_rdy):
-                    m.d.sync += [word.eq(0), fetching.eq(1)]
+                with m.If(taken):
+                    m.d.sync += header.eq(0)
                     m.next = "WAIT"
             with m.State("WAIT"):
                 self._watch_read(m, watch, read_failed, ended)
-                with m.If(ended & drained):
+                # Every beat handed to the port (a copy-on-write port that failed its pre-image read
+                # still consumes the data: the result waits for that, so the queue is empty for the next).
+                with m.If(ended & ahead.idle):
                     m.d.sync += [c.status.eq(Status.JOURNAL_FAILED), c.done.eq(1)]
                     m.next = "DONE"
                 with m.Elif(watch.wresp):
