@@ -6,7 +6,8 @@ it only what the board has instead of a simulator:
 
 - **Clock.** The board's oscillator feeds a PLL (the board's `pll` method, an FPGA primitive)
   that makes the port clock `clock_hz`; the one `sync` domain runs the image, the time base and
-  every port's DPLL, held in reset until the PLL locks.
+  every port's DPLL, held in reset until the PLL locks. The reset leaves its synchroniser
+  through the board's `reset_buffer` (on the ECP5 a global buffer: it reaches every flip-flop).
 - **Link.** `hdl.uart.UART` (8N1, `clock_hz / baud` cycles per bit, rounded: the board states
   its baud and the rounding error) on the board's USB-UART pins; its framing errors feed the
   image's `rx_framing_errors` register.
@@ -30,7 +31,7 @@ it only what the board has instead of a simulator:
 
 from dataclasses import dataclass
 
-from amaranth.hdl import Cat, ClockDomain, ClockSignal, Elaboratable, Module, Signal, Value
+from amaranth.hdl import Cat, ClockDomain, ClockSignal, Elaboratable, Module, ResetSignal, Signal, Value
 from amaranth.lib import io, wiring
 from amaranth.lib.cdc import ResetSynchronizer
 
@@ -86,7 +87,8 @@ class DevBoardConfig:
 
 class DevBoardTop(Elaboratable):
     """The device image on a dev board; a board subclass provides `platform_class` and `pll`,
-    and may give Yosys and nextpnr options of its own (`synth_opts`, `nextpnr_opts`)."""
+    and may buffer the reset (`reset_buffer`) and give Yosys and nextpnr options of its own
+    (`synth_opts`, `nextpnr_opts`)."""
 
     synth_opts = ""
     nextpnr_opts = ""
@@ -99,6 +101,10 @@ class DevBoardTop(Elaboratable):
         """Instantiate the board's PLL from its oscillator: (port clock, locked)."""
         raise NotImplementedError
 
+    def reset_buffer(self, m: Module, reset: Value) -> Value:
+        """The synchronised reset as the `sync` domain's flip-flops see it; here the net itself."""
+        return reset
+
     def elaborate(self, platform):
         cfg = self.config
         m = Module()
@@ -107,7 +113,12 @@ class DevBoardTop(Elaboratable):
         m.d.comb += ClockSignal("sync").eq(clk)
         # No clock constraint of our own: nextpnr derives the PLL output's from the oscillator's
         # and the PLL's dividers (one on the PLL's net would name a net Yosys has renamed).
-        m.submodules.reset_sync = ResetSynchronizer(~pll_locked, domain="sync")
+        # The synchroniser runs in a domain of its own on the same clock, so that its output can
+        # reach `sync` through the board's buffer.
+        m.domains.power_on = ClockDomain("power_on")
+        m.d.comb += ClockSignal("power_on").eq(clk)
+        m.submodules.reset_sync = ResetSynchronizer(~pll_locked, domain="power_on")
+        m.d.comb += ResetSignal("sync").eq(self.reset_buffer(m, ResetSignal("power_on")))
 
         image = m.submodules.image = self.image
         if cfg.time_source == "dpll":

@@ -104,7 +104,7 @@ def test_timebase_frame_in_amaranth_sim():
 
 
 def test_dpll_at_four_cycles_per_bit():
-    """The fewest cycles per bit (the ULX3S's time base: 7.5 Mbit/s at 30 MHz), where a byte's
+    """The fewest cycles per bit (the ULX3S's time base: 12.5 Mbit/s at 50 MHz), where a byte's
     first tick comes in the cycle after its start edge: every frame is received, the loop
     locks, and time increases at every cycle (Amaranth simulator, one clock, 20 µs interval)."""
     from amaranth.hdl import Module
@@ -113,7 +113,7 @@ def test_dpll_at_four_cycles_per_bit():
     from hdl.dpll import DigitalPLL
     from hdl.timebase import TimeBase
 
-    clk_hz, bit_rate, interval_ns, intervals = 30_000_000, 7_500_000, 20_000, 30
+    clk_hz, bit_rate, interval_ns, intervals = 50_000_000, 12_500_000, 20_000, 30
     m = Module()
     tb = m.submodules.tb = TimeBase(ref_hz=clk_hz, interval_ns=interval_ns, unit_ns=interval_ns,
                                     bit_rate=bit_rate)
