@@ -10,8 +10,8 @@ from bisect import bisect_left
 
 import cocotb
 import pyuvm
-from cocotb.triggers import ClockCycles, RisingEdge, SimTimeoutError, with_timeout
-from port_bfm import NS_PER_CYCLE, FlushedEntry, PortBfm, StorageOp, WriteTxn
+from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge, SimTimeoutError, with_timeout
+from port_bfm import NS_PER_CYCLE, TIME_ORIGIN, FlushedEntry, PortBfm, StorageOp, WriteTxn
 from pyuvm import (
     ConfigDB,
     uvm_analysis_port,
@@ -28,7 +28,7 @@ from pyuvm import (
     uvm_tlm_analysis_fifo,
 )
 
-from firmware.abi.entry import Kind, Mode, Status, pack, unpack
+from firmware.abi.entry import HEADER_BYTES, TRAILER_BYTES, Kind, Mode, Status, pack, unpack
 from hdl.flush import FlushTrigger
 
 BLOCK = int(os.environ.get("PORT_BLOCK", "64"))
@@ -640,3 +640,106 @@ class InvalidateTest(BaseTest):
         await ReenableSeq().start(self.env.ingress.seqr)
         assert int(self.bfm.dut.invalid.value) == 0
         await self.writes(DEPTH)
+
+
+@pyuvm.test(timeout_time=TEST_TIMEOUT_NS, timeout_unit="ns")
+class AckBoundaryTest(BaseTest):
+    """An acknowledge passing the next seq while the engine resends, delivered at every cycle of
+    two entry periods after a resend request: at every offset against the resend's start and the
+    next two entry boundaries (a start is decided a cycle ahead on work flags registered a cycle
+    before that; none may use an `acked` that moved meanwhile). Each offset twice: acknowledging
+    every complete entry, and only those sent while two complete ones wait.
+
+    Checked against a model of the host's acknowledges: each start as it happens (read off the
+    engine's registers: `in_entry` rises the cycle after a start, `cur` then holds its seq) is of
+    a complete entry that no acknowledge delivered in an earlier cycle covers; each entry is
+    counted as flushed once; the ring's tail never moves back (`ring_fill` never rises while
+    nothing is written)."""
+
+    bins = ["mode.REDO", "status.OK", "resend"]
+    storage = {"write_fail": 0.0, "read_fail": 0.0, "latency": (1, 4), "busy": 0.0}
+    host = {"loss": 0.0, "ack_drop": 0.0, "ack_every": (20, 50), "busy": 0.0}
+    stray = 0.0
+    SENT, WAITING = 3, 2        # entries sent before the resend; complete entries not yet sent
+
+    async def scenario(self):
+        host = self.env.sink.host
+        host.acks_paused = True                 # the test delivers every acknowledge itself
+        self.starts, self.where = 0, "before the sweep"
+        cocotb.start_soon(self.watch_starts())
+        # Cycles per entry while the output is ready: one word per cycle, back to back.
+        self.period = (HEADER_BYTES + BLOCK + TRAILER_BYTES) * 8 // self.bfm.width
+        offsets = range(2 * self.period + 3)
+        for offset in offsets:
+            for waiting in (0, self.WAITING):
+                await self.race(offset, waiting)
+        self.logger.info(f"{self.starts} starts checked, acknowledges 0..{offsets[-1]} cycles after "
+                         "the resend request")
+
+    async def watch_starts(self):
+        """Check each start as it happens, before its entry reaches the wire: the entry is
+        complete, and no acknowledge delivered before (in an earlier cycle) covers it."""
+        bfm = self.bfm
+        flush, was_in = bfm.dut.port.flush, 0
+        while True:
+            await RisingEdge(bfm.dut.clk)
+            await ReadOnly()
+            in_entry = int(flush.in_entry.value)
+            if in_entry and not was_in:
+                started = TIME_ORIGIN + NS_PER_CYCLE * (bfm.s.cycle - 1)
+                seq, written = int(flush.cur.value), int(bfm.dut.entries_written.value)
+                acked = max((a for t, a in bfm.ack_log if t < started), default=-1)
+                assert seq < written, f"{self.where}: entry {seq} started, only {written} complete"
+                assert seq > acked, f"{self.where}: entry {seq} started after the host's acknowledge " \
+                                    f"up to {acked} was delivered"
+                self.starts += 1
+            was_in = in_entry
+
+    async def race(self, offset, waiting):
+        """Resend the last SENT entries; `offset` cycles after the request, acknowledge them."""
+        host, bfm, dut = self.env.sink.host, self.bfm, self.bfm.dut
+        await self.writes(self.SENT, Mode.REDO)
+        await bfm.completions_taken()
+        host.flush_now()
+        await self.until(lambda: host.next_seq == int(dut.entries_written.value)
+                         and not int(dut.draining.value))
+        upto = host.next_seq - 1
+        if waiting:
+            await self.writes(waiting, Mode.REDO)
+            await bfm.completions_taken()
+        written = int(dut.entries_written.value)
+        self.where = f"acknowledge {offset} cycles after the resend request, {waiting} entries waiting"
+        await RisingEdge(dut.clk)
+        begin = TIME_ORIGIN + NS_PER_CYCLE * bfm.s.cycle
+        bfm.pulse("resend")
+        await ClockCycles(dut.clk, offset)
+        bfm.ack(upto)
+        host.acked = upto
+        await self.until(lambda: host.next_seq == written and int(dut.acknowledged.value) == upto + 1)
+        await self.quiet(2 * self.period)
+        where = self.where
+        fills = [fill for now, fill, _ in bfm.fill_samples if now >= begin]
+        rises = [(a, b) for a, b in zip(fills, fills[1:], strict=False) if b > a]
+        assert not rises, f"{where}: ring_fill rose {rises} with nothing written (the tail moved back)"
+        assert int(dut.flushed.value) == written, \
+            f"{where}: {int(dut.flushed.value)} entries counted as flushed, {written} sent"
+        if host.next_seq - 1 > upto:            # the waiting entries, now sent: free the ring
+            bfm.ack(host.next_seq - 1)
+            host.acked = host.next_seq - 1
+            await self.until(lambda: int(dut.acknowledged.value) == written)
+
+    async def quiet(self, cycles):
+        """Wait until the engine has been idle (not draining, no word out) for `cycles` cycles."""
+        dut = self.bfm.dut
+        idle = 0
+        while idle < cycles:
+            await RisingEdge(dut.clk)
+            idle = 0 if int(dut.draining.value) or int(dut.flush__valid.value) else idle + 1
+
+    async def until(self, condition, cycles=4000):
+        """Wait for `condition`, at most `cycles` clock cycles."""
+        for _ in range(cycles):
+            if condition():
+                return
+            await RisingEdge(self.bfm.dut.clk)
+        raise AssertionError(f"{self.where}: condition not met within {cycles} cycles")
