@@ -311,30 +311,23 @@ class LinkController(wiring.Component):
                 m.d.sync += [kind[k].eq(ftype == k) for k in kinds]
                 m.next = "VERDICT"
             with m.State("VERDICT"):
-                # The frame's checks in priority order.
-                why = Signal(8)
-                with m.If(flags["cobs"]):
-                    m.d.comb += why.eq(NakReason.BAD_COBS)
-                with m.Elif(flags["short"]):
-                    m.d.comb += why.eq(NakReason.BAD_LENGTH)
-                with m.Elif(flags["crc"]):
-                    m.d.comb += why.eq(NakReason.BAD_CRC)
-                with m.Elif((count != want) | flags["saturated"]):
-                    m.d.comb += why.eq(NakReason.BAD_LENGTH)
-                with m.Elif(flags["type"]):
-                    m.d.comb += why.eq(NakReason.UNKNOWN_TYPE)
-                with m.Elif(flags["size"]):
-                    m.d.comb += why.eq(NakReason.BAD_LENGTH)
-                with m.Elif(flags["port"]):
-                    m.d.comb += why.eq(NakReason.BAD_PORT)
-                with m.Elif(flags["lba"]):
-                    m.d.comb += why.eq(NakReason.BAD_LBA)
+                # The frame's checks in priority order: the first that fails names the reason.
+                checks = [(flags["cobs"], NakReason.BAD_COBS),
+                          (flags["short"], NakReason.BAD_LENGTH),
+                          (flags["crc"], NakReason.BAD_CRC),
+                          ((count != want) | flags["saturated"], NakReason.BAD_LENGTH),
+                          (flags["type"], NakReason.UNKNOWN_TYPE),
+                          (flags["size"], NakReason.BAD_LENGTH),
+                          (flags["port"], NakReason.BAD_PORT),
+                          (flags["lba"], NakReason.BAD_LBA)]
                 # BUSY is judged now, on the injector's and the pending READ_BLOCK's state (only
                 # the link starts either, so a state found idle stays so until COMMIT).
                 if store:
-                    with m.Elif((kind[FrameType.INJECT_WRITE] & (self.inject.busy | blocked))
-                                | (kind[FrameType.READ_BLOCK] & reading["pending"])):
-                        m.d.comb += why.eq(NakReason.BUSY)
+                    checks.append(((kind[FrameType.INJECT_WRITE] & (self.inject.busy | blocked))
+                                   | (kind[FrameType.READ_BLOCK] & reading["pending"]), NakReason.BUSY))
+                why = Const(0, 8)
+                for failed, code in reversed(checks):
+                    why = Mux(failed, code, why)
                 m.d.sync += [verdict.eq(why), verdict_ok.eq(why == 0)]
                 m.next = "ACT"
             with m.State("ACT"):
