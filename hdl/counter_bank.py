@@ -64,22 +64,25 @@ class CounterBank(wiring.Component):
         carry = [Signal(name=f"carry{slot}") if slot in self.counters else Const(0)
                  for slot in range(self.depth)]
 
-        # The sequencer: `visit` is written this cycle; its word was read in the last one.
+        # The sequencer: `visit` is written this cycle; its word was read in the last one, at
+        # `upcoming`. The carry it adds is registered then too (`add`): the slot's carry, or the
+        # one its low bits' wrap sets then (`upcoming` is not `visit`, whose carry is cleared).
         visit = Signal(range(self.depth))
-        upcoming = Signal(range(self.depth))
+        upcoming = Signal(range(self.depth), init=1)
         fresh = Signal()            # every word has been written since reset
-        last = visit == self.depth - 1
-        m.d.comb += upcoming.eq(Mux(last, 0, visit + 1))
-        m.d.sync += visit.eq(upcoming)
-        with m.If(last):
-            m.d.sync += fresh.eq(1)
-        m.d.comb += [rp.addr.eq(upcoming), wp.addr.eq(visit), wp.en.eq(1),
-                     wp.data.eq(Mux(fresh, rp.data, 0) + Cat(carry).bit_select(visit, 1))]
+        add = Signal()
+        wraps = [Const(0)] * self.depth
         for bit, slot in enumerate(self.counters):
             event = self.inc[bit]
-            wraps = event & (low[slot] == (1 << self.low_bits) - 1)
+            wraps[slot] = event & (low[slot] == (1 << self.low_bits) - 1)
             m.d.sync += [low[slot].eq(low[slot] + event),
-                         carry[slot].eq(wraps | (carry[slot] & (visit != slot)))]
+                         carry[slot].eq(wraps[slot] | (carry[slot] & (visit != slot)))]
+        m.d.sync += [visit.eq(upcoming), upcoming.eq(Mux(upcoming == self.depth - 1, 0, upcoming + 1)),
+                     add.eq((Cat(carry) | Cat(wraps)).bit_select(upcoming, 1))]
+        with m.If(visit == self.depth - 1):
+            m.d.sync += fresh.eq(1)
+        m.d.comb += [rp.addr.eq(upcoming), wp.addr.eq(visit), wp.en.eq(1),
+                     wp.data.eq(Mux(fresh, rp.data, 0) + add)]
 
         # A read: the low bits, the word and the carry of one cycle (the slot being written:
         # the word written, its carry in it).
