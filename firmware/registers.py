@@ -3,19 +3,30 @@
 Every register of the table becomes either a constant (global `const` registers: the image's
 identity and geometry), an input the block reads (`RO`: values and status), an event input
 it counts (`RO` registers in `EVENTS`: a one-cycle pulse per event, counted in a
-`hdl.counter_bank.CounterBank`, slot 16 × block + offset − 0x10, by reads from two cycles
-after it), or an output it drives (`RW`: a control register holding the last value written;
-`W1P`: a one-cycle pulse when 1 is written). Global registers are members of the same name;
-each port's block is `port[i]`, whose members are named after the per-port registers. The bus
-is `RegisterBus` from `hdl.link`: reads take one cycle (`r_data` follows `r_addr` a cycle
-later), writes (`w_addr`, `w_data`, `w_en`) take effect at the end of the cycle `w_en` is high,
-so a read issued in the next cycle sees the new value. Unmapped addresses read 0 and ignore writes.
+`hdl.counter_bank.CounterBank`, slot 16 × block + offset − 0x10, by reads issued from two
+cycles after it), or an output it drives (`RW`: a control register holding the last value
+written; `W1P`: a one-cycle pulse when 1 is written). Global registers are members of the same
+name; each port's block is `port[i]`, whose members are named after the per-port registers. The
+bus is `RegisterBus` from `hdl.link`: a read issued in cycle t (`r_addr`) returns on `r_data` in
+cycle t + `READ_LATENCY` (2) the register's value in cycle t (an event register: its count of the
+pulses up to cycle t − 2); a read may be issued every cycle. Writes (`w_addr`, `w_data`, `w_en`)
+take effect at the end of the cycle `w_en` is high: a read issued in that cycle returns the old
+value, one issued in the next cycle (or later) the new one. Unmapped addresses read 0 and ignore
+writes.
 
-The read data is a binary tree of 2:1 multiplexers over the address bits (the register's offset
-in its block, then the block), with empty subtrees cut off as zeros: a decoder written as one
-case per address becomes an AND-OR of every register (5,000 LUT4s for four ports on an ECP5,
-all of them pulled to one spot of the chip); the tree takes a third of that.
+A read's first stage is, per group of 8 offsets of a block, a binary tree of 2:1 multiplexers
+over the offset's low bits, with empty subtrees cut off as zeros (a decoder written as one case
+per address becomes an AND-OR of every register: 5,000 LUT4s for four ports on an ECP5, all of
+them pulled to one spot of the chip; the trees take a third of that), into a register per
+group, and the group the address is in, one-hot. The second is an AND-OR of the groups' words
+by that one-hot into a register. The counter bank reads in two stages too, its count (its RAM's
+word plus a carry) registered. So a read's paths run from register to register through a few
+levels of logic (the first stage's after `r_addr`'s fanout to every register's multiplexer),
+and `r_data` is a 2:1 multiplexer of two registers.
 """
+
+import operator
+from functools import reduce
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value
 from amaranth.lib import wiring
@@ -23,9 +34,14 @@ from amaranth.lib.wiring import In, Out
 
 from firmware.abi.regmap import EVENT_OFFSETS, GLOBAL, PORT, PORT_STRIDE, address
 from hdl.counter_bank import CounterBank
-from hdl.link import RegisterBus
+from hdl.link import READ_LATENCY, RegisterBus
 
 _SLOTS = len(EVENT_OFFSETS)     # counter bank slots per block
+# The offset bits a read's first stage decodes (its groups: runs of 2**_FIRST_BITS offsets), the
+# rest of the address is the second's. 3 keeps the first stage's multiplexers small (8 inputs:
+# its paths start with `r_addr`'s fanout to all of them), the second an AND-OR of 26 groups'
+# words with four ports; 4 left the first stage the longest path of the two.
+_FIRST_BITS = 3
 
 
 def _member(reg, init: dict):
@@ -87,11 +103,20 @@ class RegisterBlock(wiring.Component):
                 if reg.group not in self.absent:
                     sources.append((address(reg.name, p), reg, getattr(self.port[p], reg.name)))
 
-        # Reads: a register's value a cycle later, or its counter's from the bank.
-        word, is_event = Signal(32), Signal()
+        # Reads, in two stages (`READ_LATENCY`). First, at `r_addr`: in each group of registers
+        # (2**_FIRST_BITS offsets of a block) the one at the address's low bits, and the group
+        # the address is in, one-hot; the counter bank reads its slot (its read takes two cycles
+        # too). Second: the group's word into a register; `r_data` is that or the bank's count,
+        # whichever the address is. The stages' registers are rewritten every cycle and have no
+        # reset (Yosys would merge the reset into the sync-reset logic of the address decode).
+        assert READ_LATENCY == 2, "a read's stages are the two below, and the bank's"
+        at, at_group = self._address(m)
+        word, is_event = Signal(32, reset_less=True), Signal(reset_less=True)
         m.d.sync += [
-            word.eq(self._decode([(a, v) for a, reg, v in sources if reg.access != "W1P" and not reg.event])),
-            is_event.eq(self._decode([(a, Const(1)) for a, reg, _ in sources if reg.event])),
+            word.eq(self._select(m, "word", at, at_group,
+                                 [(a, v) for a, reg, v in sources if reg.access != "W1P" and not reg.event])),
+            is_event.eq(self._select(m, "event", at, at_group,
+                                     [(a, Const(1)) for a, reg, _ in sources if reg.event])),
         ]
         bank = self._counters(m, [(a, v) for a, reg, v in sources if reg.event])
         m.d.comb += bus.r_data.eq(Mux(is_event, bank.r_data, word))
@@ -118,22 +143,45 @@ class RegisterBlock(wiring.Component):
         addr = self.bus.r_addr
         slot = Cat(addr[:(_SLOTS - 1).bit_length()], addr[(PORT_STRIDE - 1).bit_length():])
         # The pulses are registered on their way in (the cores' decisions that raise them are
-        # long paths of their own): a read sees the events up to two cycles before its own.
+        # long paths of their own): a read issued in cycle t sees the events up to cycle t − 2.
+        # (The bank's second stage adds no lag to the events counted, only to when their count
+        # is on `r_data`.)
         inc = Signal(len(order))
         m.d.sync += inc.eq(Cat(slots[s] for s in order))
         m.d.comb += [bank.inc.eq(inc), bank.r_addr.eq(slot)]
         return bank
 
-    def _decode(self, values) -> Value:
-        """The value at `bus.r_addr` among `values` ((address, value) pairs), 0 where none is."""
+    def _address(self, m) -> tuple[Value, Value]:
+        """`bus.r_addr` as a read's stages see it: the register's place in its group (now), and
+        registered for the second stage, its group one-hot (`_select`'s order; none where the
+        address is not mapped: its block does not exist or its offset is past the block's
+        registers). One-hot, the second stage is an AND-OR of registers through a few levels,
+        its selects each driving a word's bits only."""
         slot_bits = max(r.offset for r in (*GLOBAL, *PORT)).bit_length()
         block_bits = (PORT_STRIDE - 1).bit_length()
-        blocks = [[0] * (1 << slot_bits) for _ in range(self.ports + 1)]
+        addr = self.bus.r_addr
+        group = Cat(addr[_FIRST_BITS:slot_bits], addr[block_bits:])
+        mapped = (addr[slot_bits:block_bits] == 0) & (addr[block_bits:] <= self.ports)
+        at_group = Signal((self.ports + 1) << (slot_bits - _FIRST_BITS), reset_less=True)
+        m.d.sync += at_group.eq(Cat(mapped & (group == g) for g in range(len(at_group))))
+        return addr[:_FIRST_BITS], at_group
+
+    def _select(self, m, name, at, at_group, values) -> Value:
+        """The value at `bus.r_addr` a cycle ago among `values` ((address, value) pairs), 0 where
+        none is: each group's value at `at` (`_address`), registered now, picked by the
+        registered one-hot `at_group`. Groups are the blocks' runs of 2**_FIRST_BITS offsets, in
+        address order."""
+        slot_bits = max(r.offset for r in (*GLOBAL, *PORT)).bit_length()
+        table = [0] * ((self.ports + 1) << slot_bits)
         for addr, value in values:
             block, offset = divmod(addr, PORT_STRIDE)
-            blocks[block][offset] = value
-        addr = self.bus.r_addr
-        offset, block = addr[:slot_bits], addr[block_bits:]
-        words = [_mux_tree(offset, row) for row in blocks]
-        mapped = (addr[slot_bits:block_bits] == 0) & (block <= self.ports)
-        return Mux(mapped, Value.cast(_mux_tree(block, words)), Const(0, 32))
+            table[block << slot_bits | offset] = value
+        size = 1 << _FIRST_BITS
+        picked = []
+        for index in range(len(table) // size):
+            tree = _mux_tree(at, table[index * size:(index + 1) * size])
+            if isinstance(tree, Value):
+                word = Signal(len(tree), name=f"{name}_group{index}", reset_less=True)
+                m.d.sync += word.eq(tree)
+                picked.append(Mux(at_group[index], word, 0))
+        return reduce(operator.or_, picked, Const(0))

@@ -10,9 +10,13 @@ a RAM:
 - a sequencer visits one slot a cycle, round robin, and adds the slot's carry to its word. A
   slot is visited every `depth` cycles and its low bits wrap at most every 2**`low_bits` >=
   `depth` cycles, so a carry is always added before the next one comes;
-- a read of slot `r_addr` returns, a cycle later on `r_data`, the count of the events before the
-  read's cycle: the low bits, and the word plus the carry not yet added, all of that cycle —
-  what a flip-flop counter read the same way would give.
+- a read of slot `r_addr` returns, two cycles later on `r_data` (a register), the count of the
+  events before the read's cycle: the low bits, and the word plus the carry not yet added, all
+  of that cycle — what a flip-flop counter read the same way would give. A read may be issued
+  every cycle. Its first stage reads the RAM and picks the slot's low bits and carry within its
+  group (the slots sharing the upper bits of `r_addr`), the second picks the group and adds: the
+  RAM's output goes through the adder into `r_data` and no further, and no path runs from
+  `r_addr` through the whole multiplexer of every slot.
 
 Slots are addresses `0 .. depth-1`; `counters` lists the slots that count, and `inc` has one bit
 per listed slot, in that order (the others read 0 and cost only the sequencer's time). After
@@ -30,7 +34,7 @@ COUNTER_BITS = 32
 
 
 class CounterBank(wiring.Component):
-    """Counts `inc[i]` in slot `counters[i]`; reads of `r_addr` on `r_data` a cycle later."""
+    """Counts `inc[i]` in slot `counters[i]`; reads of `r_addr` on `r_data` two cycles later."""
 
     def __init__(self, *, depth: int, counters: list[int]):
         if depth < 2 or sorted(set(counters)) != list(counters) or not counters \
@@ -85,11 +89,31 @@ class CounterBank(wiring.Component):
                      wp.data.eq(Mux(fresh, rp.data, 0) + add)]
 
         # A read: the low bits, the word and the carry of one cycle (the slot being written:
-        # the word written, its carry in it).
-        low_now, carry_now, written = Signal(self.low_bits), Signal(), Signal()
+        # the word written, its carry in it), in two stages. First: the RAM takes the address;
+        # each group of 2**split slots gives its slot's low bits and carry at `r_addr`'s low
+        # bits, registered with the group's number and the slot's place against `visit`.
+        # Second: the group's low bits, and the word plus its carry, into `r_data`. The stages'
+        # registers are rewritten every cycle: no reset (a read with a cycle in reset reads
+        # nothing defined).
+        split = self.low_bits // 2
+        groups = -(-self.depth // (1 << split))
+        pad = (groups << split) - self.depth       # slots past the last, in the last group
+        low_at, carry_at = low + [Const(0, self.low_bits)] * pad, carry + [Const(0)] * pad
+        at, group = self.r_addr[:split], Signal(len(self.r_addr) - split, reset_less=True)
+        group_low = [Signal(self.low_bits, name=f"group_low{g}", reset_less=True) for g in range(groups)]
+        group_carry = Signal(groups, reset_less=True)
+        current, written = Signal(reset_less=True), Signal(reset_less=True)
+        count = Signal(COUNTER_BITS, reset_less=True)
+        members = [range(g << split, (g + 1) << split) for g in range(groups)]
+        m.d.sync += [group_low[g].eq(Cat(low_at[s] for s in slots).word_select(at, self.low_bits))
+                     for g, slots in enumerate(members)]
+        m.d.sync += group_carry.eq(Cat(Cat(carry_at[s] for s in slots).bit_select(at, 1)
+                                       for slots in members))
         m.d.comb += bus.addr.eq(self.r_addr)
-        m.d.sync += [low_now.eq(Cat(low).word_select(self.r_addr, self.low_bits)),
-                     carry_now.eq(Cat(carry).bit_select(self.r_addr, 1) & (self.r_addr != visit)),
+        m.d.sync += [group.eq(self.r_addr[split:]), current.eq(self.r_addr != visit),
                      written.eq(fresh | (self.r_addr <= visit))]
-        m.d.comb += self.r_data.eq(Cat(low_now, Mux(written, bus.data, 0) + carry_now))
+        low_now = Cat(group_low).word_select(group, self.low_bits)
+        carry_now = group_carry.bit_select(group, 1) & current
+        m.d.sync += count.eq(Cat(low_now, Mux(written, bus.data, 0) + carry_now))
+        m.d.comb += self.r_data.eq(count)
         return m
