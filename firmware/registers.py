@@ -15,14 +15,14 @@ value, one issued in the next cycle (or later) the new one. Unmapped addresses r
 writes.
 
 A read's first stage is, per group of 8 offsets of a block, a binary tree of 2:1 multiplexers
-over the offset's low bits, with empty subtrees cut off as zeros (a decoder written as one case
-per address becomes an AND-OR of every register: 5,000 LUT4s for four ports on an ECP5, all of
-them pulled to one spot of the chip; the trees take a third of that), into a register per
-group, and the group the address is in, one-hot. The second is an AND-OR of the groups' words
-by that one-hot into a register. The counter bank reads in two stages too, its count (its RAM's
-word plus a carry) registered. So a read's paths run from register to register through a few
-levels of logic (the first stage's after `r_addr`'s fanout to every register's multiplexer),
-and `r_data` is a 2:1 multiplexer of two registers.
+over the offset's low bits into a register, and whether the address is one of the group's
+registers into another; the second, an AND-OR of the groups' words by those. An empty offset
+needs no zero in the tree (the one-hot hit says 0): no multiplexer of a constant, which Yosys
+turns into a flip-flop's reset from the address decode (on the iCE40, flip-flops of different
+resets cannot share a logic block). The counter bank reads in two stages too, its count (its
+RAM's word plus a carry) registered. So a read's paths run from register to register through
+a few levels of logic (the first stage's after `r_addr`'s fanout to every register's
+multiplexer), and `r_data` is a 2:1 multiplexer of two registers.
 """
 
 import operator
@@ -39,8 +39,8 @@ from hdl.link import READ_LATENCY, RegisterBus
 _SLOTS = len(EVENT_OFFSETS)     # counter bank slots per block
 # The offset bits a read's first stage decodes (its groups: runs of 2**_FIRST_BITS offsets), the
 # rest of the address is the second's. 3 keeps the first stage's multiplexers small (8 inputs:
-# its paths start with `r_addr`'s fanout to all of them), the second an AND-OR of 26 groups'
-# words with four ports; 4 left the first stage the longest path of the two.
+# its paths start with `r_addr`'s fanout to all of them), the second an AND-OR of the groups'
+# words (26 with four ports); 4 left the first stage the longest path of the two.
 _FIRST_BITS = 3
 
 
@@ -50,16 +50,18 @@ def _member(reg, init: dict):
     return Out(reg.width, init=init.get(reg.name, reg.init) if reg.access == "RW" else 0)
 
 
-def _mux_tree(select: Value, options: list) -> Value | int:
-    """`options[select]` as a tree of 2:1 multiplexers, low select bit first; a subtree whose
-    options are all 0 is the constant 0. A `select` beyond the options is the caller's to rule out."""
-    if not any(isinstance(o, Value) or o for o in options):
-        return 0
+def _any_tree(select: Value, options: list) -> Value:
+    """`options[select]` as a tree of 2:1 multiplexers, low select bit first, where an option of
+    None is any value (the caller ignores it): a subtree of Nones leaves its sibling alone."""
     if len(options) == 1:
-        return options[0]
+        return Value.cast(options[0])
     bit = (len(options) - 1).bit_length() - 1
     low, high = options[:1 << bit], options[1 << bit:]
-    return Mux(select[bit], _mux_tree(select, high), _mux_tree(select, low))
+    if all(o is None for o in high):
+        return _any_tree(select, low)
+    if all(o is None for o in low):
+        return _any_tree(select, high)
+    return Mux(select[bit], _any_tree(select, high), _any_tree(select, low))
 
 
 def port_signature(init: dict | None = None, absent: frozenset = frozenset()) -> wiring.Signature:
@@ -84,6 +86,9 @@ class RegisterBlock(wiring.Component):
             self._MustUse__silence = True  # a rejected core is not an unused one
             raise ValueError(f"no value for the constant registers {sorted(missing)}")
         self.ports = ports
+        # A one-port image is small and slow (the iCEBreaker's, nearly full): its reads' first
+        # stages take whole blocks and the counter bank's whole range, the fewest flip-flops.
+        self.small = ports < 2
         self.constants = dict(constants)
         self.absent = frozenset(absent)
         members = {"bus": In(RegisterBus)}
@@ -104,20 +109,18 @@ class RegisterBlock(wiring.Component):
                     sources.append((address(reg.name, p), reg, getattr(self.port[p], reg.name)))
 
         # Reads, in two stages (`READ_LATENCY`). First, at `r_addr`: in each group of registers
-        # (2**_FIRST_BITS offsets of a block) the one at the address's low bits, and the group
-        # the address is in, one-hot; the counter bank reads its slot (its read takes two cycles
-        # too). Second: the group's word into a register; `r_data` is that or the bank's count,
-        # whichever the address is. The stages' registers are rewritten every cycle and have no
-        # reset (Yosys would merge the reset into the sync-reset logic of the address decode).
+        # (2**_FIRST_BITS offsets of a block) the one at the address's low bits and whether the
+        # address is the group's, whether it is an event register's; the counter bank reads its
+        # slot (its read takes two cycles too). Second: the group's word into a register;
+        # `r_data` is that or the bank's count, whichever the address is. The stages' registers
+        # are rewritten every cycle and have no reset (Yosys merged the reset into their logic).
         assert READ_LATENCY == 2, "a read's stages are the two below, and the bank's"
-        at, at_group = self._address(m)
-        word, is_event = Signal(32, reset_less=True), Signal(reset_less=True)
-        m.d.sync += [
-            word.eq(self._select(m, "word", at, at_group,
-                                 [(a, v) for a, reg, v in sources if reg.access != "W1P" and not reg.event])),
-            is_event.eq(self._select(m, "event", at, at_group,
-                                     [(a, Const(1)) for a, reg, _ in sources if reg.event])),
-        ]
+        values = [(a, v) for a, reg, v in sources if reg.access != "W1P" and not reg.event]
+        events = [a for a, reg, _ in sources if reg.event]
+        word = Signal(32, reset_less=True)
+        is_event, event_at = Signal(reset_less=True), Signal(reset_less=True)
+        m.d.sync += [word.eq(self._select(m, values)),
+                     event_at.eq(self._holds(events)), is_event.eq(event_at)]
         bank = self._counters(m, [(a, v) for a, reg, v in sources if reg.event])
         m.d.comb += bus.r_data.eq(Mux(is_event, bank.r_data, word))
 
@@ -139,7 +142,9 @@ class RegisterBlock(wiring.Component):
             block, offset = divmod(addr, PORT_STRIDE)
             slots[_SLOTS * block + offset - EVENT_OFFSETS.start] = pulse
         order = sorted(slots)
-        bank = m.submodules.counters = CounterBank(depth=_SLOTS * (self.ports + 1), counters=order)
+        depth = _SLOTS * (self.ports + 1)
+        bank = m.submodules.counters = CounterBank(depth=depth, counters=order,
+                                                   split=(depth - 1).bit_length() if self.small else None)
         addr = self.bus.r_addr
         slot = Cat(addr[:(_SLOTS - 1).bit_length()], addr[(PORT_STRIDE - 1).bit_length():])
         # The pulses are registered on their way in (the cores' decisions that raise them are
@@ -151,37 +156,32 @@ class RegisterBlock(wiring.Component):
         m.d.comb += [bank.inc.eq(inc), bank.r_addr.eq(slot)]
         return bank
 
-    def _address(self, m) -> tuple[Value, Value]:
-        """`bus.r_addr` as a read's stages see it: the register's place in its group (now), and
-        registered for the second stage, its group one-hot (`_select`'s order; none where the
-        address is not mapped: its block does not exist or its offset is past the block's
-        registers). One-hot, the second stage is an AND-OR of registers through a few levels,
-        its selects each driving a word's bits only."""
-        slot_bits = max(r.offset for r in (*GLOBAL, *PORT)).bit_length()
-        block_bits = (PORT_STRIDE - 1).bit_length()
-        addr = self.bus.r_addr
-        group = Cat(addr[_FIRST_BITS:slot_bits], addr[block_bits:])
-        mapped = (addr[slot_bits:block_bits] == 0) & (addr[block_bits:] <= self.ports)
-        at_group = Signal((self.ports + 1) << (slot_bits - _FIRST_BITS), reset_less=True)
-        m.d.sync += at_group.eq(Cat(mapped & (group == g) for g in range(len(at_group))))
-        return addr[:_FIRST_BITS], at_group
+    def _holds(self, addresses) -> Value:
+        """`bus.r_addr` is one of `addresses`."""
+        return Cat(self.bus.r_addr == a for a in addresses).any() if addresses else Const(0)
 
-    def _select(self, m, name, at, at_group, values) -> Value:
+    def _select(self, m, values) -> Value:
         """The value at `bus.r_addr` a cycle ago among `values` ((address, value) pairs), 0 where
-        none is: each group's value at `at` (`_address`), registered now, picked by the
-        registered one-hot `at_group`. Groups are the blocks' runs of 2**_FIRST_BITS offsets, in
-        address order."""
+        none is. Groups are the blocks' runs of 2**_FIRST_BITS offsets: each group's value at
+        the address's low bits (a multiplexer tree that takes any of its values where the group
+        has none: no zeros to select, no logic for them), registered, and whether the address
+        is one of the group's, registered; then the AND-OR of the two."""
         slot_bits = max(r.offset for r in (*GLOBAL, *PORT)).bit_length()
-        table = [0] * ((self.ports + 1) << slot_bits)
+        first_bits = slot_bits if self.small else _FIRST_BITS
+        size = 1 << first_bits
+        groups = {}
         for addr, value in values:
             block, offset = divmod(addr, PORT_STRIDE)
-            table[block << slot_bits | offset] = value
-        size = 1 << _FIRST_BITS
+            groups.setdefault(block << (slot_bits - first_bits) | offset >> first_bits, {})[addr] = value
         picked = []
-        for index in range(len(table) // size):
-            tree = _mux_tree(at, table[index * size:(index + 1) * size])
-            if isinstance(tree, Value):
-                word = Signal(len(tree), name=f"{name}_group{index}", reset_less=True)
-                m.d.sync += word.eq(tree)
-                picked.append(Mux(at_group[index], word, 0))
+        for index, members in sorted(groups.items()):
+            word = Signal(max(len(Value.cast(v)) for v in members.values()), name=f"word_group{index}",
+                          reset_less=True)
+            hit = Signal(name=f"hit_group{index}", reset_less=True)
+            options = [None] * size
+            for addr, value in members.items():
+                options[addr % size] = value
+            m.d.sync += [word.eq(_any_tree(self.bus.r_addr[:first_bits], options)),
+                         hit.eq(self._holds(list(members)))]
+            picked.append(Mux(hit, word, 0))
         return reduce(operator.or_, picked, Const(0))

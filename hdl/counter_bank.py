@@ -36,7 +36,7 @@ COUNTER_BITS = 32
 class CounterBank(wiring.Component):
     """Counts `inc[i]` in slot `counters[i]`; reads of `r_addr` on `r_data` two cycles later."""
 
-    def __init__(self, *, depth: int, counters: list[int]):
+    def __init__(self, *, depth: int, counters: list[int], split: int | None = None):
         if depth < 2 or sorted(set(counters)) != list(counters) or not counters \
                 or not 0 <= counters[0] <= counters[-1] < depth:
             self._MustUse__silence = True  # a rejected core is not an unused one
@@ -45,6 +45,9 @@ class CounterBank(wiring.Component):
         self.depth = depth
         self.counters = list(counters)
         self.low_bits = (depth - 1).bit_length()
+        # A read's first stage picks among 2**split slots (its group), the second among groups:
+        # by default about evenly; `low_bits` (one group) costs the fewest flip-flops.
+        self.split = self.low_bits // 2 if split is None else min(split, self.low_bits)
         super().__init__({
             "inc": In(len(counters)),
             "r_addr": In(range(depth)),
@@ -95,7 +98,7 @@ class CounterBank(wiring.Component):
         # Second: the group's low bits, and the word plus its carry, into `r_data`. The stages'
         # registers are rewritten every cycle: no reset (a read with a cycle in reset reads
         # nothing defined).
-        split = self.low_bits // 2
+        split = self.split
         groups = -(-self.depth // (1 << split))
         pad = (groups << split) - self.depth       # slots past the last, in the last group
         low_at, carry_at = low + [Const(0, self.low_bits)] * pad, carry + [Const(0)] * pad

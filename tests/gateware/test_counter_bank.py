@@ -38,14 +38,15 @@ def events(rng: random.Random, counters: int, period: int, cycles: int) -> list[
     return out[:cycles]
 
 
-def run(depth: int, counters: list[int], seed: int, cycles: int, resets: set[int] = frozenset()):
+def run(depth: int, counters: list[int], seed: int, cycles: int, resets: set[int] = frozenset(),
+        split: int | None = None):
     """Simulate `cycles` cycles of random events and a random read each cycle, the sync domain's
     reset high in the cycles `resets`, checking each read against the model (but a read with
     either of its two cycles in reset); returns how many reads in the sequencer's first pass
     after a reset were of a slot that had counted at least two wraps of its low bits before it
     (so that its word in RAM was stale)."""
     rng = random.Random(seed)
-    dut = CounterBank(depth=depth, counters=counters)
+    dut = CounterBank(depth=depth, counters=counters, split=split)
     m = Module()
     m.domains.sync = cd = ClockDomain()
     m.submodules.dut = dut
@@ -93,6 +94,13 @@ def run(depth: int, counters: list[int], seed: int, cycles: int, resets: set[int
 @pytest.mark.parametrize(("depth", "counters"), GEOMETRIES)
 def test_reads_match_the_event_count(depth, counters):
     run(depth, counters, seed=depth * 100 + len(counters), cycles=5000)
+
+
+@pytest.mark.parametrize("split", [0, 2, 7])
+def test_reads_match_at_any_split(split):
+    """A read's first stage over groups of 2**split slots (7: all 80 in one group)."""
+    depth, counters = GEOMETRIES[4]
+    run(depth, counters, seed=split, cycles=3000, split=split)
 
 
 @pytest.mark.parametrize(("depth", "counters"), [(2, [0, 1]), (5, [1, 3, 4]), GEOMETRIES[3]])
