@@ -27,7 +27,7 @@ With `link="dma"` (`SimBoardConfig.link`) the image's link is the DMA ring write
 
 | signal | dir | width | meaning |
 |---|---|---:|---|
-| `bar_r_addr`, `bar_r_data` | in, out | 16, 32 | register read: `bar_r_data` is the register a cycle later |
+| `bar_r_addr`, `bar_r_data` | in, out | 16, 32 | register read: `bar_r_data` is the register 2 cycles later |
 | `bar_w_en/addr/data` | in | 1, 16, 32 | register write, taking effect at the edge |
 | `dma_valid/ready/addr/data/first/last` | out | 64 | memory writes into host memory (`DeviceImage.wr`) |
 | `dma_busy` | out | 1 | the ring writer has an entry to write (`bus_util` = beats per busy cycle) |

@@ -10,9 +10,13 @@ a RAM:
 - a sequencer visits one slot a cycle, round robin, and adds the slot's carry to its word. A
   slot is visited every `depth` cycles and its low bits wrap at most every 2**`low_bits` >=
   `depth` cycles, so a carry is always added before the next one comes;
-- a read of slot `r_addr` returns, a cycle later on `r_data`, the count of the events before the
-  read's cycle: the low bits, and the word plus the carry not yet added, all of that cycle —
-  what a flip-flop counter read the same way would give.
+- a read of slot `r_addr` returns, two cycles later on `r_data` (a register), the count of the
+  events before the read's cycle: the low bits, and the word plus the carry not yet added, all
+  of that cycle — what a flip-flop counter read the same way would give. A read may be issued
+  every cycle. Its first stage reads the RAM and picks the slot's low bits and carry within its
+  group (the slots sharing the upper bits of `r_addr`), the second picks the group and adds: the
+  RAM's output goes through the adder into `r_data` and no further, and no path runs from
+  `r_addr` through the whole multiplexer of every slot.
 
 Slots are addresses `0 .. depth-1`; `counters` lists the slots that count, and `inc` has one bit
 per listed slot, in that order (the others read 0 and cost only the sequencer's time). After
@@ -30,9 +34,9 @@ COUNTER_BITS = 32
 
 
 class CounterBank(wiring.Component):
-    """Counts `inc[i]` in slot `counters[i]`; reads of `r_addr` on `r_data` a cycle later."""
+    """Counts `inc[i]` in slot `counters[i]`; reads of `r_addr` on `r_data` two cycles later."""
 
-    def __init__(self, *, depth: int, counters: list[int]):
+    def __init__(self, *, depth: int, counters: list[int], split: int | None = None):
         if depth < 2 or sorted(set(counters)) != list(counters) or not counters \
                 or not 0 <= counters[0] <= counters[-1] < depth:
             self._MustUse__silence = True  # a rejected core is not an unused one
@@ -41,6 +45,9 @@ class CounterBank(wiring.Component):
         self.depth = depth
         self.counters = list(counters)
         self.low_bits = (depth - 1).bit_length()
+        # A read's first stage picks among 2**split slots (its group), the second among groups:
+        # by default about evenly; `low_bits` (one group) costs the fewest flip-flops.
+        self.split = self.low_bits // 2 if split is None else min(split, self.low_bits)
         super().__init__({
             "inc": In(len(counters)),
             "r_addr": In(range(depth)),
@@ -64,29 +71,52 @@ class CounterBank(wiring.Component):
         carry = [Signal(name=f"carry{slot}") if slot in self.counters else Const(0)
                  for slot in range(self.depth)]
 
-        # The sequencer: `visit` is written this cycle; its word was read in the last one.
+        # The sequencer: `visit` is written this cycle; its word was read in the last one, at
+        # `upcoming`. The carry it adds is registered then too (`add`): the slot's carry, or the
+        # one its low bits' wrap sets then (`upcoming` is not `visit`, whose carry is cleared).
         visit = Signal(range(self.depth))
-        upcoming = Signal(range(self.depth))
+        upcoming = Signal(range(self.depth), init=1)
         fresh = Signal()            # every word has been written since reset
-        last = visit == self.depth - 1
-        m.d.comb += upcoming.eq(Mux(last, 0, visit + 1))
-        m.d.sync += visit.eq(upcoming)
-        with m.If(last):
-            m.d.sync += fresh.eq(1)
-        m.d.comb += [rp.addr.eq(upcoming), wp.addr.eq(visit), wp.en.eq(1),
-                     wp.data.eq(Mux(fresh, rp.data, 0) + Cat(carry).bit_select(visit, 1))]
+        add = Signal()
+        wraps = [Const(0)] * self.depth
         for bit, slot in enumerate(self.counters):
             event = self.inc[bit]
-            wraps = event & (low[slot] == (1 << self.low_bits) - 1)
+            wraps[slot] = event & (low[slot] == (1 << self.low_bits) - 1)
             m.d.sync += [low[slot].eq(low[slot] + event),
-                         carry[slot].eq(wraps | (carry[slot] & (visit != slot)))]
+                         carry[slot].eq(wraps[slot] | (carry[slot] & (visit != slot)))]
+        m.d.sync += [visit.eq(upcoming), upcoming.eq(Mux(upcoming == self.depth - 1, 0, upcoming + 1)),
+                     add.eq((Cat(carry) | Cat(wraps)).bit_select(upcoming, 1))]
+        with m.If(visit == self.depth - 1):
+            m.d.sync += fresh.eq(1)
+        m.d.comb += [rp.addr.eq(upcoming), wp.addr.eq(visit), wp.en.eq(1),
+                     wp.data.eq(Mux(fresh, rp.data, 0) + add)]
 
         # A read: the low bits, the word and the carry of one cycle (the slot being written:
-        # the word written, its carry in it).
-        low_now, carry_now, written = Signal(self.low_bits), Signal(), Signal()
+        # the word written, its carry in it), in two stages. First: the RAM takes the address;
+        # each group of 2**split slots gives its slot's low bits and carry at `r_addr`'s low
+        # bits, registered with the group's number and the slot's place against `visit`.
+        # Second: the group's low bits, and the word plus its carry, into `r_data`. The stages'
+        # registers are rewritten every cycle: no reset (a read with a cycle in reset reads
+        # nothing defined).
+        split = self.split
+        groups = -(-self.depth // (1 << split))
+        pad = (groups << split) - self.depth       # slots past the last, in the last group
+        low_at, carry_at = low + [Const(0, self.low_bits)] * pad, carry + [Const(0)] * pad
+        at, group = self.r_addr[:split], Signal(len(self.r_addr) - split, reset_less=True)
+        group_low = [Signal(self.low_bits, name=f"group_low{g}", reset_less=True) for g in range(groups)]
+        group_carry = Signal(groups, reset_less=True)
+        current, written = Signal(reset_less=True), Signal(reset_less=True)
+        count = Signal(COUNTER_BITS, reset_less=True)
+        members = [range(g << split, (g + 1) << split) for g in range(groups)]
+        m.d.sync += [group_low[g].eq(Cat(low_at[s] for s in slots).word_select(at, self.low_bits))
+                     for g, slots in enumerate(members)]
+        m.d.sync += group_carry.eq(Cat(Cat(carry_at[s] for s in slots).bit_select(at, 1)
+                                       for slots in members))
         m.d.comb += bus.addr.eq(self.r_addr)
-        m.d.sync += [low_now.eq(Cat(low).word_select(self.r_addr, self.low_bits)),
-                     carry_now.eq(Cat(carry).bit_select(self.r_addr, 1) & (self.r_addr != visit)),
+        m.d.sync += [group.eq(self.r_addr[split:]), current.eq(self.r_addr != visit),
                      written.eq(fresh | (self.r_addr <= visit))]
-        m.d.comb += self.r_data.eq(Cat(low_now, Mux(written, bus.data, 0) + carry_now))
+        low_now = Cat(group_low).word_select(group, self.low_bits)
+        carry_now = group_carry.bit_select(group, 1) & current
+        m.d.sync += count.eq(Cat(low_now, Mux(written, bus.data, 0) + carry_now))
+        m.d.comb += self.r_data.eq(count)
         return m

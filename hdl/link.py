@@ -77,6 +77,13 @@ from hdl.write_path import ReadCommand, beat_layout, lba_in_volume, read_beat_la
 CRC_RESIDUE = crc32c.crc32c(b"\0" + crc32c.crc32c(b"\0").to_bytes(4, "little"))
 IDENTITY_BYTES = 16
 
+# The register bus (`firmware.registers.RegisterBlock` is its target). A read is pipelined: the
+# register at `r_addr` in cycle t is on `r_data` in cycle t + READ_LATENCY, a new read may start
+# every cycle, and the value read is the register's in cycle t. A write (`w_addr`, `w_data`,
+# `w_en`) takes effect at the end of the cycle `w_en` is high: a read issued in the next cycle
+# sees it. Two cycles, not one: the read multiplexer over every register and the counter bank's
+# RAM and adder were the longest paths of a large image; in two stages each is a few levels of
+# logic between registers.
 RegisterBus = wiring.Signature({
     "r_addr": Out(ADDRESS_BITS),
     "r_data": In(32),
@@ -84,6 +91,7 @@ RegisterBus = wiring.Signature({
     "w_addr": Out(ADDRESS_BITS),
     "w_data": Out(32),
 })
+READ_LATENCY = 2
 
 
 def link_port_signature(datapath_bits: int) -> wiring.Signature:
@@ -665,10 +673,12 @@ class LinkController(wiring.Component):
     # --- send: header, payload, CRC into the COBS encoder ---------------------------------------
     def _send(self, m, resp_fifo, frames, written_sent):
         """A frame a byte a cycle, each byte through five stages: S (the byte's number `i`), A (its
-        kind, its lanes and the payload's addresses, registered: the frame buffer's read port and
-        the register bus read there in B), B (a header or constant byte picked), C (the frame
-        buffer's byte and the register's picked), D (the byte), E (CRC'd; queued, a CRC byte
-        from the CRC of the bytes before it)."""
+        kind, its lanes and the payload's addresses, registered: the frame buffer's read port
+        reads there in B, the register bus from B to C), B (a header or constant byte picked),
+        C (the frame buffer's byte picked; the register's word on the bus), D (the byte, the
+        register's picked from the bus), E (CRC'd; queued, a CRC byte from the CRC of the bytes
+        before it)."""
+        assert READ_LATENCY == 2, "the register's word is on the bus in C: D picks its byte"
         enc = m.submodules.cobs_enc = COBSEncoder()
         wiring.connect(m, enc.o_stream, wiring.flipped(self.tx))
         out = m.submodules.tx_fifo = BlockFIFO(width=FrameByte.size, depth=_OUT_FIFO_DEPTH)
@@ -775,17 +785,18 @@ class LinkController(wiring.Component):
                     with m.Else():
                         m.d.sync += b["reg"].eq(1)
 
-        # Stage C: the frame buffer's and the register's bytes (read from A's addresses).
+        # Stage C: the frame buffer's byte (read from A's address); the register's word is on
+        # the bus from this cycle (READ_LATENCY after A's), its byte is D's to pick.
         c = {name: Signal(name=f"c_{name}") for name in ("valid", "buf", "reg", "crc", "first", "last")}
-        c_buf, c_reg, c_const, c_crc_index = Signal(8), Signal(8), Signal(8), Signal(2)
+        c_buf, c_const, c_reg_lane, c_crc_index = Signal(8), Signal(8), Signal(2), Signal(2)
         m.d.sync += [c[k].eq(b[k]) for k in c]
         m.d.sync += [c_buf.eq(rp.data.word_select(b_lane, 8) if lanes else rp.data),
-                     c_reg.eq(self.bus.r_data.word_select(b_reg_lane, 8)), c_const.eq(b_const),
-                     c_crc_index.eq(b_crc_index)]
+                     c_const.eq(b_const), c_reg_lane.eq(b_reg_lane), c_crc_index.eq(b_crc_index)]
 
         # Stage D: the byte.
         d = {name: Signal(name=f"d_{name}") for name in ("valid", "crc", "first", "last")}
         d_byte, d_crc_index = Signal(8), Signal(2)
+        c_reg = self.bus.r_data.word_select(c_reg_lane, 8)
         m.d.sync += [d[k].eq(c[k]) for k in d]
         m.d.sync += [d_byte.eq(Mux(c["buf"], c_buf, Mux(c["reg"], c_reg, c_const))),
                      d_crc_index.eq(c_crc_index)]

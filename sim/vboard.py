@@ -42,6 +42,7 @@ from pathlib import Path
 
 from boards.sim import SIM_BOARD, SimBoard, SimBoardConfig
 from firmware.abi import regmap
+from hdl.link import READ_LATENCY
 from sim.image import build_harness
 
 HARNESS_SOURCES = [Path(__file__).resolve().parent / "vboard" / "board.cpp"]
@@ -61,7 +62,8 @@ def build(config: SimBoardConfig = SIM_BOARD) -> Path:
                                      "-CFLAGS", f"-DBOARD_DMA={int(config.link == 'dma')}",
                                      "-CFLAGS", f"-DBOARD_STANDALONE={int(config.standalone)}",
                                      "-CFLAGS", f"-DBOARD_PORT_STRIDE={regmap.PORT_STRIDE}",
-                                     "-CFLAGS", f"-DBOARD_DOORBELL_OFFSET={DOORBELL_OFFSET}"))
+                                     "-CFLAGS", f"-DBOARD_DOORBELL_OFFSET={DOORBELL_OFFSET}",
+                                     "-CFLAGS", f"-DBOARD_READ_LATENCY={READ_LATENCY}"))
 
 
 def parse_fields(line: str) -> dict[str, str]:

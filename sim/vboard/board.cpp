@@ -36,7 +36,8 @@
 // map (host/link/dma.py): little-endian u32 words [0] request number, [1] op (0 read, 1 write),
 // [2] register, [3] value to write, [4] number of the last request done, [5] value read. The
 // host fills [1]-[3], then bumps [0]; the harness notices within 16 cycles, runs one register-bus
-// cycle, stores [5] and then [4] = [0]. `silence P` drops port P's doorbell writes (its host ring
+// access (READ_LATENCY cycles: a read's value is on the bus that many edges later), stores [5]
+// and then [4] = [0]. `silence P` drops port P's doorbell writes (its host ring
 // fills, its port back-pressures) until `speak P`. status/exit lines add dma_beats= (memory-write
 // beats) and dma_busy_cycles= (cycles the ring writer had an entry to write).
 //
@@ -137,11 +138,17 @@
 #ifndef BOARD_STANDALONE
 #define BOARD_STANDALONE 0
 #endif
+#ifndef BOARD_READ_LATENCY
+#define BOARD_READ_LATENCY 2
+#endif
 
 static constexpr int NPORTS = BOARD_PORTS;
 static constexpr int BLOCK = BOARD_BLOCK_BYTES;
 static constexpr int WORDS = BLOCK / 8;
 static constexpr uint64_t QUIET_CYCLES = 4096;   // a pause's quiet lasts this long before it is told
+// The register bus's read latency (`hdl.link.READ_LATENCY`): bar_r_data is the register read
+// this many edges after bar_r_addr is set.
+static constexpr int READ_LATENCY = BOARD_READ_LATENCY;
 
 static volatile sig_atomic_t g_stop = 0;
 static void on_signal(int) { g_stop = 1; }
@@ -553,7 +560,7 @@ int main(int argc, char** argv) {
     if (hm == MAP_FAILED) { std::perror("mmap host memory"); return 2; }
     uint32_t* const mailbox = reinterpret_cast<uint32_t*>(hm);
     enum { MB_REQ = 0, MB_OP = 1, MB_ADDR = 2, MB_WDATA = 3, MB_DONE = 4, MB_RDATA = 5 };
-    int mb_step = 0;                      // 0 idle, 1 a register-bus cycle is under way
+    int mb_step = 0;                      // 0 idle, else the edges since the register-bus cycle began
     uint32_t mb_req = 0;
 #else
     // The pseudo-terminal: we keep the slave open too, so the master never sees a hang-up
@@ -757,13 +764,17 @@ int main(int argc, char** argv) {
         for (; cycle < batch_end; ++cycle) {
             // Inputs for this cycle.
 #if BOARD_DMA
-            // BAR mailbox: a register-bus cycle per request; r_data is there an edge later.
-            if (mb_step == 1) {
+            // BAR mailbox: a register-bus cycle per request (a write for one edge); r_data is
+            // there READ_LATENCY edges later.
+            if (mb_step == READ_LATENCY) {
                 if (__atomic_load_n(&mailbox[MB_OP], __ATOMIC_RELAXED) == 0)
                     __atomic_store_n(&mailbox[MB_RDATA], uint32_t(top->bar_r_data), __ATOMIC_RELAXED);
                 top->bar_w_en = 0;
                 __atomic_store_n(&mailbox[MB_DONE], mb_req, __ATOMIC_RELEASE);
                 mb_step = 0;
+            } else if (mb_step > 0) {
+                top->bar_w_en = 0;
+                ++mb_step;
             } else if ((cycle & 15) == 0 && __atomic_load_n(&mailbox[MB_REQ], __ATOMIC_ACQUIRE) != mb_req) {
                 mb_req = __atomic_load_n(&mailbox[MB_REQ], __ATOMIC_ACQUIRE);
                 const uint32_t addr = mailbox[MB_ADDR], port_block = addr / BOARD_PORT_STRIDE;

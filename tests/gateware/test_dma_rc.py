@@ -22,13 +22,14 @@ from collections import deque
 import cocotb
 from cocotb.clock import Clock
 from cocotb.queue import Queue
-from cocotb.triggers import ClockCycles, FallingEdge, Lock, ReadOnly, RisingEdge
+from cocotb.triggers import ClockCycles, FallingEdge, Lock, ReadOnly
 from cocotbext.pcie.core import Device, MemoryEndpoint, RootComplex
 
 from firmware.abi import regmap
 from firmware.abi.dma import SLOT_WORD_BYTES, phase, slot_bytes
 from firmware.abi.entry import Kind, Mode, Status, entry_bytes, unpack
 from firmware.abi.frames import IMAGE_ID, IMAGE_VERSION
+from hdl.link import READ_LATENCY
 
 PORTS, BLOCK, DEPTH = 4, 64, 8
 IMAGE_ARGS = dict(ports=PORTS, block_bytes=BLOCK, depth=DEPTH, link="dma")
@@ -63,7 +64,7 @@ class JournalFunction(MemoryEndpoint):
             for offset in range(addr & ~3, addr + length, 4):
                 await FallingEdge(self.dut.clk)
                 self.dut.bar__r_addr.value = offset // 4
-                await RisingEdge(self.dut.clk)
+                await ClockCycles(self.dut.clk, READ_LATENCY, rising=True)
                 await ReadOnly()
                 out += int(self.dut.bar__r_data.value).to_bytes(4, "little")
         return bytes(out[addr & 3:(addr & 3) + length])

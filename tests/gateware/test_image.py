@@ -10,6 +10,7 @@ from firmware.abi.regmap import address
 from firmware.image import DeviceImage
 from hdl.board_clock import nominal_increment
 from hdl.dpll import TRACK
+from hdl.link import READ_LATENCY
 
 
 def test_identity_bytes():
@@ -67,8 +68,8 @@ def test_board_clock_registers():
             """The register as it was on the cycle it is read in (after `ticks` cycles)."""
             nonlocal ticks
             ctx.set(dut.bar.r_addr, address(name, port))
-            await ctx.tick()
-            ticks += 1
+            await ctx.tick().repeat(READ_LATENCY)
+            ticks += READ_LATENCY
             return ctx.get(dut.bar.r_data)
 
         for port in (0, 1):

@@ -6,6 +6,7 @@ from amaranth.sim import Simulator
 
 from firmware.abi.regmap import GLOBAL, PORT, PORT_STRIDE, address
 from firmware.registers import RegisterBlock
+from hdl.link import READ_LATENCY
 
 CONSTANTS = {r.name: 0x100 + r.offset for r in GLOBAL if r.const}
 
@@ -22,7 +23,7 @@ def test_read_write_pulse():
     async def bench(ctx):
         async def read(addr):
             ctx.set(bus.r_addr, addr)
-            await ctx.tick()
+            await ctx.tick().repeat(READ_LATENCY)
             return ctx.get(bus.r_data)
 
         async def write(addr, value):
@@ -119,7 +120,7 @@ def test_every_address_reads_its_register_or_zero(ports):
             ctx.set(pulse, 0)
         for addr in [*range(top), 0x7FFF, 0xFFFF]:
             ctx.set(dut.bus.r_addr, addr)
-            await ctx.tick()
+            await ctx.tick().repeat(READ_LATENCY)
             assert ctx.get(dut.bus.r_data) == expected(addr), hex(addr)
 
     sim = Simulator(dut)
@@ -150,14 +151,16 @@ def test_an_absent_group_reads_zero_and_ignores_writes():
         ctx.set(dut.bus.w_en, 0)
         for name in ("dma_ring_base_lo", "dma_enable", "dma_produced"):
             ctx.set(dut.bus.r_addr, address(name, 1))
-            await ctx.tick()
+            await ctx.tick().repeat(READ_LATENCY)
             assert ctx.get(dut.bus.r_data) == 0, name
         ctx.set(dut.bus.w_addr, address("watermark", 1))        # the other groups as before
         ctx.set(dut.bus.w_data, 5)
         ctx.set(dut.bus.w_en, 1)
         ctx.set(dut.bus.r_addr, address("watermark", 1))
-        await ctx.tick().repeat(2)
-        assert ctx.get(dut.bus.r_data) == 5
+        await ctx.tick().repeat(READ_LATENCY)
+        assert ctx.get(dut.bus.r_data) == 0                      # read with the write: the old value
+        await ctx.tick()
+        assert ctx.get(dut.bus.r_data) == 5                      # read in the cycle after: the new
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
