@@ -5,7 +5,7 @@
 | ports | 4 | the project's goal for this board |
 | ring depth | 16 entries per port | the virtual board's; at 64 the rings' read muxes congested the router |
 | block size | 512 B | the virtual board's size: the host sees the same geometry |
-| port clock | 50 MHz | 25 MHz x 2 (`EHXPLLL`, VCO 600 MHz): the image routes at ~64 MHz (below) |
+| port clock | 50 MHz | 25 MHz x 2 (`EHXPLLL`, VCO 600 MHz): the image routes at ~70 MHz (below) |
 | link | 2 Mbaud 8N1, FT231X USB-UART | 25 cycles per bit, exact; the FT231X divides 3 MHz by 1.5 |
 | time base | on board: 1 ms broadcasts of T (ms from power-up), 12.5 Mbit/s | 4 cycles per bit (the least) |
 | volume | 256 blocks of 512 B (128 KiB: 64 of the 208 DP16KD), for injected writes | `BlockStore` |
@@ -13,7 +13,7 @@
 
 The goal is a 100 MHz port clock. The cores' control is pipelined (decisions registered a cycle
 ahead, handshakes between modules from registers, block-RAM reads into registers), which took
-the image from ~40 to ~65 MHz; the reset reaches its ~13,000 flip-flops over a primary clock
+the image from ~40 to ~70 MHz; the reset reaches its ~13,000 flip-flops over a primary clock
 net (`reset_buffer`), which let nextpnr's router2 converge at a 50 MHz target (README's dev-board
 section).
 Build with

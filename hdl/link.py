@@ -79,7 +79,8 @@ IDENTITY_BYTES = 16
 
 # The register bus (`firmware.registers.RegisterBlock` is its target). A read is pipelined: the
 # register at `r_addr` in cycle t is on `r_data` in cycle t + READ_LATENCY, a new read may start
-# every cycle, and the value read is the register's in cycle t. A write (`w_addr`, `w_data`,
+# every cycle, and the value read is the register's in cycle t (an event register's count: of
+# its pulses up to cycle t - 2, `firmware.registers`). A write (`w_addr`, `w_data`,
 # `w_en`) takes effect at the end of the cycle `w_en` is high: a read issued in the next cycle
 # sees it. Two cycles, not one: the read multiplexer over every register and the counter bank's
 # RAM and adder were the longest paths of a large image; in two stages each is a few levels of

@@ -8,7 +8,8 @@ the consumer takes `out` from the queue's registered head.
 
 The owner wires `addr` into its read port's address (with any high bits of its own: the block)
 and the port's data into `data`, then pulses `start` to stream words 0 to `words - 1`; the last
-word is marked `last`. The bound on fetching lives here alone: a word read this cycle is
+word is marked `last`. `start` only while `idle`: a block's words left in the queue would come
+out ahead of the next block's. The bound on fetching lives here alone: a word read this cycle is
 written into the queue the next, into its inner slots (the head register takes it a cycle
 later), so a fetch goes out only while the queue's level and the word in flight leave one
 entry free. `idle` is high once every word fetched has been taken.
