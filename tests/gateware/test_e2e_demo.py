@@ -46,7 +46,11 @@ def test_ctrl_c_stops_the_board(tmp_path):
     130 with a clear message, the board process is gone, the journal is readable."""
     out = tmp_path / "interrupted"
     tool = Path(sys.executable).with_name("portjournal")
-    proc = subprocess.Popen([str(tool), "demo", "--quick", "--out", str(out)], stdout=subprocess.PIPE,
+    # The quick demo's sizes with a long steady phase: the signal lands in collection however
+    # late a loaded machine lets this test see the "steady:" line (a 3 s phase could be over).
+    args = ["--volume-mb", "16", "--damage-mb", "1", "--steady-s", "600", "--outage-s", "3",
+            "--deadline", "1"]
+    proc = subprocess.Popen([str(tool), "demo", *args, "--out", str(out)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         for line in proc.stdout:
