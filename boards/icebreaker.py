@@ -4,7 +4,7 @@ The UP5K has 5,280 logic cells, 30 block RAMs of 4 Kbit and 8 DSPs. This image (
 the port's time on the board clock instead of a DPLL, 4-entry JOURNAL frames, the statistics
 counters and the small FIFOs in block RAM, no read-write collision logic around its block RAMs:
 `hdl.ram`) maps to ~3,900 LUT4s, ~2,380 flip-flops and 29 block RAMs in Yosys, which nextpnr
-packs into ~5,210 logic cells (99 %) and routes (router1) at ~27 MHz: the port clock is 18 MHz.
+packs into ~5,230 logic cells (99 %) and routes (router1) at ~27 MHz: the port clock is 18 MHz.
 The sizes below are the smallest sensible:
 
 | what | value | why |
