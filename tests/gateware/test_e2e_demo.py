@@ -50,8 +50,11 @@ def test_ctrl_c_stops_the_board(tmp_path):
     # late a loaded machine lets this test see the "steady:" line (a 3 s phase could be over).
     args = ["--volume-mb", "16", "--damage-mb", "1", "--steady-s", "600", "--outage-s", "3",
             "--deadline", "1"]
+    # Started as a terminal starts a foreground job, SIGINT at its default: a job this test runs
+    # under may have it ignored (a shell's background job does), and Python keeps an ignored SIGINT.
     proc = subprocess.Popen([str(tool), "demo", *args, "--out", str(out)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for line in proc.stdout:
             if line.startswith("steady:"):
@@ -63,6 +66,8 @@ def test_ctrl_c_stops_the_board(tmp_path):
         rest = proc.communicate(timeout=60)[0]
     finally:
         proc.kill()
+        for pid in processes_mentioning(str(out / "volume.img")):      # a board left behind
+            os.kill(pid, signal.SIGKILL)
     assert proc.returncode == 130, rest
     assert "interrupted" in rest
     assert processes_mentioning(volume) == []
