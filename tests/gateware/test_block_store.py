@@ -79,6 +79,22 @@ def whole_write(words, lba, written):
     return port, n
 
 
+async def write_and_read_back(ctx, dut, p, rng, last, written):
+    """Port `p`'s ROUNDS of a write to one of its blocks (lba % PORTS == p) and a read of one,
+    the read checked against the model: `last`, each block's last write, and `written`, every
+    write each block got, as (port, round)."""
+    words_per_block = BLOCK * 8 // dut.width
+    mine = [lba for lba in range(BLOCKS) if lba % PORTS == p]
+    for n in range(ROUNDS):
+        lba = rng.choice(mine)
+        written[lba].add((p, n))
+        assert await write(ctx, dut.port[p], lba, [word(p, n, w) for w in range(words_per_block)], rng) == 1
+        last[lba] = (p, n)
+        lba = rng.choice(mine)
+        words, ok = await read(ctx, dut.port[p].rcmd, dut.port[p].rdata, lba, rng)
+        assert ok and (whole_write(words, lba, written) == last[lba]), (p, lba)
+
+
 @pytest.mark.parametrize("width", [64, 16])
 def test_concurrent_requesters_against_a_model(width):
     dut = BlockStore(ports=PORTS, block_bytes=BLOCK, blocks=BLOCKS, datapath_bits=width)
@@ -91,16 +107,7 @@ def test_concurrent_requesters_against_a_model(width):
     def port_bench(p):
         async def bench(ctx):
             rng = random.Random(p)
-            mine = [lba for lba in range(BLOCKS) if lba % PORTS == p]
-            for n in range(ROUNDS):
-                lba = rng.choice(mine)
-                written[lba].add((p, n))
-                assert await write(ctx, dut.port[p], lba, [word(p, n, w) for w in range(words_per_block)],
-                                   rng) == 1
-                last[lba] = (p, n)
-                lba = rng.choice(mine)
-                words, ok = await read(ctx, dut.port[p].rcmd, dut.port[p].rdata, lba, rng)
-                assert ok and (whole_write(words, lba, written) == last[lba]), (p, lba)
+            await write_and_read_back(ctx, dut, p, rng, last, written)
             assert await write(ctx, dut.port[p], BLOCKS + p, [1] * words_per_block, rng) == 0     # outside
             done.add(p)
         return bench
@@ -152,7 +159,6 @@ def test_withdrawn_requests_are_given_up(width):
     sees its ready with no valid, never a transfer, a completion or data), the others' requests
     are served whole with the right data (the first test's model), and the store never hangs."""
     dut = BlockStore(ports=PORTS, block_bytes=BLOCK, blocks=BLOCKS, datapath_bits=width)
-    words_per_block = BLOCK * 8 // width
     last = [None] * BLOCKS                      # the model: (port, n) of each block's last write
     written = [set() for _ in range(BLOCKS)]
     done = set()
@@ -162,16 +168,7 @@ def test_withdrawn_requests_are_given_up(width):
     def port_bench(p):
         async def bench(ctx):
             rng = random.Random(p)
-            mine = [lba for lba in range(BLOCKS) if lba % PORTS == p]
-            for n in range(ROUNDS):
-                lba = rng.choice(mine)
-                written[lba].add((p, n))
-                assert await write(ctx, dut.port[p], lba, [word(p, n, w) for w in range(words_per_block)],
-                                   rng) == 1
-                last[lba] = (p, n)
-                lba = rng.choice(mine)
-                words, ok = await read(ctx, dut.port[p].rcmd, dut.port[p].rdata, lba, rng)
-                assert ok and (whole_write(words, lba, written) == last[lba]), (p, lba)
+            await write_and_read_back(ctx, dut, p, rng, last, written)
             done.add(p)
         return bench
 
