@@ -1,5 +1,6 @@
 """`portjournal demo` (and `make demo`): the main job, end to end on the virtual board."""
 
+import signal
 import sys
 from pathlib import Path
 
@@ -134,6 +135,8 @@ def demo_cmd(mode, link, seed, out, volume_mb, damage_mb, rate, steady_s, outage
         demo = StandaloneDemo(config, port=port, baud=baud, say=say, live=live)
     else:
         demo = Demo(config, say=say, live=live)
+    # Ctrl-C raises KeyboardInterrupt even if SIGINT came in ignored (a shell's background job).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with live:
             result = demo.run()
