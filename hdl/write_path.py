@@ -131,8 +131,10 @@ class WritePath(wiring.Component):
         to_write = Signal()         # forward | redo | data: ingress beats go to pri_write
         sink = Signal()             # drain | drop: ingress beats go nowhere
 
+        # The beat of the block (a write's data, a pre-image read, a drain): it counts every block
+        # through to its end and so is 0 again when the next one starts.
         beat = Signal(range(bw))
-        at_last = Signal()          # beat == bw - 1
+        at_last = Signal(init=bw == 1)      # beat == bw - 1
         lba = Signal(64)
         read_failed = Signal()
         meta_pending = Signal(len(META_WORDS))      # one-hot: the header word to write now
@@ -203,12 +205,10 @@ class WritePath(wiring.Component):
             self.status_now.addr.eq(slot),
         ]
 
-        def start_beats():
-            m.d.sync += [beat.eq(0), at_last.eq(bw == 1)]
-
         def next_beat():
             """Count a beat; True (an Amaranth value) on the block's last."""
-            m.d.sync += [beat.eq(beat + 1), at_last.eq(beat + 1 == bw - 1)]
+            m.d.sync += [beat.eq(Mux(at_last, 0, beat + 1)),
+                         at_last.eq(Mux(at_last, bw == 1, beat == bw - 2))]
             return at_last
 
         # The ring's room for a write: under INVALIDATE the last free slot is kept for a marker.
@@ -244,10 +244,8 @@ class WritePath(wiring.Component):
         # follow, written into the ring too in redo mode) or becomes the pre-image read (cow).
         with m.If((forward | redo) & pw.ready):
             m.d.sync += [forward.eq(0), redo.eq(0), data.eq(1), journal.eq(redo)]
-            start_beats()
         with m.If(cow & rcmd.ready):
             m.d.sync += [cow.eq(0), cow_read.eq(1), read_failed.eq(0)]
-            start_beats()
         with m.If(mark):
             m.d.sync += [mark.eq(0), marking.eq(1)]
 
@@ -266,12 +264,10 @@ class WritePath(wiring.Component):
                     m.d.comb += [self.status_now.en.eq(1), self.status_now.status.eq(Status.JOURNAL_FAILED),
                                  self.journal_failures.eq(1)]
                     m.d.sync += [drain.eq(1), sink.eq(1)]
-                    start_beats()
                 with m.Else():
                     m.d.sync += cow_issue.eq(1)
         with m.If(cow_issue & pw.ready):
             m.d.sync += [cow_issue.eq(0), data.eq(1), to_write.eq(1)]
-            start_beats()
 
         with m.If(drain & ing.valid):
             with m.If(next_beat()):
