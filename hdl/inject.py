@@ -129,10 +129,12 @@ class Injector(wiring.Component):
             ingress = self.port[p].ingress
             m.d.comb += [ingress.valid.eq((header | ahead.out.valid) & chosen[p]),
                          ingress.payload.eq(offered)]
-            with m.If(port == p):
-                m.d.comb += [getattr(watch, name).eq(getattr(self.port[p], name))
-                             for name in ("stamp", "wresp", "wresp_ok", "rbeat", "rbeat_ok",
-                                          "rbeat_last")]
+        with m.Switch(port):        # one mux (not a chain of one per port)
+            for p in range(self.ports):
+                with m.Case(p):
+                    m.d.comb += [getattr(watch, name).eq(getattr(self.port[p], name))
+                                 for name in ("stamp", "wresp", "wresp_ok", "rbeat", "rbeat_ok",
+                                              "rbeat_last")]
         taken = Cat(chosen[p] & self.port[p].ingress.ready for p in range(self.ports)).any()
         m.d.comb += [c.time.eq(watch.stamp.timestamp), c.seq.eq(watch.stamp.seq),
                      ahead.out.ready.eq(taken & ~header)]
