@@ -116,8 +116,9 @@ class BlockStore(wiring.Component):
 
         after = Signal(count)           # the requesters after the one served last (none at first)
         granted = Signal(count)         # the requester served, one-hot; `taking` is high while a header
-        taking = Signal()               # or data beat is taken (ACCEPT, WRITE), `sending` while a read's
-        sending = Signal()              # words are sent (READ): each ready and valid is a gate of registers
+        taking = Signal()               # or data beat is taken (ACCEPT, WRITE); `sending`, the read
+        sending = Signal(len(reads))    # requester (of `reads`, one-hot) whose words are sent (READ):
+        #                                 each ready and valid is a gate of registers
         low = Signal(top)               # the header's lba below `top`
         block = low[:max(1, (self.blocks - 1).bit_length())]
         in_range = Signal()
@@ -147,9 +148,10 @@ class BlockStore(wiring.Component):
         for q, source in sources.items():
             # A write's source waits for its completion to be taken (a late `wresp.ready`).
             m.d.comb += source.ready.eq(granted[q] & taking & (~owes[q] if q in owes else 1))
-        for q in reads:
-            m.d.comb += [sinks[q].payload.eq(head), sinks[q].valid.eq(granted[q] & sending & ahead.out.valid)]
-        m.d.comb += ahead.out.ready.eq(sending & pick({q: sinks[q].ready for q in reads}))
+        for i, q in enumerate(reads):
+            m.d.comb += [sinks[q].payload.eq(head), sinks[q].valid.eq(sending[i] & ahead.out.valid)]
+        # The consumer's ready reaches the queue through an AND-OR of two levels at most.
+        m.d.comb += ahead.out.ready.eq(Cat(sending[i] & sinks[q].ready for i, q in enumerate(reads)).any())
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(waiting.any()):
@@ -171,7 +173,8 @@ class BlockStore(wiring.Component):
                 m.d.sync += [in_range.eq(pick(dict(enumerate(fits))) & (low < self.blocks)), taking.eq(1)]
                 m.next = "WRITE"
             with m.State("DISPATCH"):
-                m.d.sync += [in_range.eq(pick(dict(enumerate(fits))) & (low < self.blocks)), sending.eq(1)]
+                m.d.sync += [in_range.eq(pick(dict(enumerate(fits))) & (low < self.blocks)),
+                             sending.eq(Cat(granted[q] for q in reads))]
                 m.d.comb += ahead.start.eq(1)
                 m.next = "READ"
             with m.State("WRITE"):
