@@ -46,9 +46,12 @@ class BlockStore(wiring.Component):
     the chip, and the requesters' handshakes are logic of their own): the arbiter chooses among
     the valids of the cycle before (a stream's valid holds until its transfer) and takes the
     header a cycle after the choice, from the granted requester alone, or gives the grant up if
-    that requester has since withdrawn; the volume's write port takes a registered beat, a cycle
-    after its handshake; a read's words are fetched ahead into a queue (`hdl.read_ahead`), so the
-    requester's ready reaches neither the RAM nor its address.
+    that requester has since withdrawn; the grant is one-hot and selects each requester's header,
+    beats and ready by AND-OR, and whether a header's lba has any bit above the volume's is
+    registered per requester every cycle, so no wide reduce sits behind that selection; the
+    volume's write port takes a registered beat, a cycle after its handshake; a read's words are
+    fetched ahead into a queue (`hdl.read_ahead`), so the requester's ready reaches neither the
+    RAM nor its address.
     """
 
     READ_AHEAD = 3      # the read-ahead queue: about a word every other cycle, far above a dev board's
