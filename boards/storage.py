@@ -137,8 +137,12 @@ class BlockStore(wiring.Component):
             return Cat(bits[i] & ~bits[:i].any() for i in range(count))
 
         # Round robin: the first waiting requester after the one served last, else the first waiting one.
-        later = waiting & after
-        chosen = Mux(later.any(), first(later), first(waiting))
+        # Those after it, and whether there are any, are registered with `waiting` (against the mask
+        # of that cycle: a cycle old once ACCEPT moves it, harmless), so the choice is three levels.
+        later, any_later = Signal(count), Signal()
+        m.d.sync += [later.eq(Cat(valids[q] for q in range(count)) & after),
+                     any_later.eq((Cat(valids[q] for q in range(count)) & after).any())]
+        chosen = Mux(any_later, first(later), first(waiting))
 
         # The volume's write port: a beat taken in WRITE, written the next cycle.
         m.d.sync += wp.en.eq(0)
