@@ -168,7 +168,7 @@ class BlockStore(wiring.Component):
                 # The header is taken a cycle after the choice, from the granted requester alone:
                 # no port's ready depends on another port's valid.
                 m.d.sync += [taking.eq(0), word.eq(0), low.eq(pick({q: v[:top] for q, v in lbas.items()})),
-                             after.eq(Cat(granted[:i].any() for i in range(count)))]
+                             after.eq(-(granted << 1))]     # the bits above the one-hot grant: a carry chain
                 with m.If(~pick(valids)):
                     m.next = "IDLE"
                 with m.Elif(Cat(granted[q] for q in writes).any()):
