@@ -118,6 +118,8 @@ class Injector(wiring.Component):
         chosen = Signal(self.ports)     # `port` one-hot: each ingress valid a gate of two registers
         lba = Signal(64)
         header = Signal()               # the header beat is offered, ahead of the block's words
+        beats = Signal(self.ports)      # `chosen` once the header is taken: the queue's ready is then an
+        #                                 AND-OR of two registered terms a port, no third level for `header`
         read_failed = Signal()          # a pre-image beat of this write came back failed
         ended = Signal()                # the port's write ended without a primary write
         # The chosen port's ingress (the header, then the queue's head) and watched signals.
@@ -129,24 +131,27 @@ class Injector(wiring.Component):
             ingress = self.port[p].ingress
             m.d.comb += [ingress.valid.eq((header | ahead.out.valid) & chosen[p]),
                          ingress.payload.eq(offered)]
-            with m.If(port == p):
-                m.d.comb += [getattr(watch, name).eq(getattr(self.port[p], name))
-                             for name in ("stamp", "wresp", "wresp_ok", "rbeat", "rbeat_ok",
-                                          "rbeat_last")]
-        taken = Cat(chosen[p] & self.port[p].ingress.ready for p in range(self.ports)).any()
+        with m.Switch(port):        # one mux (not a chain of one per port)
+            for p in range(self.ports):
+                with m.Case(p):
+                    m.d.comb += [getattr(watch, name).eq(getattr(self.port[p], name))
+                                 for name in ("stamp", "wresp", "wresp_ok", "rbeat", "rbeat_ok",
+                                              "rbeat_last")]
+        ready = [self.port[p].ingress.ready for p in range(self.ports)]
+        taken = Cat(chosen[p] & ready[p] for p in range(self.ports)).any()
         m.d.comb += [c.time.eq(watch.stamp.timestamp), c.seq.eq(watch.stamp.seq),
-                     ahead.out.ready.eq(taken & ~header)]
+                     ahead.out.ready.eq(Cat(beats[p] & ready[p] for p in range(self.ports)).any())]
 
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(c.start):
                     m.d.sync += [port.eq(c.start_port), chosen.eq(1 << c.start_port), lba.eq(c.start_lba),
-                                 header.eq(1), c.busy.eq(1), read_failed.eq(0), ended.eq(0)]
+                                 header.eq(1), beats.eq(0), c.busy.eq(1), read_failed.eq(0), ended.eq(0)]
                     m.d.comb += ahead.start.eq(1)
                     m.next = "HEADER"
             with m.State("HEADER"):
                 with m.If(taken):
-                    m.d.sync += header.eq(0)
+                    m.d.sync += [header.eq(0), beats.eq(chosen)]
                     m.next = "WAIT"
             with m.State("WAIT"):
                 self._watch_read(m, watch, read_failed, ended)
