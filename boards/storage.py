@@ -50,12 +50,9 @@ class BlockStore(wiring.Component):
     beats and ready by AND-OR, and whether a header's lba has any bit above the volume's is
     registered per requester every cycle, so no wide reduce sits behind that selection; the
     volume's write port takes a registered beat, a cycle after its handshake; a read's words are
-    fetched ahead into a queue (`hdl.read_ahead`), so the requester's ready reaches neither the
+    fetched ahead into two registers (`hdl.read_ahead`), so the requester's ready reaches neither the
     RAM nor its address.
     """
-
-    READ_AHEAD = 3      # the read-ahead queue: about a word every other cycle, far above a dev board's
-    #                     link; each more entry is a word of flip-flops on an iCE40
 
     def __init__(self, *, ports: int, block_bytes: int, blocks: int, datapath_bits: int = 64):
         check_datapath_bits(self, datapath_bits)
@@ -89,7 +86,7 @@ class BlockStore(wiring.Component):
                                            attrs=NO_RW_CHECK)
         wp = mem.write_port()
         rp = mem.read_port()
-        ahead = m.submodules.ahead = ReadAhead(width=self.width, words=words, depth=self.READ_AHEAD)
+        ahead = m.submodules.ahead = ReadAhead(width=self.width, words=words)
 
         # Requesters in round-robin order: each port's write then read, the link's read last.
         # Per requester: its valid, source stream, header lba, sink stream; for a write, its
@@ -146,7 +143,7 @@ class BlockStore(wiring.Component):
 
         # The volume's write port: a beat taken in WRITE, written the next cycle.
         m.d.sync += wp.en.eq(0)
-        # A read's words come out of the read-ahead queue; a block outside the volume reads as zeros.
+        # A read's words come out of the read-ahead registers; a block outside the volume reads as zeros.
         m.d.comb += [rp.addr.eq(Cat(ahead.addr, block)), ahead.data.eq(rp.data)]
         head = Signal(read_beat_layout(self.width))
         m.d.comb += [head.data.eq(Mux(in_range, ahead.out.payload.data, 0)),
@@ -157,7 +154,7 @@ class BlockStore(wiring.Component):
             m.d.comb += source.ready.eq(granted[q] & taking & (~owes[q] if q in owes else 1))
         for i, q in enumerate(reads):
             m.d.comb += [sinks[q].payload.eq(head), sinks[q].valid.eq(sending[i] & ahead.out.valid)]
-        # The consumer's ready reaches the queue through an AND-OR of two levels at most.
+        # The consumer's ready reaches the read-ahead through an AND-OR of two levels at most.
         m.d.comb += ahead.out.ready.eq(Cat(sending[i] & sinks[q].ready for i, q in enumerate(reads)).any())
         with m.FSM():
             with m.State("IDLE"):
