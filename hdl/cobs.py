@@ -154,8 +154,9 @@ class COBSDecoder(wiring.Component):
     Empty frames (two delimiters in a row, or a frame that decodes to nothing) produce nothing.
     A malformed frame that decoded to no byte at all comes out as one byte with `first`, `last`
     and `error` set, so the consumer sees every defect. The output stream is a register (a byte
-    comes out the cycle after the input byte that releases it), and an input byte is taken only
-    while it is empty, so the decisions on a byte reach only registers.
+    comes out the cycle after the input byte that releases it), and an input byte is taken a
+    cycle after it is offered (whether it is a delimiter is registered by then) while the output
+    register is empty, so the decisions on a byte reach only registers.
     """
 
     i_stream: In(stream.Signature(8))
@@ -173,15 +174,18 @@ class COBSDecoder(wiring.Component):
         emitted = Signal()          # a byte of this frame was produced
 
         b = self.i_stream.payload
-        delim = b == 0
+        # The byte offered is looked at a cycle before it is taken (it holds until then): whether
+        # it is a delimiter is a register when the decisions need it.
+        seen, delim = Signal(), Signal()
+        m.d.sync += [seen.eq(self.i_stream.valid & ~self.i_stream.ready), delim.eq(b == 0)]
         produce = ~delim & (rem_nz | (in_frame & zero_next))
         new_byte = Signal(8)
         m.d.comb += new_byte.eq(Cat(b) & rem_nz.replicate(8))   # a code byte yields its zero
 
         o = self.o_stream
-        # A byte is taken while the output register is empty: a gate of registers decides it (a
-        # byte every other cycle at most; a UART's come tens of cycles apart).
-        m.d.comb += self.i_stream.ready.eq(~o.valid)
+        # A byte is taken, once seen, while the output register is empty: a gate of registers
+        # decides it (a byte every other cycle at most; a UART's come tens of cycles apart).
+        m.d.comb += self.i_stream.ready.eq(seen & ~o.valid)
         with m.If(o.ready):
             m.d.sync += o.valid.eq(0)
         with m.If(self.i_stream.valid & self.i_stream.ready):
