@@ -690,14 +690,17 @@ class LinkController(wiring.Component):
         got_data = Signal(self.width, name="rd_data")
         m.d.sync += [got.eq(rdata.valid & rdata.ready), got_data.eq(rdata.payload.data),
                      got_last.eq(rdata.payload.last)]
-        return lba, got, got_data, got_last
+        # High exactly in BLOCK_DATA, as a register: the ready reaches the store's read-ahead enables.
+        taking = Signal(name="rd_taking")
+        m.d.comb += rdata.ready.eq(taking)
+        return lba, got, got_data, got_last, taking
 
     def _read_block(self, m, reading, wp, widx, close, regs):
         """READ_BLOCK: the lba, then the block's words from the store, into a BLOCK frame. The
         store's stream signals go into registers only: the command's `valid` is a register, raised
         with the lba's last word, and each data beat is registered and written a cycle later."""
-        cmd, rdata = self.store_rcmd, self.store_rdata
-        lba, got, got_data, got_last = regs
+        cmd = self.store_rcmd
+        lba, got, got_data, got_last, taking = regs
         with m.State("BLOCK_CMD"):
             # The lba a word a cycle; the command goes out after its last word.
             word, last = self._word(lba, widx)
@@ -705,17 +708,16 @@ class LinkController(wiring.Component):
             wp.write(word, "lba")
             m.d.sync += widx.eq(widx + 1)
             with _when(m, last):
-                m.d.sync += cmd.valid.eq(1)
+                m.d.sync += [cmd.valid.eq(1), taking.eq(1)]
                 m.next = "BLOCK_DATA"
         with m.State("BLOCK_DATA"):
-            m.d.comb += rdata.ready.eq(1)
             wp.write(got_data, "block")
             with m.If(got):
                 m.d.comb += wp.en.eq(1)
                 m.d.sync += widx.eq(widx + 1)
                 with m.If(got_last):
                     close(FrameType.BLOCK, INJECT.size + self.block_bytes, reading["seq"])
-                    m.d.sync += reading["pending"].eq(0)
+                    m.d.sync += [reading["pending"].eq(0), taking.eq(0)]
                     m.next = "IDLE"
 
     # --- send: header, payload, CRC into the COBS encoder ---------------------------------------

@@ -4,8 +4,8 @@ A core that streams a block out of its RAM (`boards.storage.BlockStore`'s volume
 `hdl.inject.Injector`'s buffer) does not address the RAM from its consumer's ready: that would
 make the ready, the address, the RAM and the consumer one timing path. Instead `addr` counts
 through the block on its own and each word read lands in one of two registers: `head`, which is
-`out`, and `spare` behind it. The consumer's ready reaches only the two registers' enables (one
-gate each) and the words' flags; the fetch decision looks at registers alone.
+`out`, and `spare` behind it. The consumer's ready reaches only the head's enable (one gate) and
+the two registers' full flags; the fetch decision looks at registers alone.
 
 The owner wires `addr` into its read port's address (with any high bits of its own: the block)
 and the port's data into `data`, then pulses `start` to stream words 0 to `words - 1`; the last
@@ -16,7 +16,7 @@ consumer does: about two words every three cycles with the consumer always ready
 once every word fetched has been taken.
 """
 
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -54,14 +54,16 @@ class ReadAhead(wiring.Component):
                      self.idle.eq(~fetching & ~fetched & ~head_full)]
 
         # The head takes the spare, else the arriving word, whenever it is empty or taken; the
-        # spare keeps an arriving word the head has no room for.
+        # spare keeps an arriving word the head has no room for. A word arrives only while the
+        # spare is empty (the fetch bound), so the spare takes every arriving word, enabled by
+        # `fetched` alone: the consumer's ready reaches only the head's enable.
+        with m.If(fetched):
+            m.d.sync += spare.eq(arriving)
         with m.If(pop | ~head_full):
-            with m.If(spare_full):
-                m.d.sync += [self.out.payload.eq(spare), spare.eq(arriving), spare_full.eq(fetched)]
-            with m.Else():
-                m.d.sync += [self.out.payload.eq(arriving), head_full.eq(fetched)]
+            m.d.sync += [self.out.payload.eq(Mux(spare_full, spare, arriving)),
+                         head_full.eq(spare_full | fetched), spare_full.eq(0)]
         with m.Elif(fetched):
-            m.d.sync += [spare.eq(arriving), spare_full.eq(1)]
+            m.d.sync += spare_full.eq(1)
 
         with m.If(self.start):
             m.d.sync += [self.addr.eq(0), fetching.eq(1)]
