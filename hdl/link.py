@@ -697,8 +697,9 @@ class LinkController(wiring.Component):
 
     def _read_block(self, m, reading, wp, widx, close, regs):
         """READ_BLOCK: the lba, then the block's words from the store, into a BLOCK frame. The
-        store's stream signals go into registers only: the command's `valid` is a register, raised
-        with the lba's last word, and each data beat is registered and written a cycle later."""
+        store's stream signals go into registers only: the command's `valid` and the data's `ready`
+        (`taking`) are registers, the first raised with the lba's last word, and each data beat is
+        registered and written through the registered frame-buffer port."""
         cmd = self.store_rcmd
         lba, got, got_data, got_last, taking = regs
         with m.State("BLOCK_CMD"):
@@ -737,9 +738,9 @@ class LinkController(wiring.Component):
         crc = m.submodules.tx_crc = CRC32C(8)
         rp, full, rsel = frames["rp"], frames["full"], frames["rsel"]
 
-        # The frame being sent, latched when it starts: the response queue's head (popped once
-        # its last byte is issued: the later stages read only their own registers then), or the
-        # frame buffer's.
+        # The frame being sent, latched when it starts: the response queue's head (popped a cycle
+        # after its last byte is issued, `pop`: the later stages read only their own registers
+        # then), or the frame buffer's.
         from_queue = Signal()
         desc = Signal(Response)
         length = Signal(range(MAX_PAYLOAD + 1))
@@ -762,7 +763,7 @@ class LinkController(wiring.Component):
                 head = Signal(Response)
                 m.d.comb += head.eq(resp_fifo.r_data)
                 with m.If(pop):
-                    pass
+                    pass            # the head just sent is leaving the queue: the next is a cycle away
                 with m.Elif(resp_fifo.r_rdy):
                     m.d.sync += [from_queue.eq(1), desc.eq(head)]
                     with m.Switch(head.src):

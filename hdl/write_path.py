@@ -1,10 +1,10 @@
 """Write path of a journal port: the seed's three-phase write (figure 8), redo and copy-on-write.
 
 A header beat's route (forward only, journal, or mark the port invalid first) is chosen the cycle
-it arrives, once the in-flight queue has room for its primary write, and taken from the next on.
-The state is one-hot and the in-flight queue's room and occupancy are registered flags, so every
-handshake and the take (the stamp's and the ring's enables) are a gate of registers and the storage
-side's ready or valid; a data beat outside a request is consumed the cycle after it is seen.
+it arrives (a write's once the in-flight queue has room for its primary write), and taken from the
+next on. The state is one-hot and the in-flight queue's room and occupancy are registered flags, so
+every handshake and the take (the stamp's and the ring's enables) are a gate of registers and the
+partner's ready or valid; a data beat outside a request is consumed the cycle after it is seen.
 Phase 1, when the request's header beat is accepted: take the (timestamp, port, seq) stamp,
 allocate the ring slot `seq % depth` with the entry's kind and mode, and write the header fields
 known now into the ring's header RAM: the timestamp in the next cycle (the stamp is registered),
@@ -123,12 +123,12 @@ class WritePath(wiring.Component):
         # ready or valid.
         idle = Signal(init=1)
         forward, redo, cow, mark = Signal(), Signal(), Signal(), Signal()   # HEADER, by route
-        data = Signal()             # ingress data beats go to primary storage ...
+        writing = Signal()          # ingress data beats go to primary storage ...
         journal = Signal()          # ... and, while this is high, into the ring
         cow_read, cow_issue, marking = Signal(), Signal(), Signal()
         drain = Signal()            # DRAIN: the new data of a failed copy-on-write is consumed
         drop = Signal()             # a data beat outside a request is consumed
-        to_write = Signal()         # forward | redo | data: ingress beats go to pri_write
+        to_write = Signal()         # forward | redo | writing: ingress beats go to pri_write
         sink = Signal()             # drain | drop: ingress beats go nowhere
 
         # The beat of the block (a write's data, a pre-image read, a drain): it counts every block
@@ -163,10 +163,12 @@ class WritePath(wiring.Component):
         # The handshakes.
         m.d.comb += [
             ing.ready.eq((to_write & pw.ready) | (cow & rcmd.ready) | sink),
-            pw.valid.eq((to_write & ing.valid) | cow_issue),
+            # A header's valid from registers alone: HEADER is entered on the ingress's valid, which
+            # holds until the beat is taken (a stream's rule), and the take must not depend on it.
+            pw.valid.eq((writing & ing.valid) | forward | redo | cow_issue),
             pw.payload.data.eq(Mux(cow_issue, lba, ing.payload.data)),
             pw.payload.first.eq(forward | redo | cow_issue),
-            pw.payload.last.eq(data & at_last),
+            pw.payload.last.eq(writing & at_last),
             rcmd.valid.eq(cow),
             rcmd.payload.lba.eq(ing.payload.data),
             rd.ready.eq(cow_read),
@@ -243,15 +245,15 @@ class WritePath(wiring.Component):
         # HEADER: the header beat goes to primary storage (forward, redo: then the data beats
         # follow, written into the ring too in redo mode) or becomes the pre-image read (cow).
         with m.If((forward | redo) & pw.ready):
-            m.d.sync += [forward.eq(0), redo.eq(0), data.eq(1), journal.eq(redo)]
+            m.d.sync += [forward.eq(0), redo.eq(0), writing.eq(1), journal.eq(redo)]
         with m.If(cow & rcmd.ready):
             m.d.sync += [cow.eq(0), cow_read.eq(1), read_failed.eq(0)]
         with m.If(mark):
             m.d.sync += [mark.eq(0), marking.eq(1)]
 
-        with m.If(data & ing.valid & pw.ready):
+        with m.If(writing & ing.valid & pw.ready):
             with m.If(next_beat()):
-                m.d.sync += [data.eq(0), journal.eq(0), to_write.eq(0), idle.eq(1)]
+                m.d.sync += [writing.eq(0), journal.eq(0), to_write.eq(0), idle.eq(1)]
 
         # Copy-on-write: the old block is read and journaled; then the primary write (its header
         # beat from the saved lba) if the read succeeded, else the new data is consumed.
@@ -267,7 +269,7 @@ class WritePath(wiring.Component):
                 with m.Else():
                     m.d.sync += cow_issue.eq(1)
         with m.If(cow_issue & pw.ready):
-            m.d.sync += [cow_issue.eq(0), data.eq(1), to_write.eq(1)]
+            m.d.sync += [cow_issue.eq(0), writing.eq(1), to_write.eq(1)]
 
         with m.If(drain & ing.valid):
             with m.If(next_beat()):

@@ -41,7 +41,7 @@ def run_blocks(words: int, ready_odds: float, blocks: int = 6) -> None:
                     assert word.last == (len(got) == words), (block, len(got))
                 cycles += 1
                 await ctx.tick()
-                assert cycles < 50 * words, f"the queue stopped offering words after {len(got)}"
+                assert cycles < 50 * words, f"the read-ahead stopped offering words after {len(got)}"
             ctx.set(dut.out.ready, 0)
             assert got == contents, block
             await ctx.tick().repeat(3)
@@ -88,4 +88,3 @@ def test_streams_a_word_every_other_cycle_at_least():
     sim.add_clock(1e-8)
     sim.add_testbench(bench)
     sim.run()
-
