@@ -88,11 +88,10 @@ class DevBoardConfig:
 class DevBoardTop(Elaboratable):
     """The device image on a dev board; a board subclass provides `platform_class` and `pll`,
     and may buffer the reset (`reset_buffer`) and give Yosys and nextpnr options of its own
-    (`synth_opts`, `nextpnr_opts`, and the placer's seed `nextpnr_seed`)."""
+    (`synth_opts`, `nextpnr_opts`)."""
 
     synth_opts = ""
     nextpnr_opts = ""
-    nextpnr_seed = 2
 
     def __init__(self, config: DevBoardConfig):
         self.config = config

@@ -64,9 +64,6 @@ class ICEBreakerBoard(DevBoardTop):
     synth_opts = "-dff"
     # router2 left two wires overused for 15 minutes on this full a chip; router1 routes it.
     nextpnr_opts = "--router router1"
-    # At 97 % of the logic cells a seed may leave a carry chain no room (seed 2 did, with 5,149
-    # cells placed): the build then fails outright, and another seed is the remedy.
-    nextpnr_seed = 1
 
     def __init__(self, config: DevBoardConfig = CONFIG):
         super().__init__(config)

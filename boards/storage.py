@@ -2,9 +2,6 @@
 RAM, on every port's primary-storage streams and the link's READ_BLOCK (dev boards,
 `boards/devboard.py`, and the virtual board's standalone variant, `boards/sim.py`)."""
 
-import operator
-from functools import reduce
-
 from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
@@ -13,7 +10,7 @@ from amaranth.lib.wiring import In, Out
 from hdl.journal_ring import check_datapath_bits
 from hdl.ram import NO_RW_CHECK
 from hdl.read_ahead import ReadAhead
-from hdl.write_path import ReadCommand, WriteResponse, beat_layout, read_beat_layout
+from hdl.write_path import ReadCommand, WriteResponse, beat_layout, lba_in_volume, read_beat_layout
 
 STANDALONE_BLOCKS = 256        # the standalone boards' volume: 128 KiB of 512 B blocks, 64 DP16KD on
 #                                 the ULX3S's LFE5U-85F (of 208; its 4 x 16-entry rings take 16 more)
@@ -46,13 +43,13 @@ class BlockStore(wiring.Component):
     the chip, and the requesters' handshakes are logic of their own): the arbiter chooses among
     the valids of the cycle before (a stream's valid holds until its transfer) and takes the
     header a cycle after the choice, from the granted requester alone, or gives the grant up if
-    that requester has since withdrawn; the grant is one-hot and selects each requester's header,
-    beats and ready by AND-OR, and whether a header's lba has any bit above the volume's is
-    registered per requester every cycle, so no wide reduce sits behind that selection; the
-    volume's write port takes a registered beat, a cycle after its handshake; a read's words are
-    fetched ahead into two registers (`hdl.read_ahead`), so the requester's ready reaches neither the
-    RAM nor its address.
+    that requester has since withdrawn; the volume's write port takes a registered beat, a cycle
+    after its handshake; a read's words are fetched ahead into a queue (`hdl.read_ahead`), so the
+    requester's ready reaches neither the RAM nor its address.
     """
+
+    READ_AHEAD = 3      # the read-ahead queue: about a word every other cycle, far above a dev board's
+    #                     link; each more entry is a word of flip-flops on an iCE40
 
     def __init__(self, *, ports: int, block_bytes: int, blocks: int, datapath_bits: int = 64):
         check_datapath_bits(self, datapath_bits)
@@ -80,119 +77,101 @@ class BlockStore(wiring.Component):
         m = Module()
         words = self.block_words
         word_bits = (words - 1).bit_length()
-        top = self.blocks.bit_length()      # as `lba_in_volume`: bits from `top` up zero, the rest < blocks
         # One requester at a time reads or writes it.
         mem = m.submodules.volume = Memory(shape=self.width, depth=self.blocks * words, init=[],
                                            attrs=NO_RW_CHECK)
         wp = mem.write_port()
         rp = mem.read_port()
-        ahead = m.submodules.ahead = ReadAhead(width=self.width, words=words)
+        ahead = m.submodules.ahead = ReadAhead(width=self.width, words=words, depth=self.READ_AHEAD)
 
         # Requesters in round-robin order: each port's write then read, the link's read last.
-        # Per requester: its valid, source stream, header lba, sink stream; for a write, its
-        # completion owed and its ok (by requester number, `writes` and `reads` the numbers of each).
-        valids, sources, lbas, sinks, owes, oks = {}, {}, {}, {}, {}, {}
+        # (valid, source stream, sink stream, completion owed or None for a read, its ok)
+        requests = []
         for p in range(self.ports):
             port = self.port[p]
             owed, ok = Signal(name=f"owed{p}"), Signal(name=f"ok{p}")
             with m.If(port.wresp.ready):
                 m.d.sync += owed.eq(0)
             m.d.comb += [port.wresp.valid.eq(owed), port.wresp.payload.ok.eq(ok)]
-            w, r = 2 * p, 2 * p + 1
-            valids[w], sources[w], lbas[w], sinks[w] = port.write.valid & ~owed, port.write, \
-                port.write.payload.data, port.wresp
-            owes[w], oks[w] = owed, ok
-            valids[r], sources[r], lbas[r], sinks[r] = port.rcmd.valid, port.rcmd, port.rcmd.payload.lba, \
-                port.rdata
-        link = 2 * self.ports
-        valids[link], sources[link], lbas[link], sinks[link] = self.link_rcmd.valid, self.link_rcmd, \
-            self.link_rcmd.payload.lba, self.link_rdata
-        count = len(valids)
-        writes, reads = list(owes), [q for q in range(count) if q not in owes]
+            requests += [(port.write.valid & ~owed, port.write, port.wresp, owed, ok),
+                         (port.rcmd.valid, port.rcmd, port.rdata, None, None)]
+        requests.append((self.link_rcmd.valid, self.link_rcmd, self.link_rdata, None, None))
+        count = len(requests)
         waiting = Signal(count)             # the requesters' valids, a cycle old
-        fits = Signal(count)                # each header's lba bits from `top` up all zero, a cycle old
-        m.d.sync += [waiting.eq(Cat(valids[q] for q in range(count))),
-                     fits.eq(Cat(~lbas[q][top:].any() for q in range(count)))]
+        m.d.sync += waiting.eq(Cat(valid for valid, *_ in requests))
 
-        after = Signal(count)           # the requesters after the one served last (none at first)
-        granted = Signal(count)         # the requester served, one-hot; `taking` is high while a header
-        taking = Signal()               # or data beat is taken (ACCEPT, WRITE); `sending`, the read
-        sending = Signal(len(reads))    # requester (of `reads`, one-hot) whose words are sent (READ):
-        #                                 each ready and valid is a gate of registers
-        low = Signal(top)               # the header's lba below `top`
-        block = low[:max(1, (self.blocks - 1).bit_length())]
+        last = Signal(range(count), init=count - 1)    # the requester served last
+        grant = Signal(range(count))
+        granted = Signal(count)         # `grant` one-hot, and high while a header or data beat is
+        taking = Signal()               # taken (ACCEPT, WRITE) or a read's words sent (READ): each
+        sending = Signal()              # ready and valid is then a gate of registers
+        lba = Signal(64)
+        block = lba[:max(1, (self.blocks - 1).bit_length())]
         in_range = Signal()
         word = Signal(range(words))
 
-        def pick(values):
-            """The granted requester's value of `values` ({requester: value}, zero for the others): an
-            AND-OR of one-hot terms, a shallow mux however many requesters there are."""
-            return reduce(operator.or_, (granted[q].replicate(len(v)) & v for q, v in values.items()))
-
-        def first(bits):
-            """The lowest set bit of `bits`, one-hot."""
-            return Cat(bits[i] & ~bits[:i].any() for i in range(count))
-
-        # Round robin: the first waiting requester after the one served last, else the first waiting one.
-        # Those after it, and whether there are any, are registered with `waiting` (against the mask
-        # of that cycle: a cycle old once ACCEPT moves it, harmless), so the choice is three levels.
-        later, any_later = Signal(count), Signal()
-        m.d.sync += [later.eq(Cat(valids[q] for q in range(count)) & after),
-                     any_later.eq((Cat(valids[q] for q in range(count)) & after).any())]
-        chosen = Mux(any_later, first(later), first(waiting))
+        chosen, found = Signal(range(count)), Signal()
+        with m.Switch(last):
+            for r in range(count):
+                with m.Case(r):
+                    for i in reversed(range(1, count + 1)):
+                        q = (r + i) % count
+                        with m.If(waiting[q]):
+                            m.d.comb += [chosen.eq(q), found.eq(1)]
 
         # The volume's write port: a beat taken in WRITE, written the next cycle.
         m.d.sync += wp.en.eq(0)
-        # A read's words come out of the read-ahead registers; a block outside the volume reads as zeros.
+        # A read's words come out of the read-ahead queue; a block outside the volume reads as zeros.
         m.d.comb += [rp.addr.eq(Cat(ahead.addr, block)), ahead.data.eq(rp.data)]
         head = Signal(read_beat_layout(self.width))
         m.d.comb += [head.data.eq(Mux(in_range, ahead.out.payload.data, 0)),
                      head.last.eq(ahead.out.payload.last), head.ok.eq(in_range)]
 
-        for q, source in sources.items():
+        for q, (_, source, _, owed, _) in enumerate(requests):
             # A write's source waits for its completion to be taken (a late `wresp.ready`).
-            m.d.comb += source.ready.eq(granted[q] & taking & (~owes[q] if q in owes else 1))
-        for i, q in enumerate(reads):
-            m.d.comb += [sinks[q].payload.eq(head), sinks[q].valid.eq(sending[i] & ahead.out.valid)]
-        # The consumer's ready reaches the read-ahead through an AND-OR of two levels at most.
-        m.d.comb += ahead.out.ready.eq(Cat(sending[i] & sinks[q].ready for i, q in enumerate(reads)).any())
+            m.d.comb += source.ready.eq(granted[q] & taking & (~owed if owed is not None else 1))
+        for q, (_, _, sink, owed, _) in enumerate(requests):
+            if owed is None:
+                m.d.comb += [sink.payload.eq(head), sink.valid.eq(granted[q] & sending & ahead.out.valid)]
+                with m.If(granted[q] & sending):
+                    m.d.comb += ahead.out.ready.eq(sink.ready)
         with m.FSM():
             with m.State("IDLE"):
-                with m.If(waiting.any()):
-                    m.d.sync += [granted.eq(chosen), taking.eq(1)]
+                with m.If(found):
+                    m.d.sync += [grant.eq(chosen), last.eq(chosen), granted.eq(1 << chosen), taking.eq(1)]
                     m.next = "ACCEPT"
             with m.State("ACCEPT"):
                 # The header is taken a cycle after the choice, from the granted requester alone:
                 # no port's ready depends on another port's valid.
-                m.d.sync += [taking.eq(0), word.eq(0), low.eq(pick({q: v[:top] for q, v in lbas.items()})),
-                             after.eq(-(granted << 1))]     # the bits above the one-hot grant: a carry chain
-                with m.If(~pick(valids)):
-                    m.next = "IDLE"
-                with m.Elif(Cat(granted[q] for q in writes).any()):
-                    m.next = "CHECK"
-                with m.Else():
-                    m.next = "DISPATCH"
+                m.d.sync += taking.eq(0)
+                for q, (valid, source, _, owed, _) in enumerate(requests):
+                    with m.If(grant == q):
+                        header = source.payload.data if owed is not None else source.payload.lba
+                        m.d.sync += lba.eq(header)
+                        m.next = "DISPATCH" if owed is None else "CHECK"
+                        with m.If(~valid):
+                            m.next = "IDLE"
+                m.d.sync += word.eq(0)
             with m.State("CHECK"):
                 # A write's lba against the volume, registered before its first data beat.
-                m.d.sync += [in_range.eq(pick(dict(enumerate(fits))) & (low < self.blocks)), taking.eq(1)]
+                m.d.sync += [in_range.eq(lba_in_volume(lba, self.blocks)), taking.eq(1)]
                 m.next = "WRITE"
             with m.State("DISPATCH"):
-                m.d.sync += [in_range.eq(pick(dict(enumerate(fits))) & (low < self.blocks)),
-                             sending.eq(Cat(granted[q] for q in reads))]
+                m.d.sync += [in_range.eq(lba_in_volume(lba, self.blocks)), sending.eq(1)]
                 m.d.comb += ahead.start.eq(1)
                 m.next = "READ"
             with m.State("WRITE"):
-                beat = pick({q: sources[q].valid for q in writes})
-                m.d.sync += [wp.data.eq(pick({q: sources[q].payload.data for q in writes})),
-                             wp.en.eq(beat & in_range), wp.addr.eq(Cat(word[:word_bits], block))]
-                with m.If(beat):
-                    m.d.sync += word.eq(word + 1)
-                    with m.If(word == words - 1):
-                        m.d.sync += taking.eq(0)
-                        for q in writes:
-                            with m.If(granted[q]):
-                                m.d.sync += [owes[q].eq(1), oks[q].eq(in_range)]
-                        m.next = "IDLE"
+                for q, (_, source, _, owed, ok) in enumerate(requests):
+                    if owed is None:
+                        continue
+                    with m.If(grant == q):
+                        m.d.sync += [wp.data.eq(source.payload.data), wp.en.eq(source.valid & in_range),
+                                     wp.addr.eq(Cat(word[:word_bits], block))]
+                        with m.If(source.valid):
+                            m.d.sync += word.eq(word + 1)
+                            with m.If(word == words - 1):
+                                m.d.sync += [owed.eq(1), ok.eq(in_range), taking.eq(0)]
+                                m.next = "IDLE"
             with m.State("READ"):
                 with m.If(ahead.out.valid & ahead.out.ready & ahead.out.payload.last):
                     m.d.sync += sending.eq(0)

@@ -47,12 +47,9 @@ class BlockFIFO(Elaboratable, FIFOInterface):
         r_port = storage.read_port()
         produce, consume = Signal(range(inner)), Signal(range(inner))
         stored = Signal(range(inner + 1))
-        # Whether the RAM holds an entry is a flip-flop updated with `stored` (not a compare of
-        # it): a read is one gate from `r_en`, whose reader often decides it late.
-        nonempty = Signal()
 
         do_write = self.w_rdy & self.w_en
-        do_read = nonempty & (~self.r_rdy | self.r_en)    # RAM -> output register
+        do_read = (stored != 0) & (~self.r_rdy | self.r_en)    # RAM -> output register
         m.d.comb += [
             self.w_rdy.eq(stored != inner),
             w_port.addr.eq(produce), w_port.data.eq(self.w_data), w_port.en.eq(do_write),
@@ -66,7 +63,7 @@ class BlockFIFO(Elaboratable, FIFOInterface):
         with m.Elif(self.r_en):
             m.d.sync += self.r_rdy.eq(0)
         with m.If(do_write & ~do_read):
-            m.d.sync += [stored.eq(stored + 1), nonempty.eq(1)]
+            m.d.sync += stored.eq(stored + 1)
         with m.If(do_read & ~do_write):
-            m.d.sync += [stored.eq(stored - 1), nonempty.eq(stored != 1)]
+            m.d.sync += stored.eq(stored - 1)
         return m

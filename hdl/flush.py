@@ -309,35 +309,29 @@ class FlushEngine(wiring.Component):
                      c_trailer.eq(b_trailer), c_index.eq(b_index),
                      c_word.eq(Mux(b_header, header_word, self.data_r.data))]
         # The CRC in two steps, each an XOR tree from flip-flops: a word's own term is registered
-        # (`crc_in`, `pending`), then folded into the register (`crc`) when the next word of the
-        # entry passes stage C. So the last data word's term is still pending when the first
-        # trailer word, whichever cycle it comes in, folds it in on its way out (`advanced`: one
-        # XOR tree from flip-flops to the FIFO, with no choice of the CRC's source after it); the
-        # later trailer words take the finished CRC from `crc`.
+        # (`crc_in`), then folded into the register (`crc`) a cycle later; the trailer, at stage
+        # C right after the last data word, folds that word's term in on its way out.
         # `crc` holds the CRC state XOR its initial value, which is the finished CRC (INIT and
         # the final XOR are both all ones) and restarts as 0 after the last trailer word: a
         # reset of its flip-flops rather than a select in front of its XORs.
         assert INIT == XOROUT == (1 << 32) - 1
         step = update_matrix(self.width)
         offset = Cat(*(_xor_of(Const(INIT, 32), s) for s, _ in step)) ^ INIT    # M·INIT ^ INIT
-        crc, crc_in, pending = Signal(32), Signal(32), Signal()
+        crc, crc_in, crc_in_valid = Signal(32), Signal(32), Signal()
+        m.d.sync += [crc_in.eq(Cat(*(_xor_of(c_word, d) for _, d in step)) ^ offset),
+                     crc_in_valid.eq(c_valid & ~c_trailer)]
         advanced = Cat(*(_xor_of(crc, s) for s, _ in step)) ^ crc_in
-        with m.If(c_valid):
-            m.d.sync += pending.eq(~c_trailer)
-            with m.If(~c_trailer):
-                m.d.sync += crc_in.eq(Cat(*(_xor_of(c_word, d) for _, d in step)) ^ offset)
-            with m.If(pending):
-                m.d.sync += crc.eq(advanced)
-            with m.If(c_last):
-                m.d.sync += crc.eq(0)
-        trailer = [Cat(advanced, Const(0, 32)).word_select(0, self.width)]
-        trailer += [Cat(crc, Const(0, 32)).word_select(i, self.width) for i in range(1, tw)]
+        with m.If(crc_in_valid):
+            m.d.sync += crc.eq(advanced)
+        with m.If(c_valid & c_last):
+            m.d.sync += crc.eq(0)
+        trailer = Cat(Mux(crc_in_valid, advanced, crc), Const(0, 32))
         out_beat = Signal(self.out.payload.shape())
         m.d.comb += [
             out_beat.data.eq(c_word), out_beat.first.eq(c_first), out_beat.last.eq(c_last),
             fifo.w_en.eq(c_valid), fifo.w_data.eq(out_beat),
         ]
         with m.If(c_trailer):
-            m.d.comb += out_beat.data.eq(Cat(trailer).word_select(c_index[:max(1, (tw - 1).bit_length())],
-                                                                  self.width))
+            m.d.comb += out_beat.data.eq(trailer.word_select(c_index[:max(1, (tw - 1).bit_length())],
+                                                             self.width))
         return m

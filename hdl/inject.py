@@ -7,7 +7,7 @@ it arrives (`control.load_*`), checks the frame, and then pulses `start` with th
 injector sends the request into that port's ingress exactly as a server does — a header beat
 (data = lba, its low `datapath_bits` bits) and `block_bytes * 8 / datapath_bits` data beats — so
 the port stamps, journals and forwards it to primary storage by its ordinary write path. The
-data beats leave through two registers filled from the buffer ahead of the port
+data beats leave through a short queue filled from the buffer ahead of the port
 (`hdl.read_ahead`), so the port's ready reaches neither the buffer nor its address. It
 then waits for the port's write to end: the primary write's completion (`Status.OK`, or
 `PRIMARY_FAILED` when storage failed it), or, in copy-on-write mode, a failed pre-image read
@@ -87,6 +87,9 @@ def inject_port_watch(m: Module, watch, port) -> None:
 class Injector(wiring.Component):
     """One host-injected block write at a time into `port[i].ingress`; its outcome in `done`."""
 
+    READ_AHEAD = 3      # the beats' queue: about one every other cycle, far above the link's pace of
+    #                     loading them; each more entry is a word of flip-flops on an iCE40
+
     def __init__(self, *, ports: int, block_bytes: int, datapath_bits: int = 64):
         check_datapath_bits(self, datapath_bits)
         self.ports = ports
@@ -108,18 +111,16 @@ class Injector(wiring.Component):
         m.d.comb += [wp.addr.eq(c.load_addr), wp.data.eq(c.load_data.replicate(self.width // 8)),
                      wp.en.eq(c.load_en << c.load_lane)]      # one byte lane
         beat = beat_layout(self.width)
-        ahead = m.submodules.ahead = ReadAhead(width=self.width, words=words)
+        ahead = m.submodules.ahead = ReadAhead(width=self.width, words=words, depth=self.READ_AHEAD)
         m.d.comb += [rp.addr.eq(ahead.addr), ahead.data.eq(rp.data)]
 
         port = Signal(range(self.ports))
         chosen = Signal(self.ports)     # `port` one-hot: each ingress valid a gate of two registers
         lba = Signal(64)
         header = Signal()               # the header beat is offered, ahead of the block's words
-        beats = Signal(self.ports)      # `chosen` once the header is taken: the read-ahead's ready is an
-        #                                 AND-OR of two registered terms a port, no third level for `header`
         read_failed = Signal()          # a pre-image beat of this write came back failed
         ended = Signal()                # the port's write ended without a primary write
-        # The chosen port's ingress (the header, then the read-ahead's head) and watched signals.
+        # The chosen port's ingress (the header, then the queue's head) and watched signals.
         offered = Signal(beat)
         m.d.comb += [offered.data.eq(Mux(header, lba, ahead.out.payload.data)), offered.first.eq(header),
                      offered.last.eq(~header & ahead.out.payload.last)]
@@ -128,32 +129,29 @@ class Injector(wiring.Component):
             ingress = self.port[p].ingress
             m.d.comb += [ingress.valid.eq((header | ahead.out.valid) & chosen[p]),
                          ingress.payload.eq(offered)]
-        with m.Switch(port):        # one mux (not a chain of one per port)
-            for p in range(self.ports):
-                with m.Case(p):
-                    m.d.comb += [getattr(watch, name).eq(getattr(self.port[p], name))
-                                 for name in ("stamp", "wresp", "wresp_ok", "rbeat", "rbeat_ok",
-                                              "rbeat_last")]
-        ready = [self.port[p].ingress.ready for p in range(self.ports)]
-        taken = Cat(chosen[p] & ready[p] for p in range(self.ports)).any()
+            with m.If(port == p):
+                m.d.comb += [getattr(watch, name).eq(getattr(self.port[p], name))
+                             for name in ("stamp", "wresp", "wresp_ok", "rbeat", "rbeat_ok",
+                                          "rbeat_last")]
+        taken = Cat(chosen[p] & self.port[p].ingress.ready for p in range(self.ports)).any()
         m.d.comb += [c.time.eq(watch.stamp.timestamp), c.seq.eq(watch.stamp.seq),
-                     ahead.out.ready.eq(Cat(beats[p] & ready[p] for p in range(self.ports)).any())]
+                     ahead.out.ready.eq(taken & ~header)]
 
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(c.start):
                     m.d.sync += [port.eq(c.start_port), chosen.eq(1 << c.start_port), lba.eq(c.start_lba),
-                                 header.eq(1), beats.eq(0), c.busy.eq(1), read_failed.eq(0), ended.eq(0)]
+                                 header.eq(1), c.busy.eq(1), read_failed.eq(0), ended.eq(0)]
                     m.d.comb += ahead.start.eq(1)
                     m.next = "HEADER"
             with m.State("HEADER"):
                 with m.If(taken):
-                    m.d.sync += [header.eq(0), beats.eq(chosen)]
+                    m.d.sync += header.eq(0)
                     m.next = "WAIT"
             with m.State("WAIT"):
                 self._watch_read(m, watch, read_failed, ended)
                 # Every beat handed to the port (a copy-on-write port that failed its pre-image read
-                # still consumes the data: the result waits for that, so nothing is left for the next).
+                # still consumes the data: the result waits for that, so the queue is empty for the next).
                 with m.If(ended & ahead.idle):
                     m.d.sync += [c.status.eq(Status.JOURNAL_FAILED), c.done.eq(1)]
                     m.next = "DONE"

@@ -105,8 +105,7 @@ class JournalRing(wiring.Component):
     """Ring storage of one port: data RAM, header RAM, per-slot registers and the `done` pointer.
 
     Write side (the write path): `alloc` records `alloc_kind` and `alloc_mode` of the entry in
-    slot `head % depth` and clears its status (`head` advances with it; the ring applies it a
-    cycle later, and `done` waits for it); `meta_w` and `data_w`
+    slot `head % depth` and clears its status (`head` advances with it); `meta_w` and `data_w`
     are RAM write ports; two status writes per cycle (a primary completion and the phase-1
     outcome of a newer entry can land together), each registered and applied a cycle later (a
     slot is allocated, and its status cleared, long before its outcome is known; `done` then
@@ -162,26 +161,19 @@ class JournalRing(wiring.Component):
         kind = Array(Signal(KIND_BITS, name=f"kind{i}") for i in range(self.depth))
         mode = Array(Signal(MODE_BITS, name=f"mode{i}") for i in range(self.depth))
         known = Signal(self.depth)
+        head_slot = self.head[:self.slot_bits]
         done_slot = self.done[:self.slot_bits]
 
-        # An allocation is recorded a cycle after `alloc` (which is the stamp's enable too, a wide
-        # fanout): until then `done` stops at the head of before it, whose known bit is not yet
-        # cleared.
-        alloc, alloc_head = Signal(), Signal.like(self.head)
-        alloc_kind, alloc_mode = Signal.like(self.alloc_kind), Signal.like(self.alloc_mode)
-        m.d.sync += [alloc.eq(self.alloc), alloc_head.eq(self.head),
-                     alloc_kind.eq(self.alloc_kind), alloc_mode.eq(self.alloc_mode)]
-        alloc_slot = alloc_head[:self.slot_bits]
-        with m.If(alloc):
-            m.d.sync += [known.bit_select(alloc_slot, 1).eq(0),
-                         kind[alloc_slot].eq(alloc_kind), mode[alloc_slot].eq(alloc_mode)]
+        with m.If(self.alloc):
+            m.d.sync += [known.bit_select(head_slot, 1).eq(0),
+                         kind[head_slot].eq(self.alloc_kind), mode[head_slot].eq(self.alloc_mode)]
         for i, write in enumerate((self.status_w0, self.status_w1)):
             en, slot = Signal(name=f"status_en{i}"), Signal(self.slot_bits, name=f"status_slot{i}")
             outcome = Signal(STATUS_BITS, name=f"status{i}_value")
             m.d.sync += [en.eq(write.en), slot.eq(write.addr), outcome.eq(write.status)]
             with m.If(en):
                 m.d.sync += [status[slot].eq(outcome), known.bit_select(slot, 1).eq(1)]
-        with m.If((self.done != alloc_head) & known.bit_select(done_slot, 1)):
+        with m.If((self.done != self.head) & known.bit_select(done_slot, 1)):
             m.d.sync += self.done.eq(self.done + 1)
 
         m.d.sync += self.fill.eq((self.head - self.tail)[:self.slot_bits + 1])

@@ -53,10 +53,7 @@ The link's counters (`firmware.abi.regmap.LINK_COUNTERS`) are one-bit outputs th
 per event: the register block counts them (`hdl.counter_bank`).
 """
 
-import operator
 from contextlib import contextmanager
-from functools import reduce
-from types import SimpleNamespace
 
 import crc32c
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
@@ -249,7 +246,6 @@ class LinkController(wiring.Component):
         act_flush, act_resend, act_ack = Signal(n), Signal(n), Signal(n)
         reason = Signal(8)              # the final NakReason (BUSY included)
         go = Signal()                   # COMMIT carries out ACT's decisions now
-        in_commit = Signal()            # the FSM is in COMMIT
         written_resp = Signal(Response)
         m.d.comb += [written_resp.src.eq(SRC_WRITTEN), written_resp.ftype.eq(FrameType.WRITTEN),
                      written_resp.seq.eq(inject_seq), written_resp.port.eq(inject_port)]
@@ -272,10 +268,6 @@ class LinkController(wiring.Component):
                 m.d.sync += lp.ack.payload.seq.eq(ack_seq)
 
         m.d.sync += got.eq(0)
-        # `got` is high only in RECV (set by its stage 1, which takes no byte in the cycle RECV
-        # ends): no state needs to gate the CRC.
-        m.d.comb += [crc.data.valid.eq(got), crc.data.payload.data.eq(got_byte.data),
-                     crc.data.payload.first.eq(got_byte.first)]
         with m.FSM(name="rx"):
             with m.State("RECV"):
                 if store:       # the injector's result goes out as WRITTEN (COMMIT queues the others)
@@ -289,7 +281,9 @@ class LinkController(wiring.Component):
                     index = Mux(byte.first, 0, count)
                     m.d.sync += [got.eq(1), got_byte.eq(byte), got_index.eq(index),
                                  count.eq(index + (index != _COUNT_MAX))]
-                # Stage 2: keep the first bytes, CRC every one (`crc` is fed beside the FSM).
+                # Stage 2: keep the first bytes, CRC every one.
+                m.d.comb += [crc.data.valid.eq(got), crc.data.payload.data.eq(got_byte.data),
+                             crc.data.payload.first.eq(got_byte.first)]
                 with m.If(got):
                     with m.If(got_index < _PARSE_BYTES):
                         m.d.sync += buf[got_index[:(_PARSE_BYTES - 1).bit_length()]].eq(got_byte.data)
@@ -376,36 +370,30 @@ class LinkController(wiring.Component):
                              act_flush.eq(at_port & Mux(ok & kind[FrameType.FLUSH], (1 << n) - 1, 0)),
                              act_resend.eq(at_port & Mux(ok & kind[FrameType.RESEND], (1 << n) - 1, 0)),
                              act_ack.eq(at_port & Mux(ok & kind[FrameType.ACK], (1 << n) - 1, 0))]
-                m.d.sync += in_commit.eq(1)
                 m.next = "COMMIT"
             with m.State("COMMIT"):
+                m.d.comb += [go.eq(~responds | resp_fifo.w_rdy), resp_fifo.w_data.eq(resp)]
                 with m.If(go):
+                    m.d.comb += resp_fifo.w_en.eq(responds)
                     m.next = "RECV"
-        # COMMIT's work, beside the FSM on `in_commit` (a register: no state decoding before `go`'s
-        # fanout). RECV queues nothing meanwhile.
-        with m.If(in_commit):
-            m.d.comb += [go.eq(~responds | resp_fifo.w_rdy), resp_fifo.w_data.eq(resp)]
-        with m.If(go):
-            m.d.comb += resp_fifo.w_en.eq(responds)
-            m.d.sync += in_commit.eq(0)
-            counters = {NakReason.BAD_COBS: self.rx_cobs_errors,
-                        NakReason.BAD_CRC: self.rx_crc_errors,
-                        NakReason.BAD_LENGTH: self.rx_length_errors,
-                        NakReason.UNKNOWN_TYPE: self.rx_type_errors,
-                        NakReason.BAD_PORT: self.rx_port_errors,
-                        NakReason.BAD_LBA: self.rx_lba_errors,
-                        NakReason.BUSY: self.rx_busy}
-            with m.Switch(reason):
-                for code, counter in counters.items():
-                    with m.Case(code):
-                        m.d.comb += counter.eq(1)
-            m.d.comb += [self.naks_sent.eq(act["nak"]), self.rx_frames.eq(act["ok"])]
-            if store:
-                with m.If(act["inject"]):
-                    m.d.sync += [inject_seq.eq(seq), inject_port.eq(port)]
-                with m.If(act["read"]):
-                    m.d.sync += [reading["pending"].eq(1), reading["lba"].eq(lba),
-                                 reading["seq"].eq(seq)]
+                    counters = {NakReason.BAD_COBS: self.rx_cobs_errors,
+                                NakReason.BAD_CRC: self.rx_crc_errors,
+                                NakReason.BAD_LENGTH: self.rx_length_errors,
+                                NakReason.UNKNOWN_TYPE: self.rx_type_errors,
+                                NakReason.BAD_PORT: self.rx_port_errors,
+                                NakReason.BAD_LBA: self.rx_lba_errors,
+                                NakReason.BUSY: self.rx_busy}
+                    with m.Switch(reason):
+                        for code, counter in counters.items():
+                            with m.Case(code):
+                                m.d.comb += counter.eq(1)
+                    m.d.comb += [self.naks_sent.eq(act["nak"]), self.rx_frames.eq(act["ok"])]
+                    if store:
+                        with m.If(act["inject"]):
+                            m.d.sync += [inject_seq.eq(seq), inject_port.eq(port)]
+                        with m.If(act["read"]):
+                            m.d.sync += [reading["pending"].eq(1), reading["lba"].eq(lba),
+                                         reading["seq"].eq(seq)]
 
     def _load_block(self, m, got, byte, index, ftype, blocked):
         """INJECT_WRITE's block bytes into the injector's buffer as they arrive (if it is idle):
@@ -433,23 +421,7 @@ class LinkController(wiring.Component):
         half = 1 << (max_words - 1).bit_length()
         # A frame is sent from one half while the next is collected into the other.
         mem = m.submodules.frame_buf = Memory(shape=self.width, depth=2 * half, init=[], attrs=NO_RW_CHECK)
-        # The states write through `wp`, registered on its way to the memory: their decisions and
-        # data multiplexer reach only registers. A write lands a cycle later, long before the
-        # sender reads the frame (it starts a cycle after the hand-over at the earliest).
-        # The data is an OR of each writer's word, selected by a flag of its own (`wp.write(data)`
-        # in a state; JOURNAL's is `valid`), not by the FSM's state decoded.
-        mem_wp = mem.write_port()
-        wp = SimpleNamespace(en=Signal(name="frame_w_en"), addr=Signal.like(mem_wp.addr, name="frame_w_addr"),
-                             data=Signal.like(mem_wp.data, name="frame_w_data"), sources=[])
-
-        def write(data, name):
-            """This state writes `data` (at `wp.addr`, when `wp.en`)."""
-            sel = Signal(name=f"frame_w_{name}")
-            m.d.comb += sel.eq(1)
-            wp.sources.append((sel, data))
-
-        wp.write = write
-        m.d.sync += [mem_wp.en.eq(wp.en), mem_wp.addr.eq(wp.addr), mem_wp.data.eq(wp.data)]
+        wp = mem.write_port()
         rp = mem.read_port()
         frames = {
             "rp": rp, "half_bits": (half - 1).bit_length(),
@@ -498,26 +470,27 @@ class LinkController(wiring.Component):
         cur_oh = Signal(n)              # JOURNAL's `cur`, one-hot: its stream's `ready` and stop
 
         def pick(cands, name):
-            """The port picked among `cands` (and one-hot: none when none was), registered: IDLE
-            acts on the picks of a cycle ago (a mark taken is off them by the time IDLE acts
-            again, and JOURNAL checks the marks itself before it takes a beat)."""
-            chosen, oh = Signal(range(n), name=f"{name}_port"), Signal(n, name=f"{name}_oh")
-            m.d.sync += oh.eq(0)
+            """The port picked among `cands`, and whether one was, registered: IDLE acts on the
+            picks of a cycle ago (a mark taken is off them by the time IDLE acts again, and JOURNAL
+            checks the marks itself before it takes a beat)."""
+            chosen, found = Signal(range(n), name=f"{name}_port"), Signal(name=f"{name}_found")
+            m.d.sync += found.eq(0)
             with m.Switch(rr):
                 for r in range(n):
                     with m.Case(r):
                         for i in reversed(range(n)):
                             q = (r + i) % n
                             with m.If(cands[q]):
-                                m.d.sync += [chosen.eq(q), oh.eq(1 << q)]
-            return chosen, oh
+                                m.d.sync += [chosen.eq(q), found.eq(1)]
+            return chosen, found
 
-        mark_port, mark_oh = pick(mark_ready, "mark")
-        data_port, data_oh = pick(Cat(*(self.port[p].flush.valid for p in range(n))), "data")
+        mark_port, any_mark = pick(mark_ready, "mark")
+        data_port, any_data = pick(Cat(*(self.port[p].flush.valid for p in range(n))), "data")
         # JOURNAL takes port `cur`'s beats into a register (`beat`, `valid`) and writes them from
         # there a cycle later.
         beat = Signal(beat_layout(self.width))
         valid = Signal()
+        m.d.sync += valid.eq(0)
         in_entry = Signal()             # the last beat written was not an entry's last
         stamp_at = 8 // word_bytes        # the beat the entry's timestamp starts on (byte 8)
         # The entry's beat number, counting on past the timestamp's beats and then holding: 0
@@ -526,48 +499,27 @@ class LinkController(wiring.Component):
         beat_k = Signal(range(2 * stamp_at + 2))
         seq_w = min(self.width, SEQ_BITS)
         seq_carry = Signal()            # seq + 1's carry into its next word (beats under 32 bits)
-        grace = Signal(range(_GRACE + 1), init=_GRACE)
-        # JOURNAL may take port `cur`'s beats: one-hot per port, so each stream's `ready` is one
-        # gate of registers (zero outside JOURNAL: it is closed before JOURNAL ends).
-        open_oh = Signal(n)
-        open_ = open_oh.any()
+        grace = Signal(range(_GRACE + 1))
+        open_ = Signal()                # JOURNAL may take port `cur`'s beats
         stop = Signal()                 # JOURNAL's frame ends now (decided a cycle ago)
         taken, taken_last = Signal(), Signal()     # a beat of port `cur`'s taken now, an entry's last
         flush = [self.port[p].flush for p in range(n)]
-        m.d.comb += [flush[p].ready.eq(open_oh[p] & ~mark_new[p]) for p in range(n)]
-        m.d.sync += valid.eq(taken)
-        at_boundary = ~in_entry & ~valid
-        for p in range(n):      # `open_oh` is within `cur_oh`: port p's bit closes as `open` does
-            with m.If(open_oh[p] & Mux(flush[p].valid & ~mark_new[p], flush[p].payload.last, at_boundary)):
-                m.d.sync += open_oh[p].eq(0)
-        m.d.sync += beat.eq(reduce(operator.or_, (Mux(cur_oh[p], flush[p].payload.as_value(), 0)
-                                                  for p in range(n))))     # used only if taken
         m.d.comb += [taken.eq(Cat(f.valid & f.ready for f in flush).any()),
                      taken_last.eq(Cat(f.valid & f.ready & f.payload.last for f in flush).any())]
-        m.d.comb += wp.addr.eq(Cat(widx[:frames["half_bits"]], wsel))
-        wp.sources.append((valid, beat.data))
-        # No room for another entry once the one ending now (`valid`, its last beat) is written:
-        # `widx` >= the last entry's start, compared a cycle ahead from `widx` and `valid` (in
-        # JOURNAL `widx` counts the beats written and nothing else), so a register says it.
-        no_room = Signal()
-        last_start = max_words - entry_words
-        m.d.sync += no_room.eq(Mux(valid, widx >= last_start - 1, widx >= last_start))
+        m.d.comb += [wp.addr.eq(Cat(widx[:frames["half_bits"]], wsel)), wp.data.eq(beat.data)]
 
         # A frame closed is handed over a cycle later (`closing`, from registers: the decisions
         # that close a frame are the states' own), and IDLE starts nothing until then.
         closing = Signal()
         close_type, close_seq = Signal(8), Signal(16)
         close_len = Signal(range(MAX_PAYLOAD + 1))
-        close_words = Signal()          # the frame's length is its words written (`widx` at hand-over)
         m.d.sync += closing.eq(0)
 
-        def close(ftype, length=None, seq=0):
-            """The buffer being filled is a whole frame: hand it to the sender, fill the other. Its
-            length in bytes, or None: the words written, counted at the hand-over."""
-            m.d.sync += [closing.eq(1), close_type.eq(ftype), close_seq.eq(seq),
-                         close_words.eq(length is None), close_len.eq(0 if length is None else length)]
+        def close(ftype, length, seq=0):
+            """The buffer being filled is a whole frame: hand it to the sender, fill the other."""
+            m.d.sync += [closing.eq(1), close_type.eq(ftype), close_len.eq(length), close_seq.eq(seq)]
 
-        def close_port(ftype, length=None):
+        def close_port(ftype, length):
             """`close`, a frame of port `cur`'s stream: the next port's turn comes."""
             close(ftype, length)
             m.d.sync += rr.eq(Cat(cur + 1)[:len(rr)])
@@ -580,10 +532,6 @@ class LinkController(wiring.Component):
         # mark. (Read from the port's registers as they were written, a drain ending between its
         # time word and its seq word paired the old time with the new seq and lost the new mark.)
         mark_word = Signal(-(-(TIME_BITS + SEQ_BITS) // self.width) * self.width)
-        mark_value = Signal.like(mark_word)     # the picked port's mark (its binary index: its one-hot
-        #                                         `mark_oh` decides, with no fanout to the words)
-        m.d.comb += mark_value.eq(Array(Cat(Mux(mark_idle[p], mark_time[p], last_stamp[p]), mark_seq[p])
-                                        for p in range(n))[mark_port])
         read_regs = self._read_regs(m, reading) if self.store_blocks else None
         with m.FSM(name="collect"):
             with m.State("IDLE"):
@@ -593,79 +541,86 @@ class LinkController(wiring.Component):
                         if self.store_blocks:
                             m.d.sync += cur.eq(0)
                             m.next = "BLOCK_CMD"
-                    with m.Elif((mark_oh & mark_ready).any()):     # still ready
-                        m.d.sync += [cur.eq(mark_port), mark_word.eq(mark_value)]
-                        m.d.comb += mark_taken.eq(mark_oh)
+                    with m.Elif(any_mark & mark_ready.bit_select(mark_port, 1)):     # still ready
+                        m.d.sync += cur.eq(mark_port)
+                        for p in range(n):
+                            with m.If(mark_port == p):
+                                m.d.comb += mark_taken[p].eq(1)
+                                m.d.sync += mark_word.eq(Cat(
+                                    Mux(mark_idle[p], mark_time[p], last_stamp[p]), mark_seq[p]))
                         m.next = "MARK"
-                    with m.Elif(data_oh.any()):
-                        m.d.sync += [cur.eq(data_port), cur_oh.eq(data_oh)]     # (`in_entry`,
-                        #   `stop` 0, `grace` full: JOURNAL leaves them so)
+                    with m.Elif(any_data):
+                        m.d.sync += [cur.eq(data_port), cur_oh.eq(1 << data_port), in_entry.eq(0),
+                                     grace.eq(_GRACE), open_.eq(0), stop.eq(0)]
                         m.next = "JOURNAL"
             with m.State("JOURNAL"):
-                # A beat is taken when the register will be written from next cycle (`valid`, set
-                # beside the FSM). The stream's `ready` is a gate of registers: `open` (`open_oh`,
-                # the port's bit; beside the FSM), closed once an entry's last beat is taken and at
-                # a boundary (register empty) that took none. A boundary with `open` closed
+                # A beat is taken when the register will be written from next cycle. The stream's
+                # `ready` is of registers only: `open`, closed once an entry's last beat is taken
+                # and at a boundary (register empty) that took none. A boundary with `open` closed
                 # (the first cycle is one) decides, registered: the port's mark goes first, and the
                 # frame ends (`stop`, the cycle after) when no entry came in the grace turns; else
                 # `open` again for a turn. A drain that ended in the deciding cycle holds `ready`
                 # off the turn after (its `mark_new`), so no entry of a next drain passes its mark.
-                with m.If(~open_ & at_boundary & ~stop):     # (`open` closes beside the FSM)
+                at_boundary = ~in_entry & ~valid
+                for p in range(n):
+                    lp = self.port[p]
+                    m.d.comb += lp.flush.ready.eq(cur_oh[p] & open_ & ~mark_new[p])
+                    with m.If(cur_oh[p]):
+                        m.d.sync += beat.eq(lp.flush.payload)       # used only if taken
+                with m.If(taken):
+                    m.d.sync += valid.eq(1)
+                with m.If(open_):
+                    with m.If(Mux(taken, taken_last, at_boundary)):
+                        m.d.sync += open_.eq(0)
+                with m.Elif(at_boundary & ~stop):
                     with m.If(((mark_ready | mark_new) & cur_oh).any() | (grace == 0)):
                         m.d.sync += stop.eq(1)
                     with m.Else():
-                        m.d.sync += [open_oh.eq(cur_oh), grace.eq(grace - 1)]
+                        m.d.sync += [open_.eq(1), grace.eq(grace - 1)]
                 with m.If(stop):
-                    m.d.sync += [stop.eq(0), grace.eq(_GRACE)]
                     with m.If(widx != 0):
-                        close_port(FrameType.JOURNAL)
+                        close_port(FrameType.JOURNAL, Cat(Const(0, self.lane_bits), widx))
                     m.next = "IDLE"
                 with m.If(valid):
                     m.d.comb += wp.en.eq(1)
                     m.d.sync += grace.eq(_GRACE)
-                    m.d.sync += [widx.eq(widx + 1), in_entry.eq(~beat.last)]
+                    m.d.sync += [widx.eq(widx + 1), in_entry.eq(~beat.last),
+                                 beat_k.eq(beat_k + (beat_k != 2 * stamp_at + 1))]
+                    with m.If(beat.first):
+                        m.d.sync += beat_k.eq(1)
+                    # The entry's seq + 1 and timestamp go into the port's `link_next` and
+                    # `last_stamp` a word at a time as their beats pass: they are read only
+                    # between entries (IDLE, a boundary), when the words are whole.
+                    for i in range(max(1, SEQ_BITS // self.width)):
+                        with m.If(beat.first if i == 0 else beat_k == i):
+                            next_word = Signal(seq_w + 1, name=f"next_seq_word{i}")
+                            m.d.comb += next_word.eq(beat.data[:seq_w] + (1 if i == 0 else seq_carry))
+                            m.d.sync += seq_carry.eq(next_word[-1])
+                            for p in range(n):
+                                with m.If(cur == p):
+                                    m.d.sync += link_next[p].word_select(i, seq_w).eq(next_word[:seq_w])
+                    for i in range(TIME_BITS // self.width):
+                        with m.If(beat_k == stamp_at + i):
+                            for p in range(n):
+                                with m.If(cur == p):
+                                    m.d.sync += last_stamp[p].word_select(i, self.width).eq(beat.data)
                     with m.If(beat.last):
-                        with m.If(no_room):
-                            close_port(FrameType.JOURNAL)
+                        m.d.comb += self.tx_journal_entries.eq(1)
+                        with m.If(widx >= max_words - entry_words):     # no room for another
+                            close_port(FrameType.JOURNAL, Cat(Const(0, self.lane_bits), widx + 1))
                             m.next = "IDLE"
             with m.State("MARK"):
                 word, last = self._word(mark_word, widx)
-                m.d.comb += wp.en.eq(1)
-                wp.write(word, "mark")
+                m.d.comb += [wp.en.eq(1), wp.data.eq(word)]
                 m.d.sync += widx.eq(widx + 1)
                 with m.If(last):
                     close_port(FrameType.FLUSH_MARK, 12)
                     m.next = "IDLE"
             if self.store_blocks:
                 self._read_block(m, reading, wp, widx, close, read_regs)
-        # A beat in `beat` is JOURNAL's only (`valid` is high only there): beside the FSM, the
-        # entry's seq + 1 and timestamp go into port `cur`'s `link_next` and `last_stamp` a word
-        # at a time as their beats pass, enabled by a gate or two of registers. They are read
-        # only between entries (IDLE, a boundary), when the words are whole.
-        with m.If(valid):
-            m.d.sync += beat_k.eq(beat_k + (beat_k != 2 * stamp_at + 1))
-            with m.If(beat.first):
-                m.d.sync += beat_k.eq(1)
-            for i in range(max(1, SEQ_BITS // self.width)):
-                with m.If(beat.first if i == 0 else beat_k == i):
-                    next_word = Signal(seq_w + 1, name=f"next_seq_word{i}")
-                    m.d.comb += next_word.eq(beat.data[:seq_w] + (1 if i == 0 else seq_carry))
-                    m.d.sync += seq_carry.eq(next_word[-1])
-                    for p in range(n):
-                        with m.If(cur_oh[p]):
-                            m.d.sync += link_next[p].word_select(i, seq_w).eq(next_word[:seq_w])
-            for i in range(TIME_BITS // self.width):
-                with m.If(beat_k == stamp_at + i):
-                    for p in range(n):
-                        with m.If(cur_oh[p]):
-                            m.d.sync += last_stamp[p].word_select(i, self.width).eq(beat.data)
-            with m.If(beat.last):
-                m.d.comb += self.tx_journal_entries.eq(1)
-        m.d.comb += wp.data.eq(reduce(operator.or_, (Mux(sel, data, 0) for sel, data in wp.sources)))
         with m.If(closing):
             m.d.sync += [full.bit_select(wsel, 1).eq(1), frames["ftype"][wsel].eq(close_type),
-                         frames["port"][wsel].eq(cur), frames["length"][wsel].eq(
-                             Mux(close_words, Cat(Const(0, self.lane_bits), widx), close_len)),
+                         frames["port"][wsel].eq(cur), frames["length"][wsel].eq(close_len),
                          frames["seq"][wsel].eq(close_seq), wsel.eq(~wsel), widx.eq(0)]
         return frames
 
@@ -690,41 +645,36 @@ class LinkController(wiring.Component):
         got_data = Signal(self.width, name="rd_data")
         m.d.sync += [got.eq(rdata.valid & rdata.ready), got_data.eq(rdata.payload.data),
                      got_last.eq(rdata.payload.last)]
-        # High exactly in BLOCK_DATA, as a register: the ready reaches the store's read-ahead enables.
-        taking = Signal(name="rd_taking")
-        m.d.comb += rdata.ready.eq(taking)
-        return lba, got, got_data, got_last, taking
+        return lba, got, got_data, got_last
 
     def _read_block(self, m, reading, wp, widx, close, regs):
         """READ_BLOCK: the lba, then the block's words from the store, into a BLOCK frame. The
-        store's stream signals go into registers only: the command's `valid` and the data's `ready`
-        (`taking`) are registers, the first raised with the lba's last word, and each data beat is
-        registered and written through the registered frame-buffer port."""
-        cmd = self.store_rcmd
-        lba, got, got_data, got_last, taking = regs
+        store's stream signals go into registers only: the command's `valid` is a register, raised
+        with the lba's last word, and each data beat is registered and written a cycle later."""
+        cmd, rdata = self.store_rcmd, self.store_rdata
+        lba, got, got_data, got_last = regs
         with m.State("BLOCK_CMD"):
             # The lba a word a cycle; the command goes out after its last word.
             word, last = self._word(lba, widx)
-            m.d.comb += wp.en.eq(1)
-            wp.write(word, "lba")
+            m.d.comb += [wp.en.eq(1), wp.data.eq(word)]
             m.d.sync += widx.eq(widx + 1)
             with _when(m, last):
-                m.d.sync += [cmd.valid.eq(1), taking.eq(1)]
+                m.d.sync += cmd.valid.eq(1)
                 m.next = "BLOCK_DATA"
         with m.State("BLOCK_DATA"):
-            wp.write(got_data, "block")
+            m.d.comb += [rdata.ready.eq(1), wp.data.eq(got_data)]
             with m.If(got):
                 m.d.comb += wp.en.eq(1)
                 m.d.sync += widx.eq(widx + 1)
                 with m.If(got_last):
                     close(FrameType.BLOCK, INJECT.size + self.block_bytes, reading["seq"])
-                    m.d.sync += [reading["pending"].eq(0), taking.eq(0)]
+                    m.d.sync += reading["pending"].eq(0)
                     m.next = "IDLE"
 
     # --- send: header, payload, CRC into the COBS encoder ---------------------------------------
     def _send(self, m, resp_fifo, frames, written_sent):
         """A frame a byte a cycle, each byte through five stages: S (the byte's number `i`), A (its
-        kind, its lanes, a WRITTEN byte and the payload's addresses, registered: the frame buffer's read port
+        kind, its lanes and the payload's addresses, registered: the frame buffer's read port
         reads there in B, the register bus from B to C), B (a header or constant byte picked),
         C (the frame buffer's byte picked; the register's word on the bus), D (the byte, the
         register's picked from the bus), E (CRC'd; queued, a CRC byte from the CRC of the bytes
@@ -738,9 +688,9 @@ class LinkController(wiring.Component):
         crc = m.submodules.tx_crc = CRC32C(8)
         rp, full, rsel = frames["rp"], frames["full"], frames["rsel"]
 
-        # The frame being sent, latched when it starts: the response queue's head (popped a cycle
-        # after its last byte is issued, `pop`: the later stages read only their own registers
-        # then), or the frame buffer's.
+        # The frame being sent, latched when it starts: the response queue's head (popped once
+        # its last byte is issued: the later stages read only their own registers then), or the
+        # frame buffer's.
         from_queue = Signal()
         desc = Signal(Response)
         length = Signal(range(MAX_PAYLOAD + 1))
@@ -753,18 +703,11 @@ class LinkController(wiring.Component):
         room = Signal()
         m.d.sync += room.eq(out.level < _OUT_FIFO_DEPTH - _IN_FLIGHT - 1)
         issue = Signal()
-        # The queue's head is popped a cycle after its frame's last byte is issued (registered:
-        # it enables the queue's whole output register), and IDLE waits for it.
-        pop = Signal()
-        m.d.sync += pop.eq(0)
-        m.d.comb += resp_fifo.r_en.eq(pop)
         with m.FSM(name="send"):
             with m.State("IDLE"):
                 head = Signal(Response)
                 m.d.comb += head.eq(resp_fifo.r_data)
-                with m.If(pop):
-                    pass            # the head just sent is leaving the queue: the next is a cycle away
-                with m.Elif(resp_fifo.r_rdy):
+                with m.If(resp_fifo.r_rdy):
                     m.d.sync += [from_queue.eq(1), desc.eq(head)]
                     with m.Switch(head.src):
                         with m.Case(SRC_IDENTITY):
@@ -790,8 +733,7 @@ class LinkController(wiring.Component):
                 with m.If(issue):
                     m.d.sync += [i.eq(i + 1), at_last.eq(i == before_last)]
                     with m.If(at_last):
-                        m.d.comb += self.tx_frames.eq(1)
-                        m.d.sync += pop.eq(from_queue)
+                        m.d.comb += [self.tx_frames.eq(1), resp_fifo.r_en.eq(from_queue)]
                         with m.If(desc.src == SRC_BUF):
                             m.d.sync += [full.bit_select(rsel, 1).eq(0), rsel.eq(~rsel)]
                         with m.If(desc.src == SRC_WRITTEN):
@@ -815,13 +757,6 @@ class LinkController(wiring.Component):
                      rp_addr.eq(Cat(j[lanes:lanes + frames["half_bits"]], rsel)),
                      r_addr.eq(desc.addr + reg_j[2:])]
 
-        # WRITTEN's byte, picked in A already: its 16 bytes are the injector's registers.
-        a_written = Signal(8)
-        if self.store_blocks:
-            inj = self.inject
-            written = Cat(inj.time, inj.seq, inj.status, Const(0, 24))
-            m.d.sync += a_written.eq(written.word_select(j[:4], 8))
-
         # Stage B: a header or constant byte; which source the others come from.
         b = {name: Signal(name=f"b_{name}") for name in ("valid", "buf", "reg", "crc", "first", "last")}
         b_const, b_lane, b_reg_lane, b_crc_index = Signal(8), Signal.like(a_lane), Signal(2), Signal(2)
@@ -841,8 +776,10 @@ class LinkController(wiring.Component):
                 with m.Case(SRC_NAK):
                     m.d.sync += b_const.eq(desc.reason)
                 if self.store_blocks:
+                    inj = self.inject
+                    written = Cat(inj.time, inj.seq, inj.status, Const(0, 24))
                     with m.Case(SRC_WRITTEN):
-                        m.d.sync += b_const.eq(a_written)
+                        m.d.sync += b_const.eq(written.word_select(a_j, 8))
                 with m.Case(SRC_REGS):
                     with m.If(a["prefix"]):
                         m.d.sync += b_const.eq(Cat(desc.addr, desc.count).word_select(a_j[:2], 8))

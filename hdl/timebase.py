@@ -107,33 +107,25 @@ class TimeBase(wiring.Component):
         m = Module()
         n = self.interval_cycles
 
-        # Timing (a 100 MHz ECP5 clock): each decision below is a flip-flop, registered a cycle
-        # before it acts, so none is a compare in front of the wide enables it drives (the
-        # frame's shift register, T, the CRC).
         phase = Signal(range(n))          # reference cycle within the interval
+        start_at = Signal(range(n))       # phase at which this interval's frame starts
         next_t = Signal.like(self.t)      # T of the next marker
         m.d.comb += self.t.eq(next_t)
 
-        # The phases the time base acts at, one-hot along a shift register: n − 2 (`at_choose`,
-        # one compare a cycle ahead), then n − 1, 0 (also the first cycle), 1, 2 and 3.
-        at_choose, at_wrap, at_step, at_crc = Signal(), Signal(), Signal(), Signal()
-        at_zero, at_one = Signal(init=1), Signal()
-        m.d.sync += [at_choose.eq(phase == n - 3), at_wrap.eq(at_choose), at_zero.eq(at_wrap),
-                     at_one.eq(at_zero), at_step.eq(at_one), at_crc.eq(at_step)]
         m.d.sync += phase.eq(phase + 1)
-        with m.If(at_wrap):
+        with m.If(phase == n - 1):
             m.d.sync += phase.eq(0)
-        # The next marker's offset (phase n − 1, 0 or 1) is chosen two cycles before the earliest
-        # it can start; `fire` is the marker's phase, registered a cycle ahead.
-        start_zero, start_one = Signal(init=1), Signal()
-        fire = Signal()
-        with m.If(at_choose):
-            m.d.sync += [start_zero.eq((self.jitter != -1) & (self.jitter != 1)),
-                         start_one.eq(self.jitter == 1)]
-        m.d.sync += fire.eq((at_choose & (self.jitter == -1)) | (at_wrap & start_zero)
-                            | (at_zero & start_one))
+        # The next marker's offset is chosen two cycles before the earliest it can start.
+        with m.If(phase == n - 2):
+            with m.Switch(self.jitter):
+                with m.Case(-1):
+                    m.d.sync += start_at.eq(n - 1)
+                with m.Case(1):
+                    m.d.sync += start_at.eq(1)
+                with m.Default():
+                    m.d.sync += start_at.eq(0)
         # After any marker of this interval has left, the next frame names the next boundary.
-        with m.If(at_step):
+        with m.If(phase == 2):
             m.d.sync += next_t.eq(next_t + self.t_step)
 
         # CRC of next_t, one bit per cycle from phase 3 (next_t last changed at phase 2, or on
@@ -143,53 +135,44 @@ class TimeBase(wiring.Component):
         crc_state = Signal(32)
         crc_shift = Signal.like(next_t)
         crc_left = Signal(range(len(next_t) + 1))
-        crc_busy = Signal()               # crc_left != 0, registered with it
-        with m.If(at_crc):
-            m.d.sync += [crc_state.eq(CRC_INIT), crc_shift.eq(next_t), crc_left.eq(len(next_t)),
-                         crc_busy.eq(1)]
-        with m.Elif(crc_busy):
+        with m.If(phase == 3):
+            m.d.sync += [crc_state.eq(CRC_INIT), crc_shift.eq(next_t), crc_left.eq(len(next_t))]
+        with m.Elif(crc_left != 0):
             lsb = crc_state[0] ^ crc_shift[0]
             m.d.sync += [crc_state.eq((crc_state >> 1) ^ Mux(lsb, POLY_REFLECTED, 0)),
-                         crc_shift.eq(crc_shift >> 1), crc_left.eq(crc_left - 1),
-                         crc_busy.eq(crc_left != 1)]
+                         crc_shift.eq(crc_shift >> 1), crc_left.eq(crc_left - 1)]
         crc = crc_state ^ CRC_XOROUT
 
-        # Serializer: the whole frame's line levels in a shift register, LSB out first. The bit
-        # timer is loaded with (cycles per bit − 2) and a bit ends when it has counted below
-        # zero: its sign bit (`tick`) is the event, a flip-flop; `busy` is bits_left != 0.
+        # Serializer: the whole frame's line levels in a shift register, LSB out first.
         shift = Signal(FRAME_BITS, init=(1 << FRAME_BITS) - 1)
         bits_left = Signal(range(FRAME_BITS + 1))
-        busy = Signal()
-        bit_timer = Signal(signed(max(self.bit_cycles, 2).bit_length() + 1))
-        tick = bit_timer[-1]
+        bit_timer = Signal(range(max(self.bit_cycles, 2)))
         data = Cat(next_t, crc ^ self.corrupt)
         levels = Cat(*(Cat(Const(0, 1), data[8 * i:8 * i + 8], Const(1, 1)) for i in range(FRAME_BYTES)))
 
-        # No frame on the very first cycle (T = 0, its CRC not computed): `fire` is low then.
+        # No frame on the very first cycle (T = 0, its CRC not computed).
         started = Signal()
         m.d.sync += started.eq(1)
         with m.If(~started):
             m.d.sync += next_t.eq(self.origin)      # T at the first edge (see the docstring)
-        with m.If(fire & self.enable):
+        with m.If((phase == start_at) & self.enable & started):
             m.d.sync += [
                 shift.eq(levels[1:]),
                 self.wire.eq(levels[0]),  # the start edge: the marker
                 bits_left.eq(FRAME_BITS - 1),
-                busy.eq(1),
-                bit_timer.eq(self.bit_cycles - 2),
+                bit_timer.eq(self.bit_cycles - 1),
             ]
-        with m.Elif(busy):
+        with m.Elif(bits_left != 0):
             m.d.sync += bit_timer.eq(bit_timer - 1)
-            with m.If(tick):
+            with m.If(bit_timer == 0):
                 m.d.sync += [
                     self.wire.eq(shift[0]),
                     shift.eq(Cat(shift[1:], Const(1, 1))),
                     bits_left.eq(bits_left - 1),
-                    busy.eq(bits_left != 1),
-                    bit_timer.eq(self.bit_cycles - 2),
+                    bit_timer.eq(self.bit_cycles - 1),
                 ]
         with m.Else():
-            with m.If(~tick):
+            with m.If(bit_timer != 0):
                 m.d.sync += bit_timer.eq(bit_timer - 1)
             with m.Else():
                 m.d.sync += self.wire.eq(1)  # stop bit done: back to idle

@@ -1,10 +1,7 @@
 """Write path of a journal port: the seed's three-phase write (figure 8), redo and copy-on-write.
 
 A header beat's route (forward only, journal, or mark the port invalid first) is chosen the cycle
-it arrives (a write's once the in-flight queue has room for its primary write), and taken from the
-next on. The state is one-hot and the in-flight queue's room and occupancy are registered flags, so
-every handshake and the take (the stamp's and the ring's enables) are a gate of registers and the
-partner's ready or valid; a data beat outside a request is consumed the cycle after it is seen.
+it arrives and taken the next (both a register away from the handshakes and enables they drive).
 Phase 1, when the request's header beat is accepted: take the (timestamp, port, seq) stamp,
 allocate the ring slot `seq % depth` with the entry's kind and mode, and write the header fields
 known now into the ring's header RAM: the timestamp in the next cycle (the stamp is registered),
@@ -116,170 +113,182 @@ class WritePath(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         bw = self.block_words
-        ing, pw, rcmd, rd = self.ingress, self.pri_write, self.pri_rcmd, self.pri_rdata
+        ing, pw = self.ingress, self.pri_write
 
-        # The state, one-hot: a register per state (HEADER is one per route), and two more that
-        # are unions of states, so that every handshake is a gate of registers and the partner's
-        # ready or valid.
-        idle = Signal(init=1)
-        forward, redo, cow, mark = Signal(), Signal(), Signal(), Signal()   # HEADER, by route
-        writing = Signal()          # ingress data beats go to primary storage ...
-        journal = Signal()          # ... and, while this is high, into the ring
-        cow_read, cow_issue, marking = Signal(), Signal(), Signal()
-        drain = Signal()            # DRAIN: the new data of a failed copy-on-write is consumed
-        drop = Signal()             # a data beat outside a request is consumed
-        to_write = Signal()         # forward | redo | writing: ingress beats go to pri_write
-        sink = Signal()             # drain | drop: ingress beats go nowhere
-
-        # The beat of the block (a write's data, a pre-image read, a drain): it counts every block
-        # through to its end and so is 0 again when the next one starts.
+        inflight = m.submodules.inflight = SyncFIFO(width=self.slot_bits + 1, depth=self.max_inflight)
+        slot = self.stamp.seq[:self.slot_bits]
         beat = Signal(range(bw))
-        at_last = Signal(init=bw == 1)      # beat == bw - 1
         lba = Signal(64)
+        journal = Signal()          # data beats in DATA state also go to the ring
         read_failed = Signal()
         meta_pending = Signal(len(META_WORDS))      # one-hot: the header word to write now
-        slot = self.stamp.seq[:self.slot_bits]
 
-        # The in-flight queue: a write is queued the cycle after its header beat went to primary
-        # storage (`issue`; the slot of a redo write is known from then on), and the queue keeps
-        # a registered "has room" flag, which a header's route waits for in IDLE (only completions
-        # change the queue from there to its issue), and a registered "not empty", the ready of
-        # the completions.
-        inflight = m.submodules.inflight = SyncFIFO(width=self.slot_bits + 1, depth=self.max_inflight)
-        issue, issue_journal = Signal(), Signal()
-        room, pending = Signal(init=1), Signal()
-        completing = self.pri_wresp.valid & pending
-        level = inflight.level + issue - completing
-        m.d.sync += [
-            issue.eq(pw.valid & pw.ready & pw.payload.first), issue_journal.eq(~forward),
-            room.eq(level < self.max_inflight), pending.eq(level != 0),
-        ]
+        # A header's route, chosen in IDLE and taken in HEADER a cycle later (so the handshakes
+        # with primary storage and the stamp's and ring's enables start from registers): forward
+        # only (an invalid port), journal (redo or copy-on-write), or mark the port invalid first.
+        # Each is high only in HEADER: the take is a gate of registers and the storage's readies.
+        forward, redo, cow, mark = Signal(), Signal(), Signal(), Signal()
         m.d.comb += [
-            inflight.w_en.eq(issue),
-            inflight.w_data.eq(Cat(slot, issue_journal)),
-            inflight.r_en.eq(completing),
-        ]
-
-        # The handshakes.
-        m.d.comb += [
-            ing.ready.eq((to_write & pw.ready) | (cow & rcmd.ready) | sink),
-            # A header's valid from registers alone: HEADER is entered on the ingress's valid, which
-            # holds until the beat is taken (a stream's rule), and the take must not depend on it.
-            pw.valid.eq((writing & ing.valid) | forward | redo | cow_issue),
-            pw.payload.data.eq(Mux(cow_issue, lba, ing.payload.data)),
-            pw.payload.first.eq(forward | redo | cow_issue),
-            pw.payload.last.eq(writing & at_last),
-            rcmd.valid.eq(cow),
-            rcmd.payload.lba.eq(ing.payload.data),
-            rd.ready.eq(cow_read),
-            self.pri_wresp.ready.eq(pending),
-        ]
-
-        # Phase 1: the take, its stamp and its allocation.
-        m.d.comb += [
-            self.take.eq((redo & pw.ready) | (cow & rcmd.ready) | mark),
-            self.unjournaled.eq(forward & pw.ready),
-            self.alloc.eq(self.take),
+            self.take.eq((redo & inflight.w_rdy & pw.ready)
+                         | (cow & inflight.w_rdy & self.pri_rcmd.ready) | mark),
             self.alloc_kind.eq(Mux(mark, Kind.PORT_INVALID, Kind.WRITE)),
             self.alloc_mode.eq(Mux(mark, self.mode, Mux(cow, Mode.COPY_ON_WRITE, Mode.REDO))),
         ]
+        # The in-flight queue's writes, from registers too: a forwarded header (journaled bit
+        # clear), the cycle after a redo header's take (REDO_ISSUE), a copy-on-write's header
+        # (COW_ISSUE, once its pre-image is journaled).
+        redo_issue, cow_issue = Signal(), Signal()
+        forwarding = forward & inflight.w_rdy & pw.ready
+        m.d.sync += redo_issue.eq(redo & self.take)
+        m.d.comb += [
+            self.unjournaled.eq(forwarding),
+            inflight.w_en.eq(forwarding | redo_issue | (cow_issue & pw.ready)),
+            inflight.w_data.eq(Cat(slot, ~forward)),
+        ]
+
+        room_write = Signal()
+        with m.If(self.policy == FullPolicy.INVALIDATE):
+            m.d.comb += room_write.eq(self.fill < self.depth - 1)
+        with m.Else():
+            m.d.comb += room_write.eq(self.fill < self.depth)
 
         # Phase 1, second and third cycles: the stamp is registered, write the header words.
         assert META_WORDS == ("timestamp", "lba")
         m.d.sync += meta_pending.eq(meta_pending << 1)
-        with m.If(self.take):
-            m.d.sync += meta_pending.eq(1)
         m.d.comb += [
             self.meta_w.en.eq(meta_pending != 0),
             self.meta_w.addr.eq(Cat(meta_pending[1], slot)),
             self.meta_w.data.eq(Mux(meta_pending[1], lba, self.stamp.timestamp)),
             self.data_w.addr.eq(slot * bw + beat),
-            self.data_w.data.eq(Mux(cow_read, rd.payload.data, ing.payload.data)),
-            self.data_w.en.eq((journal & ing.valid & pw.ready) | (cow_read & rd.valid)),
+            self.alloc.eq(self.take),
         ]
+
+        def start_entry():
+            m.d.sync += [meta_pending.eq(1), forward.eq(0), redo.eq(0), cow.eq(0), mark.eq(0)]
+
+        def next_beat(last_state):
+            m.d.sync += beat.eq(beat + 1)
+            with m.If(beat == bw - 1):
+                m.next = last_state
 
         # Phase 3: completions come back in order of the writes issued.
         m.d.comb += [
+            self.pri_wresp.ready.eq(inflight.r_rdy),
+            inflight.r_en.eq(self.pri_wresp.valid),
             self.status_done.addr.eq(inflight.r_data[:self.slot_bits]),
-            self.status_done.en.eq(completing & inflight.r_data[-1]),
-            self.status_done.status.eq(Mux(self.pri_wresp.payload.ok, Status.OK, Status.PRIMARY_FAILED)),
-            self.primary_failures.eq(completing & ~self.pri_wresp.payload.ok),
-            self.status_now.addr.eq(slot),
+            self.status_done.en.eq(self.pri_wresp.valid & inflight.r_rdy & inflight.r_data[-1]),
+            self.status_done.status.eq(Status.OK),
         ]
+        with m.If(~self.pri_wresp.payload.ok):
+            m.d.comb += self.status_done.status.eq(Status.PRIMARY_FAILED)
+        with m.If(self.pri_wresp.valid & inflight.r_rdy & ~self.pri_wresp.payload.ok):
+            m.d.comb += self.primary_failures.eq(1)
 
-        def next_beat():
-            """Count a beat; True (an Amaranth value) on the block's last."""
-            m.d.sync += [beat.eq(Mux(at_last, 0, beat + 1)),
-                         at_last.eq(Mux(at_last, bw == 1, beat == bw - 2))]
-            return at_last
-
-        # The ring's room for a write: under INVALIDATE the last free slot is kept for a marker.
-        room_write = Mux(self.policy == FullPolicy.INVALIDATE, self.fill < self.depth - 1,
-                         self.fill < self.depth)
-
-        with m.If(idle):
-            # The header beat holds at ingress until taken: its lba is copied while it waits.
-            m.d.sync += lba.eq(ing.payload.data)
+        m.d.comb += self.status_now.addr.eq(slot)
         with m.If(self.reenable):
             m.d.sync += self.invalid.eq(0)
 
-        # IDLE: a header's route is chosen (forward only for an invalid port, journal, or mark
-        # the port invalid first) and taken from the next cycle on (HEADER), so the handshakes
-        # and the stamp's and ring's enables start from registers.
-        with m.If(idle & ing.valid):
-            with m.If(~ing.payload.first):
-                m.d.sync += [idle.eq(0), drop.eq(1), sink.eq(1)]
-            with m.Elif(self.invalid):
-                with m.If(room):
-                    m.d.sync += [idle.eq(0), forward.eq(1), to_write.eq(1)]
-            with m.Elif(room_write):
-                with m.If(room & (self.mode == Mode.REDO)):
-                    m.d.sync += [idle.eq(0), redo.eq(1), to_write.eq(1)]
-                with m.Elif(room):
-                    m.d.sync += [idle.eq(0), cow.eq(1)]
-            with m.Elif((self.policy == FullPolicy.INVALIDATE) & (self.fill < self.depth)):
-                m.d.sync += [idle.eq(0), mark.eq(1)]
-            with m.Else():
-                m.d.comb += self.stalling.eq(1)
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(ing.valid & ~ing.payload.first):
+                    m.d.comb += ing.ready.eq(1)   # a data beat outside a request: count, drop
+                    m.d.comb += self.protocol_errors.eq(1)
+                with m.Elif(ing.valid & self.invalid):
+                    m.d.sync += forward.eq(1)
+                    m.next = "HEADER"
+                with m.Elif(ing.valid & room_write):
+                    m.d.sync += [redo.eq(self.mode == Mode.REDO), cow.eq(self.mode != Mode.REDO)]
+                    m.next = "HEADER"
+                with m.Elif(ing.valid & (self.policy == FullPolicy.INVALIDATE)
+                            & (self.fill < self.depth)):
+                    m.d.sync += mark.eq(1)
+                    m.next = "HEADER"
+                with m.Elif(ing.valid):
+                    m.d.comb += self.stalling.eq(1)
 
-        # HEADER: the header beat goes to primary storage (forward, redo: then the data beats
-        # follow, written into the ring too in redo mode) or becomes the pre-image read (cow).
-        with m.If((forward | redo) & pw.ready):
-            m.d.sync += [forward.eq(0), redo.eq(0), writing.eq(1), journal.eq(redo)]
-        with m.If(cow & rcmd.ready):
-            m.d.sync += [cow.eq(0), cow_read.eq(1), read_failed.eq(0)]
-        with m.If(mark):
-            m.d.sync += [mark.eq(0), marking.eq(1)]
+            with m.State("HEADER"):
+                # The header holds at ingress until taken: its lba is copied every cycle.
+                m.d.sync += [lba.eq(ing.payload.data), beat.eq(0)]
+                with m.If(forward):
+                    # Not journaled: forward to primary storage only.
+                    m.d.comb += [pw.valid.eq(inflight.w_rdy), pw.payload.eq(ing.payload),
+                                 ing.ready.eq(pw.ready & inflight.w_rdy)]
+                    with m.If(pw.valid & pw.ready):
+                        m.d.sync += [journal.eq(0), forward.eq(0)]
+                        m.next = "DATA"
+                with m.If(redo):
+                    m.d.comb += [pw.valid.eq(inflight.w_rdy), pw.payload.eq(ing.payload),
+                                 ing.ready.eq(pw.ready & inflight.w_rdy)]
+                    with m.If(pw.valid & pw.ready):
+                        start_entry()
+                        m.d.sync += journal.eq(1)
+                        m.next = "REDO_ISSUE"
+                with m.If(cow):
+                    m.d.comb += [self.pri_rcmd.valid.eq(inflight.w_rdy),
+                                 self.pri_rcmd.payload.lba.eq(ing.payload.data),
+                                 ing.ready.eq(self.pri_rcmd.ready & inflight.w_rdy)]
+                    with m.If(self.pri_rcmd.valid & self.pri_rcmd.ready):
+                        start_entry()
+                        m.d.sync += read_failed.eq(0)
+                        m.next = "COW_READ"
+                with m.If(mark):
+                    start_entry()
+                    m.next = "MARK"
 
-        with m.If(writing & ing.valid & pw.ready):
-            with m.If(next_beat()):
-                m.d.sync += [writing.eq(0), journal.eq(0), to_write.eq(0), idle.eq(1)]
+            with m.State("REDO_ISSUE"):
+                # The header went to primary storage with the take; its slot is known now.
+                m.next = "DATA"
+                self._forward(m, journal, beat, next_beat)
 
-        # Copy-on-write: the old block is read and journaled; then the primary write (its header
-        # beat from the saved lba) if the read succeeded, else the new data is consumed.
-        with m.If(cow_read & rd.valid):
-            with m.If(~rd.payload.ok):
-                m.d.sync += read_failed.eq(1)
-            with m.If(next_beat()):
-                m.d.sync += cow_read.eq(0)
-                with m.If(read_failed | ~rd.payload.ok):
-                    m.d.comb += [self.status_now.en.eq(1), self.status_now.status.eq(Status.JOURNAL_FAILED),
-                                 self.journal_failures.eq(1)]
-                    m.d.sync += [drain.eq(1), sink.eq(1)]
-                with m.Else():
-                    m.d.sync += cow_issue.eq(1)
-        with m.If(cow_issue & pw.ready):
-            m.d.sync += [cow_issue.eq(0), writing.eq(1), to_write.eq(1)]
+            with m.State("DATA"):
+                self._forward(m, journal, beat, next_beat)
 
-        with m.If(drain & ing.valid):
-            with m.If(next_beat()):
-                m.d.sync += [drain.eq(0), sink.eq(0), idle.eq(1)]
-        with m.If(drop):
-            m.d.comb += self.protocol_errors.eq(ing.valid)
-            m.d.sync += [drop.eq(0), sink.eq(0), idle.eq(1)]
+            with m.State("COW_READ"):
+                rd = self.pri_rdata
+                m.d.comb += [rd.ready.eq(1), self.data_w.data.eq(rd.payload.data),
+                             self.data_w.en.eq(rd.valid)]
+                with m.If(rd.valid):
+                    m.d.sync += beat.eq(beat + 1)
+                    with m.If(~rd.payload.ok):
+                        m.d.sync += read_failed.eq(1)
+                    with m.If(beat == bw - 1):
+                        m.d.sync += beat.eq(0)
+                        with m.If(read_failed | ~rd.payload.ok):
+                            m.d.comb += [self.status_now.en.eq(1),
+                                         self.status_now.status.eq(Status.JOURNAL_FAILED)]
+                            m.d.comb += self.journal_failures.eq(1)
+                            m.next = "DRAIN"
+                        with m.Else():
+                            m.d.sync += cow_issue.eq(1)
+                            m.next = "COW_ISSUE"
 
-        with m.If(marking):
-            m.d.comb += [self.status_now.en.eq(1), self.status_now.status.eq(Status.OK),
-                         self.markers.eq(1)]
-            m.d.sync += [marking.eq(0), self.invalid.eq(1), idle.eq(1)]
+            with m.State("COW_ISSUE"):
+                # Pre-image journaled: now the primary write (header beat from the saved lba).
+                m.d.comb += [pw.valid.eq(1), pw.payload.data.eq(lba), pw.payload.first.eq(1)]
+                with m.If(pw.ready):
+                    m.d.sync += [journal.eq(0), beat.eq(0), cow_issue.eq(0)]
+                    m.next = "DATA"
+
+            with m.State("DRAIN"):
+                # The pre-image read failed: the new data is consumed, primary is not written.
+                m.d.comb += ing.ready.eq(1)
+                with m.If(ing.valid):
+                    next_beat("IDLE")
+
+            with m.State("MARK"):
+                m.d.comb += [self.status_now.en.eq(1), self.status_now.status.eq(Status.OK)]
+                m.d.comb += self.markers.eq(1)
+                m.d.sync += self.invalid.eq(1)
+                m.next = "IDLE"
         return m
+
+    def _forward(self, m, journal, beat, next_beat):
+        """One data beat: to primary storage and, when journaling, into the ring."""
+        ing, pw = self.ingress, self.pri_write
+        m.d.comb += [pw.valid.eq(ing.valid), pw.payload.data.eq(ing.payload.data),
+                     pw.payload.last.eq(beat == self.block_words - 1),
+                     ing.ready.eq(pw.ready),
+                     self.data_w.data.eq(ing.payload.data),
+                     self.data_w.en.eq(journal & ing.valid & pw.ready)]
+        with m.If(ing.valid & pw.ready):
+            next_beat("IDLE")
